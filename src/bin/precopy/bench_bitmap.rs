@@ -1,0 +1,166 @@
+//! `precopy bench bitmap`: our AtomicDirtyBitmap against vm-memory's AtomicBitmap, on
+//! the same guest size, in the same run.
+
+use std::num::NonZeroUsize;
+use std::sync::atomic::AtomicU64;
+
+use precopy::bitmap::{AtomicDirtyBitmap, DirtyPages, GuestLayout};
+use vm_memory::bitmap::AtomicBitmap;
+
+use crate::report::{best_of_with_setup, CaseResult, SplitMix64};
+
+/// Options of `precopy bench bitmap`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Print one JSON object per case.
+    #[arg(long)]
+    json: bool,
+    /// Guest memory size in GiB for every case.
+    #[arg(long, default_value_t = 64)]
+    guest_gib: u64,
+    /// Timed repetitions per case (the fastest is reported).
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+}
+
+const PAGE: u64 = 4096;
+const MARKS: usize = 1 << 22;
+const RANGE_MARKS: usize = 1 << 18;
+
+type Ours = AtomicDirtyBitmap<Box<[AtomicU64]>>;
+
+pub fn run(args: &Args) -> Result<(), String> {
+    if args.guest_gib == 0 || args.guest_gib > 1 << 20 {
+        return Err(format!(
+            "--guest-gib {} is out of range (1..=1048576)",
+            args.guest_gib
+        ));
+    }
+    let bytes = args.guest_gib << 30;
+    let layout = GuestLayout::flat(PAGE, bytes).map_err(|e| e.to_string())?;
+    let pages = layout.total_pages();
+    let ours = Ours::new(layout);
+    let page_size = NonZeroUsize::new(PAGE as usize).expect("non-zero");
+    let peer = AtomicBitmap::new(bytes as usize, page_size);
+    let reps = args.reps;
+
+    let mut rng = SplitMix64(0x5eed);
+    let random_pages: Vec<u64> = (0..MARKS).map(|_| rng.below(pages)).collect();
+    let range_starts: Vec<u64> = (0..RANGE_MARKS)
+        .map(|_| rng.below(pages - 16) * PAGE)
+        .collect();
+
+    let clear_ours = || {
+        ours.harvest_to_vec(&mut Vec::new());
+    };
+    let clear_peer = || peer.reset();
+    let cases = [
+        CaseResult {
+            case: "mark_page_1t",
+            ours: best_of_with_setup(reps, clear_ours, |()| {
+                for &p in &random_pages {
+                    let _ = ours.mark(p);
+                }
+            }),
+            peer: "vm-memory",
+            peer_time: best_of_with_setup(reps, clear_peer, |()| {
+                for &p in &random_pages {
+                    peer.set_bit(p as usize);
+                }
+            }),
+        },
+        CaseResult {
+            case: "mark_page_2t",
+            ours: best_of_with_setup(reps, clear_ours, |()| {
+                two_threads(&random_pages, |p| {
+                    let _ = ours.mark(p);
+                })
+            }),
+            peer: "vm-memory",
+            peer_time: best_of_with_setup(reps, clear_peer, |()| {
+                two_threads(&random_pages, |p| peer.set_bit(p as usize))
+            }),
+        },
+        CaseResult {
+            case: "mark_range_64k",
+            ours: best_of_with_setup(reps, clear_ours, |()| {
+                for &a in &range_starts {
+                    let _ = ours.mark_range(a, 65536);
+                }
+            }),
+            peer: "vm-memory",
+            peer_time: best_of_with_setup(reps, clear_peer, |()| {
+                for &a in &range_starts {
+                    peer.set_addr_range(a as usize, 65536);
+                }
+            }),
+        },
+        harvest_case("harvest_sparse", &ours, &peer, pages, 100, reps),
+        harvest_case("harvest_dense", &ours, &peer, pages, 2, reps),
+    ];
+    if !args.json {
+        println!(
+            "precopy bench bitmap: {} GiB guest, {} pages of 4 KiB, best of {reps}",
+            args.guest_gib, pages
+        );
+    }
+    for c in &cases {
+        c.print(args.json);
+    }
+    Ok(())
+}
+
+/// Harvest of a guest with one page in `one_in` dirty, into a list of dirty pages.
+fn harvest_case(
+    case: &'static str,
+    ours: &Ours,
+    peer: &AtomicBitmap,
+    pages: u64,
+    one_in: u64,
+    reps: usize,
+) -> CaseResult {
+    let mut rng = SplitMix64(one_in);
+    let dirty: Vec<u64> = (0..pages).filter(|_| rng.below(one_in) == 0).collect();
+    let ours_time = best_of_with_setup(
+        reps,
+        || {
+            ours.harvest_to_vec(&mut Vec::new());
+            dirty.iter().for_each(|&p| {
+                let _ = ours.mark(p);
+            });
+            Vec::with_capacity(dirty.len())
+        },
+        |mut list| {
+            ours.harvest_to_vec(&mut list);
+            assert_eq!(list.len(), dirty.len(), "harvest lost pages");
+        },
+    );
+    let peer_time = best_of_with_setup(
+        reps,
+        || {
+            peer.reset();
+            dirty.iter().for_each(|&p| peer.set_bit(p as usize));
+            Vec::with_capacity(dirty.len())
+        },
+        |mut peer_list| {
+            let words = peer.get_and_reset();
+            peer_list.extend(DirtyPages::new(&words, 0));
+            assert_eq!(peer_list.len(), dirty.len(), "peer harvest lost pages");
+        },
+    );
+    CaseResult {
+        case,
+        ours: ours_time,
+        peer: "vm-memory",
+        peer_time,
+    }
+}
+
+/// Runs `f` over the two halves of `items` on two threads.
+fn two_threads(items: &[u64], f: impl Fn(u64) + Sync) {
+    let (a, b) = items.split_at(items.len() / 2);
+    std::thread::scope(|s| {
+        s.spawn(|| a.iter().for_each(|&p| f(p)));
+        b.iter().for_each(|&p| f(p));
+    });
+}

@@ -1,0 +1,47 @@
+//! The `precopy` command-line tool.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod bench_bitmap;
+mod report;
+
+/// precopy: pre-copy live migration of VM memory.
+#[derive(Parser, Debug)]
+#[command(name = "precopy", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Measure precopy against a peer implementation in the same run.
+    Bench {
+        #[command(subcommand)]
+        suite: BenchSuite,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchSuite {
+    /// Dirty bitmap: marking and harvesting, against rust-vmm vm-memory's AtomicBitmap.
+    Bitmap(bench_bitmap::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Bench { suite } => match suite {
+            BenchSuite::Bitmap(args) => bench_bitmap::run(&args),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("precopy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! # precopy
+//!
+//! The dirty-page tracking and pre-copy live-migration core that a hypervisor or VMM
+//! links in. The VMM owns the vCPUs, the guest memory and the socket; precopy owns the
+//! decisions and the bytes.
+//!
+//! The core is `#![no_std]`: the [`bitmap`] module works without an allocator, over
+//! memory the caller provides. Feature `alloc` adds owned bitmaps and dirty sets,
+//! `std` the runtime, and `vm-memory` the rust-vmm integration.
+//!
+//! ```
+//! use precopy::bitmap::{AtomicDirtyBitmap, GuestLayout};
+//!
+//! let bitmap = AtomicDirtyBitmap::new(GuestLayout::flat(4096, 1 << 30).unwrap());
+//! bitmap.mark_range(0x1000, 0x2001).unwrap(); // pages 1, 2, 3
+//! assert_eq!(bitmap.harvest().pages().collect::<Vec<_>>(), [1, 2, 3]);
+//! ```
+#![no_std]
+#![deny(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod bitmap;
+pub mod memory;

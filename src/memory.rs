@@ -1,0 +1,128 @@
+//! The small trait through which precopy reaches guest memory.
+//!
+//! The VMM implements [`PageMemory`] over its mapping of guest RAM; tests implement it
+//! over a `Vec<u8>` ([`VecMemory`]). Pages are numbered densely as in
+//! [`crate::bitmap::GuestLayout`].
+
+use core::fmt;
+
+/// Why a page could not be read or written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryError {
+    /// The page index is past the end of guest memory.
+    PageOutOfRange {
+        /// The page asked for.
+        page: u64,
+        /// Pages in guest memory.
+        total: u64,
+    },
+    /// The buffer is not exactly one page long.
+    BadBufferLength {
+        /// Bytes in the buffer.
+        len: usize,
+        /// The page size.
+        page_size: usize,
+    },
+}
+
+impl fmt::Display for MemoryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            MemoryError::PageOutOfRange { page, total } => {
+                write!(f, "page {page} is out of range (guest memory has {total} pages)")
+            }
+            MemoryError::BadBufferLength { len, page_size } => {
+                write!(f, "buffer of {len} bytes given for a page of {page_size} bytes")
+            }
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for MemoryError {}
+
+/// Page-granular access to guest memory.
+pub trait PageMemory {
+    /// Page size in bytes (a power of two).
+    fn page_size(&self) -> usize;
+
+    /// Number of pages.
+    fn total_pages(&self) -> u64;
+
+    /// Copies page `page` into `buf` (exactly one page long). On the source this races
+    /// with guest writes; the dirty bitmap's ordering contract makes that safe.
+    fn read_page(&self, page: u64, buf: &mut [u8]) -> Result<(), MemoryError>;
+
+    /// Overwrites page `page` with `data` (exactly one page long).
+    fn write_page(&mut self, page: u64, data: &[u8]) -> Result<(), MemoryError>;
+}
+
+/// Guest memory in a `Vec<u8>`, for tests, the simulator and file restores.
+#[cfg(feature = "alloc")]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VecMemory {
+    page_size: usize,
+    bytes: alloc::vec::Vec<u8>,
+}
+
+#[cfg(feature = "alloc")]
+impl VecMemory {
+    /// Zeroed memory of `pages` pages of `page_size` bytes.
+    pub fn new(page_size: usize, pages: u64) -> Self {
+        assert!(page_size.is_power_of_two(), "page size must be a power of two");
+        VecMemory {
+            page_size,
+            bytes: alloc::vec![0; page_size * pages as usize],
+        }
+    }
+
+    /// All of memory as bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// All of memory as mutable bytes.
+    pub fn as_bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.bytes
+    }
+
+    fn range(&self, page: u64, len: usize) -> Result<core::ops::Range<usize>, MemoryError> {
+        if len != self.page_size {
+            return Err(MemoryError::BadBufferLength {
+                len,
+                page_size: self.page_size,
+            });
+        }
+        if page >= self.total_pages() {
+            return Err(MemoryError::PageOutOfRange {
+                page,
+                total: self.total_pages(),
+            });
+        }
+        let start = page as usize * self.page_size;
+        Ok(start..start + self.page_size)
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl PageMemory for VecMemory {
+    fn page_size(&self) -> usize {
+        self.page_size
+    }
+
+    fn total_pages(&self) -> u64 {
+        (self.bytes.len() / self.page_size) as u64
+    }
+
+    fn read_page(&self, page: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        let r = self.range(page, buf.len())?;
+        buf.copy_from_slice(&self.bytes[r]);
+        Ok(())
+    }
+
+    fn write_page(&mut self, page: u64, data: &[u8]) -> Result<(), MemoryError> {
+        let r = self.range(page, data.len())?;
+        self.bytes[r].copy_from_slice(data);
+        Ok(())
+    }
+}
