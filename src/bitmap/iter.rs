@@ -42,6 +42,44 @@ impl Iterator for DirtyPages<'_> {
     }
 }
 
+/// The set bits of one word as page indices (`base + bit`), ascending; exact-size, so
+/// `Vec::extend` reserves once.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WordBits {
+    bits: u64,
+    base: u64,
+}
+
+impl WordBits {
+    /// The set bits of `bits`, numbering bit 0 as page `base`.
+    #[inline]
+    pub(crate) fn new(bits: u64, base: u64) -> Self {
+        WordBits { bits, base }
+    }
+}
+
+impl Iterator for WordBits {
+    type Item = u64;
+
+    #[inline]
+    fn next(&mut self) -> Option<u64> {
+        if self.bits == 0 {
+            return None;
+        }
+        let bit = self.bits.trailing_zeros();
+        self.bits &= self.bits - 1;
+        Some(self.base + u64::from(bit))
+    }
+
+    #[inline]
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.bits.count_ones() as usize;
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for WordBits {}
+
 /// Iterator over maximal runs of consecutive set bits of a `&[u64]`, as
 /// `(first_page, page_count)`, in ascending order. Runs cross word boundaries.
 #[derive(Clone, Debug)]
@@ -97,6 +135,7 @@ impl Iterator for DirtyRuns<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::vec::Vec;
 
     #[test]
     fn pages_and_runs_cross_word_boundaries() {

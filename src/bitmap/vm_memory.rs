@@ -8,10 +8,10 @@
 //!   marking into it through a [`RegionBitmap`]; one harvest sees every region.
 
 use std::boxed::Box;
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
 use std::format;
 use std::string::ToString;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::vec::Vec;
 
 use vm_memory::bitmap::{Bitmap, NewBitmap, RefSlice, WithBitmapSlice};
@@ -135,7 +135,11 @@ pub fn guest_memory_mmap(
             let size = usize::try_from(r.pages << layout.page_shift())
                 .map_err(|_| std::io::Error::other("region larger than the address space"))?;
             let view = RegionBitmap::new(Arc::clone(bitmap), r.guest_addr);
+            // Private anonymous memory, readable and writable, reserved lazily (as
+            // vm-memory's own `MmapRegion::new` maps it).
             let mapping = MmapRegionBuilder::new_with_bitmap(size, view)
+                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+                .with_mmap_flags(libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_PRIVATE)
                 .build()
                 .map_err(|e| std::io::Error::other(format!("mmap of {size} bytes: {e}")))?;
             GuestRegionMmap::new(mapping, GuestAddress(r.guest_addr))
