@@ -100,14 +100,20 @@ impl<W: Deref<Target = [AtomicU64]>> AtomicDirtyBitmap<W> {
             return Ok(());
         }
         let mut fenced = false;
-        // Fast path: the whole range inside one region (nearly every write).
-        if let (Some(r), Some(last)) = (self.layout.region_of(addr), addr.checked_add(len - 1)) {
-            let shift = self.layout.page_shift();
-            let last_page = (last - r.guest_addr) >> shift;
-            if last_page < r.pages {
-                let first = r.first_page + ((addr - r.guest_addr) >> shift);
-                self.mark_pages(first..r.first_page + last_page + 1, &mut fenced);
-                return Ok(());
+        // Fast path: the whole range inside one region (nearly every write). A plain
+        // scan: guests have a handful of regions, and this sits in front of every mark.
+        let shift = self.layout.page_shift();
+        for r in self.layout.regions() {
+            let offset = addr.wrapping_sub(r.guest_addr);
+            let size = r.pages << shift;
+            if offset < size {
+                if len <= size - offset {
+                    let first = r.first_page + (offset >> shift);
+                    let end = r.first_page + ((offset + len - 1) >> shift) + 1;
+                    self.mark_pages(first..end, &mut fenced);
+                    return Ok(());
+                }
+                break;
             }
         }
         let untracked = self.layout.for_each_run(addr, len, |first, count| {

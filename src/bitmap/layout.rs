@@ -23,6 +23,7 @@ pub struct Region {
 
 impl Region {
     /// Guest-physical address one past the last byte, given the layout's page shift.
+    #[inline]
     fn end_addr(&self, page_shift: u32) -> u64 {
         self.guest_addr + (self.pages << page_shift)
     }
@@ -116,31 +117,37 @@ impl GuestLayout {
     }
 
     /// Page size in bytes.
+    #[inline]
     pub fn page_size(&self) -> u64 {
         1 << self.page_shift
     }
 
     /// log2 of the page size.
+    #[inline]
     pub fn page_shift(&self) -> u32 {
         self.page_shift
     }
 
     /// Total number of pages over all regions (the bitmap's length in bits).
+    #[inline]
     pub fn total_pages(&self) -> u64 {
         self.total_pages
     }
 
     /// Total guest memory in bytes over all regions.
+    #[inline]
     pub fn total_bytes(&self) -> u64 {
         self.total_pages << self.page_shift
     }
 
     /// The regions in guest address order.
+    #[inline]
     pub fn regions(&self) -> &[Region] {
         &self.regions[..self.count]
     }
 
     /// The region holding `addr`, if any.
+    #[inline]
     pub fn region_of(&self, addr: u64) -> Option<&Region> {
         // Regions are sorted and disjoint: the candidate is the last one starting at or
         // below `addr`.
@@ -158,6 +165,7 @@ impl GuestLayout {
     }
 
     /// Dense page index of the page holding guest address `addr`.
+    #[inline]
     pub fn page_of(&self, addr: u64) -> Result<u64, BitmapError> {
         let r = self
             .region_of(addr)
@@ -166,6 +174,7 @@ impl GuestLayout {
     }
 
     /// Guest address of the first byte of page `page`.
+    #[inline]
     pub fn addr_of(&self, page: u64) -> Result<u64, BitmapError> {
         let regions = self.regions();
         let idx = regions.partition_point(|r| r.first_page <= page);

@@ -47,6 +47,8 @@ pub fn run(args: &Args) -> Result<(), String> {
 
     let mut rng = SplitMix64(0x5eed);
     let random_pages: Vec<u64> = (0..MARKS).map(|_| rng.below(pages)).collect();
+    // Two vCPUs dirtying the same 256 hot pages (4 words in one cache line).
+    let hot_pages: Vec<u64> = (0..MARKS).map(|_| 4096 + rng.below(256)).collect();
     let range_starts: Vec<u64> = (0..RANGE_MARKS)
         .map(|_| rng.below(pages - 16) * PAGE)
         .collect();
@@ -94,6 +96,18 @@ pub fn run(args: &Args) -> Result<(), String> {
                 for &a in &range_starts {
                     peer.set_addr_range(a as usize, 65536);
                 }
+            }),
+        },
+        CaseResult {
+            case: "mark_hot_2t",
+            ours: best_of_with_setup(reps, clear_ours, |()| {
+                two_threads(&hot_pages, |p| {
+                    let _ = ours.mark(p);
+                })
+            }),
+            peer: "vm-memory",
+            peer_time: best_of_with_setup(reps, clear_peer, |()| {
+                two_threads(&hot_pages, |p| peer.set_bit(p as usize))
             }),
         },
         harvest_case("harvest_sparse", &ours, &peer, pages, 100, reps),
