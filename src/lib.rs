@@ -26,6 +26,7 @@ extern crate std;
 
 pub mod bitmap;
 pub mod memory;
+pub mod schedule;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

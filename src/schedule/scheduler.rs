@@ -1,0 +1,361 @@
+//! The [`Scheduler`] state machine.
+
+use super::{Ewma, OnLimit, Policy, ScheduleError, NS_PER_SEC};
+
+/// What the engine measured over one live round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoundMeasurement {
+    /// When the round ended and the next dirty set was harvested, ns (any epoch, the
+    /// same as the scheduler's creation time).
+    pub now_ns: u64,
+    /// Pages sent in the round.
+    pub pages_sent: u64,
+    /// Bytes the round put on the wire (after compression, with framing).
+    pub wire_bytes: u64,
+    /// Pages harvested dirty at the end of the round: what the next round must send.
+    pub dirty_pages: u64,
+}
+
+/// Why the scheduler switched over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SwitchReason {
+    /// The predicted downtime is within the limit in force.
+    DowntimeMet,
+    /// No more dirty pages than the policy's `switch_below_pages`.
+    FewDirtyPages,
+    /// A bound was reached and the policy says switch over anyway.
+    BoundReached,
+}
+
+/// The decision after a round.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Decision {
+    /// Run another live round. The VMM should throttle the vCPUs by
+    /// `throttle_percent` (0 = no throttling).
+    Continue {
+        /// Throttling advice, percent of vCPU time to take away.
+        throttle_percent: u8,
+    },
+    /// Pause the guest, harvest one last time and send the final round.
+    SwitchOver {
+        /// Downtime expected for the final round, ns.
+        predicted_downtime_ns: u64,
+        /// Why now.
+        reason: SwitchReason,
+    },
+    /// Give up; the source keeps running.
+    Fail(ScheduleError),
+}
+
+/// One round as the scheduler saw it (the per-round statistics line).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RoundStats {
+    /// Round number, 1 = the bulk round.
+    pub round: u32,
+    /// Pages sent.
+    pub pages_sent: u64,
+    /// Bytes on the wire.
+    pub wire_bytes: u64,
+    /// Pages dirty at the end of the round.
+    pub dirty_pages: u64,
+    /// Round duration, ns.
+    pub duration_ns: u64,
+    /// Smoothed bandwidth, bytes/s (0 until measured).
+    pub bandwidth_bytes_per_sec: f64,
+    /// Smoothed dirty rate, pages/s.
+    pub dirty_pages_per_sec: f64,
+    /// Downtime predicted if switching over after this round, ns (`u64::MAX` while the
+    /// bandwidth is unknown).
+    pub predicted_downtime_ns: u64,
+    /// Downtime limit in force (after any ramp), ns.
+    pub downtime_limit_ns: u64,
+    /// Throttling advised for the next round, percent.
+    pub throttle_percent: u8,
+}
+
+/// A round's statistics and the decision it led to.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RoundOutcome {
+    /// What was measured and predicted.
+    pub stats: RoundStats,
+    /// What to do next.
+    pub decision: Decision,
+}
+
+/// Predicted against real downtime, after the fact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DowntimeReport {
+    /// The prediction at switchover, ns.
+    pub predicted_ns: u64,
+    /// What the VMM measured from pause to resume, ns.
+    pub real_ns: u64,
+}
+
+impl DowntimeReport {
+    /// Real over predicted downtime (above 1.0: the prediction was optimistic).
+    pub fn ratio(&self) -> f64 {
+        self.real_ns as f64 / self.predicted_ns.max(1) as f64
+    }
+}
+
+/// The pre-copy round scheduler; see the [module docs](super).
+#[derive(Clone, Debug)]
+pub struct Scheduler {
+    policy: Policy,
+    page_size: u64,
+    total_pages: u64,
+    started_ns: u64,
+    round_start_ns: u64,
+    rounds: u32,
+    total_wire_bytes: u64,
+    bandwidth: Ewma,
+    dirty_rate: Ewma,
+    /// Wire bytes per page of the iterative rounds (the bulk round is dominated by
+    /// zero pages and would make the final round look cheap).
+    bytes_per_page: Ewma,
+    throttle_percent: u8,
+    rounds_not_draining: u32,
+    last_prediction_ns: u64,
+}
+
+impl Scheduler {
+    /// A scheduler for a guest of `total_pages` pages of `page_size` bytes, created at
+    /// `now_ns` (the bulk round starts now).
+    pub fn new(
+        policy: Policy,
+        total_pages: u64,
+        page_size: u64,
+        now_ns: u64,
+    ) -> Result<Self, ScheduleError> {
+        policy.validate()?;
+        if total_pages == 0 || page_size == 0 {
+            return Err(ScheduleError::BadGuest {
+                total_pages,
+                page_size,
+            });
+        }
+        Ok(Scheduler {
+            policy,
+            page_size,
+            total_pages,
+            started_ns: now_ns,
+            round_start_ns: now_ns,
+            rounds: 0,
+            total_wire_bytes: 0,
+            bandwidth: Ewma::new(policy.smoothing),
+            dirty_rate: Ewma::new(policy.smoothing),
+            bytes_per_page: Ewma::new(policy.smoothing),
+            throttle_percent: 0,
+            rounds_not_draining: 0,
+            last_prediction_ns: u64::MAX,
+        })
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Live rounds completed.
+    pub fn rounds(&self) -> u32 {
+        self.rounds
+    }
+
+    /// Bytes on the wire so far.
+    pub fn total_wire_bytes(&self) -> u64 {
+        self.total_wire_bytes
+    }
+
+    /// The last downtime prediction, ns (`u64::MAX` before the first round).
+    pub fn predicted_downtime_ns(&self) -> u64 {
+        self.last_prediction_ns
+    }
+
+    /// Feeds one round's measurements; returns its statistics and the decision.
+    pub fn round_done(&mut self, m: RoundMeasurement) -> RoundOutcome {
+        let duration_ns = m.now_ns.saturating_sub(self.round_start_ns);
+        if duration_ns > 0 {
+            if m.wire_bytes > 0 {
+                self.bandwidth
+                    .add(m.wire_bytes as f64 * NS_PER_SEC as f64 / duration_ns as f64);
+            }
+            self.dirty_rate
+                .add(m.dirty_pages as f64 * NS_PER_SEC as f64 / duration_ns as f64);
+        }
+        if self.rounds > 0 && m.pages_sent > 0 {
+            self.bytes_per_page
+                .add(m.wire_bytes as f64 / m.pages_sent as f64);
+        }
+        self.rounds += 1;
+        self.total_wire_bytes = self.total_wire_bytes.saturating_add(m.wire_bytes);
+        self.round_start_ns = m.now_ns;
+
+        let limit = self.downtime_limit_ns();
+        let predicted = self.predict_ns(m.dirty_pages);
+        self.last_prediction_ns = predicted;
+        let decision = self.decide(m, predicted, limit);
+        if let Decision::Continue { throttle_percent } = decision {
+            self.throttle_percent = throttle_percent;
+        }
+        RoundOutcome {
+            stats: RoundStats {
+                round: self.rounds,
+                pages_sent: m.pages_sent,
+                wire_bytes: m.wire_bytes,
+                dirty_pages: m.dirty_pages,
+                duration_ns,
+                bandwidth_bytes_per_sec: self.bandwidth.get().unwrap_or(0.0),
+                dirty_pages_per_sec: self.dirty_rate.get().unwrap_or(0.0),
+                predicted_downtime_ns: predicted,
+                downtime_limit_ns: limit,
+                throttle_percent: self.throttle_percent,
+            },
+            decision,
+        }
+    }
+
+    /// Records the real downtime of the final round, for comparison with the
+    /// prediction made at switchover.
+    pub fn finish(&self, real_downtime_ns: u64) -> DowntimeReport {
+        DowntimeReport {
+            predicted_ns: self.last_prediction_ns,
+            real_ns: real_downtime_ns,
+        }
+    }
+
+    /// The downtime limit in force after the rounds so far (the ramp, if any).
+    pub fn downtime_limit_ns(&self) -> u64 {
+        let base = self.policy.downtime_limit_ns;
+        match self.policy.ramp {
+            Some(r) if self.rounds > r.after_rounds => {
+                let steps = u64::from(self.rounds - r.after_rounds);
+                base.saturating_add(steps.saturating_mul(r.step_ns))
+                    .min(r.max_ns)
+            }
+            _ => base,
+        }
+    }
+
+    /// Bandwidth to predict with, bytes/s: the override, or the measurement capped.
+    fn prediction_bandwidth(&self) -> Option<f64> {
+        if let Some(b) = self.policy.switchover_bandwidth {
+            return Some(b as f64);
+        }
+        let measured = self.bandwidth.get()?;
+        let capped = match self.policy.bandwidth_cap {
+            Some(cap) => measured.min(cap as f64),
+            None => measured,
+        };
+        (capped > 0.0).then_some(capped)
+    }
+
+    /// Wire bytes per dirty page: measured on iterative rounds, else a full page.
+    fn wire_bytes_per_page(&self) -> f64 {
+        self.bytes_per_page.get().unwrap_or(self.page_size as f64)
+    }
+
+    /// Downtime of sending `dirty_pages` now, ns; `u64::MAX` when it cannot be told.
+    fn predict_ns(&self, dirty_pages: u64) -> u64 {
+        let memory_ns = if dirty_pages == 0 {
+            0.0
+        } else {
+            match self.prediction_bandwidth() {
+                Some(bw) => {
+                    dirty_pages as f64 * self.wire_bytes_per_page() * NS_PER_SEC as f64 / bw
+                }
+                None => return u64::MAX,
+            }
+        };
+        let total = memory_ns + self.policy.non_memory_downtime_ns as f64;
+        if total >= u64::MAX as f64 {
+            u64::MAX
+        } else {
+            // Round up: a prediction is never rounded into the limit.
+            let whole = total as u64;
+            whole + u64::from((whole as f64) < total)
+        }
+    }
+
+    fn decide(&mut self, m: RoundMeasurement, predicted: u64, limit: u64) -> Decision {
+        let p = self.policy;
+        if p.switch_below_pages > 0 && m.dirty_pages <= p.switch_below_pages {
+            return Decision::SwitchOver {
+                predicted_downtime_ns: predicted,
+                reason: SwitchReason::FewDirtyPages,
+            };
+        }
+        if predicted <= limit {
+            return Decision::SwitchOver {
+                predicted_downtime_ns: predicted,
+                reason: SwitchReason::DowntimeMet,
+            };
+        }
+        if let Some(bound) = self.bound_reached(m.now_ns) {
+            return match p.on_limit {
+                OnLimit::SwitchOver => Decision::SwitchOver {
+                    predicted_downtime_ns: predicted,
+                    reason: SwitchReason::BoundReached,
+                },
+                OnLimit::Fail => Decision::Fail(ScheduleError::NotConverging {
+                    rounds: self.rounds,
+                    bound,
+                    dirty_pages_per_sec: self.dirty_rate.get().unwrap_or(0.0),
+                    bandwidth_bytes_per_sec: self.bandwidth.get().unwrap_or(0.0),
+                    predicted_downtime_ns: predicted,
+                    downtime_limit_ns: limit,
+                }),
+            };
+        }
+        Decision::Continue {
+            throttle_percent: self.next_throttle(),
+        }
+    }
+
+    /// The first bound of the policy that the migration has reached, named.
+    fn bound_reached(&self, now_ns: u64) -> Option<&'static str> {
+        let p = &self.policy;
+        if self.rounds >= p.max_rounds {
+            return Some("the round limit");
+        }
+        if let Some(ratio) = p.max_bytes_ratio {
+            let memory = self.total_pages as f64 * self.page_size as f64;
+            if self.total_wire_bytes as f64 >= ratio * memory {
+                return Some("the byte limit");
+            }
+        }
+        if let Some(t) = p.timeout_ns {
+            if now_ns.saturating_sub(self.started_ns) >= t {
+                return Some("the timeout");
+            }
+        }
+        None
+    }
+
+    /// Throttling advice for the next round: escalate while the guest dirties faster
+    /// than the threshold share of the bandwidth, never decrease.
+    fn next_throttle(&mut self) -> u8 {
+        let (Some(t), Some(bw), Some(rate)) = (
+            self.policy.throttle,
+            self.prediction_bandwidth(),
+            self.dirty_rate.get(),
+        ) else {
+            return self.throttle_percent;
+        };
+        let dirty_bytes_per_sec = rate * self.wire_bytes_per_page();
+        if dirty_bytes_per_sec <= t.threshold * bw {
+            self.rounds_not_draining = 0;
+            return self.throttle_percent;
+        }
+        self.rounds_not_draining += 1;
+        if self.rounds_not_draining < t.trigger_rounds {
+            return self.throttle_percent;
+        }
+        if self.throttle_percent == 0 {
+            t.initial_percent
+        } else {
+            self.throttle_percent
+                .saturating_add(t.step_percent)
+                .min(t.max_percent)
+        }
+    }
+}
