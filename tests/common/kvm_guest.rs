@@ -263,9 +263,13 @@ impl TestVm {
         self.vcpu_fd
     }
 
-    /// Host pointer and room left for the guest range `[gpa, gpa + len)`, which must lie
-    /// in one slot.
+    /// Host pointer to the guest range `[gpa, gpa + len)`, which must lie in one slot,
+    /// while no guest run is in flight.
     fn host_range(&self, gpa: u64, len: usize) -> Result<*mut u8, String> {
+        if self.vcpu.is_none() {
+            // A run that timed out may still be storing to guest memory.
+            return Err("guest memory is off limits: the vCPU never came back".into());
+        }
         let (i, s) = SLOTS
             .iter()
             .enumerate()
@@ -283,11 +287,12 @@ impl TestVm {
     }
 
     /// Writes `bytes` into guest memory from the host side (as a VMM loads code;
-    /// KVM's dirty log does not see it). The vCPU is not running while `&mut self`.
+    /// KVM's dirty log does not see it).
     pub fn write(&mut self, gpa: u64, bytes: &[u8]) -> Result<(), String> {
         let dst = self.host_range(gpa, bytes.len())?;
-        // SAFETY: `dst..dst + len` is inside a live mapping (checked by `host_range`) and
-        // does not overlap `bytes`, a Rust slice in our own memory.
+        // SAFETY: `dst..dst + len` is inside a live mapping that no guest run is using
+        // (both checked by `host_range`) and does not overlap `bytes`, a Rust slice in
+        // our own memory.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) };
         Ok(())
     }
@@ -296,8 +301,9 @@ impl TestVm {
     pub fn read_u32(&self, gpa: u64) -> Result<u32, String> {
         let src = self.host_range(gpa, 4)?;
         let mut buf = [0u8; 4];
-        // SAFETY: `src..src + 4` is inside a live mapping (checked by `host_range`); the
-        // vCPU is halted (runs finish before returning), so nothing writes it meanwhile.
+        // SAFETY: `src..src + 4` is inside a live mapping (checked by `host_range`), and
+        // no guest run is in flight (`host_range` checks the vCPU came back), so the
+        // guest does not write it meanwhile.
         unsafe { std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), 4) };
         Ok(u32::from_le_bytes(buf))
     }
