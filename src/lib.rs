@@ -25,4 +25,5 @@ extern crate alloc;
 extern crate std;
 
 pub mod bitmap;
+pub mod codec;
 pub mod memory;

@@ -29,10 +29,16 @@ impl fmt::Display for MemoryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             MemoryError::PageOutOfRange { page, total } => {
-                write!(f, "page {page} is out of range (guest memory has {total} pages)")
+                write!(
+                    f,
+                    "page {page} is out of range (guest memory has {total} pages)"
+                )
             }
             MemoryError::BadBufferLength { len, page_size } => {
-                write!(f, "buffer of {len} bytes given for a page of {page_size} bytes")
+                write!(
+                    f,
+                    "buffer of {len} bytes given for a page of {page_size} bytes"
+                )
             }
         }
     }
@@ -69,7 +75,10 @@ pub struct VecMemory {
 impl VecMemory {
     /// Zeroed memory of `pages` pages of `page_size` bytes.
     pub fn new(page_size: usize, pages: u64) -> Self {
-        assert!(page_size.is_power_of_two(), "page size must be a power of two");
+        assert!(
+            page_size.is_power_of_two(),
+            "page size must be a power of two"
+        );
         VecMemory {
             page_size,
             bytes: alloc::vec![0; page_size * pages as usize],

@@ -97,6 +97,7 @@ impl Iterator for DirtyRuns<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::vec::Vec;
 
     #[test]
     fn pages_and_runs_cross_word_boundaries() {

@@ -259,10 +259,26 @@ mod tests {
         t.insert(0, 0, 100).unwrap();
         t.insert(1 << 16 | 1, 1 << 20, 200).unwrap();
         let ring = [
-            KvmDirtyGfn { flags: 1, slot: 0, offset: 5 },
-            KvmDirtyGfn { flags: 1, slot: 7, offset: 0 },
-            KvmDirtyGfn { flags: 1, slot: 1 << 16 | 1, offset: 199 },
-            KvmDirtyGfn { flags: 1, slot: 0, offset: 100 },
+            KvmDirtyGfn {
+                flags: 1,
+                slot: 0,
+                offset: 5,
+            },
+            KvmDirtyGfn {
+                flags: 1,
+                slot: 7,
+                offset: 0,
+            },
+            KvmDirtyGfn {
+                flags: 1,
+                slot: 1 << 16 | 1,
+                offset: 199,
+            },
+            KvmDirtyGfn {
+                flags: 1,
+                slot: 0,
+                offset: 100,
+            },
         ];
         assert_eq!(
             bm.import_kvm_dirty_ring(&t, &ring),

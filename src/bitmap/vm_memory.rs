@@ -8,10 +8,10 @@
 //!   marking into it through a [`RegionBitmap`]; one harvest sees every region.
 
 use std::boxed::Box;
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
 use std::format;
 use std::string::ToString;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::vec::Vec;
 
 use vm_memory::bitmap::{Bitmap, NewBitmap, RefSlice, WithBitmapSlice};
