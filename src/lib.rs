@@ -26,4 +26,9 @@ extern crate std;
 
 pub mod bitmap;
 pub mod codec;
+pub mod engine;
+#[cfg(feature = "alloc")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod memory;
+pub mod wire;

@@ -54,7 +54,7 @@ pub struct CachedBase<'a> {
 ///
 /// ```
 /// use precopy::codec::PageCache;
-/// let mut cache = PageCache::new(4096, 3 * 4200).unwrap();
+/// let mut cache = PageCache::new(4096, 2 * 4200).unwrap();
 /// assert_eq!(cache.capacity(), 2);
 /// cache.store(7, &[1u8; 4096]);
 /// assert_eq!(cache.lookup(7).unwrap().bytes[0], 1);

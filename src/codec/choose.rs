@@ -13,7 +13,8 @@ pub struct EncoderConfig {
     pub page_size: usize,
     /// Byte budget of the delta page cache (0 turns delta encoding off).
     pub cache_bytes: usize,
-    /// Longest delta worth sending; past it the delta encoder gives up early.
+    /// Longest delta worth sending; past it the delta encoder gives up early (capped
+    /// at a page: a delta is never longer than the raw page).
     pub delta_max: usize,
     /// Longest LZ4 block worth sending instead of the raw page.
     pub lz4_max: usize,
@@ -59,7 +60,8 @@ pub struct EncodedPage {
 /// let mut out = vec![0; enc.max_payload_len()];
 /// let mut page = vec![0u8; 4096];
 /// assert_eq!(enc.encode(3, &page, &mut out).unwrap().encoding, Encoding::Zero);
-/// page.iter_mut().enumerate().for_each(|(i, b)| *b = (i * 31 % 251) as u8);
+/// let mut x = 1u32; // incompressible bytes
+/// page.iter_mut().for_each(|b| { x ^= x << 13; x ^= x >> 17; x ^= x << 5; *b = x as u8 });
 /// assert_eq!(enc.encode(3, &page, &mut out).unwrap().encoding, Encoding::Raw);
 /// page[10] ^= 1;
 /// let sent = enc.encode(3, &page, &mut out).unwrap();
@@ -153,7 +155,7 @@ impl<C: Clock> PageEncoder<C> {
 
         if let Some(base) = self.cache.lookup(page) {
             let hash = base.hash;
-            let limit = self.config.delta_max.min(out.len());
+            let limit = self.config.delta_max.min(page_size);
             let delta = delta_encode(base.bytes, data, &mut out[..limit])?;
             t = self.charge(Encoding::Delta, t);
             if let Some(len) = delta {
