@@ -223,10 +223,7 @@ impl PageMemory for AtomicMemory {
     fn read_page(&self, page: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
         let words = self.page_words(page, buf.len())?;
         for (w, chunk) in words.iter().zip(buf.chunks_exact_mut(8)) {
-            chunk.copy_from_slice(
-                &w.load(core::sync::atomic::Ordering::Relaxed)
-                    .to_le_bytes(),
-            );
+            chunk.copy_from_slice(&w.load(core::sync::atomic::Ordering::Relaxed).to_le_bytes());
         }
         Ok(())
     }
