@@ -377,3 +377,80 @@ fn a_page_that_returns_to_zero_and_back_is_never_sent_against_a_stale_base() {
     memory.read_page(0, &mut expected).unwrap();
     assert_eq!(&applier.memory().as_bytes()[..PAGE], expected.as_slice());
 }
+
+#[test]
+fn an_aborted_round_puts_its_unsent_pages_back() {
+    let pages = 64u64;
+    let layout = GuestLayout::flat(PAGE as u64, pages * PAGE as u64).unwrap();
+    let memory = AtomicMemory::new(PAGE, pages);
+    fill(&memory, &(0..pages as u8).collect::<Vec<_>>());
+    let bitmap = AtomicDirtyBitmap::new(layout);
+    let config = SourceConfig {
+        policy: Policy {
+            downtime_limit_ns: 1,
+            non_memory_downtime_ns: 0,
+            ..Policy::default()
+        },
+        ..SourceConfig::new(PAGE)
+    };
+    let mut source = SourceEngine::new(&bitmap, config, 0).unwrap();
+    // Pages 0..32 are dirtied during the bulk round: round 1 must send them.
+    for p in 0..32 {
+        memory.store_word(p, 3, 0xabcd).unwrap();
+        bitmap.mark(p).unwrap();
+    }
+    let mut before = vec![0u8; PAGE * pages as usize];
+    for p in 0..pages {
+        memory
+            .read_page(p, &mut before[p as usize * PAGE..][..PAGE])
+            .unwrap();
+    }
+    let mut big = vec![0u8; 1 << 20];
+    let t = source.poll_transmit(&memory, 1_000, &mut big).unwrap();
+    assert!(matches!(t.event, SourceEvent::RoundDone(_)));
+    let mut stream = big[..t.len].to_vec();
+
+    // Part of round 1 goes out, then the link fails: abort.
+    let mut small = vec![0u8; source.min_buffer_len()];
+    let t = source.poll_transmit(&memory, 2_000, &mut small).unwrap();
+    stream.extend_from_slice(&small[..t.len]);
+    source.abort();
+
+    // Which pages of round 1 reached the wire?
+    let mut decoder = precopy::wire::Decoder::with_max_page_size(PAGE);
+    let mut input = stream.as_slice();
+    let mut round = 0;
+    let mut sent = std::collections::BTreeSet::new();
+    while let Some(event) = decoder.next(&mut input).unwrap() {
+        match event {
+            precopy::wire::Event::Frame(precopy::wire::Frame::RoundBegin { round: r, .. }) => {
+                round = r
+            }
+            precopy::wire::Event::Frame(f) if round == 1 => {
+                if let precopy::wire::Frame::Raw { page, .. }
+                | precopy::wire::Frame::Lz4 { page, .. }
+                | precopy::wire::Frame::Delta { page, .. } = f
+                {
+                    sent.insert(page);
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(!sent.is_empty() && sent.len() < 32, "sent {sent:?}");
+    let back: std::collections::BTreeSet<u64> = bitmap.harvest().pages().collect();
+    for p in 0..32 {
+        assert!(
+            sent.contains(&p) || back.contains(&p),
+            "page {p} neither sent nor put back"
+        );
+    }
+    // The source's memory is exactly as the guest left it.
+    let mut after = vec![0u8; PAGE * pages as usize];
+    for p in 0..pages {
+        memory
+            .read_page(p, &mut after[p as usize * PAGE..][..PAGE])
+            .unwrap();
+    }
+    assert!(after == before);
+}

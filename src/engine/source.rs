@@ -267,8 +267,15 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
         if matches!(self.phase, Phase::Failed | Phase::Done) {
             return;
         }
-        // Pages still to send in this round, including the one being worked on.
-        let _ = self.bitmap.restore(&self.set);
+        // Pages of this round not sent yet: the set from the cursor on. (In the bulk
+        // round the set is empty; the bulk round sends every page regardless.)
+        let words = self.set.words();
+        let first = (self.cursor / 64) as usize;
+        if let Some(&w) = words.get(first) {
+            let head = w & (!0u64 << (self.cursor % 64));
+            let _ = self.bitmap.restore_words(first, &[head]);
+            let _ = self.bitmap.restore_words(first + 1, &words[first + 1..]);
+        }
         self.phase = Phase::Failed;
     }
 
@@ -361,20 +368,18 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
         self.round_codecs_start = *self.encoder.stats();
     }
 
-    /// The next page of the current round, skipping deferred ones.
+    /// The next page of the current round, skipping deferred ones. The cursor moves
+    /// past a page only once it is sent (see `send_page`), so a failure restores it.
     fn next_page(&mut self, round: u32, fin: bool) -> Option<u64> {
         let total = self.bitmap.total_pages();
         if round == 0 && !fin {
-            let page = self.cursor;
-            self.cursor += 1;
-            return (page < total).then_some(page);
+            return (self.cursor < total).then_some(self.cursor);
         }
         loop {
             let page = next_set_bit(self.set.words(), self.cursor)?;
-            self.cursor = page + 1;
             if !fin && self.config.defer_redirtied && self.bitmap.is_dirty(page) {
                 // Dirtied again since its harvest: the next harvest has it.
-                self.set.remove(page);
+                self.cursor = page + 1;
                 self.round_deferred += 1;
                 continue;
             }
@@ -394,7 +399,7 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
             .encoder
             .encode(page, &self.page_buf, &mut self.payload_buf)?;
         // Sent (or about to be, in these bytes): no longer pending for this round.
-        self.set.remove(page);
+        self.cursor = page + 1;
         self.round_pages += 1;
         let mut len = 0;
         if encoded.len == 0 && encoded.encoding == crate::codec::Encoding::Zero {
@@ -480,6 +485,7 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
                 },
             ));
         }
+        self.set.clear();
         self.bitmap.harvest_into(&mut self.set)?;
         let outcome = self.scheduler.round_done(RoundMeasurement {
             now_ns,
