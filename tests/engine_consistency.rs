@@ -426,13 +426,12 @@ fn an_aborted_round_puts_its_unsent_pages_back() {
             precopy::wire::Event::Frame(precopy::wire::Frame::RoundBegin { round: r, .. }) => {
                 round = r
             }
-            precopy::wire::Event::Frame(f) if round == 1 => {
-                if let precopy::wire::Frame::Raw { page, .. }
+            precopy::wire::Event::Frame(
+                precopy::wire::Frame::Raw { page, .. }
                 | precopy::wire::Frame::Lz4 { page, .. }
-                | precopy::wire::Frame::Delta { page, .. } = f
-                {
-                    sent.insert(page);
-                }
+                | precopy::wire::Frame::Delta { page, .. },
+            ) if round == 1 => {
+                sent.insert(page);
             }
             _ => {}
         }
