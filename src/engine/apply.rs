@@ -167,6 +167,8 @@ pub struct Applier<M, B, S> {
     page_buf: S,
     stats: ApplyStats,
     complete: bool,
+    /// The digest the source sent, once memory was verified against it.
+    digest: Option<u128>,
     failed: Option<ApplyError>,
 }
 
@@ -183,6 +185,7 @@ impl<M: PageMemory> Applier<M, alloc::vec::Vec<u8>, alloc::vec::Vec<u8>> {
             page_buf,
             stats: ApplyStats::default(),
             complete: false,
+            digest: None,
             failed: None,
         }
     }
@@ -209,6 +212,7 @@ where
             page_buf,
             stats: ApplyStats::default(),
             complete: false,
+            digest: None,
             failed: None,
         })
     }
@@ -231,6 +235,12 @@ where
     /// Whether the stream completed with matching digests.
     pub fn is_complete(&self) -> bool {
         self.complete
+    }
+
+    /// The memory digest the source sent, once the destination's memory was verified
+    /// to match it (`None` before the stream completed).
+    pub fn digest(&self) -> Option<u128> {
+        self.digest
     }
 
     /// Applies every frame in `input` (the next piece of the stream).
@@ -264,6 +274,7 @@ where
             page_buf,
             stats,
             complete,
+            digest: verified,
             ..
         } = self;
         let page_buf = &mut page_buf.as_mut()[..page_size];
@@ -303,6 +314,7 @@ where
                             });
                         }
                         *complete = true;
+                        *verified = Some(digest);
                     }
                 }
             }

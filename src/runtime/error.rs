@@ -23,6 +23,17 @@ pub enum RuntimeError {
     Workload(String),
     /// The peer broke the protocol or closed early.
     Peer(String),
+    /// The destination refused the migration; the reason it sent.
+    Refused(String),
+    /// The stream's guest is larger than the destination allows.
+    GuestTooLarge {
+        /// Pages in the stream's layout.
+        pages: u64,
+        /// Page size in the stream's layout.
+        page_size: u64,
+        /// The destination's cap, bytes.
+        max_memory: u64,
+    },
 }
 
 impl RuntimeError {
@@ -43,6 +54,18 @@ impl fmt::Display for RuntimeError {
             RuntimeError::Apply(e) => write!(f, "destination: {e}"),
             RuntimeError::Workload(e) => write!(f, "workload: {e}"),
             RuntimeError::Peer(e) => write!(f, "peer: {e}"),
+            RuntimeError::Refused(e) => write!(f, "the destination refused the migration: {e}"),
+            RuntimeError::GuestTooLarge {
+                pages,
+                page_size,
+                max_memory,
+            } => write!(
+                f,
+                "the stream's guest of {} ({pages} pages of {page_size} bytes) is larger than \
+                 this destination's limit of {} (raise --max-memory)",
+                Size(pages.saturating_mul(*page_size)),
+                Size(*max_memory)
+            ),
         }
     }
 }
@@ -58,5 +81,21 @@ impl From<EngineError> for RuntimeError {
 impl From<ApplyError> for RuntimeError {
     fn from(e: ApplyError) -> Self {
         RuntimeError::Apply(e)
+    }
+}
+
+/// A byte count in the largest binary unit that divides it (`64 MiB`, `4097 bytes`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
+            if n != 0 && n % (1 << shift) == 0 {
+                return write!(f, "{} {unit}", n >> shift);
+            }
+        }
+        write!(f, "{n} bytes")
     }
 }

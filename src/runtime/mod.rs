@@ -1,10 +1,15 @@
-//! The std runtime: a synthetic guest with writer threads, transports over TCP, and
-//! the drivers that move an engine's bytes between them.
+//! The std runtime: a synthetic guest with writer threads, transports over TCP and
+//! files, the session protocol between a source and a destination, and the drivers
+//! that move an engine's bytes between them.
 
 mod error;
+pub mod file;
 pub mod guest;
+pub mod session;
 pub mod tcp;
 
-pub use error::RuntimeError;
+pub use error::{RuntimeError, Size};
+pub use file::FileSink;
 pub use guest::{SyntheticGuest, Workload};
+pub use session::{receive, Limits, Received, Reply, SourceLink};
 pub use tcp::TcpTransport;

@@ -6,7 +6,10 @@ use clap::{Parser, Subcommand};
 
 mod bench_bitmap;
 mod demo;
+mod migrate;
+mod recv;
 mod report;
+mod send;
 
 /// precopy: pre-copy live migration of VM memory.
 #[derive(Parser, Debug)]
@@ -20,6 +23,11 @@ struct Cli {
 enum Command {
     /// Migrate a synthetic guest with writers running, over loopback TCP, and verify it.
     Demo(demo::Args),
+    /// Migrate a synthetic guest to a `precopy recv` over TCP, or into a stream file.
+    Send(send::Args),
+    /// Take a migration from a `precopy send` over TCP, or restore a stream file, and
+    /// verify the memory digest.
+    Recv(recv::Args),
     /// Measure precopy against a peer implementation in the same run.
     Bench {
         #[command(subcommand)]
@@ -41,6 +49,8 @@ fn main() -> ExitCode {
             Ok(false) => Err("the destination did not verify the migrated memory".to_string()),
             Err(e) => Err(e),
         },
+        Command::Send(args) => send::run(&args),
+        Command::Recv(args) => recv::run(&args),
         Command::Bench { suite } => match suite {
             BenchSuite::Bitmap(args) => bench_bitmap::run(&args),
         },
@@ -48,7 +58,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("precopy: {e}");
+            // One line, whatever the error carries.
+            eprintln!("precopy: {}", e.replace(['\n', '\r'], " "));
             ExitCode::FAILURE
         }
     }

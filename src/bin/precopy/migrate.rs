@@ -1,0 +1,377 @@
+//! What `demo` and `send` share: the migration options, the source's loop (engine,
+//! guest, transport) and the per-round table, JSON lines and summary.
+
+use std::time::{Duration, Instant};
+
+use precopy::bitmap::GuestLayout;
+use precopy::codec::{EncoderConfig, Encoding};
+use precopy::engine::{SourceConfig, SourceEngine, SourceEvent, SourceRound, Transport};
+use precopy::runtime::{RuntimeError, SyntheticGuest, Workload};
+use precopy::schedule::{Decision, OnLimit, Policy};
+
+/// The options of a migration's source (`precopy demo`, `precopy send`).
+#[derive(clap::Args, Debug)]
+pub struct MigrationArgs {
+    /// Guest memory size (bytes; K, M, G suffixes).
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    pub memory: u64,
+    /// Guest workload: NAME[:key=value,...] with NAME one of idle, once, continuous,
+    /// hotspot (keys: rate=pages/s, set=bytes, skew).
+    #[arg(long, default_value = "continuous:rate=50k,set=256M")]
+    pub workload: String,
+    /// Writer threads (the guest's vCPUs).
+    #[arg(long, default_value_t = 1)]
+    pub writers: usize,
+    /// Downtime limit, milliseconds.
+    #[arg(long, default_value_t = 300)]
+    pub downtime_ms: u64,
+    /// Most live rounds before giving up (or switching over, with --force-switchover).
+    #[arg(long, default_value_t = 30)]
+    pub max_rounds: u32,
+    /// At the round limit, switch over anyway instead of failing.
+    #[arg(long)]
+    pub force_switchover: bool,
+    /// Delta cache size (bytes; K, M, G suffixes); 0 turns delta encoding off.
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    pub cache: u64,
+    /// Page size in bytes.
+    #[arg(long, default_value_t = 4096)]
+    pub page_size: u64,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses a byte size with an optional K/M/G suffix.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let (digits, shift) = match s.chars().last() {
+        Some('K') | Some('k') => (&s[..s.len() - 1], 10),
+        Some('M') | Some('m') => (&s[..s.len() - 1], 20),
+        Some('G') | Some('g') => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (e.g. 4096, 64M, 1G)"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+/// A source ready to migrate: the guest (writers not started) and the engine's
+/// configuration.
+pub struct Source {
+    /// The synthetic guest.
+    pub guest: SyntheticGuest,
+    /// The engine's configuration.
+    pub config: SourceConfig,
+    /// The guest's layout.
+    pub layout: GuestLayout,
+    /// The workload the writers run.
+    pub workload: Workload,
+}
+
+impl MigrationArgs {
+    /// Validates the options and builds the guest and the engine configuration.
+    pub fn source(&self, session_id: [u8; 16]) -> Result<Source, String> {
+        let workload: Workload = self
+            .workload
+            .parse()
+            .map_err(|e: RuntimeError| e.to_string())?;
+        let layout = GuestLayout::flat(self.page_size, self.memory).map_err(|e| {
+            format!(
+                "--memory {} with --page-size {}: {e}",
+                self.memory, self.page_size
+            )
+        })?;
+        let page_size = self.page_size as usize;
+        let encoder = EncoderConfig {
+            cache_bytes: self.cache as usize,
+            ..EncoderConfig::new(page_size)
+        };
+        let policy = Policy {
+            downtime_limit_ns: self.downtime_ms.saturating_mul(1_000_000),
+            max_rounds: self.max_rounds,
+            on_limit: if self.force_switchover {
+                OnLimit::SwitchOver
+            } else {
+                OnLimit::Fail
+            },
+            ..Policy::default()
+        };
+        policy.validate().map_err(|e| e.to_string())?;
+        let config = SourceConfig {
+            encoder,
+            policy,
+            session_id,
+            defer_redirtied: true,
+        };
+        Ok(Source {
+            guest: SyntheticGuest::new(layout, workload),
+            config,
+            layout,
+            workload,
+        })
+    }
+}
+
+/// Prints the per-round table's header (nothing in JSON mode).
+pub fn print_table_header(json: bool) {
+    if json {
+        return;
+    }
+    println!(
+        "{:>5} {:>9} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9} {:>11} {:>10} {:>8}",
+        "round",
+        "dirty",
+        "zero",
+        "delta",
+        "lz4",
+        "raw",
+        "wire MB",
+        "MB/s",
+        "dirty pg/s",
+        "pred. ms",
+        "throttle"
+    );
+}
+
+/// How a source's migration went.
+#[derive(Debug)]
+pub struct SourceReport {
+    /// Live rounds the scheduler saw.
+    pub rounds: u32,
+    /// From the engine's start until the verdict (or the failure), ns.
+    pub total_ns: u64,
+    /// From the pause until the verdict, ns (`None` if the guest was never paused).
+    pub downtime_ns: Option<u64>,
+    /// The scheduler's last downtime prediction, ns (`u64::MAX`: none).
+    pub predicted_ns: u64,
+    /// Stream bytes handed to the transport.
+    pub wire_bytes: u64,
+    /// Guest memory size, bytes.
+    pub memory_bytes: u64,
+    /// Page writes by the guest during the migration.
+    pub writes: u64,
+    /// The source's memory digest (once the final round was produced).
+    pub digest: Option<u128>,
+    /// Why the migration failed (`None`: the destination verified the memory).
+    pub error: Option<String>,
+    /// After a failure: page writes in the moment after the writers were let go
+    /// again, the evidence that the guest runs on.
+    pub writes_after_failure: Option<u64>,
+}
+
+impl SourceReport {
+    /// Whether the destination verified the memory.
+    pub fn verified(&self) -> bool {
+        self.error.is_none()
+    }
+
+    /// Prints the summary line (text or JSON); `extra` is added to the JSON object
+    /// (`,"key":value...`).
+    pub fn print(&self, json: bool, extra: &str) {
+        let ms = |ns: u64| format!("{:.1}", ns as f64 / 1e6);
+        let ratio = self.wire_bytes as f64 / self.memory_bytes.max(1) as f64;
+        let predicted = (self.predicted_ns != u64::MAX).then_some(self.predicted_ns);
+        if json {
+            let mut line = format!(
+                "{{\"kind\":\"summary\",\"verified\":{},\"rounds\":{},\"total_ms\":{},\"downtime_ms\":{},\"predicted_downtime_ms\":{},\"wire_bytes\":{},\"memory_bytes\":{},\"wire_over_memory\":{ratio:.3},\"guest_writes\":{}",
+                self.verified(),
+                self.rounds,
+                ms(self.total_ns),
+                self.downtime_ns.map_or("null".to_string(), ms),
+                predicted.map_or("null".to_string(), ms),
+                self.wire_bytes,
+                self.memory_bytes,
+                self.writes
+            );
+            if let Some(d) = self.digest {
+                line += &format!(",\"digest\":\"{d:#034x}\"");
+            }
+            if let Some(e) = &self.error {
+                line += &format!(",\"error\":{}", json_string(e));
+            }
+            if let Some(w) = self.writes_after_failure {
+                line += &format!(",\"guest_running\":true,\"writes_after_failure\":{w}");
+            }
+            println!("{line}{extra}}}");
+        } else {
+            println!(
+                "total {:.2} s, downtime {} (predicted {}), {:.1} MB on the wire = {ratio:.2} x memory, {} guest writes, verified: {}",
+                self.total_ns as f64 / 1e9,
+                self.downtime_ns.map_or("-".to_string(), |d| format!("{} ms", ms(d))),
+                predicted.map_or("-".to_string(), |d| format!("{} ms", ms(d))),
+                self.wire_bytes as f64 / 1e6,
+                self.writes,
+                if self.verified() { "yes" } else { "no" }
+            );
+            if let Some(w) = self.writes_after_failure {
+                println!("the migration failed; the guest runs on at the source ({w} page writes in the 200 ms after)");
+            }
+        }
+    }
+}
+
+/// `s` as a JSON string literal.
+pub fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Runs a migration's source: starts the writers, drives the engine over `link`,
+/// pauses the guest when told, and after the completion frame asks `verdict` whether
+/// the destination verified the memory. Any failure lets the writers run again (the
+/// guest lives on at the source, its memory never written by the migration). Stops
+/// the writers before returning.
+pub fn run_source<T: Transport>(
+    source: &mut Source,
+    writers: usize,
+    json: bool,
+    link: &mut T,
+    verdict: impl FnOnce(&mut T) -> Result<(), String>,
+) -> SourceReport {
+    let start = Instant::now();
+    let now = || start.elapsed().as_nanos() as u64;
+    let guest = &mut source.guest;
+    guest.start(writers);
+    let memory = std::sync::Arc::clone(guest.memory());
+    let bitmap = std::sync::Arc::clone(guest.bitmap());
+    let mut report = SourceReport {
+        rounds: 0,
+        total_ns: 0,
+        downtime_ns: None,
+        predicted_ns: u64::MAX,
+        wire_bytes: 0,
+        memory_bytes: source.layout.total_bytes(),
+        writes: 0,
+        digest: None,
+        error: None,
+        writes_after_failure: None,
+    };
+    let mut paused_at = None;
+    let result = match SourceEngine::new(&bitmap, source.config, now()) {
+        Err(e) => Err(e.to_string()),
+        Ok(mut engine) => {
+            let mut out = vec![0u8; engine.min_buffer_len().max(1 << 20)];
+            let result: Result<(), String> = loop {
+                let t = match engine.poll_transmit(&*memory, now(), &mut out) {
+                    Ok(t) => t,
+                    Err(e) => break Err(e.to_string()),
+                };
+                if let Err(e) = link.send(&out[..t.len]) {
+                    break Err(e.to_string());
+                }
+                report.wire_bytes += t.len as u64;
+                match t.event {
+                    SourceEvent::RoundDone(r) => {
+                        print_round(&r, json);
+                        if let Decision::Continue { throttle_percent } = r.outcome.decision {
+                            guest.set_throttle(throttle_percent);
+                        }
+                    }
+                    SourceEvent::PauseGuest { .. } => {
+                        guest.pause();
+                        paused_at = Some(now());
+                        if let Err(e) = engine.guest_paused(now()) {
+                            break Err(e.to_string());
+                        }
+                    }
+                    SourceEvent::Complete { digest, round } => {
+                        print_final(round, json);
+                        report.digest = Some(digest);
+                        break verdict(link);
+                    }
+                    SourceEvent::None => {}
+                }
+            };
+            report.rounds = engine.scheduler().rounds();
+            report.predicted_ns = engine.scheduler().predicted_downtime_ns();
+            if result.is_err() {
+                // Pages harvested but not sent go back into the bitmap.
+                engine.abort();
+            }
+            result
+        }
+    };
+    report.total_ns = now();
+    report.downtime_ns = paused_at.map(|p| report.total_ns - p);
+    if let Err(e) = result {
+        // The migration failed: the guest keeps running on the source.
+        guest.resume();
+        let before = guest.writes();
+        std::thread::sleep(Duration::from_millis(200));
+        report.writes_after_failure = Some(guest.writes() - before);
+        report.error = Some(e);
+    }
+    report.writes = guest.writes();
+    guest.stop();
+    report
+}
+
+fn print_final(round: precopy::engine::FinalRound, json: bool) {
+    let c = |e| round.codecs.get(e).pages;
+    if json {
+        println!(
+            "{{\"kind\":\"round\",\"round\":{},\"final\":true,\"pages\":{},\"zero\":{},\"delta\":{},\"lz4\":{},\"raw\":{},\"wire_bytes\":{}}}",
+            round.round, round.pages_sent, c(Encoding::Zero), c(Encoding::Delta), c(Encoding::Lz4), c(Encoding::Raw), round.wire_bytes
+        );
+    } else {
+        println!(
+            "{:>5} {:>9} {:>8} {:>8} {:>8} {:>8} {:>10.1} {:>9} {:>11} {:>10} {:>8}",
+            format!("{}*", round.round),
+            round.pages_sent,
+            c(Encoding::Zero),
+            c(Encoding::Delta),
+            c(Encoding::Lz4),
+            c(Encoding::Raw),
+            round.wire_bytes as f64 / 1e6,
+            "-",
+            "-",
+            "-",
+            "paused"
+        );
+    }
+}
+
+fn print_round(r: &SourceRound, json: bool) {
+    let s = r.outcome.stats;
+    let c = |e| r.codecs.get(e).pages;
+    if json {
+        println!(
+            "{{\"kind\":\"round\",\"round\":{},\"dirty_pages\":{},\"pages\":{},\"zero\":{},\"delta\":{},\"lz4\":{},\"raw\":{},\"deferred\":{},\"wire_bytes\":{},\"duration_ms\":{:.2},\"bandwidth_bytes_per_sec\":{:.0},\"dirty_pages_per_sec\":{:.0},\"predicted_downtime_ms\":{},\"throttle_percent\":{}}}",
+            s.round, s.dirty_pages, s.pages_sent, c(Encoding::Zero), c(Encoding::Delta), c(Encoding::Lz4), c(Encoding::Raw),
+            r.deferred_pages, s.wire_bytes, s.duration_ns as f64 / 1e6, s.bandwidth_bytes_per_sec, s.dirty_pages_per_sec,
+            if s.predicted_downtime_ns == u64::MAX { "null".to_string() } else { format!("{:.1}", s.predicted_downtime_ns as f64 / 1e6) },
+            s.throttle_percent
+        );
+    } else {
+        println!(
+            "{:>5} {:>9} {:>8} {:>8} {:>8} {:>8} {:>10.1} {:>9.0} {:>11.0} {:>10} {:>7}%",
+            s.round,
+            s.dirty_pages,
+            c(Encoding::Zero),
+            c(Encoding::Delta),
+            c(Encoding::Lz4),
+            c(Encoding::Raw),
+            s.wire_bytes as f64 / 1e6,
+            s.bandwidth_bytes_per_sec / 1e6,
+            s.dirty_pages_per_sec,
+            if s.predicted_downtime_ns == u64::MAX {
+                "-".to_string()
+            } else {
+                format!("{:.1}", s.predicted_downtime_ns as f64 / 1e6)
+            },
+            s.throttle_percent
+        );
+    }
+}

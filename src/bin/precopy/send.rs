@@ -1,0 +1,145 @@
+//! `precopy send`: the source of a two-process migration. A synthetic guest's writers
+//! dirty memory while its stream goes to a `precopy recv` over TCP, or into a file.
+
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::ArgGroup;
+use precopy::runtime::{receive, FileSink, Limits, SourceLink};
+
+use crate::migrate::{self, MigrationArgs, Source};
+
+/// Options of `precopy send`.
+#[derive(clap::Args, Debug)]
+#[command(group(ArgGroup::new("to").required(true).args(["connect", "output"])))]
+pub struct Args {
+    /// Migrate to a `precopy recv --listen` at this address (HOST:PORT).
+    #[arg(long, value_name = "ADDR")]
+    connect: Option<String>,
+    /// Write the migration stream to FILE instead (a snapshot; restore it with
+    /// `precopy recv --input FILE`).
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Seconds to wait for the destination: to connect, and for each read or write.
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
+    /// With --output: skip reading the file back to verify it restores to the
+    /// source's memory digest.
+    #[arg(long)]
+    no_verify: bool,
+    #[command(flatten)]
+    migration: MigrationArgs,
+}
+
+/// A session id for this run: unique enough to tell migrations apart in logs.
+fn session_id() -> [u8; 16] {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut seed = [0u8; 20];
+    seed[..16].copy_from_slice(&nanos.to_le_bytes());
+    seed[16..].copy_from_slice(&std::process::id().to_le_bytes());
+    xxhash_rust::xxh3::xxh3_128(&seed).to_le_bytes()
+}
+
+/// Hex of a session id.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Connects to the first address of `addr` that answers within `timeout`.
+fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, String> {
+    let addrs = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let mut last = format!("connect {addr}: the name resolves to no address");
+    for a in addrs {
+        match TcpStream::connect_timeout(&a, timeout) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = format!("connect {addr}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+/// Runs `precopy send`; `Ok` only when the destination verified the memory (for a
+/// file: when it was written, synced and, unless --no-verify, read back and verified).
+pub fn run(args: &Args) -> Result<(), String> {
+    let m = &args.migration;
+    let session = session_id();
+    let mut source = m.source(session)?;
+    let timeout = Duration::from_secs(args.timeout.max(1));
+    let extra = format!(",\"session\":\"{}\"", hex(&session));
+    if let Some(addr) = &args.connect {
+        let stream = connect(addr, timeout)?;
+        let setup = |e: std::io::Error| format!("connect {addr}: {e}");
+        stream.set_nodelay(true).map_err(setup)?;
+        stream.set_read_timeout(Some(timeout)).map_err(setup)?;
+        stream.set_write_timeout(Some(timeout)).map_err(setup)?;
+        let peer = stream.peer_addr().map_or(addr.clone(), |a| a.to_string());
+        print_intro(m, &source, &format!("TCP to {peer}"));
+        let mut link = SourceLink::new(stream, format!("the destination {peer}"));
+        let report = migrate::run_source(&mut source, m.writers, m.json, &mut link, |l| {
+            l.finish().map_err(|e| e.to_string())
+        });
+        report.print(m.json, &extra);
+        return report.error.map_or(Ok(()), Err);
+    }
+    let Some(path) = &args.output else {
+        return Err("give --connect ADDR or --output FILE".to_string());
+    };
+    let mut sink = FileSink::create(path).map_err(|e| e.to_string())?;
+    print_intro(m, &source, &format!("file {}", path.display()));
+    let mut report = migrate::run_source(&mut source, m.writers, m.json, &mut sink, |s| {
+        s.finish().map(drop).map_err(|e| e.to_string())
+    });
+    if report.error.is_none() && !args.no_verify {
+        report.error = verify_file(path, &source, report.digest).err();
+    }
+    report.print(m.json, &extra);
+    match report.error {
+        None => Ok(()),
+        Some(e) => {
+            // A partial or unverified stream file must not be restored later.
+            let regular = std::fs::metadata(path).is_ok_and(|md| md.is_file());
+            if regular && std::fs::remove_file(path).is_ok() {
+                Err(format!("{e} (removed {})", path.display()))
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Reads the stream file back as `recv --input` would and checks it restores to the
+/// source's digest.
+fn verify_file(path: &Path, source: &Source, digest: Option<u128>) -> Result<(), String> {
+    let what = format!("verifying {}", path.display());
+    let mut file = std::fs::File::open(path).map_err(|e| format!("{what}: {e}"))?;
+    let limits = Limits {
+        max_memory: source.layout.total_bytes(),
+        expect: Some(source.layout),
+    };
+    let received = receive(&mut file, None, &limits).map_err(|e| format!("{what}: {e}"))?;
+    if Some(received.digest) != digest {
+        return Err(format!(
+            "{what}: it restores to digest {:#034x}, not the source's",
+            received.digest
+        ));
+    }
+    Ok(())
+}
+
+fn print_intro(m: &MigrationArgs, source: &Source, to: &str) {
+    if !m.json {
+        println!(
+            "precopy send: {} MiB guest, {} B pages, workload {}, {} writer(s), {to}",
+            m.memory >> 20,
+            m.page_size,
+            source.workload,
+            m.writers
+        );
+    }
+    migrate::print_table_header(m.json);
+}

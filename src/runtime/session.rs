@@ -1,0 +1,442 @@
+//! Migration sessions over byte streams (a TCP connection, a file): the source's link
+//! with its handshake, and the destination's side of a migration.
+//!
+//! The stream header already carries what a handshake needs (magic, format version,
+//! features, session id, guest layout), so a session adds only the destination's
+//! replies, which let a source report *why* a destination refused it:
+//!
+//! ```text
+//! source                                    destination
+//!   stream header ────────────────────────►  checks magic, version, features, and
+//!                                            the layout against its Limits, and only
+//!                                            then allocates guest memory
+//!   ◄───────────────── reply: accepted | refused(reason)
+//!   frames ... completion frame ──────────►  applies, verifies the memory digest
+//!   ◄───────────────── reply: verified | refused(reason)
+//! ```
+//!
+//! A reply is a status byte (1 = accepted or verified, 0 = refused), a `u16` LE length
+//! and that many bytes of UTF-8 reason (at most [`MAX_REASON_LEN`]). A stream file
+//! holds the stream alone, without replies, and is read to its end.
+
+use std::format;
+use std::io::{self, ErrorKind, Read, Write};
+use std::string::{String, ToString};
+use std::vec;
+use std::vec::Vec;
+
+use super::RuntimeError;
+use crate::bitmap::GuestLayout;
+use crate::engine::{Applier, ApplyError, ApplyStats, Progress, Transport};
+use crate::memory::VecMemory;
+use crate::wire::header::HEADER_PREFIX_LEN;
+use crate::wire::{HeaderPrefix, Location, StreamHeader, WireErrorKind};
+
+/// The longest reason a reply carries, bytes.
+pub const MAX_REASON_LEN: usize = 1024;
+
+const STATUS_OK: u8 = 1;
+const STATUS_REFUSED: u8 = 0;
+
+/// A destination's answer to the stream header or to the whole stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// Header accepted, or memory verified.
+    Ok,
+    /// Refused, and why.
+    Refused(String),
+}
+
+/// Writes `reply` (the reason cut to [`MAX_REASON_LEN`] bytes) and flushes.
+pub fn write_reply<W: Write + ?Sized>(w: &mut W, reply: &Reply) -> io::Result<()> {
+    let (status, reason) = match reply {
+        Reply::Ok => (STATUS_OK, ""),
+        Reply::Refused(r) => (STATUS_REFUSED, r.as_str()),
+    };
+    let mut end = reason.len().min(MAX_REASON_LEN);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut msg = Vec::with_capacity(3 + end);
+    msg.push(status);
+    msg.extend_from_slice(&(end as u16).to_le_bytes());
+    msg.extend_from_slice(&reason.as_bytes()[..end]);
+    w.write_all(&msg)?;
+    w.flush()
+}
+
+/// Reads a reply. Anything that is not one is an `InvalidData` error.
+pub fn read_reply<R: Read + ?Sized>(r: &mut R) -> io::Result<Reply> {
+    let mut head = [0u8; 3];
+    r.read_exact(&mut head)?;
+    let len = usize::from(u16::from_le_bytes([head[1], head[2]]));
+    if head[0] > STATUS_OK || len > MAX_REASON_LEN {
+        return Err(io::Error::new(
+            ErrorKind::InvalidData,
+            format!(
+                "the answer starts with {:02x?}, which is not a precopy reply",
+                head
+            ),
+        ));
+    }
+    let mut reason = vec![0u8; len];
+    r.read_exact(&mut reason)?;
+    Ok(if head[0] == STATUS_OK {
+        Reply::Ok
+    } else {
+        // One line, whatever the peer sent.
+        let text: String = String::from_utf8_lossy(&reason)
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        Reply::Refused(text)
+    })
+}
+
+/// What a destination accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest guest it allocates memory for, bytes.
+    pub max_memory: u64,
+    /// The layout its guest has, if it was sized beforehand: a stream for another
+    /// page size or page count is refused.
+    pub expect: Option<GuestLayout>,
+}
+
+impl Limits {
+    /// Refuses a header whose guest this destination cannot take.
+    pub fn check(&self, header: &StreamHeader) -> Result<(), RuntimeError> {
+        let (page_size, pages) = (header.layout.page_size(), header.layout.total_pages());
+        if let Some(expect) = self.expect {
+            if (expect.page_size(), expect.total_pages()) != (page_size, pages) {
+                return Err(RuntimeError::Apply(ApplyError::LayoutMismatch {
+                    stream_page_size: page_size,
+                    stream_pages: pages,
+                    memory_page_size: expect.page_size(),
+                    memory_pages: expect.total_pages(),
+                }));
+            }
+        }
+        let too_large = RuntimeError::GuestTooLarge {
+            pages,
+            page_size,
+            max_memory: self.max_memory,
+        };
+        match pages.checked_mul(page_size) {
+            Some(bytes) if bytes <= self.max_memory && usize::try_from(bytes).is_ok() => Ok(()),
+            _ => Err(too_large),
+        }
+    }
+}
+
+/// A read of `what` that failed: timeouts say so in words.
+fn read_error(what: &str, e: io::Error) -> RuntimeError {
+    match e.kind() {
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => RuntimeError::io(
+            what,
+            io::Error::new(ErrorKind::TimedOut, "timed out waiting for the peer"),
+        ),
+        _ => RuntimeError::io(what, e),
+    }
+}
+
+/// Reads into all of `buf`; the end of input is a truncated header.
+fn read_header_bytes<R: Read + ?Sized>(
+    r: &mut R,
+    buf: &mut [u8],
+    already: usize,
+    need: usize,
+) -> Result<(), RuntimeError> {
+    let mut have = 0;
+    while have < buf.len() {
+        match r.read(&mut buf[have..]) {
+            Ok(0) => {
+                return Err(RuntimeError::Apply(ApplyError::Wire(
+                    WireErrorKind::Truncated {
+                        have: already + have,
+                        need,
+                    }
+                    .at(Location::Header),
+                )))
+            }
+            Ok(n) => have += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(read_error("reading the stream header", e)),
+        }
+    }
+    Ok(())
+}
+
+/// Why the first bytes are not a stream: an HTTP request is named as one.
+fn not_a_stream(first: &[u8], kind: WireErrorKind) -> RuntimeError {
+    const METHODS: [&[u8]; 9] = [
+        b"GET ",
+        b"HEAD ",
+        b"POST ",
+        b"PUT ",
+        b"DELETE ",
+        b"OPTIONS ",
+        b"CONNECT ",
+        b"PATCH ",
+        b"TRACE ",
+    ];
+    if matches!(kind, WireErrorKind::BadMagic { .. })
+        && METHODS.iter().any(|m| first.starts_with(m))
+    {
+        let shown: String = first
+            .iter()
+            .map(|&b| {
+                if b.is_ascii_graphic() || b == b' ' {
+                    b as char
+                } else {
+                    '.'
+                }
+            })
+            .collect();
+        return RuntimeError::Peer(format!(
+            "an HTTP request (\"{shown}...\") arrived instead of a precopy stream: \
+             this port takes `precopy send`, not a web client"
+        ));
+    }
+    RuntimeError::Apply(ApplyError::Wire(kind.at(Location::Header)))
+}
+
+/// Reads and validates the stream header (magic and version first, then the rest);
+/// returns it with its bytes.
+pub fn read_header<R: Read + ?Sized>(r: &mut R) -> Result<(StreamHeader, Vec<u8>), RuntimeError> {
+    let mut bytes = vec![0u8; HEADER_PREFIX_LEN];
+    read_header_bytes(r, &mut bytes, 0, HEADER_PREFIX_LEN)?;
+    let prefix = HeaderPrefix::new_checked(&bytes).ok_or(RuntimeError::Apply(ApplyError::Wire(
+        WireErrorKind::Truncated {
+            have: bytes.len(),
+            need: HEADER_PREFIX_LEN,
+        }
+        .at(Location::Header),
+    )))?;
+    let len = prefix
+        .header_len()
+        .map_err(|kind| not_a_stream(&bytes, kind))?;
+    bytes.resize(len, 0);
+    read_header_bytes(r, &mut bytes[HEADER_PREFIX_LEN..], HEADER_PREFIX_LEN, len)?;
+    let header = StreamHeader::parse(&bytes)
+        .map_err(|kind| RuntimeError::Apply(ApplyError::Wire(kind.at(Location::Header))))?;
+    Ok((header, bytes))
+}
+
+/// A migration the destination received and verified.
+#[derive(Debug)]
+pub struct Received {
+    /// The stream header (session id, layout).
+    pub header: StreamHeader,
+    /// The guest memory, equal to the source's at switchover.
+    pub memory: VecMemory,
+    /// What was applied.
+    pub stats: ApplyStats,
+    /// Stream bytes received.
+    pub stream_bytes: u64,
+    /// The memory digest both sides agreed on.
+    pub digest: u128,
+}
+
+/// The destination's side of a migration: reads the header, checks it against
+/// `limits`, allocates memory for the validated layout, applies the stream and
+/// verifies the digest.
+///
+/// With `replies` (a connection) it answers the header and then the whole stream (see
+/// the module docs), a refusal carrying the error's text, and stops reading after the
+/// completion frame. Without (a file) it reads `input` to its end, so bytes after the
+/// completion frame are an error.
+pub fn receive<R: Read + ?Sized>(
+    input: &mut R,
+    mut replies: Option<&mut dyn Write>,
+    limits: &Limits,
+) -> Result<Received, RuntimeError> {
+    let result = receive_inner(input, &mut replies, limits);
+    if let Some(w) = replies {
+        let reply = match &result {
+            Ok(_) => Reply::Ok,
+            Err(e) => Reply::Refused(e.to_string()),
+        };
+        let answered = write_reply(w, &reply);
+        if result.is_ok() {
+            answered
+                .map_err(|e| RuntimeError::io("telling the source the memory is verified", e))?;
+        }
+    }
+    result
+}
+
+fn receive_inner<R: Read + ?Sized>(
+    input: &mut R,
+    replies: &mut Option<&mut dyn Write>,
+    limits: &Limits,
+) -> Result<Received, RuntimeError> {
+    let (header, header_bytes) = read_header(input)?;
+    limits.check(&header)?;
+    if let Some(w) = replies.as_mut() {
+        write_reply(w, &Reply::Ok).map_err(|e| RuntimeError::io("answering the source", e))?;
+    }
+    let memory = VecMemory::new(header.page_size(), header.layout.total_pages());
+    let mut applier = Applier::with_memory(memory);
+    applier.feed(&header_bytes)?;
+    let mut stream_bytes = header_bytes.len() as u64;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(read_error(
+                    &format!("reading the stream after {stream_bytes} bytes"),
+                    e,
+                ))
+            }
+        };
+        if n == 0 {
+            applier.finish()?;
+            break;
+        }
+        stream_bytes += n as u64;
+        if applier.feed(&buf[..n])? == Progress::Complete && replies.is_some() {
+            // The source now waits for the verdict: nothing more comes.
+            break;
+        }
+    }
+    let digest = applier
+        .digest()
+        .ok_or(RuntimeError::Apply(ApplyError::Wire(
+            WireErrorKind::EndedBeforeCompletion.at(Location::End {
+                offset: stream_bytes,
+            }),
+        )))?;
+    let stats = applier.stats();
+    Ok(Received {
+        header,
+        memory: applier.into_memory(),
+        stats,
+        stream_bytes,
+        digest,
+    })
+}
+
+/// The source's end of a connection to a destination, as a [`Transport`]: the first
+/// send carries the stream header and waits for the destination to accept it; a
+/// failed send reports the destination's reason when it sent one;
+/// [`finish`](Self::finish) waits for the verdict.
+#[derive(Debug)]
+pub struct SourceLink<S> {
+    stream: S,
+    peer: String,
+    accepted: bool,
+    sent: u64,
+}
+
+impl<S: Read + Write> SourceLink<S> {
+    /// A link over a connected `stream` to `peer` (named in errors).
+    pub fn new(stream: S, peer: impl Into<String>) -> Self {
+        SourceLink {
+            stream,
+            peer: peer.into(),
+            accepted: false,
+            sent: 0,
+        }
+    }
+
+    /// The connection.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.stream
+    }
+
+    /// Stream bytes sent so far.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Waits for the destination's verdict on the whole stream: `Ok` only when it
+    /// verified the memory digest.
+    pub fn finish(&mut self) -> Result<(), RuntimeError> {
+        self.await_reply("the verdict")
+    }
+
+    fn await_reply(&mut self, what: &str) -> Result<(), RuntimeError> {
+        match read_reply(&mut self.stream) {
+            Ok(Reply::Ok) => Ok(()),
+            Ok(Reply::Refused(reason)) => Err(RuntimeError::Refused(reason)),
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => Err(RuntimeError::Peer(format!(
+                "{} closed the connection before sending {what}",
+                self.peer
+            ))),
+            Err(e) if e.kind() == ErrorKind::InvalidData => Err(RuntimeError::Peer(format!(
+                "{} is not a precopy destination: {e}",
+                self.peer
+            ))),
+            Err(e) => Err(read_error(
+                &format!("waiting for {what} from {}", self.peer),
+                e,
+            )),
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), RuntimeError> {
+        match self.stream.write_all(bytes) {
+            Ok(()) => {
+                self.sent += bytes.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                // A destination that refused the stream says why before it closes.
+                if let Ok(Reply::Refused(reason)) = read_reply(&mut self.stream) {
+                    return Err(RuntimeError::Refused(reason));
+                }
+                let closed = matches!(
+                    e.kind(),
+                    ErrorKind::BrokenPipe
+                        | ErrorKind::ConnectionReset
+                        | ErrorKind::ConnectionAborted
+                        | ErrorKind::UnexpectedEof
+                );
+                let what = if closed {
+                    format!(
+                        "{} closed the connection mid-stream, after {} bytes",
+                        self.peer, self.sent
+                    )
+                } else {
+                    format!("sending to {} after {} bytes", self.peer, self.sent)
+                };
+                Err(RuntimeError::io(what, e))
+            }
+        }
+    }
+}
+
+impl<S: Read + Write> Transport for SourceLink<S> {
+    type Error = RuntimeError;
+
+    fn send(&mut self, bytes: &[u8]) -> Result<(), RuntimeError> {
+        if self.accepted {
+            return self.write(bytes);
+        }
+        let len = HeaderPrefix::new_checked(bytes)
+            .and_then(|p| p.header_len().ok())
+            .filter(|&len| len <= bytes.len())
+            .ok_or_else(|| {
+                RuntimeError::io(
+                    "starting the session",
+                    io::Error::new(
+                        ErrorKind::InvalidInput,
+                        "the first bytes sent are not a whole stream header",
+                    ),
+                )
+            })?;
+        self.write(&bytes[..len])?;
+        self.await_reply("an answer to the stream header")?;
+        self.accepted = true;
+        self.write(&bytes[len..])
+    }
+
+    fn recv(&mut self, buf: &mut [u8]) -> Result<usize, RuntimeError> {
+        self.stream
+            .read(buf)
+            .map_err(|e| read_error(&format!("reading from {}", self.peer), e))
+    }
+}
