@@ -17,14 +17,19 @@ pub enum RuntimeError {
     },
     /// The source engine stopped.
     Engine(EngineError),
-    /// The destination refused the stream.
+    /// The destination refused the stream (the message names frame and byte).
     Apply(ApplyError),
     /// A workload specification could not be parsed.
     Workload(String),
-    /// The peer broke the protocol or closed early.
+    /// The peer broke the protocol or closed early (the message names the peer).
     Peer(String),
-    /// The destination refused the migration; the reason it sent.
-    Refused(String),
+    /// The destination refused the migration.
+    Refused {
+        /// The destination (its address).
+        peer: String,
+        /// The reason it sent.
+        reason: String,
+    },
     /// The stream's guest is larger than the destination allows.
     GuestTooLarge {
         /// Pages in the stream's layout.
@@ -51,10 +56,12 @@ impl fmt::Display for RuntimeError {
         match self {
             RuntimeError::Io { what, error } => write!(f, "{what}: {error}"),
             RuntimeError::Engine(e) => write!(f, "source: {e}"),
-            RuntimeError::Apply(e) => write!(f, "destination: {e}"),
+            RuntimeError::Apply(e) => e.fmt(f),
             RuntimeError::Workload(e) => write!(f, "workload: {e}"),
-            RuntimeError::Peer(e) => write!(f, "peer: {e}"),
-            RuntimeError::Refused(e) => write!(f, "the destination refused the migration: {e}"),
+            RuntimeError::Peer(e) => f.write_str(e),
+            RuntimeError::Refused { peer, reason } => {
+                write!(f, "{peer} refused the migration: {reason}")
+            }
             RuntimeError::GuestTooLarge {
                 pages,
                 page_size,

@@ -286,10 +286,13 @@ fn receive_inner<R: Read + ?Sized>(
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => {
-                return Err(read_error(
-                    &format!("reading the stream after {stream_bytes} bytes"),
-                    e,
-                ))
+                let what = match e.kind() {
+                    ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted => {
+                        format!("the connection closed mid-stream, after {stream_bytes} bytes")
+                    }
+                    _ => format!("reading the stream after {stream_bytes} bytes"),
+                };
+                return Err(read_error(&what, e));
             }
         };
         if n == 0 {
@@ -332,7 +335,8 @@ pub struct SourceLink<S> {
 }
 
 impl<S: Read + Write> SourceLink<S> {
-    /// A link over a connected `stream` to `peer` (named in errors).
+    /// A link over a connected `stream` to `peer` (named in errors, e.g. "the
+    /// destination 10.0.0.2:7000").
     pub fn new(stream: S, peer: impl Into<String>) -> Self {
         SourceLink {
             stream,
@@ -361,7 +365,10 @@ impl<S: Read + Write> SourceLink<S> {
     fn await_reply(&mut self, what: &str) -> Result<(), RuntimeError> {
         match read_reply(&mut self.stream) {
             Ok(Reply::Ok) => Ok(()),
-            Ok(Reply::Refused(reason)) => Err(RuntimeError::Refused(reason)),
+            Ok(Reply::Refused(reason)) => Err(RuntimeError::Refused {
+                peer: self.peer.clone(),
+                reason,
+            }),
             Err(e) if e.kind() == ErrorKind::UnexpectedEof => Err(RuntimeError::Peer(format!(
                 "{} closed the connection before sending {what}",
                 self.peer
@@ -377,16 +384,32 @@ impl<S: Read + Write> SourceLink<S> {
         }
     }
 
-    fn write(&mut self, bytes: &[u8]) -> Result<(), RuntimeError> {
-        match self.stream.write_all(bytes) {
-            Ok(()) => {
-                self.sent += bytes.len() as u64;
-                Ok(())
+    /// Writes all of `bytes`, counting what the connection took.
+    fn write_counted(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            match self.stream.write(bytes) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.sent += n as u64;
+                    bytes = &bytes[n..];
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), RuntimeError> {
+        match self.write_counted(bytes) {
+            Ok(()) => Ok(()),
             Err(e) => {
                 // A destination that refused the stream says why before it closes.
                 if let Ok(Reply::Refused(reason)) = read_reply(&mut self.stream) {
-                    return Err(RuntimeError::Refused(reason));
+                    return Err(RuntimeError::Refused {
+                        peer: self.peer.clone(),
+                        reason,
+                    });
                 }
                 let closed = matches!(
                     e.kind(),

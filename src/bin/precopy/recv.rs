@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use clap::ArgGroup;
 use precopy::bitmap::GuestLayout;
-use precopy::runtime::{receive, Limits, Received, Size};
+use precopy::engine::ApplyError;
+use precopy::runtime::{receive, Limits, Received, RuntimeError, Size};
+use precopy::wire::{WireError, WireErrorKind};
 
 use crate::migrate::{json_string, parse_size};
 use crate::send::hex;
@@ -81,7 +83,7 @@ pub fn run(args: &Args) -> Result<(), String> {
     } else if let Some(path) = &args.input {
         let mut file =
             std::fs::File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
-        let result = receive(&mut file, None, &limits);
+        let result = receive(&mut file, None, &limits).map_err(|e| cut_short(e, path));
         (path.display().to_string(), result)
     } else {
         return Err("give --listen ADDR or --input FILE".to_string());
@@ -101,6 +103,22 @@ pub fn run(args: &Args) -> Result<(), String> {
             }
             Err(e)
         }
+    }
+}
+
+/// A stream file that ends early is named as a file cut short (the wire layer speaks
+/// of connections).
+fn cut_short(e: RuntimeError, path: &std::path::Path) -> RuntimeError {
+    match e {
+        RuntimeError::Apply(ApplyError::Wire(WireError {
+            location,
+            kind: WireErrorKind::Truncated { have, need },
+        })) => RuntimeError::Peer(format!(
+            "the file is truncated: {location} ends after {have} of its {need} bytes \
+             (was {} copied whole?)",
+            path.display()
+        )),
+        e => e,
     }
 }
 
