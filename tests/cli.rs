@@ -1,0 +1,483 @@
+//! `precopy send` / `precopy recv` through the real binary: a TCP pair, a stream file
+//! round trip, and every fault an operator can meet, each ending in one line on stderr
+//! and a non-zero exit, never a panic. Every child process is bounded in time and
+//! killed on timeout.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_precopy");
+/// The longest any child may run (debug builds on a shared 2-core machine).
+const TIMEOUT: Duration = Duration::from_secs(90);
+/// A small guest with writers dirtying a working set.
+const GUEST: [&str; 4] = [
+    "--memory",
+    "16M",
+    "--workload",
+    "continuous:rate=20k,set=4M",
+];
+
+/// A child process whose stdout lines arrive on a channel; killed when dropped.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+    stdout_seen: Vec<String>,
+}
+
+impl Proc {
+    fn spawn(args: &[&str]) -> Proc {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn precopy");
+        let (tx, lines) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut err = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        Proc {
+            child,
+            lines,
+            stderr: Some(stderr),
+            stdout_seen: Vec::new(),
+        }
+    }
+
+    /// The next stdout line, within the timeout.
+    fn line(&mut self) -> String {
+        let line = self
+            .lines
+            .recv_timeout(TIMEOUT)
+            .expect("a line from precopy in time");
+        self.stdout_seen.push(line.clone());
+        line
+    }
+
+    /// For `recv --listen 127.0.0.1:0 --json`: the address it listens on.
+    fn listening_addr(&mut self) -> String {
+        let line = self.line();
+        let addr = line
+            .strip_prefix("{\"kind\":\"listening\",\"addr\":\"")
+            .and_then(|r| r.strip_suffix("\"}"))
+            .unwrap_or_else(|| panic!("not a listening line: {line}"));
+        addr.to_string()
+    }
+
+    /// Waits for the exit (killing the child after the timeout): status, all of
+    /// stdout, all of stderr.
+    fn finish(mut self) -> (ExitStatus, Vec<String>, String) {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if start.elapsed() > TIMEOUT {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("precopy ran past {TIMEOUT:?} and was killed");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut out = std::mem::take(&mut self.stdout_seen);
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            out.push(line);
+        }
+        let err = self
+            .stderr
+            .take()
+            .map_or_else(String::new, |t| t.join().unwrap());
+        (status, out, err)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(args: &[&str]) -> (ExitStatus, Vec<String>, String) {
+    Proc::spawn(args).finish()
+}
+
+/// The failure contract: exit code 1, exactly one line on stderr, `precopy: ` then
+/// a message containing `needle`, no panic.
+#[track_caller]
+fn assert_fails_with(status: ExitStatus, stderr: &str, needle: &str) {
+    assert_eq!(status.code(), Some(1), "exit status; stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line on stderr: {stderr:?}");
+    assert!(stderr.starts_with("precopy: "), "{stderr}");
+    assert!(stderr.contains(needle), "expected {needle:?} in {stderr:?}");
+}
+
+/// The JSON summary line among `lines`.
+fn summary(lines: &[String]) -> &str {
+    lines
+        .iter()
+        .find(|l| l.starts_with("{\"kind\":\"summary\""))
+        .unwrap_or_else(|| panic!("no summary in {lines:?}"))
+}
+
+/// The string value of `"key":"..."` in a JSON line.
+fn json_str<'a>(line: &'a str, key: &str) -> &'a str {
+    let start = line
+        .find(&format!("\"{key}\":\""))
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+        + key.len()
+        + 4;
+    let len = line[start..].find('"').unwrap();
+    &line[start..start + len]
+}
+
+/// The number value of `"key":N` in a JSON line.
+fn json_num(line: &str, key: &str) -> u64 {
+    let start = line
+        .find(&format!("\"{key}\":"))
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+        + key.len()
+        + 3;
+    line[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<String>()
+        .parse()
+        .unwrap()
+}
+
+/// A scratch directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("precopy-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A verified stream file of a 16 MiB guest; returns its path and the source's digest.
+fn stream_file(dir: &Path) -> (PathBuf, String) {
+    let path = dir.join("guest.precopy");
+    let mut args = vec!["send", "--output", path.to_str().unwrap(), "--json"];
+    args.extend(GUEST);
+    let (status, out, err) = run(&args);
+    assert!(status.success(), "send --output failed: {err}");
+    let digest = json_str(summary(&out), "digest").to_string();
+    (path, digest)
+}
+
+/// `recv --listen 127.0.0.1:0 --json` plus `extra`; returns it and its address.
+fn listening_recv(extra: &[&str]) -> (Proc, String) {
+    let mut args = vec!["recv", "--listen", "127.0.0.1:0", "--json"];
+    args.extend(extra);
+    let mut recv = Proc::spawn(&args);
+    let addr = recv.listening_addr();
+    (recv, addr)
+}
+
+/// Sends raw `bytes` to a listening recv as a fake source, half-closes, and returns
+/// the reply bytes the destination sent before closing.
+fn fake_source(addr: &str, bytes: &[u8]) -> Vec<u8> {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(TIMEOUT)).unwrap();
+    // The destination may stop reading early (it refused): that is its right.
+    let _ = c.write_all(bytes);
+    let _ = c.shutdown(Shutdown::Write);
+    let mut reply = Vec::new();
+    let _ = c.read_to_end(&mut reply);
+    reply
+}
+
+/// A reply's reason text (status byte 0 = refused).
+fn refusal(reply: &[u8]) -> String {
+    assert!(reply.len() >= 3, "no reply: {reply:?}");
+    assert_eq!(reply[0], 0, "expected a refusal: {reply:?}");
+    String::from_utf8_lossy(&reply[3..]).into_owned()
+}
+
+#[test]
+fn tcp_pair_migrates_and_both_sides_agree_on_the_digest() {
+    let (recv, addr) = listening_recv(&[]);
+    let mut args = vec!["send", "--connect", &addr, "--json"];
+    args.extend(GUEST);
+    let (status, out, err) = run(&args);
+    assert!(status.success(), "send: {err}");
+    let (rstatus, rout, rerr) = recv.finish();
+    assert!(rstatus.success(), "recv: {rerr}");
+    assert!(err.is_empty() && rerr.is_empty(), "{err}{rerr}");
+    let (s, r) = (summary(&out), summary(&rout));
+    assert!(s.contains("\"verified\":true") && r.contains("\"verified\":true"));
+    assert_eq!(json_str(s, "digest"), json_str(r, "digest"));
+    assert_eq!(json_str(s, "session"), json_str(r, "session"));
+    assert_eq!(json_num(r, "memory_bytes"), 16 << 20);
+    // The bulk round, at least one more, and rows for each.
+    assert!(json_num(r, "rounds") >= 2, "{r}");
+    assert!(out.iter().any(|l| l.contains("\"final\":true")));
+}
+
+#[test]
+fn stream_file_restores_to_the_source_digest() {
+    let dir = scratch("file");
+    let (path, digest) = stream_file(&dir);
+    let (status, out, err) = run(&["recv", "--input", path.to_str().unwrap(), "--json"]);
+    assert!(status.success(), "recv --input: {err}");
+    let r = summary(&out);
+    assert!(r.contains("\"verified\":true"), "{r}");
+    assert_eq!(json_str(r, "digest"), digest);
+    // A destination sized otherwise refuses the same file.
+    let (status, _, err) = run(&["recv", "--input", path.to_str().unwrap(), "--memory", "8M"]);
+    assert_fails_with(
+        status,
+        &err,
+        "the stream is for 4096 pages of 4096 bytes but the destination has 2048 pages",
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn connection_refused() {
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let mut args = vec!["send", "--connect", &addr];
+    args.extend(GUEST);
+    let (status, _, err) = run(&args);
+    assert_fails_with(status, &err, &format!("connect {addr}: Connection refused"));
+}
+
+#[test]
+fn address_in_use() {
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap().to_string();
+    let (status, _, err) = run(&["recv", "--listen", &addr]);
+    assert_fails_with(
+        status,
+        &err,
+        &format!("listen {addr}: Address already in use"),
+    );
+}
+
+#[test]
+fn http_request_to_the_listening_port() {
+    let (recv, addr) = listening_recv(&[]);
+    let reply = fake_source(&addr, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert!(refusal(&reply).contains("an HTTP request"), "{reply:?}");
+    let (status, _, err) = recv.finish();
+    assert_fails_with(
+        status,
+        &err,
+        "an HTTP request (\"GET / HTTP/1...\") arrived instead of a precopy stream",
+    );
+}
+
+#[test]
+fn garbage_to_the_listening_port() {
+    let (recv, addr) = listening_recv(&[]);
+    let garbage: Vec<u8> = (0..200u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let reply = fake_source(&addr, &garbage);
+    assert!(refusal(&reply).contains("not a precopy stream"));
+    let (status, _, err) = recv.finish();
+    assert_fails_with(
+        status,
+        &err,
+        "stream header: not a precopy stream (starts with",
+    );
+    // A peer that sends a few bytes and hangs up.
+    let (recv, addr) = listening_recv(&[]);
+    fake_source(&addr, b"PREC");
+    let (status, _, err) = recv.finish();
+    assert_fails_with(
+        status,
+        &err,
+        "stream header: stream ends inside a frame (4 of 12 bytes)",
+    );
+}
+
+#[test]
+fn newer_format_version_is_refused_over_tcp_and_from_a_file() {
+    let dir = scratch("version");
+    let (path, _) = stream_file(&dir);
+    let mut stream = std::fs::read(&path).unwrap();
+    stream[8..10].copy_from_slice(&9u16.to_le_bytes());
+    let needle = "stream format version 9 is newer than this precopy supports (1)";
+    let (recv, addr) = listening_recv(&[]);
+    let reply = fake_source(&addr, &stream);
+    assert!(refusal(&reply).contains(needle), "{reply:?}");
+    let (status, _, err) = recv.finish();
+    assert_fails_with(status, &err, needle);
+    std::fs::write(&path, &stream).unwrap();
+    let (status, _, err) = run(&["recv", "--input", path.to_str().unwrap()]);
+    assert_fails_with(status, &err, needle);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn layout_mismatch_and_memory_cap_are_refused_and_the_source_runs_on() {
+    for (recv_args, needle) in [
+        (
+            &["--memory", "8M"][..],
+            "refused the migration: the stream is for 4096 pages of 4096 bytes but the destination has 2048 pages of 4096 bytes",
+        ),
+        (
+            &["--max-memory", "8M"][..],
+            "refused the migration: the stream's guest of 16 MiB (4096 pages of 4096 bytes) is larger than this destination's limit of 8 MiB (raise --max-memory)",
+        ),
+    ] {
+        let (recv, addr) = listening_recv(recv_args);
+        let mut args = vec!["send", "--connect", &addr, "--json"];
+        args.extend(GUEST);
+        let (status, out, err) = run(&args);
+        assert_fails_with(status, &err, needle);
+        assert!(err.contains(&format!("the destination {addr} refused")), "{err}");
+        let s = summary(&out);
+        assert!(s.contains("\"verified\":false") && s.contains("\"guest_running\":true"));
+        assert!(json_num(s, "writes_after_failure") > 0, "{s}");
+        let (status, _, rerr) = recv.finish();
+        let reason = needle.split_once("migration: ").unwrap().1;
+        assert_fails_with(status, &rerr, reason);
+    }
+}
+
+#[test]
+fn source_closing_mid_stream() {
+    let dir = scratch("source-closes");
+    let (path, _) = stream_file(&dir);
+    let stream = std::fs::read(&path).unwrap();
+    let (recv, addr) = listening_recv(&[]);
+    let reply = fake_source(&addr, &stream[..stream.len() / 2]);
+    // Accepted header, then a refusal naming the cut.
+    assert_eq!(&reply[..3], &[1, 0, 0]);
+    let (status, _, err) = recv.finish();
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        err.contains("stream ends inside a frame")
+            || err.contains("stream ends before the completion frame"),
+        "{err}"
+    );
+    assert_fails_with(status, &err, "the connection was cut");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn destination_closing_mid_stream_leaves_the_source_running() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let fake = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().unwrap();
+        let mut prefix = [0u8; 12];
+        c.read_exact(&mut prefix).unwrap();
+        let len = usize::from(u16::from_le_bytes([prefix[10], prefix[11]]));
+        let mut rest = vec![0u8; len - 12];
+        c.read_exact(&mut rest).unwrap();
+        c.write_all(&[1, 0, 0]).unwrap(); // accepted
+        let mut some = vec![0u8; 64 << 10];
+        c.read_exact(&mut some).unwrap();
+        // Then the destination dies.
+    });
+    let mut args = vec!["send", "--connect", &addr, "--json"];
+    args.extend(GUEST);
+    let (status, out, err) = run(&args);
+    fake.join().unwrap();
+    assert_fails_with(
+        status,
+        &err,
+        &format!("the destination {addr} closed the connection mid-stream, after"),
+    );
+    let s = summary(&out);
+    assert!(s.contains("\"verified\":false") && s.contains("\"guest_running\":true"));
+    assert!(json_num(s, "writes_after_failure") > 0, "{s}");
+}
+
+#[test]
+fn corrupted_stream_file_is_refused_at_a_named_frame() {
+    let dir = scratch("corrupt");
+    let (path, _) = stream_file(&dir);
+    let stream = std::fs::read(&path).unwrap();
+    let bad = dir.join("bad.precopy");
+    for at in [
+        20,
+        200,
+        stream.len() / 3,
+        stream.len() / 2,
+        stream.len() - 30,
+    ] {
+        let mut s = stream.clone();
+        s[at] ^= 0x10;
+        std::fs::write(&bad, &s).unwrap();
+        let (status, _, err) = run(&["recv", "--input", bad.to_str().unwrap()]);
+        let expect = if at < 60 { "stream header" } else { "frame " };
+        assert_fails_with(status, &err, expect);
+        assert!(
+            err.contains("checksum mismatch") || err.contains("byte"),
+            "{err}"
+        );
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn truncated_stream_file_is_refused() {
+    let dir = scratch("truncated");
+    let (path, _) = stream_file(&dir);
+    let stream = std::fs::read(&path).unwrap();
+    let cut = dir.join("cut.precopy");
+    for len in [0, 5, 40, 70, stream.len() / 2, stream.len() - 1] {
+        std::fs::write(&cut, &stream[..len]).unwrap();
+        let (status, _, err) = run(&["recv", "--input", cut.to_str().unwrap()]);
+        assert_eq!(status.code(), Some(1), "{len}: {err}");
+        let needle = if err.contains("the file is truncated") {
+            "the file is truncated"
+        } else {
+            "stream ends before the completion frame"
+        };
+        assert_fails_with(status, &err, needle);
+    }
+    // Bytes after the completion frame are refused too.
+    let mut long = stream.clone();
+    long.extend_from_slice(b"extra");
+    std::fs::write(&cut, &long).unwrap();
+    let (status, _, err) = run(&["recv", "--input", cut.to_str().unwrap()]);
+    assert_fails_with(status, &err, "data after the completion frame");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn full_disk_on_output() {
+    if !Path::new("/dev/full").exists() {
+        eprintln!("SKIP: no /dev/full");
+        return;
+    }
+    let mut args = vec!["send", "--output", "/dev/full", "--json"];
+    args.extend(GUEST);
+    let (status, out, err) = run(&args);
+    assert_fails_with(
+        status,
+        &err,
+        "writing /dev/full after 0 bytes: No space left on device",
+    );
+    let s = summary(&out);
+    assert!(s.contains("\"guest_running\":true"), "{s}");
+    assert!(
+        Path::new("/dev/full").exists(),
+        "the device must not be removed"
+    );
+}
