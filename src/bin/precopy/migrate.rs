@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use precopy::bitmap::GuestLayout;
-use precopy::codec::{EncoderConfig, Encoding};
+use precopy::codec::{CodecStats, EncoderConfig, Encoding};
 use precopy::engine::{SourceConfig, SourceEngine, SourceEvent, SourceRound, Transport};
 use precopy::runtime::{RuntimeError, SyntheticGuest, Workload};
 use precopy::schedule::{Decision, OnLimit, Policy};
@@ -326,52 +326,61 @@ fn print_final(round: precopy::engine::FinalRound, json: bool) {
             round.round, round.pages_sent, c(Encoding::Zero), c(Encoding::Delta), c(Encoding::Lz4), c(Encoding::Raw), round.wire_bytes
         );
     } else {
-        println!(
-            "{:>5} {:>9} {:>8} {:>8} {:>8} {:>8} {:>10.1} {:>9} {:>11} {:>10} {:>8}",
-            format!("{}*", round.round),
-            round.pages_sent,
-            c(Encoding::Zero),
-            c(Encoding::Delta),
-            c(Encoding::Lz4),
-            c(Encoding::Raw),
-            round.wire_bytes as f64 / 1e6,
-            "-",
-            "-",
-            "-",
-            "paused"
+        let dash = || "-".to_string();
+        let row = (format!("{}*", round.round), round.pages_sent);
+        print_row(
+            row,
+            &round.codecs,
+            round.wire_bytes,
+            [dash(), dash(), dash(), "paused".into()],
         );
     }
 }
 
+/// One row of the per-round table: round and pages, pages per codec, wire bytes, then
+/// the measured columns (bandwidth, dirty rate, predicted downtime, throttle).
+fn print_row(
+    (round, pages): (String, u64),
+    codecs: &CodecStats,
+    wire_bytes: u64,
+    measured: [String; 4],
+) {
+    let c = |e| codecs.get(e).pages;
+    let [bandwidth, dirty_rate, predicted, throttle] = measured;
+    println!(
+        "{round:>5} {pages:>9} {:>8} {:>8} {:>8} {:>8} {:>10.1} {bandwidth:>9} {dirty_rate:>11} {predicted:>10} {throttle:>8}",
+        c(Encoding::Zero),
+        c(Encoding::Delta),
+        c(Encoding::Lz4),
+        c(Encoding::Raw),
+        wire_bytes as f64 / 1e6,
+    );
+}
+
 fn print_round(r: &SourceRound, json: bool) {
     let s = r.outcome.stats;
-    let c = |e| r.codecs.get(e).pages;
+    let predicted = (s.predicted_downtime_ns != u64::MAX)
+        .then(|| format!("{:.1}", s.predicted_downtime_ns as f64 / 1e6));
     if json {
+        let c = |e| r.codecs.get(e).pages;
         println!(
             "{{\"kind\":\"round\",\"round\":{},\"dirty_pages\":{},\"pages\":{},\"zero\":{},\"delta\":{},\"lz4\":{},\"raw\":{},\"deferred\":{},\"wire_bytes\":{},\"duration_ms\":{:.2},\"bandwidth_bytes_per_sec\":{:.0},\"dirty_pages_per_sec\":{:.0},\"predicted_downtime_ms\":{},\"throttle_percent\":{}}}",
             s.round, s.dirty_pages, s.pages_sent, c(Encoding::Zero), c(Encoding::Delta), c(Encoding::Lz4), c(Encoding::Raw),
             r.deferred_pages, s.wire_bytes, s.duration_ns as f64 / 1e6, s.bandwidth_bytes_per_sec, s.dirty_pages_per_sec,
-            if s.predicted_downtime_ns == u64::MAX { "null".to_string() } else { format!("{:.1}", s.predicted_downtime_ns as f64 / 1e6) },
+            predicted.unwrap_or_else(|| "null".to_string()),
             s.throttle_percent
         );
     } else {
-        println!(
-            "{:>5} {:>9} {:>8} {:>8} {:>8} {:>8} {:>10.1} {:>9.0} {:>11.0} {:>10} {:>7}%",
-            s.round,
-            s.dirty_pages,
-            c(Encoding::Zero),
-            c(Encoding::Delta),
-            c(Encoding::Lz4),
-            c(Encoding::Raw),
-            s.wire_bytes as f64 / 1e6,
-            s.bandwidth_bytes_per_sec / 1e6,
-            s.dirty_pages_per_sec,
-            if s.predicted_downtime_ns == u64::MAX {
-                "-".to_string()
-            } else {
-                format!("{:.1}", s.predicted_downtime_ns as f64 / 1e6)
-            },
-            s.throttle_percent
+        print_row(
+            (s.round.to_string(), s.dirty_pages),
+            &r.codecs,
+            s.wire_bytes,
+            [
+                format!("{:.0}", s.bandwidth_bytes_per_sec / 1e6),
+                format!("{:.0}", s.dirty_pages_per_sec),
+                predicted.unwrap_or_else(|| "-".to_string()),
+                format!("{}%", s.throttle_percent),
+            ],
         );
     }
 }
