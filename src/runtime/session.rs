@@ -463,3 +463,62 @@ impl<S: Read + Write> Transport for SourceLink<S> {
             .map_err(|e| read_error(&format!("reading from {}", self.peer), e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_round_trip_and_garbage_is_not_a_reply() {
+        let mut buf = Vec::new();
+        write_reply(&mut buf, &Reply::Ok).unwrap();
+        write_reply(&mut buf, &Reply::Refused("no\nroom".into())).unwrap();
+        let mut r = &buf[..];
+        assert_eq!(read_reply(&mut r).unwrap(), Reply::Ok);
+        // Control characters become spaces: a reason stays one line.
+        assert_eq!(
+            read_reply(&mut r).unwrap(),
+            Reply::Refused("no room".into())
+        );
+        let e = read_reply(&mut &b"HTTP/1.1 400"[..]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn long_reasons_are_cut_at_a_char_boundary() {
+        let reason = "é".repeat(MAX_REASON_LEN);
+        let mut buf = Vec::new();
+        write_reply(&mut buf, &Reply::Refused(reason)).unwrap();
+        let Reply::Refused(got) = read_reply(&mut &buf[..]).unwrap() else {
+            panic!("not a refusal");
+        };
+        assert_eq!(got.len(), MAX_REASON_LEN);
+        assert!(got.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn limits_refuse_large_and_mismatched_guests() {
+        let header = |len| StreamHeader {
+            features: crate::wire::Features::ALL,
+            session_id: [0; 16],
+            layout: GuestLayout::flat(4096, len).unwrap(),
+        };
+        let limits = Limits {
+            max_memory: 1 << 20,
+            expect: None,
+        };
+        assert!(limits.check(&header(1 << 20)).is_ok());
+        let e = limits.check(&header(2 << 20)).unwrap_err().to_string();
+        assert!(
+            e.contains("guest of 2 MiB (512 pages of 4096 bytes)"),
+            "{e}"
+        );
+        assert!(e.contains("limit of 1 MiB"), "{e}");
+        let sized = Limits {
+            max_memory: u64::MAX,
+            expect: Some(GuestLayout::flat(4096, 1 << 20).unwrap()),
+        };
+        let e = sized.check(&header(2 << 20)).unwrap_err().to_string();
+        assert!(e.contains("the stream is for 512 pages"), "{e}");
+    }
+}

@@ -192,7 +192,7 @@ impl SourceReport {
                 line += &format!(",\"error\":{}", json_string(e));
             }
             if let Some(w) = self.writes_after_failure {
-                line += &format!(",\"guest_running\":true,\"writes_after_failure\":{w}");
+                line += &format!(",\"writes_after_failure\":{w}");
             }
             println!("{line}{extra}}}");
         } else {
@@ -206,7 +206,7 @@ impl SourceReport {
                 if self.verified() { "yes" } else { "no" }
             );
             if let Some(w) = self.writes_after_failure {
-                println!("the migration failed; the guest runs on at the source ({w} page writes in the 200 ms after)");
+                println!("the migration failed; the guest's writers were let go again: {w} page writes in the 200 ms after");
             }
         }
     }
