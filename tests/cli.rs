@@ -533,15 +533,19 @@ fn destination_vanishing_before_the_verdict_resumes_the_paused_guest() {
         let mut rest = vec![0u8; len - 12];
         c.read_exact(&mut rest).unwrap();
         c.write_all(&[1, 0, 0]).unwrap(); // accepted
-                                          // Take the whole stream (the source falls silent once it waits for the
-                                          // verdict, with its guest paused), then vanish without a verdict.
-        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                                          // Take the whole stream: the source then waits for the verdict with its
+                                          // guest paused. Vanish without one.
+        let mut decoder = precopy::wire::Decoder::with_max_page_size(4096);
+        let mut header = &prefix.iter().chain(&rest).copied().collect::<Vec<u8>>()[..];
+        while decoder.next(&mut header).unwrap().is_some() {}
         let mut buf = vec![0u8; 1 << 16];
-        let mut total = 0;
-        while let Ok(n @ 1..) = c.read(&mut buf) {
-            total += n;
+        while !decoder.is_complete() {
+            let n = c.read(&mut buf).unwrap();
+            assert!(n > 0, "the source closed before completing the stream");
+            let mut input = &buf[..n];
+            while decoder.next(&mut input).unwrap().is_some() {}
         }
-        total
+        decoder.offset()
     });
     let mut args = vec!["send", "--connect", &addr, "--json"];
     args.extend(GUEST);
