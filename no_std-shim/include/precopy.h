@@ -1,0 +1,327 @@
+/*
+ * precopy.h: the C API of precopy, dirty-page tracking and pre-copy live migration of
+ * virtual-machine memory. Link with libprecopy.a (a no_std Rust static library: no
+ * allocator, no libc requirement beyond what the C toolchain links anyway).
+ *
+ * Kept in sync with no_std-shim/src/*.rs by no_std-shim/check-header.py (run by
+ * run-c-test.sh): every function, struct field and constant below is compared with the
+ * Rust declarations.
+ *
+ * Conventions, the same for every function:
+ *  - Functions return a status: PRECOPY_OK (0), PRECOPY_MORE (1: call again), or a
+ *    negative PRECOPY_ERR_* code; precopy_strerror() describes each.
+ *  - No allocation. State lives in fixed-size structs the caller allocates anywhere
+ *    (stack, static, heap): precopy_bitmap_t, precopy_kvm_slots_t,
+ *    precopy_scheduler_t. Their contents are opaque; use them after their _init call.
+ *    Every output goes into caller buffers with explicit lengths.
+ *  - NULL pointers, misaligned pointers, short buffers, bad lengths, out-of-range
+ *    pages, undefined enumeration values and state never initialized return an error
+ *    code (state blobs carry a magic number; zero a blob before use to make the
+ *    "never initialized" check reliable). What the library cannot check is each
+ *    function's contract: a pointer points at as many elements as its length says.
+ *  - Threads: the bitmap's mark, harvest and import functions may run concurrently on
+ *    one bitmap (lock-free); everything else needs its state to itself.
+ */
+#ifndef PRECOPY_H
+#define PRECOPY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- Versioning ------------------------------------------------------------------ */
+
+/* Compare with precopy_abi_version() at startup. */
+#define PRECOPY_ABI_VERSION 1
+
+/* The library's PRECOPY_ABI_VERSION. */
+uint32_t precopy_abi_version(void);
+
+/* ---- Status codes ---------------------------------------------------------------- */
+
+#define PRECOPY_OK 0
+/* Success, but the output buffer filled first: call again (precopy_bitmap_harvest). */
+#define PRECOPY_MORE 1
+#define PRECOPY_ERR_NULL (-1)                /* a required pointer is NULL */
+#define PRECOPY_ERR_MISALIGNED (-2)          /* a pointer is misaligned for its type */
+#define PRECOPY_ERR_BUFFER_TOO_SMALL (-3)    /* an output buffer is too small */
+#define PRECOPY_ERR_BAD_LENGTH (-4)          /* a length or count is out of range */
+#define PRECOPY_ERR_UNINITIALIZED (-5)       /* state not initialized by its _init */
+#define PRECOPY_ERR_BAD_ARGUMENT (-6)        /* undefined enumeration value */
+#define PRECOPY_ERR_BAD_PAGE_SIZE (-7)       /* page size not a (supported) power of 2 */
+#define PRECOPY_ERR_BAD_REGION (-8)          /* region empty, unaligned or wrapping */
+#define PRECOPY_ERR_OVERLAPPING_REGIONS (-9) /* two regions overlap */
+#define PRECOPY_ERR_TOO_MANY_REGIONS (-10)   /* more than PRECOPY_MAX_REGIONS */
+#define PRECOPY_ERR_PAGE_OUT_OF_RANGE (-11)  /* page index past the end of the guest */
+#define PRECOPY_ERR_ADDRESS_OUT_OF_RANGE (-12) /* guest address in no region */
+#define PRECOPY_ERR_UNKNOWN_SLOT (-13)       /* KVM slot id not in the slot table */
+#define PRECOPY_ERR_SLOT_OFFSET (-14)        /* KVM log bit / ring entry past its slot */
+#define PRECOPY_ERR_BAD_SLOT (-15)           /* KVM slot not contiguous, or table full */
+#define PRECOPY_ERR_BAD_POLICY (-16)         /* policy field invalid */
+#define PRECOPY_ERR_BAD_GUEST (-17)          /* zero pages or zero page size */
+
+/* A static, NUL-terminated description of a status code (never NULL). */
+const char *precopy_strerror(int code);
+
+/* ---- Dirty bitmap over caller memory --------------------------------------------- */
+
+#define PRECOPY_MAX_REGIONS 64
+#define PRECOPY_MAX_KVM_SLOTS 128
+#define PRECOPY_BITMAP_SIZE 1664
+#define PRECOPY_KVM_SLOTS_SIZE 5760
+
+/* One contiguous range of guest-physical memory. */
+typedef struct precopy_region {
+    uint64_t guest_addr; /* page-aligned */
+    uint64_t len;        /* bytes, a non-zero multiple of the page size */
+} precopy_region_t;
+
+/* A dirty bitmap's state (not its words, which the caller provides). Opaque. */
+typedef struct precopy_bitmap {
+    uint64_t opaque[PRECOPY_BITMAP_SIZE / 8];
+} precopy_bitmap_t;
+
+/* A table of KVM memory slots, mapping slot ids to the bitmap's pages. Opaque. */
+typedef struct precopy_kvm_slots {
+    uint64_t opaque[PRECOPY_KVM_SLOTS_SIZE / 8];
+} precopy_kvm_slots_t;
+
+/* One KVM dirty-ring entry: the layout of the kernel's struct kvm_dirty_gfn. */
+typedef struct precopy_kvm_dirty_gfn {
+    uint32_t flags;  /* KVM_DIRTY_GFN_F_* (not interpreted) */
+    uint32_t slot;   /* address space << 16 | slot number */
+    uint64_t offset; /* page offset within the slot */
+} precopy_kvm_dirty_gfn_t;
+
+/* Words (*words_out) and pages (*pages_out, may be NULL) that a guest layout needs:
+ * page_size a power of two, up to PRECOPY_MAX_REGIONS non-overlapping regions. */
+int precopy_bitmap_storage_words(uint64_t page_size, const precopy_region_t *regions,
+                                 size_t nregions, size_t *words_out, uint64_t *pages_out);
+
+/* Initializes *bm, all clean, over the caller's words (8-byte aligned, at least the
+ * count precopy_bitmap_storage_words gives; zeroed here; kept alive while bm is used).
+ * Pages are numbered densely from 0 in guest address order; holes take no numbers. */
+int precopy_bitmap_init(precopy_bitmap_t *bm, uint64_t page_size,
+                        const precopy_region_t *regions, size_t nregions, uint64_t *words,
+                        size_t nwords);
+
+/* *pages_out = pages tracked. */
+int precopy_bitmap_total_pages(const precopy_bitmap_t *bm, uint64_t *pages_out);
+
+/* Marks dense page `page` dirty (after writing it). Wait-free, any thread. */
+int precopy_bitmap_mark(const precopy_bitmap_t *bm, uint64_t page);
+
+/* Marks every page touched by guest-physical [addr, addr + len) dirty. Pages inside
+ * regions are marked even when part of the range is not (which returns
+ * PRECOPY_ERR_ADDRESS_OUT_OF_RANGE). */
+int precopy_bitmap_mark_range(const precopy_bitmap_t *bm, uint64_t addr, uint64_t len);
+
+/* Marks dense pages [first_page, first_page + count) dirty (nothing if out of range). */
+int precopy_bitmap_mark_pages(const precopy_bitmap_t *bm, uint64_t first_page,
+                              uint64_t count);
+
+/* *dirty_out = 1 if page `page` is dirty now, else 0. */
+int precopy_bitmap_is_dirty(const precopy_bitmap_t *bm, uint64_t page, int *dirty_out);
+
+/* *count_out = pages dirty now. */
+int precopy_bitmap_dirty_count(const precopy_bitmap_t *bm, uint64_t *count_out);
+
+/* Fetch-and-clear of dirty pages from page *cursor on into pages[0..*count), ascending.
+ * In: *count = capacity. Out: *count = pages written, *cursor advanced. Returns
+ * PRECOPY_OK when the pass reached the end (start a pass with *cursor = 0), or
+ * PRECOPY_MORE when `pages` filled first (send them, call again with the same cursor).
+ * Pages taken that did not fit are put back: none is lost. */
+int precopy_bitmap_harvest(const precopy_bitmap_t *bm, uint64_t *cursor, uint64_t *pages,
+                           size_t *count);
+
+/* Fetch-and-clear of raw words [first_word, first_word + nwords) into out (bit i of
+ * word w = page 64*w + i); *taken_out (may be NULL) = dirty pages taken. */
+int precopy_bitmap_harvest_words(const precopy_bitmap_t *bm, size_t first_word,
+                                 uint64_t *out, size_t nwords, uint64_t *taken_out);
+
+/* ORs harvested words back (words[i] onto word first_word + i): pages that could not be
+ * sent go back for the next round. Bits past the last page are refused. */
+int precopy_bitmap_restore_words(const precopy_bitmap_t *bm, size_t first_word,
+                                 const uint64_t *words, size_t nwords);
+
+/* Initializes *slots as an empty KVM slot table for the layout of bitmap *bm. */
+int precopy_kvm_slots_init(precopy_kvm_slots_t *slots, const precopy_bitmap_t *bm);
+
+/* Registers KVM slot `slot` covering `pages` pages at guest_addr (tracked memory, no
+ * hole). Re-registering an id replaces it. */
+int precopy_kvm_slots_insert(precopy_kvm_slots_t *slots, uint32_t slot, uint64_t guest_addr,
+                             uint64_t pages);
+
+/* ORs the words KVM_GET_DIRTY_LOG returned for slot `slot` into the bitmap. A bit past
+ * the slot's end is refused before anything is marked. */
+int precopy_bitmap_import_kvm_log(const precopy_bitmap_t *bm, const precopy_kvm_slots_t *slots,
+                                  uint32_t slot, const uint64_t *log, size_t nwords);
+
+/* Marks the pages named by KVM dirty-ring entries; every valid one is marked, the first
+ * invalid one (unknown slot, offset past its slot) is then reported. */
+int precopy_bitmap_import_kvm_ring(const precopy_bitmap_t *bm, const precopy_kvm_slots_t *slots,
+                                   const precopy_kvm_dirty_gfn_t *entries, size_t nentries);
+
+/* ---- Round scheduler ------------------------------------------------------------- */
+
+#define PRECOPY_SCHEDULER_SIZE 512
+
+#define PRECOPY_ON_LIMIT_FAIL 0        /* at a bound: fail (the source keeps running) */
+#define PRECOPY_ON_LIMIT_SWITCH_OVER 1 /* at a bound: switch over anyway */
+
+#define PRECOPY_POLICY_DEFAULT 0    /* 300 ms, 10 ms allowance, 30 rounds, 3x, throttle */
+#define PRECOPY_POLICY_QEMU 1       /* 300 ms, no bounds, no throttling, no allowance */
+#define PRECOPY_POLICY_XEN 2        /* 5 rounds or < 50 dirty pages, then switch over */
+#define PRECOPY_POLICY_XEN_LEGACY 3 /* 30 rounds or 3x memory, or < 50 dirty pages */
+
+#define PRECOPY_DECISION_CONTINUE 0    /* run another live round (throttle_percent) */
+#define PRECOPY_DECISION_SWITCH_OVER 1 /* pause, harvest, send the final round */
+#define PRECOPY_DECISION_FAIL 2        /* not converging: see not_converging */
+
+#define PRECOPY_SWITCH_NONE 0
+#define PRECOPY_SWITCH_DOWNTIME_MET 1    /* predicted downtime within the limit */
+#define PRECOPY_SWITCH_FEW_DIRTY_PAGES 2 /* at most switch_below_pages dirty */
+#define PRECOPY_SWITCH_BOUND_REACHED 3   /* a bound, and on_limit = SWITCH_OVER */
+
+#define PRECOPY_BOUND_NONE 0
+#define PRECOPY_BOUND_ROUNDS 1  /* max_rounds */
+#define PRECOPY_BOUND_BYTES 2   /* max_bytes_ratio */
+#define PRECOPY_BOUND_TIMEOUT 3 /* timeout_ns */
+#define PRECOPY_BOUND_OTHER 4   /* a bound this header does not name */
+
+/* The migration policy. 0 means "off"/"none" where noted. Fill with
+ * precopy_policy_default() or precopy_policy_preset(), then change fields. */
+typedef struct precopy_policy {
+    uint64_t downtime_limit_ns;      /* max downtime of the final round (300 ms) */
+    uint64_t non_memory_downtime_ns; /* device state etc., added to predictions (10 ms) */
+    uint64_t switchover_bandwidth;   /* bytes/s to predict with; 0 = measured */
+    uint64_t bandwidth_cap;          /* bytes/s the link is capped at; 0 = none */
+    uint64_t switch_below_pages;     /* switch over at <= this many dirty; 0 = off */
+    uint64_t timeout_ns;             /* longest migration; 0 = none */
+    double max_bytes_ratio;          /* most wire bytes / guest memory (>= 1); 0 = none */
+    double smoothing;                /* weight of a new round, (0, 1] (0.5) */
+    uint32_t max_rounds;             /* >= 1, counting the bulk round; UINT32_MAX = no bound */
+    uint32_t on_limit;               /* PRECOPY_ON_LIMIT_* */
+    uint32_t throttle_enabled;       /* 0 or 1 */
+    uint32_t throttle_trigger_rounds; /* rounds not draining before each step */
+    double throttle_threshold;       /* dirty bytes/s over bandwidth = not draining (0.5) */
+    uint32_t throttle_initial_percent; /* first advice, 1..max */
+    uint32_t throttle_step_percent;  /* added per further step */
+    uint32_t throttle_max_percent;   /* <= 99 */
+    uint32_t ramp_enabled;           /* 0 or 1: raise the limit when not converging */
+    uint32_t ramp_after_rounds;      /* rounds at the base limit first */
+    uint32_t reserved;               /* must be 0 */
+    uint64_t ramp_step_ns;           /* added per round after that */
+    uint64_t ramp_max_ns;            /* ceiling, >= downtime_limit_ns */
+} precopy_policy_t;
+
+/* What the host measured over one live round. */
+typedef struct precopy_round_measurement {
+    uint64_t now_ns;      /* when the round ended and the next dirty set was harvested */
+    uint64_t pages_sent;  /* pages sent in the round */
+    uint64_t wire_bytes;  /* bytes on the wire (compressed, framed) */
+    uint64_t dirty_pages; /* pages harvested dirty at the end: the next round's work */
+} precopy_round_measurement_t;
+
+/* Why the migration fails (PRECOPY_DECISION_FAIL); all zero otherwise. */
+typedef struct precopy_not_converging {
+    uint32_t bound;                  /* PRECOPY_BOUND_* */
+    uint32_t rounds;                 /* rounds completed */
+    double dirty_pages_per_sec;      /* smoothed dirty rate */
+    double bandwidth_bytes_per_sec;  /* smoothed bandwidth */
+    uint64_t predicted_downtime_ns;  /* if switching over now */
+    uint64_t downtime_limit_ns;      /* limit in force */
+} precopy_not_converging_t;
+
+/* A round's statistics and the decision. */
+typedef struct precopy_round_outcome {
+    uint32_t decision;               /* PRECOPY_DECISION_* */
+    uint32_t switch_reason;          /* PRECOPY_SWITCH_* */
+    uint32_t throttle_percent;       /* advice for the next round, % of vCPU time */
+    uint32_t round;                  /* 1 = the bulk round */
+    uint64_t pages_sent;
+    uint64_t wire_bytes;
+    uint64_t dirty_pages;
+    uint64_t duration_ns;
+    double bandwidth_bytes_per_sec;  /* smoothed; 0 until measured */
+    double dirty_pages_per_sec;      /* smoothed */
+    uint64_t predicted_downtime_ns;  /* UINT64_MAX while unknown */
+    uint64_t downtime_limit_ns;      /* in force, after any ramp */
+    precopy_not_converging_t not_converging;
+} precopy_round_outcome_t;
+
+/* Predicted against real downtime, after the fact. */
+typedef struct precopy_downtime_report {
+    uint64_t predicted_ns;
+    uint64_t real_ns;
+    double ratio; /* real / predicted; above 1.0: the prediction was optimistic */
+} precopy_downtime_report_t;
+
+/* A round scheduler's state. Opaque. */
+typedef struct precopy_scheduler {
+    uint64_t opaque[PRECOPY_SCHEDULER_SIZE / 8];
+} precopy_scheduler_t;
+
+/* Fills *policy with precopy's defaults. */
+int precopy_policy_default(precopy_policy_t *policy);
+
+/* Fills *policy with PRECOPY_POLICY_*. Disabled throttling keeps default throttle_*
+ * values, so throttle_enabled = 1 is enough to turn it on. */
+int precopy_policy_preset(precopy_policy_t *policy, int preset);
+
+/* Checks *policy. On error, if msg_len is not NULL, writes a message naming the field
+ * to msg (*msg_len bytes, NUL-terminated, truncated if short) and sets *msg_len to its
+ * full length; on success *msg_len = 0. */
+int precopy_policy_validate(const precopy_policy_t *policy, char *msg, size_t *msg_len);
+
+/* Initializes *sched for total_pages pages of page_size bytes at time now_ns (the bulk
+ * round starts now; any epoch, the same for every call). */
+int precopy_scheduler_init(precopy_scheduler_t *sched, const precopy_policy_t *policy,
+                           uint64_t total_pages, uint64_t page_size, uint64_t now_ns);
+
+/* Feeds the round that just ended; *outcome gets its statistics and the decision. */
+int precopy_scheduler_round_done(precopy_scheduler_t *sched,
+                                 const precopy_round_measurement_t *measurement,
+                                 precopy_round_outcome_t *outcome);
+
+/* The real downtime (pause to resume, measured by the host) against the prediction
+ * made at switchover. */
+int precopy_scheduler_finish(const precopy_scheduler_t *sched, uint64_t real_downtime_ns,
+                             precopy_downtime_report_t *report);
+
+/* A one-line description of *outcome for an operator (for a failure: what was measured
+ * and what to change) into buf (*len bytes, NUL-terminated); *len = its full length.
+ * PRECOPY_ERR_BUFFER_TOO_SMALL if truncated (*len = 0, buf = NULL asks the length). */
+int precopy_outcome_describe(const precopy_round_outcome_t *outcome, char *buf, size_t *len);
+
+/* ---- Layout checks (the Rust side asserts the same sizes) ------------------------- */
+
+#if defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
+#define PRECOPY_STATIC_ASSERT_(cond, msg) _Static_assert(cond, msg)
+#elif defined(__cplusplus) && __cplusplus >= 201103L
+#define PRECOPY_STATIC_ASSERT_(cond, msg) static_assert(cond, msg)
+#else
+#define PRECOPY_STATIC_ASSERT_(cond, msg)
+#endif
+PRECOPY_STATIC_ASSERT_(sizeof(precopy_region_t) == 16, "precopy_region_t");
+PRECOPY_STATIC_ASSERT_(sizeof(precopy_bitmap_t) == PRECOPY_BITMAP_SIZE, "precopy_bitmap_t");
+PRECOPY_STATIC_ASSERT_(sizeof(precopy_kvm_slots_t) == PRECOPY_KVM_SLOTS_SIZE,
+                       "precopy_kvm_slots_t");
+PRECOPY_STATIC_ASSERT_(sizeof(precopy_kvm_dirty_gfn_t) == 16, "precopy_kvm_dirty_gfn_t");
+PRECOPY_STATIC_ASSERT_(sizeof(precopy_policy_t) == 128, "precopy_policy_t");
+PRECOPY_STATIC_ASSERT_(sizeof(precopy_round_measurement_t) == 32,
+                       "precopy_round_measurement_t");
+PRECOPY_STATIC_ASSERT_(sizeof(precopy_not_converging_t) == 40, "precopy_not_converging_t");
+PRECOPY_STATIC_ASSERT_(sizeof(precopy_round_outcome_t) == 120, "precopy_round_outcome_t");
+PRECOPY_STATIC_ASSERT_(sizeof(precopy_downtime_report_t) == 24, "precopy_downtime_report_t");
+PRECOPY_STATIC_ASSERT_(sizeof(precopy_scheduler_t) == PRECOPY_SCHEDULER_SIZE,
+                       "precopy_scheduler_t");
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* PRECOPY_H */
