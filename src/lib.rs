@@ -25,8 +25,14 @@ extern crate alloc;
 extern crate std;
 
 pub mod bitmap;
+pub mod codec;
+pub mod engine;
+#[cfg(feature = "alloc")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod memory;
 pub mod schedule;
+pub mod wire;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -135,3 +135,103 @@ impl PageMemory for VecMemory {
         Ok(())
     }
 }
+
+/// Guest memory shared with writer threads: `AtomicU64` words, so writers can store
+/// while a migration reads pages concurrently (relaxed accesses, the way a guest's
+/// writes race with a VMM's reads; the dirty bitmap's ordering contract makes the
+/// migration correct). Used by the synthetic guest, the simulator and the tests.
+#[cfg(feature = "alloc")]
+#[derive(Debug)]
+pub struct AtomicMemory {
+    page_size: usize,
+    words: alloc::boxed::Box<[core::sync::atomic::AtomicU64]>,
+}
+
+#[cfg(feature = "alloc")]
+impl AtomicMemory {
+    /// Zeroed memory of `pages` pages of `page_size` bytes (a power of two, at least 8).
+    pub fn new(page_size: usize, pages: u64) -> Self {
+        assert!(
+            page_size.is_power_of_two() && page_size >= 8,
+            "page size must be a power of two of at least 8 bytes"
+        );
+        let words = (0..page_size / 8 * pages as usize)
+            .map(|_| core::sync::atomic::AtomicU64::new(0))
+            .collect();
+        AtomicMemory { page_size, words }
+    }
+
+    /// Stores `value` at byte offset `8 * word` of page `page` (a guest write; the
+    /// caller marks the page dirty afterwards).
+    pub fn store_word(&self, page: u64, word: usize, value: u64) -> Result<(), MemoryError> {
+        let per_page = self.page_size / 8;
+        if page >= self.total_pages() || word >= per_page {
+            return Err(MemoryError::PageOutOfRange {
+                page,
+                total: self.total_pages(),
+            });
+        }
+        self.words[page as usize * per_page + word]
+            .store(value, core::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn page_words(
+        &self,
+        page: u64,
+        len: usize,
+    ) -> Result<&[core::sync::atomic::AtomicU64], MemoryError> {
+        if len != self.page_size {
+            return Err(MemoryError::BadBufferLength {
+                len,
+                page_size: self.page_size,
+            });
+        }
+        if page >= self.total_pages() {
+            return Err(MemoryError::PageOutOfRange {
+                page,
+                total: self.total_pages(),
+            });
+        }
+        let per_page = self.page_size / 8;
+        let start = page as usize * per_page;
+        Ok(&self.words[start..start + per_page])
+    }
+
+    /// Overwrites page `page` from `data` through a shared reference (a guest write).
+    pub fn store_page(&self, page: u64, data: &[u8]) -> Result<(), MemoryError> {
+        let words = self.page_words(page, data.len())?;
+        for (w, chunk) in words.iter().zip(data.chunks_exact(8)) {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(chunk);
+            w.store(u64::from_le_bytes(b), core::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl PageMemory for AtomicMemory {
+    fn page_size(&self) -> usize {
+        self.page_size
+    }
+
+    fn total_pages(&self) -> u64 {
+        (self.words.len() * 8 / self.page_size) as u64
+    }
+
+    fn read_page(&self, page: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        let words = self.page_words(page, buf.len())?;
+        for (w, chunk) in words.iter().zip(buf.chunks_exact_mut(8)) {
+            chunk.copy_from_slice(
+                &w.load(core::sync::atomic::Ordering::Relaxed)
+                    .to_le_bytes(),
+            );
+        }
+        Ok(())
+    }
+
+    fn write_page(&mut self, page: u64, data: &[u8]) -> Result<(), MemoryError> {
+        self.store_page(page, data)
+    }
+}

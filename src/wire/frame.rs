@@ -1,0 +1,380 @@
+//! Frames: a 12-byte frame header, then a body whose layout depends on the kind.
+//!
+//! ```text
+//! frame header: kind (u8), reserved (3 bytes, zero), body length (u32 LE),
+//!               CRC-32 (IEEE) of the first 8 header bytes and the body (u32 LE)
+//! kind 1 zero run    first page (u64), page count (u64)
+//! kind 2 raw page    page (u64), the page's bytes (exactly one page)
+//! kind 3 LZ4 page    page (u64), LZ4 block (1..=page size bytes)
+//! kind 4 delta page  page (u64), base hash (u64, XXH3-64), delta (0..=page size bytes)
+//! kind 5 round begin round (u32), pages planned (u64)
+//! kind 6 round end   round (u32), pages carried by the round's frames (u64)
+//! kind 7 switchover  pages still to send (u64)
+//! kind 8 complete    total pages (u64), digest of guest memory (u128, XXH3-128)
+//! ```
+//! Integers are little-endian. Body lengths are bounded by the header's page size, so
+//! a frame never needs more than [`max_frame_len`] bytes of buffer.
+
+use crate::codec::Encoding;
+
+use super::{crc32, get_u32, get_u64, WireErrorKind};
+
+/// Bytes of a frame header.
+pub const FRAME_HEADER_LEN: usize = 12;
+
+/// The longest frame for pages of `page_size` bytes (a delta of a whole page).
+pub const fn max_frame_len(page_size: usize) -> usize {
+    FRAME_HEADER_LEN + 16 + page_size
+}
+
+/// Frame kind bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// A run of all-zero pages.
+    ZeroRun = 1,
+    /// A page as it is.
+    Raw = 2,
+    /// An LZ4-compressed page.
+    Lz4 = 3,
+    /// A delta against the page's previous version.
+    Delta = 4,
+    /// Start of a round.
+    RoundBegin = 5,
+    /// End of a round.
+    RoundEnd = 6,
+    /// The guest is paused; what follows is the final round.
+    Switchover = 7,
+    /// All memory sent; carries the digest.
+    Complete = 8,
+}
+
+impl FrameKind {
+    /// The kind of a kind byte.
+    pub fn from_byte(b: u8) -> Option<Self> {
+        use FrameKind::*;
+        [
+            ZeroRun, Raw, Lz4, Delta, RoundBegin, RoundEnd, Switchover, Complete,
+        ]
+        .get(usize::from(b).wrapping_sub(1))
+        .copied()
+    }
+
+    /// Allowed body lengths for pages of `page_size` bytes.
+    pub fn body_len_range(self, page_size: usize) -> (usize, usize) {
+        match self {
+            FrameKind::ZeroRun => (16, 16),
+            FrameKind::Raw => (8 + page_size, 8 + page_size),
+            FrameKind::Lz4 => (9, 8 + page_size),
+            FrameKind::Delta => (16, 16 + page_size),
+            FrameKind::RoundBegin | FrameKind::RoundEnd => (12, 12),
+            FrameKind::Switchover => (8, 8),
+            FrameKind::Complete => (24, 24),
+        }
+    }
+}
+
+/// A checked view of a frame header (smoltcp style): [`new_checked`](Self::new_checked)
+/// checks the length once, after which the accessors cannot fail.
+#[derive(Clone, Copy, Debug)]
+pub struct FrameHeaderView<'a> {
+    bytes: &'a [u8; FRAME_HEADER_LEN],
+}
+
+impl<'a> FrameHeaderView<'a> {
+    /// Views the first [`FRAME_HEADER_LEN`] bytes of `bytes`, if there are that many.
+    pub fn new_checked(bytes: &'a [u8]) -> Option<Self> {
+        Some(FrameHeaderView {
+            bytes: bytes.get(..FRAME_HEADER_LEN)?.try_into().ok()?,
+        })
+    }
+
+    /// The kind byte.
+    pub fn kind_byte(&self) -> u8 {
+        self.bytes[0]
+    }
+
+    /// Whether the reserved bytes are zero.
+    pub fn reserved_is_zero(&self) -> bool {
+        self.bytes[1..4] == [0, 0, 0]
+    }
+
+    /// The body length field.
+    pub fn body_len(&self) -> u32 {
+        get_u32(self.bytes, 4)
+    }
+
+    /// The stored checksum.
+    pub fn checksum(&self) -> u32 {
+        get_u32(self.bytes, 8)
+    }
+
+    /// Validates kind, reserved bytes and body length for `page_size`; returns the
+    /// kind and the whole frame's length.
+    pub fn check(&self, page_size: usize) -> Result<(FrameKind, usize), WireErrorKind> {
+        let kind =
+            FrameKind::from_byte(self.kind_byte()).ok_or(WireErrorKind::UnknownFrameKind {
+                kind: self.kind_byte(),
+            })?;
+        if !self.reserved_is_zero() {
+            return Err(WireErrorKind::ReservedNotZero);
+        }
+        let (min, max) = kind.body_len_range(page_size);
+        let len = self.body_len() as usize;
+        if !(min..=max).contains(&len) {
+            return Err(WireErrorKind::BadFrameLength {
+                kind: kind as u8,
+                len: len as u64,
+                min: min as u64,
+                max: max as u64,
+            });
+        }
+        Ok((kind, FRAME_HEADER_LEN + len))
+    }
+}
+
+/// A validated frame (the `Repr`); page data borrows from the buffer it came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// Pages `first_page..first_page + count` are all zero.
+    ZeroRun {
+        /// First page.
+        first_page: u64,
+        /// Pages in the run (at least 1).
+        count: u64,
+    },
+    /// Page `page` is `data`.
+    Raw {
+        /// Page number.
+        page: u64,
+        /// One page of bytes.
+        data: &'a [u8],
+    },
+    /// Page `page` is the LZ4 block `data` decompressed.
+    Lz4 {
+        /// Page number.
+        page: u64,
+        /// LZ4 block.
+        data: &'a [u8],
+    },
+    /// Page `page` is its current bytes, which must hash to `base_hash`, with delta
+    /// `data` applied.
+    Delta {
+        /// Page number.
+        page: u64,
+        /// XXH3-64 of the base the delta was made against.
+        base_hash: u64,
+        /// Delta (see [`crate::codec::delta_encode`]).
+        data: &'a [u8],
+    },
+    /// Round `round` begins.
+    RoundBegin {
+        /// Round number, from 0.
+        round: u32,
+        /// Pages the source plans to send in it (informative).
+        planned_pages: u64,
+    },
+    /// Round `round` ends.
+    RoundEnd {
+        /// Round number.
+        round: u32,
+        /// Pages its frames carried (a zero run counts its pages).
+        pages: u64,
+    },
+    /// The guest is paused; the next round is the last.
+    Switchover {
+        /// Pages still dirty at the pause.
+        remaining_pages: u64,
+    },
+    /// All memory is sent.
+    Complete {
+        /// Pages in guest memory.
+        total_pages: u64,
+        /// XXH3-128 of all guest memory in page order.
+        digest: u128,
+    },
+}
+
+impl<'a> Frame<'a> {
+    /// The frame that sends page `page` encoded as `encoding` with payload `data`
+    /// (for a delta, made against a base of hash `base_hash`), as a
+    /// [`PageEncoder`](crate::codec::PageEncoder) returns them. A zero page becomes a
+    /// zero run of one page; the engine merges neighbouring ones.
+    pub fn page(page: u64, encoding: Encoding, base_hash: u64, data: &'a [u8]) -> Self {
+        match encoding {
+            Encoding::Zero => Frame::ZeroRun {
+                first_page: page,
+                count: 1,
+            },
+            Encoding::Raw => Frame::Raw { page, data },
+            Encoding::Lz4 => Frame::Lz4 { page, data },
+            Encoding::Delta => Frame::Delta {
+                page,
+                base_hash,
+                data,
+            },
+        }
+    }
+
+    /// The frame's kind.
+    pub fn kind(&self) -> FrameKind {
+        match self {
+            Frame::ZeroRun { .. } => FrameKind::ZeroRun,
+            Frame::Raw { .. } => FrameKind::Raw,
+            Frame::Lz4 { .. } => FrameKind::Lz4,
+            Frame::Delta { .. } => FrameKind::Delta,
+            Frame::RoundBegin { .. } => FrameKind::RoundBegin,
+            Frame::RoundEnd { .. } => FrameKind::RoundEnd,
+            Frame::Switchover { .. } => FrameKind::Switchover,
+            Frame::Complete { .. } => FrameKind::Complete,
+        }
+    }
+
+    /// The page data of a page frame (empty for others).
+    fn data(&self) -> &'a [u8] {
+        match *self {
+            Frame::Raw { data, .. } | Frame::Lz4 { data, .. } | Frame::Delta { data, .. } => data,
+            _ => &[],
+        }
+    }
+
+    /// The fixed fields of the body, before any page data, as (bytes, length).
+    fn fixed(&self) -> ([u8; 24], usize) {
+        let mut b = [0u8; 24];
+        let mut put = |at: usize, v: &[u8]| b[at..at + v.len()].copy_from_slice(v);
+        let len = match *self {
+            Frame::ZeroRun { first_page, count } => {
+                put(0, &first_page.to_le_bytes());
+                put(8, &count.to_le_bytes());
+                16
+            }
+            Frame::Raw { page, .. } | Frame::Lz4 { page, .. } => {
+                put(0, &page.to_le_bytes());
+                8
+            }
+            Frame::Delta {
+                page, base_hash, ..
+            } => {
+                put(0, &page.to_le_bytes());
+                put(8, &base_hash.to_le_bytes());
+                16
+            }
+            Frame::RoundBegin {
+                round,
+                planned_pages: n,
+            }
+            | Frame::RoundEnd { round, pages: n } => {
+                put(0, &round.to_le_bytes());
+                put(4, &n.to_le_bytes());
+                12
+            }
+            Frame::Switchover { remaining_pages } => {
+                put(0, &remaining_pages.to_le_bytes());
+                8
+            }
+            Frame::Complete {
+                total_pages,
+                digest,
+            } => {
+                put(0, &total_pages.to_le_bytes());
+                put(8, &digest.to_le_bytes());
+                24
+            }
+        };
+        (b, len)
+    }
+
+    /// Bytes [`emit`](Self::emit) writes.
+    pub fn encoded_len(&self) -> usize {
+        FRAME_HEADER_LEN + self.fixed().1 + self.data().len()
+    }
+
+    /// Writes the frame (header, body, checksum) into `out` after checking its body
+    /// length for `page_size`; returns the bytes written.
+    pub fn emit(&self, page_size: usize, out: &mut [u8]) -> Result<usize, WireErrorKind> {
+        let (fixed, fixed_len) = self.fixed();
+        let data = self.data();
+        let body_len = fixed_len + data.len();
+        let (min, max) = self.kind().body_len_range(page_size);
+        if !(min..=max).contains(&body_len) {
+            return Err(WireErrorKind::BadFrameLength {
+                kind: self.kind() as u8,
+                len: body_len as u64,
+                min: min as u64,
+                max: max as u64,
+            });
+        }
+        let len = FRAME_HEADER_LEN + body_len;
+        let got = out.len();
+        let out = out
+            .get_mut(..len)
+            .ok_or(WireErrorKind::OutputTooSmall { needed: len, got })?;
+        out[0] = self.kind() as u8;
+        out[1..4].fill(0);
+        out[4..8].copy_from_slice(&(body_len as u32).to_le_bytes());
+        let body = FRAME_HEADER_LEN;
+        out[body..body + fixed_len].copy_from_slice(&fixed[..fixed_len]);
+        out[body + fixed_len..].copy_from_slice(data);
+        let crc = crc32(&[&out[..8], &out[body..]]);
+        out[8..12].copy_from_slice(&crc.to_le_bytes());
+        Ok(len)
+    }
+
+    /// Parses a whole frame (as sized by [`FrameHeaderView::check`]), verifying its
+    /// checksum. Only the frame's own bytes are checked here; the stream rules (page
+    /// numbers, rounds) are the decoder's.
+    pub fn parse(bytes: &'a [u8], page_size: usize) -> Result<Self, WireErrorKind> {
+        let view = FrameHeaderView::new_checked(bytes).ok_or(WireErrorKind::Truncated {
+            have: bytes.len(),
+            need: FRAME_HEADER_LEN,
+        })?;
+        let (kind, len) = view.check(page_size)?;
+        let bytes = bytes.get(..len).ok_or(WireErrorKind::Truncated {
+            have: bytes.len(),
+            need: len,
+        })?;
+        let body = &bytes[FRAME_HEADER_LEN..];
+        let computed = crc32(&[&bytes[..8], body]);
+        if view.checksum() != computed && !cfg!(fuzzing) {
+            return Err(WireErrorKind::ChecksumMismatch {
+                stored: view.checksum(),
+                computed,
+            });
+        }
+        // Lengths were checked against the kind, so these reads are in bounds.
+        Ok(match kind {
+            FrameKind::ZeroRun => Frame::ZeroRun {
+                first_page: get_u64(body, 0),
+                count: get_u64(body, 8),
+            },
+            FrameKind::Raw => Frame::Raw {
+                page: get_u64(body, 0),
+                data: &body[8..],
+            },
+            FrameKind::Lz4 => Frame::Lz4 {
+                page: get_u64(body, 0),
+                data: &body[8..],
+            },
+            FrameKind::Delta => Frame::Delta {
+                page: get_u64(body, 0),
+                base_hash: get_u64(body, 8),
+                data: &body[16..],
+            },
+            FrameKind::RoundBegin => Frame::RoundBegin {
+                round: get_u32(body, 0),
+                planned_pages: get_u64(body, 4),
+            },
+            FrameKind::RoundEnd => Frame::RoundEnd {
+                round: get_u32(body, 0),
+                pages: get_u64(body, 4),
+            },
+            FrameKind::Switchover => Frame::Switchover {
+                remaining_pages: get_u64(body, 0),
+            },
+            FrameKind::Complete => Frame::Complete {
+                total_pages: get_u64(body, 0),
+                digest: u128::from(get_u64(body, 8)) | (u128::from(get_u64(body, 16)) << 64),
+            },
+        })
+    }
+}

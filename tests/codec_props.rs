@@ -1,0 +1,164 @@
+//! Property tests of every codec: roundtrips on generated page pairs, and the
+//! `codec_roundtrip` fuzz body on arbitrary bytes.
+
+use precopy::codec::{
+    delta_encode, CodecError, EncoderConfig, Encoding, PageEncoder, MAX_PAGE_SIZE, MIN_PAGE_SIZE,
+};
+use precopy::fuzzing::{check_codecs, check_stream, codec_roundtrip};
+use proptest::prelude::*;
+
+const PAGE: usize = 4096;
+
+/// Pages of the shapes a guest has: random, text-like, all zero, sparse.
+fn page() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), PAGE),
+        "[a-z ,.\n]{64}".prop_map(|s| s.into_bytes().into_iter().cycle().take(PAGE).collect()),
+        Just(vec![0u8; PAGE]),
+        proptest::collection::vec((0..PAGE, any::<u8>()), 0..16).prop_map(|edits| {
+            let mut p = vec![0u8; PAGE];
+            for (at, v) in edits {
+                p[at] = v;
+            }
+            p
+        }),
+    ]
+}
+
+/// A page and a new version of it: sparse edits, a changed run, or unrelated bytes.
+fn page_pair() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
+    page().prop_flat_map(|old| {
+        let edited = proptest::collection::vec((0..PAGE, any::<u8>()), 1..200).prop_map({
+            let old = old.clone();
+            move |edits| {
+                let mut new = old.clone();
+                for (at, v) in edits {
+                    new[at] = v;
+                }
+                new
+            }
+        });
+        let run = (0..PAGE, 1..512usize, any::<u8>()).prop_map({
+            let old = old.clone();
+            move |(at, len, v)| {
+                let mut new = old.clone();
+                let end = (at + len).min(PAGE);
+                new[at..end]
+                    .iter_mut()
+                    .for_each(|b| *b = b.wrapping_add(v | 1));
+                new
+            }
+        });
+        (Just(old), prop_oneof![edited, run, page()])
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn every_codec_roundtrips((old, new) in page_pair()) {
+        check_codecs(&old, &new);
+    }
+
+    #[test]
+    fn one_byte_changed_at_the_first_or_last_offset(old in page(), last in any::<bool>(), v in 1..=255u8) {
+        let mut new = old.clone();
+        let at = if last { PAGE - 1 } else { 0 };
+        new[at] ^= v;
+        check_codecs(&old, &new);
+        let mut out = [0u8; 16];
+        let n = delta_encode(&old, &new, &mut out).unwrap().unwrap();
+        prop_assert!(n <= 5, "a one-byte change costs {n} bytes");
+    }
+
+    #[test]
+    fn codec_fuzz_body_holds_on_arbitrary_bytes(data in proptest::collection::vec(any::<u8>(), 0..3000)) {
+        codec_roundtrip(&data);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn pairs_survive_the_wire_and_the_applier((old, new) in page_pair()) {
+        check_stream(PAGE, &old, &new);
+    }
+}
+
+#[test]
+fn chooser_picks_each_codec_and_counts_it() {
+    let mut enc = PageEncoder::new(EncoderConfig::new(PAGE)).unwrap();
+    let mut out = vec![0u8; enc.max_payload_len()];
+    let text: Vec<u8> = b"the quick brown fox "
+        .iter()
+        .cycle()
+        .take(PAGE)
+        .copied()
+        .collect();
+    let mut random = vec![0u8; PAGE];
+    let mut x = 1u64;
+    for b in &mut random {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        *b = (x >> 56) as u8;
+    }
+    let choose = |enc: &mut PageEncoder, page: u64, data: &[u8], out: &mut [u8]| {
+        enc.encode(page, data, out).unwrap().encoding
+    };
+    assert_eq!(choose(&mut enc, 0, &[0; PAGE], &mut out), Encoding::Zero);
+    assert_eq!(choose(&mut enc, 1, &text, &mut out), Encoding::Lz4);
+    assert_eq!(choose(&mut enc, 2, &random, &mut out), Encoding::Raw);
+    random[7] ^= 0xff;
+    assert_eq!(choose(&mut enc, 2, &random, &mut out), Encoding::Delta);
+    // Page 2 sent as zero: its base must go, so the next version is not a delta
+    // against the stale random bytes.
+    assert_eq!(choose(&mut enc, 2, &[0; PAGE], &mut out), Encoding::Zero);
+    assert_eq!(choose(&mut enc, 2, &random, &mut out), Encoding::Raw);
+    let stats = enc.stats();
+    for (e, pages) in [
+        (Encoding::Zero, 2),
+        (Encoding::Lz4, 1),
+        (Encoding::Raw, 2),
+        (Encoding::Delta, 1),
+    ] {
+        assert_eq!(stats.get(e).pages, pages, "{e:?}");
+    }
+    assert_eq!(stats.get(Encoding::Raw).bytes_out, 2 * PAGE as u64);
+    assert_eq!(stats.pages(), 6);
+    let cache = enc.cache_stats();
+    assert_eq!((cache.hits, cache.drops), (1, 1));
+}
+
+#[test]
+fn clock_hook_times_each_codec() {
+    let mut t = 0u64;
+    let clock = move || {
+        t += 10;
+        t
+    };
+    let mut enc = PageEncoder::with_clock(EncoderConfig::new(PAGE), clock).unwrap();
+    let mut out = vec![0u8; enc.max_payload_len()];
+    enc.encode(0, &[1; PAGE], &mut out).unwrap();
+    assert_eq!(enc.stats().get(Encoding::Zero).ns, 10);
+    assert_eq!(enc.stats().get(Encoding::Lz4).ns, 10);
+    assert_eq!(enc.stats().get(Encoding::Lz4).attempts, 1);
+}
+
+#[test]
+fn bad_inputs_are_typed_errors() {
+    assert_eq!(
+        PageEncoder::new(EncoderConfig::new(3000)).unwrap_err(),
+        CodecError::BadPageSize { page_size: 3000 }
+    );
+    for ok in [MIN_PAGE_SIZE, MAX_PAGE_SIZE] {
+        assert!(PageEncoder::new(EncoderConfig::new(ok)).is_ok());
+    }
+    let mut enc = PageEncoder::new(EncoderConfig::new(PAGE)).unwrap();
+    let err = enc.encode(0, &[0; PAGE], &mut [0; 100]).unwrap_err();
+    assert!(err.to_string().contains("too small"), "{err}");
+    assert!(matches!(
+        enc.encode(0, &[0; 100], &mut vec![0; PAGE * 2]),
+        Err(CodecError::BadPageLength { len: 100, .. })
+    ));
+}
