@@ -88,12 +88,13 @@ def rust_decls():
                 plist.append((pname.strip(), norm_c(rust_to_c(pty))))
             fns[name] = (norm_c(rust_to_c(ret)), plist)
         for m in re.finditer(
-            r"#\[repr\(C\)\]\s*(?:#\[[^\]]*\]\s*)*pub\s+struct\s+(\w+)\s*\{(.*?)\n\}",
+            r"#\[repr\(C(?:,\s*align\((\d+)\))?\)\]\s*(?:#\[[^\]]*\]\s*)*"
+            r"pub\s+struct\s+(\w+)\s*\{(.*?)\n\}",
             code,
             re.S,
         ):
-            fields = []
-            for f in re.finditer(r"pub\s+(\w+)\s*:\s*([^,\n]+),", m.group(2)):
+            fields = [("(align)", m.group(1) or "natural", None)]
+            for f in re.finditer(r"pub\s+(\w+)\s*:\s*([^,\n]+),", m.group(3)):
                 fname, fty = f.group(1), f.group(2).strip()
                 arr = re.fullmatch(r"\[(.+);\s*(.+)\]", fty)
                 if arr:
@@ -101,7 +102,7 @@ def rust_decls():
                     fields.append((fname, norm_c(rust_to_c(arr.group(1))), length))
                 else:
                     fields.append((fname, norm_c(rust_to_c(fty)), None))
-            structs[c_name(m.group(1))] = fields
+            structs[c_name(m.group(2))] = fields
         for m in re.finditer(
             r"pub\s+const\s+(PRECOPY_\w+)\s*:\s*\w+\s*=\s*(-?\s*\d+)\s*;", code
         ):
@@ -123,7 +124,9 @@ def c_decls():
         tag, body, name = m.group(1), m.group(2), m.group(3)
         if tag + "_t" != name:
             raise SystemExit(f"check-header: typedef {name} has tag {tag}")
-        fields = []
+        align = "64" if "PRECOPY_ALIGN64" in body else "natural"
+        body = body.replace("PRECOPY_ALIGN64", "")
+        fields = [("(align)", align, None)]
         for decl in [d.strip() for d in body.split(";") if d.strip()]:
             arr = re.fullmatch(r"(.+?)\s*(\w+)\s*\[(.+)\]", decl, re.S)
             if arr:

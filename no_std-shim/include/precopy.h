@@ -3,7 +3,7 @@
  * virtual-machine memory. Link with libprecopy.a (a no_std Rust static library: no
  * allocator, no libc requirement beyond what the C toolchain links anyway).
  *
- * Kept in sync with no_std-shim/src/*.rs by no_std-shim/check-header.py (run by
+ * Kept in sync with the Rust sources (no_std-shim/src) by no_std-shim/check-header.py (run by
  * run-c-test.sh): every function, struct field and constant below is compared with the
  * Rust declarations.
  *
@@ -27,6 +27,17 @@
 
 #include <stddef.h>
 #include <stdint.h>
+
+/* precopy_lz4_t and precopy_digest_t hold 64-byte aligned state. */
+#if defined(__cplusplus) && __cplusplus >= 201103L
+#define PRECOPY_ALIGN64 alignas(64)
+#elif defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
+#define PRECOPY_ALIGN64 _Alignas(64)
+#elif defined(__GNUC__)
+#define PRECOPY_ALIGN64 __attribute__((aligned(64)))
+#else
+#error "precopy.h needs C11, C++11 or GNU C (64-byte aligned types)"
+#endif
 
 #ifdef __cplusplus
 extern "C" {
@@ -62,6 +73,13 @@ uint32_t precopy_abi_version(void);
 #define PRECOPY_ERR_BAD_SLOT (-15)           /* KVM slot not contiguous, or table full */
 #define PRECOPY_ERR_BAD_POLICY (-16)         /* policy field invalid */
 #define PRECOPY_ERR_BAD_GUEST (-17)          /* zero pages or zero page size */
+#define PRECOPY_ERR_CORRUPT_PAGE (-18)       /* LZ4 or delta page data corrupt */
+#define PRECOPY_ERR_CHECKSUM (-19)           /* header/frame checksum mismatch */
+#define PRECOPY_ERR_TRUNCATED (-20)          /* input ends inside a header/frame */
+#define PRECOPY_ERR_BAD_FRAME (-21)          /* unknown kind, reserved set, bad length */
+#define PRECOPY_ERR_BAD_HEADER (-22)         /* stream header malformed */
+#define PRECOPY_ERR_UNSUPPORTED (-23)        /* newer format version or features */
+#define PRECOPY_ERR_STREAM (-24)             /* frames break the stream's rules */
 
 /* A static, NUL-terminated description of a status code (never NULL). */
 const char *precopy_strerror(int code);
@@ -297,6 +315,148 @@ int precopy_scheduler_finish(const precopy_scheduler_t *sched, uint64_t real_dow
  * PRECOPY_ERR_BUFFER_TOO_SMALL if truncated (*len = 0, buf = NULL asks the length). */
 int precopy_outcome_describe(const precopy_round_outcome_t *outcome, char *buf, size_t *len);
 
+/* ---- Page codecs over caller buffers --------------------------------------------- */
+
+#define PRECOPY_MIN_PAGE_SIZE 512
+#define PRECOPY_MAX_PAGE_SIZE 65536
+#define PRECOPY_LZ4_SIZE 16576
+
+/* Status, not an error: precopy_delta_encode gave up because the delta would not fit
+ * in the output buffer (the caller's threshold). Send the page another way. */
+#define PRECOPY_DELTA_GAVE_UP 2
+
+#define PRECOPY_ENCODING_ZERO 0  /* all-zero page, no payload */
+#define PRECOPY_ENCODING_DELTA 1 /* delta against the version last sent */
+#define PRECOPY_ENCODING_LZ4 2   /* LZ4 block */
+#define PRECOPY_ENCODING_RAW 3   /* the page bytes */
+
+/* An LZ4 compressor (its hash table, kept between pages). Opaque. 64-byte aligned: a
+ * static or stack variable, or aligned_alloc(64, ...); plain malloc memory is refused
+ * with PRECOPY_ERR_MISALIGNED. One per encoding thread. */
+typedef struct precopy_lz4 {
+    PRECOPY_ALIGN64 uint64_t opaque[PRECOPY_LZ4_SIZE / 8];
+} precopy_lz4_t;
+
+/* Page sizes below are powers of two in PRECOPY_MIN_PAGE_SIZE..PRECOPY_MAX_PAGE_SIZE. */
+
+/* *zero_out = 1 if all len bytes at page are zero, else 0 (any length). */
+int precopy_page_is_zero(const uint8_t *page, size_t len, int *zero_out);
+
+/* *hash_out = XXH3-64 of the len bytes at page: the name of a delta base in frames. */
+int precopy_base_hash(const uint8_t *page, size_t len, uint64_t *hash_out);
+
+/* *len_out = the output buffer precopy_lz4_compress needs for page_size pages. */
+int precopy_lz4_max_output_len(size_t page_size, size_t *len_out);
+
+/* Initializes *lz4 with a fresh hash table. */
+int precopy_lz4_init(precopy_lz4_t *lz4);
+
+/* Compresses one page into out. In: *out_len = capacity (>= precopy_lz4_max_output_len).
+ * Out: compressed length (may exceed the page size: then send it raw). */
+int precopy_lz4_compress(precopy_lz4_t *lz4, const uint8_t *page, size_t page_size,
+                         uint8_t *out, size_t *out_len);
+
+/* Decompresses an LZ4 block (untrusted) into page, which it must fill exactly. */
+int precopy_lz4_decompress(const uint8_t *data, size_t len, uint8_t *page, size_t page_size);
+
+/* Delta of page against base (what the destination holds). In: *out_len = capacity of
+ * out = the threshold; returns PRECOPY_DELTA_GAVE_UP as soon as the delta would not fit.
+ * Out: the delta's length (0: identical pages). */
+int precopy_delta_encode(const uint8_t *base, const uint8_t *page, size_t page_size,
+                         uint8_t *out, size_t *out_len);
+
+/* Applies a delta (untrusted) onto page, which holds its base. On error page may be
+ * partly updated: apply into a scratch copy. */
+int precopy_delta_apply(uint8_t *page, size_t page_size, const uint8_t *data, size_t len);
+
+/* Decodes a payload of PRECOPY_ENCODING_* into page (delta: onto the base it holds). */
+int precopy_page_decode(uint32_t encoding, const uint8_t *payload, size_t len, uint8_t *page,
+                        size_t page_size);
+
+/* ---- Stream format: header, frames, memory digest -------------------------------- */
+
+#define PRECOPY_FRAME_HEADER_LEN 12
+#define PRECOPY_MAX_STREAM_HEADER_LEN 1068
+#define PRECOPY_DIGEST_SIZE 704
+
+#define PRECOPY_FEATURE_LZ4 1   /* LZ4 page frames may appear */
+#define PRECOPY_FEATURE_DELTA 2 /* delta page frames may appear */
+
+#define PRECOPY_FRAME_ZERO_RUN 1    /* pages page..page+pages are zero */
+#define PRECOPY_FRAME_RAW 2         /* page `page` is data (one page) */
+#define PRECOPY_FRAME_LZ4 3         /* page `page` is LZ4 block data */
+#define PRECOPY_FRAME_DELTA 4       /* page `page` = base (base_hash) + delta data */
+#define PRECOPY_FRAME_ROUND_BEGIN 5 /* round `round` begins, `pages` planned */
+#define PRECOPY_FRAME_ROUND_END 6   /* round `round` ends, `pages` carried */
+#define PRECOPY_FRAME_SWITCHOVER 7  /* guest paused, `pages` remain */
+#define PRECOPY_FRAME_COMPLETE 8    /* all `pages` sent; digest_lo/hi = memory digest */
+
+/* The stream header. */
+typedef struct precopy_stream_header {
+    uint32_t features;        /* PRECOPY_FEATURE_* */
+    uint32_t page_size;       /* PRECOPY_MIN_PAGE_SIZE..PRECOPY_MAX_PAGE_SIZE */
+    uint8_t session_id[16];   /* identifies the migration */
+    uint32_t nregions;        /* 1..PRECOPY_MAX_REGIONS */
+    uint32_t reserved;        /* must be 0 */
+    precopy_region_t regions[PRECOPY_MAX_REGIONS]; /* len in bytes */
+} precopy_stream_header_t;
+
+/* One frame of any kind; fields a kind does not use are ignored when encoding and zero
+ * when decoded. */
+typedef struct precopy_frame {
+    uint32_t kind;       /* PRECOPY_FRAME_* */
+    uint32_t round;      /* ROUND_BEGIN, ROUND_END */
+    uint64_t page;       /* RAW, LZ4, DELTA: the page; ZERO_RUN: the first page */
+    uint64_t pages;      /* a page count, see PRECOPY_FRAME_* */
+    uint64_t base_hash;  /* DELTA: precopy_base_hash of the base */
+    uint64_t digest_lo;  /* COMPLETE: memory digest, low 64 bits */
+    uint64_t digest_hi;  /* COMPLETE: memory digest, high 64 bits */
+    const uint8_t *data; /* RAW, LZ4, DELTA payload; decoded: points into the input */
+    size_t data_len;
+} precopy_frame_t;
+
+/* A running memory digest (XXH3-128 over every page in page order). Opaque, 64-byte
+ * aligned like precopy_lz4_t. */
+typedef struct precopy_digest {
+    PRECOPY_ALIGN64 uint64_t opaque[PRECOPY_DIGEST_SIZE / 8];
+} precopy_digest_t;
+
+/* *len_out = the longest frame for page_size pages (a buffer for any frame). */
+int precopy_frame_max_len(size_t page_size, size_t *len_out);
+
+/* Writes *header into out. In: *out_len = capacity. Out: bytes written (or needed, with
+ * PRECOPY_ERR_BUFFER_TOO_SMALL). */
+int precopy_stream_header_encode(const precopy_stream_header_t *header, uint8_t *out,
+                                 size_t *out_len);
+
+/* Decodes and validates the stream header at the start of bytes (untrusted);
+ * *consumed = its length. PRECOPY_ERR_TRUNCATED: more bytes needed (*consumed = the
+ * length needed as far as known). */
+int precopy_stream_header_decode(const uint8_t *bytes, size_t len,
+                                 precopy_stream_header_t *header, size_t *consumed);
+
+/* Writes *frame into out. In: *out_len = capacity. Out: bytes written (or needed, with
+ * PRECOPY_ERR_BUFFER_TOO_SMALL). A payload of the wrong length for its kind is
+ * PRECOPY_ERR_BAD_LENGTH. */
+int precopy_frame_encode(const precopy_frame_t *frame, size_t page_size, uint8_t *out,
+                         size_t *out_len);
+
+/* Decodes and checks (kind, length, checksum) the frame at the start of bytes
+ * (untrusted); *consumed = its length; the payload points into bytes.
+ * PRECOPY_ERR_TRUNCATED: more bytes needed (*consumed = the frame length once its
+ * 12-byte header is in, else 12). */
+int precopy_frame_decode(const uint8_t *bytes, size_t len, size_t page_size,
+                         precopy_frame_t *frame, size_t *consumed);
+
+/* Initializes *digest as the digest of no pages. */
+int precopy_digest_init(precopy_digest_t *digest);
+
+/* Adds the next page, in page order. */
+int precopy_digest_update(precopy_digest_t *digest, const uint8_t *page, size_t len);
+
+/* The digest of the pages added so far, as the completion frame carries it. */
+int precopy_digest_finish(const precopy_digest_t *digest, uint64_t *lo_out, uint64_t *hi_out);
+
 /* ---- Layout checks (the Rust side asserts the same sizes) ------------------------- */
 
 #if defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
@@ -319,6 +479,10 @@ PRECOPY_STATIC_ASSERT_(sizeof(precopy_round_outcome_t) == 120, "precopy_round_ou
 PRECOPY_STATIC_ASSERT_(sizeof(precopy_downtime_report_t) == 24, "precopy_downtime_report_t");
 PRECOPY_STATIC_ASSERT_(sizeof(precopy_scheduler_t) == PRECOPY_SCHEDULER_SIZE,
                        "precopy_scheduler_t");
+PRECOPY_STATIC_ASSERT_(sizeof(precopy_lz4_t) == PRECOPY_LZ4_SIZE, "precopy_lz4_t");
+PRECOPY_STATIC_ASSERT_(sizeof(precopy_stream_header_t) == 1056, "precopy_stream_header_t");
+PRECOPY_STATIC_ASSERT_(sizeof(precopy_frame_t) == 64, "precopy_frame_t");
+PRECOPY_STATIC_ASSERT_(sizeof(precopy_digest_t) == PRECOPY_DIGEST_SIZE, "precopy_digest_t");
 
 #ifdef __cplusplus
 }

@@ -71,7 +71,6 @@ pub struct PrecopyKvmDirtyGfn {
     pub offset: u64,
 }
 
-
 type Bitmap = AtomicDirtyBitmap<&'static [AtomicU64]>;
 
 assert_fits!(PrecopyBitmap, Bitmap);

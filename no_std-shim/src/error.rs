@@ -4,7 +4,9 @@
 use core::ffi::{c_char, c_int, CStr};
 
 use core_precopy::bitmap::BitmapError;
+use core_precopy::codec::CodecError;
 use core_precopy::schedule::ScheduleError;
+use core_precopy::wire::WireErrorKind;
 
 /// Success.
 pub const PRECOPY_OK: c_int = 0;
@@ -45,12 +47,29 @@ pub const PRECOPY_ERR_BAD_SLOT: c_int = -15;
 pub const PRECOPY_ERR_BAD_POLICY: c_int = -16;
 /// The scheduler was given a guest of zero pages or a zero page size.
 pub const PRECOPY_ERR_BAD_GUEST: c_int = -17;
+/// LZ4 or delta page data is corrupt (or does not decode to exactly one page).
+pub const PRECOPY_ERR_CORRUPT_PAGE: c_int = -18;
+/// A stream header or frame fails its checksum: corrupted in transit.
+pub const PRECOPY_ERR_CHECKSUM: c_int = -19;
+/// The input ends inside a stream header or frame: more bytes are needed.
+pub const PRECOPY_ERR_TRUNCATED: c_int = -20;
+/// A frame has an unknown kind, non-zero reserved bytes or a bad length for its kind.
+pub const PRECOPY_ERR_BAD_FRAME: c_int = -21;
+/// A stream header is malformed: magic, length, version 0, page size or layout.
+pub const PRECOPY_ERR_BAD_HEADER: c_int = -22;
+/// A stream written by a newer precopy (format version or features unknown here).
+pub const PRECOPY_ERR_UNSUPPORTED: c_int = -23;
+/// Frames break the stream's rules (page past the end, rounds out of order, ...).
+pub const PRECOPY_ERR_STREAM: c_int = -24;
 
 /// The message for each code, NUL-terminated, `'static`.
 fn message(code: c_int) -> &'static CStr {
     match code {
         PRECOPY_OK => c"success",
         PRECOPY_MORE => c"output buffer full, call again to continue",
+        crate::codec::PRECOPY_DELTA_GAVE_UP => {
+            c"delta would not fit the output buffer: send the page another way"
+        }
         PRECOPY_ERR_NULL => c"a required pointer argument is NULL",
         PRECOPY_ERR_MISALIGNED => c"a pointer is not aligned for its type",
         PRECOPY_ERR_BUFFER_TOO_SMALL => c"an output buffer is too small",
@@ -72,6 +91,17 @@ fn message(code: c_int) -> &'static CStr {
         }
         PRECOPY_ERR_BAD_POLICY => c"migration policy field is invalid",
         PRECOPY_ERR_BAD_GUEST => c"guest has zero pages or a zero page size",
+        PRECOPY_ERR_CORRUPT_PAGE => c"LZ4 or delta page data is corrupt",
+        PRECOPY_ERR_CHECKSUM => c"checksum mismatch: the data was corrupted in transit",
+        PRECOPY_ERR_TRUNCATED => c"input ends inside a header or frame: more bytes are needed",
+        PRECOPY_ERR_BAD_FRAME => c"frame has an unknown kind, reserved bits set or a bad length",
+        PRECOPY_ERR_BAD_HEADER => {
+            c"stream header is malformed (magic, length, page size or layout)"
+        }
+        PRECOPY_ERR_UNSUPPORTED => {
+            c"stream was written by a newer precopy (version or features unknown here)"
+        }
+        PRECOPY_ERR_STREAM => c"frames break the stream's rules",
         _ => c"unknown precopy status code",
     }
 }
@@ -109,6 +139,47 @@ pub(crate) fn schedule_code(e: ScheduleError) -> c_int {
             PRECOPY_ERR_BAD_POLICY
         }
         ScheduleError::BadGuest { .. } => PRECOPY_ERR_BAD_GUEST,
+    }
+}
+
+/// The code for a codec-layer error.
+pub(crate) fn codec_code(e: CodecError) -> c_int {
+    match e {
+        CodecError::BadPageSize { .. } => PRECOPY_ERR_BAD_PAGE_SIZE,
+        CodecError::BadPageLength { .. } => PRECOPY_ERR_BAD_LENGTH,
+        CodecError::OutputTooSmall { .. } | CodecError::CacheAllocation { .. } => {
+            PRECOPY_ERR_BUFFER_TOO_SMALL
+        }
+        CodecError::Lz4Corrupt { .. } | CodecError::DeltaCorrupt { .. } => PRECOPY_ERR_CORRUPT_PAGE,
+    }
+}
+
+/// The code for a wire-layer error.
+pub(crate) fn wire_code(e: WireErrorKind) -> c_int {
+    use WireErrorKind::*;
+    match e {
+        BadMagic { .. } | ZeroVersion | BadHeaderLength { .. } | BadLayout(_) => {
+            PRECOPY_ERR_BAD_HEADER
+        }
+        BadPageSize { .. } => PRECOPY_ERR_BAD_PAGE_SIZE,
+        NewerVersion { .. } | UnknownFeatures { .. } => PRECOPY_ERR_UNSUPPORTED,
+        ChecksumMismatch { .. } => PRECOPY_ERR_CHECKSUM,
+        UnknownFrameKind { .. } | ReservedNotZero | BadFrameLength { .. } => PRECOPY_ERR_BAD_FRAME,
+        Truncated { .. } => PRECOPY_ERR_TRUNCATED,
+        BufferTooSmall { .. } | OutputTooSmall { .. } => PRECOPY_ERR_BUFFER_TOO_SMALL,
+        PageOutOfRange { .. }
+        | BadZeroRun { .. }
+        | FeatureNotAnnounced { .. }
+        | PageOutsideRound
+        | RoundNotEnded { .. }
+        | RoundNotBegun { .. }
+        | UnexpectedRound { .. }
+        | RoundCountMismatch { .. }
+        | DuplicateSwitchover
+        | CompleteBeforeSwitchover
+        | TotalPagesMismatch { .. }
+        | TrailingData
+        | EndedBeforeCompletion => PRECOPY_ERR_STREAM,
     }
 }
 

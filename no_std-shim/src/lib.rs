@@ -21,13 +21,17 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod bitmap;
+mod codec;
 mod error;
 mod ffi;
 mod schedule;
+mod wire;
 
 pub use bitmap::*;
+pub use codec::*;
 pub use error::*;
 pub use schedule::*;
+pub use wire::*;
 
 /// Version of the C ABI: bumped whenever a declaration in `precopy.h` changes
 /// incompatibly. Compare with `precopy_abi_version()` at startup.
@@ -54,6 +58,10 @@ const _: () = {
     assert!(size_of::<PrecopyRoundOutcome>() == 120);
     assert!(size_of::<PrecopyDowntimeReport>() == 24);
     assert!(size_of::<PrecopyScheduler>() == PRECOPY_SCHEDULER_SIZE);
+    assert!(size_of::<PrecopyLz4>() == PRECOPY_LZ4_SIZE);
+    assert!(size_of::<PrecopyStreamHeader>() == 1056);
+    assert!(size_of::<PrecopyFrame>() == 64);
+    assert!(size_of::<PrecopyDigest>() == PRECOPY_DIGEST_SIZE);
 };
 
 /// Nothing in the API panics on any input (every argument is checked and every error
