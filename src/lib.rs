@@ -31,6 +31,8 @@ pub mod engine;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod memory;
+#[cfg(feature = "std")]
+pub mod runtime;
 pub mod schedule;
 pub mod wire;
 

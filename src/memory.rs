@@ -155,9 +155,8 @@ impl AtomicMemory {
             page_size.is_power_of_two() && page_size >= 8,
             "page size must be a power of two of at least 8 bytes"
         );
-        let words = (0..page_size / 8 * pages as usize)
-            .map(|_| core::sync::atomic::AtomicU64::new(0))
-            .collect();
+        let len = page_size / 8 * pages as usize;
+        let words = zeroed_atomics(len);
         AtomicMemory { page_size, words }
     }
 
@@ -210,6 +209,28 @@ impl AtomicMemory {
     }
 }
 
+/// `len` zeroed atomics from a zeroed allocation: the OS hands out untouched pages
+/// lazily, so a large, mostly-zero guest costs nothing until written.
+#[cfg(feature = "alloc")]
+fn zeroed_atomics(len: usize) -> alloc::boxed::Box<[core::sync::atomic::AtomicU64]> {
+    use core::sync::atomic::AtomicU64;
+    if len == 0 {
+        return alloc::boxed::Box::new([]);
+    }
+    let layout = core::alloc::Layout::array::<AtomicU64>(len).expect("guest memory size overflows");
+    // SAFETY: `layout` has a non-zero size (len > 0). The allocation is zeroed, and
+    // all-zero bytes are a valid `AtomicU64`, so the `len` elements are initialized.
+    // The box is built with the same layout it will be freed with (the global
+    // allocator, `[AtomicU64]` of `len` elements).
+    unsafe {
+        let ptr = alloc::alloc::alloc_zeroed(layout).cast::<AtomicU64>();
+        if ptr.is_null() {
+            alloc::alloc::handle_alloc_error(layout);
+        }
+        alloc::boxed::Box::from_raw(core::ptr::slice_from_raw_parts_mut(ptr, len))
+    }
+}
+
 #[cfg(feature = "alloc")]
 impl PageMemory for AtomicMemory {
     fn page_size(&self) -> usize {
@@ -223,10 +244,7 @@ impl PageMemory for AtomicMemory {
     fn read_page(&self, page: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
         let words = self.page_words(page, buf.len())?;
         for (w, chunk) in words.iter().zip(buf.chunks_exact_mut(8)) {
-            chunk.copy_from_slice(
-                &w.load(core::sync::atomic::Ordering::Relaxed)
-                    .to_le_bytes(),
-            );
+            chunk.copy_from_slice(&w.load(core::sync::atomic::Ordering::Relaxed).to_le_bytes());
         }
         Ok(())
     }

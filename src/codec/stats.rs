@@ -94,6 +94,20 @@ impl CodecStats {
         &mut self.counters[encoding as usize]
     }
 
+    /// The counts added since `earlier` (a snapshot of the same statistics): one
+    /// round's worth, for the per-round table.
+    pub fn since(&self, earlier: &CodecStats) -> CodecStats {
+        let mut out = *self;
+        for (c, e) in out.counters.iter_mut().zip(&earlier.counters) {
+            c.attempts = c.attempts.saturating_sub(e.attempts);
+            c.pages = c.pages.saturating_sub(e.pages);
+            c.bytes_in = c.bytes_in.saturating_sub(e.bytes_in);
+            c.bytes_out = c.bytes_out.saturating_sub(e.bytes_out);
+            c.ns = c.ns.saturating_sub(e.ns);
+        }
+        out
+    }
+
     /// Pages sent, over all codecs.
     pub fn pages(&self) -> u64 {
         self.counters.iter().map(|c| c.pages).sum()

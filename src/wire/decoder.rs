@@ -49,11 +49,7 @@ impl Rules {
         };
         let pages = match *frame {
             Frame::ZeroRun { first_page, count } => {
-                if count == 0
-                    || first_page
-                        .checked_add(count)
-                        .map_or(true, |end| end > total)
-                {
+                if count == 0 || first_page.checked_add(count).is_none_or(|end| end > total) {
                     return Err(WireErrorKind::BadZeroRun {
                         first: first_page,
                         count,

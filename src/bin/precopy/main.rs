@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench_bitmap;
+mod demo;
 mod report;
 
 /// precopy: pre-copy live migration of VM memory.
@@ -17,6 +18,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Migrate a synthetic guest with writers running, over loopback TCP, and verify it.
+    Demo(demo::Args),
     /// Measure precopy against a peer implementation in the same run.
     Bench {
         #[command(subcommand)]
@@ -33,6 +36,11 @@ enum BenchSuite {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(args) => match demo::run(&args) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("the destination did not verify the migrated memory".to_string()),
+            Err(e) => Err(e),
+        },
         Command::Bench { suite } => match suite {
             BenchSuite::Bitmap(args) => bench_bitmap::run(&args),
         },

@@ -1,0 +1,542 @@
+//! The source engine: dirty set and guest memory in, stream bytes out.
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::ops::Deref;
+use core::sync::atomic::AtomicU64;
+
+use super::EngineError;
+use crate::bitmap::{AtomicDirtyBitmap, DirtySet};
+use crate::codec::{CodecStats, EncoderConfig, PageEncoder};
+use crate::memory::PageMemory;
+use crate::schedule::{
+    Decision, DowntimeReport, Policy, RoundMeasurement, RoundOutcome, Scheduler,
+};
+use crate::wire::header::header_len;
+use crate::wire::{max_frame_len, Features, Frame, MemoryDigest, StreamHeader};
+
+/// How a [`SourceEngine`] migrates.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SourceConfig {
+    /// Codec choices and the delta cache budget.
+    pub encoder: EncoderConfig,
+    /// When to switch over, throttle or give up.
+    pub policy: Policy,
+    /// Names the migration in the stream header.
+    pub session_id: [u8; 16],
+    /// Skip pages dirtied again after their harvest until the next round (Xen's idea):
+    /// they would be stale by the time they land. On by default.
+    pub defer_redirtied: bool,
+}
+
+impl SourceConfig {
+    /// Defaults for pages of `page_size` bytes: the default codecs and policy.
+    pub fn new(page_size: usize) -> Self {
+        SourceConfig {
+            encoder: EncoderConfig::new(page_size),
+            policy: Policy::default(),
+            session_id: [0; 16],
+            defer_redirtied: true,
+        }
+    }
+}
+
+/// What a round of the source did, for the per-round table.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SourceRound {
+    /// The scheduler's view: measurements, prediction, decision.
+    pub outcome: RoundOutcome,
+    /// Per-codec counts for this round alone.
+    pub codecs: CodecStats,
+    /// Pages skipped because the guest dirtied them again before they were sent.
+    pub deferred_pages: u64,
+}
+
+/// What the caller must do after [`SourceEngine::poll_transmit`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SourceEvent {
+    /// Nothing special: send the bytes and poll again.
+    None,
+    /// A live round ended (its frames are in the bytes returned); poll again.
+    RoundDone(SourceRound),
+    /// Pause the guest, then call [`SourceEngine::guest_paused`]. Nothing more is
+    /// produced until then.
+    PauseGuest {
+        /// The downtime the scheduler expects, ns.
+        predicted_downtime_ns: u64,
+    },
+    /// The final round and the completion frame are in the bytes returned: once they
+    /// reach the destination and it reports success, the migration is done.
+    Complete {
+        /// Digest of the source's memory (the destination must match it).
+        digest: u128,
+        /// The final round.
+        round: FinalRound,
+    },
+}
+
+/// The final round, sent with the guest paused.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FinalRound {
+    /// Round number.
+    pub round: u32,
+    /// Pages sent in it.
+    pub pages_sent: u64,
+    /// Bytes it put on the wire, completion frame included.
+    pub wire_bytes: u64,
+    /// Per-codec counts for the final round.
+    pub codecs: CodecStats,
+    /// The downtime the scheduler predicted for it, ns.
+    pub predicted_downtime_ns: u64,
+}
+
+/// Bytes produced by one [`SourceEngine::poll_transmit`] call, and what happened.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Transmit {
+    /// Bytes written at the start of the caller's buffer.
+    pub len: usize,
+    /// What the caller must do next.
+    pub event: SourceEvent,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Header,
+    /// Sending round `round`; `fin` for the final round with the guest paused.
+    Round {
+        round: u32,
+        fin: bool,
+    },
+    AwaitPause,
+    Done,
+    Failed,
+}
+
+/// Pre-copy migration, source side. Sans-IO: the caller passes the time and a buffer,
+/// sends the bytes on any transport and pauses the guest when told.
+///
+/// The bulk round sends every page (zero pages as runs, at almost no cost); each
+/// later round sends the pages harvested dirty at the end of the previous one, read
+/// through [`PageMemory`] into a private buffer after the harvest (the bitmap's
+/// ordering contract). After switchover the guest is paused, the last dirty pages and
+/// a digest of all memory are sent.
+#[derive(Debug)]
+pub struct SourceEngine<'b, W: Deref<Target = [AtomicU64]>> {
+    bitmap: &'b AtomicDirtyBitmap<W>,
+    config: SourceConfig,
+    encoder: PageEncoder,
+    scheduler: Scheduler,
+    phase: Phase,
+    /// Pages of the current iterative or final round (unused in the bulk round).
+    set: DirtySet,
+    /// Next page to consider in the current round.
+    cursor: u64,
+    /// A run of zero pages not yet emitted: (first, count).
+    zero_run: Option<(u64, u64)>,
+    page_buf: Vec<u8>,
+    payload_buf: Vec<u8>,
+    round_pages: u64,
+    round_wire_bytes: u64,
+    round_deferred: u64,
+    round_codecs_start: CodecStats,
+    digest: Option<u128>,
+    /// The switchover and final round-begin frames are still to be emitted.
+    announce_final: bool,
+}
+
+impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
+    /// Starts a migration of the memory tracked by `bitmap`, at `now_ns`. Marks made
+    /// before now are taken out of the bitmap: the bulk round sends every page anyway.
+    pub fn new(
+        bitmap: &'b AtomicDirtyBitmap<W>,
+        config: SourceConfig,
+        now_ns: u64,
+    ) -> Result<Self, EngineError> {
+        let layout = *bitmap.layout();
+        let page_size = layout.page_size() as usize;
+        if config.encoder.page_size != page_size {
+            return Err(EngineError::PageSizeMismatch {
+                expected: page_size,
+                got: config.encoder.page_size,
+            });
+        }
+        let encoder = PageEncoder::new(config.encoder)?;
+        let scheduler = Scheduler::new(
+            config.policy,
+            layout.total_pages(),
+            page_size as u64,
+            now_ns,
+        )?;
+        let payload_len = encoder.max_payload_len();
+        bitmap.harvest();
+        Ok(SourceEngine {
+            bitmap,
+            config,
+            round_codecs_start: *encoder.stats(),
+            encoder,
+            scheduler,
+            phase: Phase::Header,
+            set: DirtySet::new(layout.total_pages()),
+            cursor: 0,
+            zero_run: None,
+            page_buf: vec![0; page_size],
+            payload_buf: vec![0; payload_len],
+            round_pages: 0,
+            round_wire_bytes: 0,
+            round_deferred: 0,
+            digest: None,
+            announce_final: false,
+        })
+    }
+
+    /// The smallest buffer [`poll_transmit`](Self::poll_transmit) accepts.
+    pub fn min_buffer_len(&self) -> usize {
+        header_len(self.bitmap.layout().regions().len()) + 2 * max_frame_len(self.page_size())
+    }
+
+    /// The scheduler (policy, rounds so far, last prediction).
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
+    /// Codec statistics over the whole migration so far.
+    pub fn codec_stats(&self) -> &CodecStats {
+        self.encoder.stats()
+    }
+
+    /// Whether the completion frame has been produced.
+    pub fn is_complete(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    /// Predicted against real downtime; call after the destination confirmed.
+    pub fn downtime_report(&self, real_downtime_ns: u64) -> DowntimeReport {
+        self.scheduler.finish(real_downtime_ns)
+    }
+
+    fn page_size(&self) -> usize {
+        self.bitmap.layout().page_size() as usize
+    }
+
+    /// Fills `out` with stream bytes (whole frames only) and says what to do next.
+    /// Guest memory is only read. A [`EngineError`] ends the migration: the source
+    /// keeps running, and pages harvested but not sent go back into the bitmap.
+    pub fn poll_transmit<M: PageMemory + ?Sized>(
+        &mut self,
+        memory: &M,
+        now_ns: u64,
+        out: &mut [u8],
+    ) -> Result<Transmit, EngineError> {
+        let needed = self.min_buffer_len();
+        if out.len() < needed {
+            return Err(EngineError::BufferTooSmall {
+                needed,
+                got: out.len(),
+            });
+        }
+        let result = self.fill(memory, now_ns, out);
+        if result.is_err() {
+            self.fail();
+        }
+        result
+    }
+
+    /// Tells the engine the guest is paused (after [`SourceEvent::PauseGuest`]): the
+    /// final harvest happens here, at `now_ns`.
+    pub fn guest_paused(&mut self, now_ns: u64) -> Result<(), EngineError> {
+        if self.phase != Phase::AwaitPause {
+            return Err(EngineError::OutOfOrder {
+                what: "guest_paused called before the engine asked for a pause",
+            });
+        }
+        let _ = now_ns;
+        self.bitmap.harvest_into(&mut self.set)?;
+        self.start_round(self.scheduler.rounds(), true);
+        self.announce_final = true;
+        Ok(())
+    }
+
+    /// Abandons the migration (a transport error, an operator's cancel): pages
+    /// harvested but not sent go back into the bitmap, so a later attempt or another
+    /// consumer loses nothing. Guest memory was never written.
+    pub fn abort(mut self) {
+        self.fail();
+    }
+
+    fn fail(&mut self) {
+        if matches!(self.phase, Phase::Failed | Phase::Done) {
+            return;
+        }
+        // Pages of this round not sent yet: the set from the cursor on. (In the bulk
+        // round the set is empty; the bulk round sends every page regardless.)
+        let words = self.set.words();
+        let first = (self.cursor / 64) as usize;
+        if let Some(&w) = words.get(first) {
+            let head = w & (!0u64 << (self.cursor % 64));
+            let _ = self.bitmap.restore_words(first, &[head]);
+            let _ = self.bitmap.restore_words(first + 1, &words[first + 1..]);
+        }
+        self.phase = Phase::Failed;
+    }
+
+    fn fill<M: PageMemory + ?Sized>(
+        &mut self,
+        memory: &M,
+        now_ns: u64,
+        out: &mut [u8],
+    ) -> Result<Transmit, EngineError> {
+        let mut len = 0;
+        loop {
+            match self.phase {
+                Phase::Header => {
+                    let header = StreamHeader {
+                        features: Features::ALL,
+                        session_id: self.config.session_id,
+                        layout: *self.bitmap.layout(),
+                    };
+                    len += header.emit(&mut out[len..]).map_err(EngineError::Emit)?;
+                    self.start_round(0, false);
+                    len += self.emit(
+                        Frame::RoundBegin {
+                            round: 0,
+                            planned_pages: self.bitmap.total_pages(),
+                        },
+                        &mut out[len..],
+                    )?;
+                }
+                Phase::Round { round, fin } => {
+                    let room = out.len() - len;
+                    if room < 2 * max_frame_len(self.page_size()) {
+                        return Ok(Transmit {
+                            len,
+                            event: SourceEvent::None,
+                        });
+                    }
+                    if self.announce_final {
+                        self.announce_final = false;
+                        let remaining_pages = self.set.count();
+                        len += self.emit(Frame::Switchover { remaining_pages }, &mut out[len..])?;
+                        len += self.emit(
+                            Frame::RoundBegin {
+                                round,
+                                planned_pages: remaining_pages,
+                            },
+                            &mut out[len..],
+                        )?;
+                    }
+                    match self.next_page(round, fin) {
+                        Some(page) => len += self.send_page(memory, page, &mut out[len..])?,
+                        None => {
+                            let (written, event) =
+                                self.end_round(memory, round, fin, now_ns, &mut out[len..])?;
+                            return Ok(Transmit {
+                                len: len + written,
+                                event,
+                            });
+                        }
+                    }
+                }
+                Phase::AwaitPause => {
+                    return Ok(Transmit {
+                        len,
+                        event: SourceEvent::PauseGuest {
+                            predicted_downtime_ns: self.scheduler.predicted_downtime_ns(),
+                        },
+                    })
+                }
+                Phase::Done => {
+                    return Ok(Transmit {
+                        len,
+                        event: SourceEvent::None,
+                    })
+                }
+                Phase::Failed => {
+                    return Err(EngineError::OutOfOrder {
+                        what: "the migration already failed",
+                    })
+                }
+            }
+        }
+    }
+
+    fn start_round(&mut self, round: u32, fin: bool) {
+        self.phase = Phase::Round { round, fin };
+        self.cursor = 0;
+        self.round_pages = 0;
+        self.round_wire_bytes = 0;
+        self.round_deferred = 0;
+        self.round_codecs_start = *self.encoder.stats();
+    }
+
+    /// The next page of the current round, skipping deferred ones. The cursor moves
+    /// past a page only once it is sent (see `send_page`), so a failure restores it.
+    fn next_page(&mut self, round: u32, fin: bool) -> Option<u64> {
+        let total = self.bitmap.total_pages();
+        if round == 0 && !fin {
+            return (self.cursor < total).then_some(self.cursor);
+        }
+        loop {
+            let page = next_set_bit(self.set.words(), self.cursor)?;
+            if !fin && self.config.defer_redirtied && self.bitmap.is_dirty(page) {
+                // Dirtied again since its harvest: the next harvest has it.
+                self.cursor = page + 1;
+                self.round_deferred += 1;
+                continue;
+            }
+            return Some(page);
+        }
+    }
+
+    /// Reads, encodes and emits page `page`; returns the bytes written.
+    fn send_page<M: PageMemory + ?Sized>(
+        &mut self,
+        memory: &M,
+        page: u64,
+        out: &mut [u8],
+    ) -> Result<usize, EngineError> {
+        memory.read_page(page, &mut self.page_buf)?;
+        let encoded = self
+            .encoder
+            .encode(page, &self.page_buf, &mut self.payload_buf)?;
+        // Sent (or about to be, in these bytes): no longer pending for this round.
+        self.cursor = page + 1;
+        self.round_pages += 1;
+        let mut len = 0;
+        if encoded.len == 0 && encoded.encoding == crate::codec::Encoding::Zero {
+            match &mut self.zero_run {
+                Some((first, count)) if *first + *count == page => *count += 1,
+                _ => {
+                    len += self.flush_zero_run(out)?;
+                    self.zero_run = Some((page, 1));
+                }
+            }
+            return Ok(len);
+        }
+        len += self.flush_zero_run(out)?;
+        let frame = Frame::page(
+            page,
+            encoded.encoding,
+            encoded.base_hash,
+            &self.payload_buf[..encoded.len],
+        );
+        let written = frame
+            .emit(self.bitmap.layout().page_size() as usize, &mut out[len..])
+            .map_err(EngineError::Emit)?;
+        self.round_wire_bytes += written as u64;
+        Ok(len + written)
+    }
+
+    fn flush_zero_run(&mut self, out: &mut [u8]) -> Result<usize, EngineError> {
+        match self.zero_run.take() {
+            Some((first_page, count)) => self.emit(Frame::ZeroRun { first_page, count }, out),
+            None => Ok(0),
+        }
+    }
+
+    fn emit(&mut self, frame: Frame<'_>, out: &mut [u8]) -> Result<usize, EngineError> {
+        let written = frame
+            .emit(self.page_size(), out)
+            .map_err(EngineError::Emit)?;
+        self.round_wire_bytes += written as u64;
+        Ok(written)
+    }
+
+    /// Closes round `round`: emits its end, harvests, asks the scheduler.
+    fn end_round<M: PageMemory + ?Sized>(
+        &mut self,
+        memory: &M,
+        round: u32,
+        fin: bool,
+        now_ns: u64,
+        out: &mut [u8],
+    ) -> Result<(usize, SourceEvent), EngineError> {
+        let mut len = self.flush_zero_run(out)?;
+        len += self.emit(
+            Frame::RoundEnd {
+                round,
+                pages: self.round_pages,
+            },
+            &mut out[len..],
+        )?;
+        let codecs = self.encoder.stats().since(&self.round_codecs_start);
+        if fin {
+            // The guest is paused and every dirty page is out: sum up memory.
+            let digest = self.digest_memory(memory)?;
+            len += self.emit(
+                Frame::Complete {
+                    total_pages: self.bitmap.total_pages(),
+                    digest,
+                },
+                &mut out[len..],
+            )?;
+            self.digest = Some(digest);
+            self.phase = Phase::Done;
+            return Ok((
+                len,
+                SourceEvent::Complete {
+                    digest,
+                    round: FinalRound {
+                        round,
+                        pages_sent: self.round_pages,
+                        wire_bytes: self.round_wire_bytes,
+                        codecs,
+                        predicted_downtime_ns: self.scheduler.predicted_downtime_ns(),
+                    },
+                },
+            ));
+        }
+        self.set.clear();
+        self.bitmap.harvest_into(&mut self.set)?;
+        let outcome = self.scheduler.round_done(RoundMeasurement {
+            now_ns,
+            pages_sent: self.round_pages,
+            wire_bytes: self.round_wire_bytes,
+            dirty_pages: self.set.count(),
+        });
+        let deferred_pages = self.round_deferred;
+        match outcome.decision {
+            Decision::Continue { .. } => {
+                self.start_round(round + 1, false);
+                len += self.emit(
+                    Frame::RoundBegin {
+                        round: round + 1,
+                        planned_pages: self.set.count(),
+                    },
+                    &mut out[len..],
+                )?;
+            }
+            Decision::SwitchOver { .. } => self.phase = Phase::AwaitPause,
+            Decision::Fail(e) => return Err(EngineError::Schedule(e)),
+        }
+        Ok((
+            len,
+            SourceEvent::RoundDone(SourceRound {
+                outcome,
+                codecs,
+                deferred_pages,
+            }),
+        ))
+    }
+
+    fn digest_memory<M: PageMemory + ?Sized>(&mut self, memory: &M) -> Result<u128, EngineError> {
+        let mut digest = MemoryDigest::new();
+        for page in 0..self.bitmap.total_pages() {
+            memory.read_page(page, &mut self.page_buf)?;
+            digest.update(&self.page_buf);
+        }
+        Ok(digest.finish())
+    }
+}
+
+/// The first set bit at or after `from` in `words`.
+fn next_set_bit(words: &[u64], from: u64) -> Option<u64> {
+    let mut word = (from / 64) as usize;
+    let mut bits = words.get(word)? & (!0u64 << (from % 64));
+    loop {
+        if bits != 0 {
+            return Some(word as u64 * 64 + u64::from(bits.trailing_zeros()));
+        }
+        word += 1;
+        bits = *words.get(word)?;
+    }
+}

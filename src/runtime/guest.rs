@@ -1,0 +1,452 @@
+//! A synthetic guest: real memory, real writer threads that write real bytes and mark
+//! the dirty bitmap at a set rate, pausable like a VM's vCPUs and throttleable.
+
+use std::boxed::Box;
+use std::format;
+use std::str::FromStr;
+use std::string::String;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use std::vec::Vec;
+
+use super::RuntimeError;
+use crate::bitmap::{AtomicDirtyBitmap, GuestLayout};
+use crate::memory::AtomicMemory;
+
+/// An owned, shareable dirty bitmap.
+pub type SharedBitmap = Arc<AtomicDirtyBitmap<Box<[AtomicU64]>>>;
+
+/// How the guest writes its memory. Parsed from `NAME[:key=value,...]`; rates are in
+/// pages per second and accept `k`/`m` suffixes, sizes in bytes accept `K`/`M`/`G`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Workload {
+    /// Mostly zero memory and a trickle of writes to random pages
+    /// (`idle:rate=100`).
+    Idle {
+        /// Pages written per second.
+        rate: u64,
+    },
+    /// Every page written once, in order, then nothing (`once:rate=250k`): data loaded
+    /// into memory and then only read.
+    Once {
+        /// Pages written per second.
+        rate: u64,
+    },
+    /// A dirtying loop over a working set at the start of memory
+    /// (`continuous:rate=50k,set=256M`).
+    Continuous {
+        /// Pages written per second.
+        rate: u64,
+        /// Working set, bytes.
+        set: u64,
+    },
+    /// Zipf-skewed writes over all memory (`hotspot:rate=50k,skew=1.1`).
+    Hotspot {
+        /// Pages written per second.
+        rate: u64,
+        /// Zipf exponent (larger: hotter hot pages).
+        skew: f64,
+    },
+}
+
+impl Workload {
+    /// Pages written per second.
+    pub fn rate(&self) -> u64 {
+        match *self {
+            Workload::Idle { rate }
+            | Workload::Once { rate }
+            | Workload::Continuous { rate, .. }
+            | Workload::Hotspot { rate, .. } => rate,
+        }
+    }
+}
+
+fn parse_scaled(value: &str, key: &str, units: &[(char, u64)]) -> Result<u64, String> {
+    let (digits, scale) = match value.chars().last() {
+        Some(c) if c.is_ascii_alphabetic() => {
+            let scale = units
+                .iter()
+                .find(|(u, _)| *u == c)
+                .map(|(_, s)| *s)
+                .ok_or_else(|| format!("{key}={value}: unknown suffix '{c}'"))?;
+            (&value[..value.len() - 1], scale)
+        }
+        _ => (value, 1),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{key}={value}: not a number"))?;
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("{key}={value}: too large"))
+}
+
+impl FromStr for Workload {
+    type Err = RuntimeError;
+
+    fn from_str(spec: &str) -> Result<Self, RuntimeError> {
+        let err = |m: String| RuntimeError::Workload(format!("'{spec}': {m}"));
+        let (name, args) = spec.split_once(':').unwrap_or((spec, ""));
+        let mut rate = None;
+        let mut set = None;
+        let mut skew = None;
+        for kv in args.split(',').filter(|s| !s.is_empty()) {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| err(format!("'{kv}' is not key=value")))?;
+            let rates = [('k', 1_000), ('m', 1_000_000)];
+            let sizes = [('K', 1 << 10), ('M', 1 << 20), ('G', 1 << 30)];
+            match k {
+                "rate" => rate = Some(parse_scaled(v, k, &rates).map_err(err)?),
+                "set" => set = Some(parse_scaled(v, k, &sizes).map_err(err)?),
+                "skew" => {
+                    let s: f64 = v
+                        .parse()
+                        .map_err(|_| err(format!("skew={v}: not a number")))?;
+                    if !(s.is_finite() && s > 0.0) {
+                        return Err(err(format!("skew={v}: must be above 0")));
+                    }
+                    skew = Some(s);
+                }
+                _ => return Err(err(format!("unknown key '{k}' (rate, set, skew)"))),
+            }
+        }
+        let allowed = |keys: &[&str]| -> Result<(), RuntimeError> {
+            for (k, given) in [("set", set.is_some()), ("skew", skew.is_some())] {
+                if given && !keys.contains(&k) {
+                    return Err(err(format!("'{k}' does not apply to {name}")));
+                }
+            }
+            Ok(())
+        };
+        let w = match name {
+            "idle" => {
+                allowed(&[])?;
+                Workload::Idle {
+                    rate: rate.unwrap_or(100),
+                }
+            }
+            "once" => {
+                allowed(&[])?;
+                Workload::Once {
+                    rate: rate.unwrap_or(250_000),
+                }
+            }
+            "continuous" => {
+                allowed(&["set"])?;
+                Workload::Continuous {
+                    rate: rate.unwrap_or(50_000),
+                    set: set.unwrap_or(256 << 20),
+                }
+            }
+            "hotspot" => {
+                allowed(&["skew"])?;
+                Workload::Hotspot {
+                    rate: rate.unwrap_or(50_000),
+                    skew: skew.unwrap_or(1.1),
+                }
+            }
+            _ => {
+                return Err(err(format!(
+                    "unknown workload '{name}' (idle, once, continuous, hotspot)"
+                )))
+            }
+        };
+        Ok(w)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Control {
+    pause: AtomicBool,
+    stop: AtomicBool,
+    parked: AtomicUsize,
+    throttle: AtomicU8,
+    writes: AtomicU64,
+}
+
+/// A guest of real memory and writer threads; see the module docs.
+#[derive(Debug)]
+pub struct SyntheticGuest {
+    memory: Arc<AtomicMemory>,
+    bitmap: SharedBitmap,
+    workload: Workload,
+    control: Arc<Control>,
+    writers: Vec<JoinHandle<()>>,
+}
+
+impl SyntheticGuest {
+    /// A guest of `layout`'s size. Memory starts as a booted guest's would: the
+    /// continuous workload's working set and all of a hotspot guest hold data, the
+    /// rest is zero.
+    pub fn new(layout: GuestLayout, workload: Workload) -> Self {
+        let page_size = layout.page_size() as usize;
+        let memory = Arc::new(AtomicMemory::new(page_size, layout.total_pages()));
+        let bitmap = Arc::new(AtomicDirtyBitmap::new(layout));
+        let prefill = match workload {
+            Workload::Continuous { set, .. } => set / layout.page_size(),
+            Workload::Hotspot { .. } => layout.total_pages(),
+            Workload::Idle { .. } | Workload::Once { .. } => 0,
+        }
+        .min(layout.total_pages());
+        for page in 0..prefill {
+            write_page_content(&memory, page, page);
+        }
+        SyntheticGuest {
+            memory,
+            bitmap,
+            workload,
+            control: Arc::new(Control::default()),
+            writers: Vec::new(),
+        }
+    }
+
+    /// Guest memory.
+    pub fn memory(&self) -> &Arc<AtomicMemory> {
+        &self.memory
+    }
+
+    /// The dirty bitmap the writers mark.
+    pub fn bitmap(&self) -> &SharedBitmap {
+        &self.bitmap
+    }
+
+    /// Page writes so far.
+    pub fn writes(&self) -> u64 {
+        self.control.writes.load(Ordering::Relaxed)
+    }
+
+    /// Starts `threads` writer threads (the vCPUs).
+    pub fn start(&mut self, threads: usize) {
+        let threads = threads.max(1);
+        for t in 0..threads {
+            let (memory, bitmap, control) = (
+                Arc::clone(&self.memory),
+                Arc::clone(&self.bitmap),
+                Arc::clone(&self.control),
+            );
+            let workload = self.workload;
+            self.writers.push(std::thread::spawn(move || {
+                writer(&memory, &bitmap, &control, workload, t, threads)
+            }));
+        }
+    }
+
+    /// Pauses the writers and waits until every one has stopped writing (a paused VM).
+    pub fn pause(&self) {
+        self.control.pause.store(true, Ordering::Release);
+        while self.control.parked.load(Ordering::Acquire) < self.writers.len() {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+
+    /// Lets paused writers run again (a migration that failed: the guest goes on).
+    pub fn resume(&self) {
+        self.control.pause.store(false, Ordering::Release);
+        while self.control.parked.load(Ordering::Acquire) > 0 {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+
+    /// Applies the scheduler's throttling advice: writers slow down by `percent`.
+    pub fn set_throttle(&self, percent: u8) {
+        self.control
+            .throttle
+            .store(percent.min(99), Ordering::Relaxed);
+    }
+
+    /// Stops and joins the writers.
+    pub fn stop(&mut self) {
+        self.control.stop.store(true, Ordering::Release);
+        for w in self.writers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for SyntheticGuest {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Writes page `page`'s content for version `version`: a header word, then text-like
+/// and counter words (compressible, but not trivially), so every write changes bytes.
+fn write_page_content(memory: &AtomicMemory, page: u64, version: u64) {
+    let words = memory_words(memory);
+    for w in 0..words {
+        let v = match w % 8 {
+            0 => version.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ page,
+            1..=4 => u64::from_le_bytes(*b"precopy "),
+            _ => (w as u64) << 32 | (version & 0xffff),
+        };
+        let _ = memory.store_word(page, w, v);
+    }
+}
+
+fn memory_words(memory: &AtomicMemory) -> usize {
+    crate::memory::PageMemory::page_size(memory) / 8
+}
+
+fn writer(
+    memory: &AtomicMemory,
+    bitmap: &AtomicDirtyBitmap<Box<[AtomicU64]>>,
+    control: &Control,
+    workload: Workload,
+    index: usize,
+    threads: usize,
+) {
+    let pages = bitmap.total_pages();
+    let words = memory_words(memory) as u64;
+    let mut rng = 0x2545_f491_4f6c_dd1d ^ (index as u64 + 1);
+    let mut next = |bound: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        ((u128::from(rng) * u128::from(bound)) >> 64) as u64
+    };
+    // Once: this thread's share of pages in order; continuous: its share of the set.
+    let (mut cursor, span) = match workload {
+        Workload::Continuous { set, .. } => (index as u64, (set / (words * 8)).clamp(1, pages)),
+        _ => (index as u64, pages),
+    };
+    let per_thread = workload.rate() as f64 / threads as f64;
+    let tick = Duration::from_millis(1);
+    let mut deadline = Instant::now();
+    let mut carry = 0.0f64;
+    let mut version = 1u64;
+    while !control.stop.load(Ordering::Acquire) {
+        if control.pause.load(Ordering::Acquire) {
+            control.parked.fetch_add(1, Ordering::AcqRel);
+            while control.pause.load(Ordering::Acquire) && !control.stop.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            control.parked.fetch_sub(1, Ordering::AcqRel);
+            deadline = Instant::now();
+            continue;
+        }
+        let throttle = f64::from(control.throttle.load(Ordering::Relaxed));
+        carry += per_thread * (100.0 - throttle) / 100.0 / 1000.0;
+        let quota = carry as u64;
+        carry -= quota as f64;
+        for _ in 0..quota {
+            let page = match workload {
+                Workload::Idle { .. } => next(pages),
+                Workload::Once { .. } => {
+                    if cursor >= pages {
+                        break;
+                    }
+                    let p = cursor;
+                    cursor += threads as u64;
+                    p
+                }
+                Workload::Continuous { .. } => {
+                    let p = cursor % span;
+                    cursor += threads as u64;
+                    p
+                }
+                Workload::Hotspot { skew, .. } => zipf(pages, skew, next(1 << 53)),
+            };
+            // A real write: a word of the page changes, then the page is marked.
+            version += 1;
+            let _ = memory.store_word(page, next(words) as usize, version ^ page);
+            let _ = bitmap.mark(page);
+            control.writes.fetch_add(1, Ordering::Relaxed);
+        }
+        deadline += tick;
+        let now = Instant::now();
+        if deadline > now {
+            std::thread::sleep(deadline - now);
+        } else if now - deadline > 10 * tick {
+            deadline = now; // fell behind (a slow machine): don't burst to catch up
+        }
+    }
+}
+
+/// A page drawn with probability proportional to `rank^-skew` (rank 1 = page 0), by
+/// inverting the continuous approximation of the Zipf distribution; `u53` is a
+/// uniform 53-bit integer.
+fn zipf(pages: u64, skew: f64, u53: u64) -> u64 {
+    let u = u53 as f64 / (1u64 << 53) as f64;
+    // Ranks are drawn from [1, pages + 1) and floored, so every page can come up.
+    let n = pages as f64 + 1.0;
+    let rank = if (skew - 1.0).abs() < 1e-9 {
+        n.powf(u)
+    } else {
+        let e = 1.0 - skew;
+        ((n.powf(e) - 1.0) * u + 1.0).powf(1.0 / e)
+    };
+    (rank as u64).saturating_sub(1).min(pages - 1)
+}
+
+impl core::fmt::Display for Workload {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            Workload::Idle { rate } => write!(f, "idle:rate={rate}"),
+            Workload::Once { rate } => write!(f, "once:rate={rate}"),
+            Workload::Continuous { rate, set } => write!(f, "continuous:rate={rate},set={set}"),
+            Workload::Hotspot { rate, skew } => write!(f, "hotspot:rate={rate},skew={skew}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::string::ToString;
+
+    #[test]
+    fn workload_specs_parse_and_errors_name_the_problem() {
+        assert_eq!(
+            "continuous:rate=20k,set=64M".parse::<Workload>().unwrap(),
+            Workload::Continuous {
+                rate: 20_000,
+                set: 64 << 20
+            }
+        );
+        assert_eq!(
+            "idle".parse::<Workload>().unwrap(),
+            Workload::Idle { rate: 100 }
+        );
+        let e = |s: &str| s.parse::<Workload>().unwrap_err().to_string();
+        assert!(e("busy").contains("unknown workload 'busy'"));
+        assert!(e("idle:set=1M").contains("'set' does not apply to idle"));
+        assert!(e("once:rate=fast").contains("rate=fast"));
+        assert!(e("once:rate=1.5").contains("rate=1.5: not a number"));
+        assert!(e("hotspot:skew=-1").contains("must be above 0"));
+        assert!(e("continuous:rate").contains("is not key=value"));
+        assert!(e("continuous:rate=1x").contains("unknown suffix"));
+    }
+
+    #[test]
+    fn zipf_stays_in_range_and_prefers_low_pages() {
+        let low = (0..1000u64)
+            .map(|i| zipf(1 << 20, 1.1, i * (1 << 43)))
+            .filter(|&p| p < 1024)
+            .count();
+        assert!(low > 500, "{low}");
+        assert_eq!(zipf(10, 1.0, (1 << 53) - 1), 9);
+        assert_eq!(zipf(10, 2.0, 0), 0);
+    }
+
+    #[test]
+    fn writers_write_mark_pause_and_resume() {
+        let layout = GuestLayout::flat(4096, 64 * 4096).unwrap();
+        let mut guest = SyntheticGuest::new(layout, "idle:rate=20k".parse().unwrap());
+        guest.start(2);
+        while guest.writes() < 10 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        guest.pause();
+        let (writes, dirty) = (guest.writes(), guest.bitmap().dirty_pages());
+        assert!(dirty > 0);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(guest.writes(), writes, "a paused guest wrote");
+        guest.resume();
+        while guest.writes() == writes {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        guest.stop();
+    }
+}

@@ -1,0 +1,455 @@
+//! The guarantee of the whole project, as property tests: for generated guests, write
+//! schedules interleaved with every engine step, stream chunkings and delivery delays,
+//! the destination ends byte-for-byte equal to the source with agreeing digests; and
+//! truncation, corruption or a transport failure anywhere never ends in a destination
+//! that reports success, while the source's memory stays untouched.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+
+use precopy::bitmap::{AtomicDirtyBitmap, GuestLayout};
+use precopy::codec::EncoderConfig;
+use precopy::engine::{Applier, EngineError, Progress, SourceConfig, SourceEngine, SourceEvent};
+use precopy::memory::{AtomicMemory, MemoryError, PageMemory, VecMemory};
+use precopy::schedule::Policy;
+use proptest::prelude::*;
+
+const PAGE: usize = 512;
+
+/// A guest write: page, word in the page, value.
+type Write = (u64, usize, u64);
+
+/// Source memory whose page reads run the write schedule: before the `n`-th read, the
+/// writes scheduled for it land in memory and are marked, so writes fall between a
+/// harvest and the page read, between reads of one round, and while a page is being
+/// encoded from its private copy.
+struct ScriptedGuest<'a> {
+    memory: &'a AtomicMemory,
+    bitmap: &'a AtomicDirtyBitmap<Box<[std::sync::atomic::AtomicU64]>>,
+    script: RefCell<VecDeque<Vec<Write>>>,
+    paused: Cell<bool>,
+}
+
+impl ScriptedGuest<'_> {
+    fn run_writes(&self) {
+        if self.paused.get() {
+            return;
+        }
+        if let Some(writes) = self.script.borrow_mut().pop_front() {
+            for (page, word, value) in writes {
+                self.memory.store_word(page, word, value).unwrap();
+                self.bitmap.mark(page).unwrap();
+            }
+        }
+    }
+}
+
+impl PageMemory for ScriptedGuest<'_> {
+    fn page_size(&self) -> usize {
+        self.memory.page_size()
+    }
+    fn total_pages(&self) -> u64 {
+        self.memory.total_pages()
+    }
+    fn read_page(&self, page: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        self.run_writes();
+        self.memory.read_page(page, buf)
+    }
+    fn write_page(&mut self, _: u64, _: &[u8]) -> Result<(), MemoryError> {
+        panic!("the source engine must never write guest memory");
+    }
+}
+
+/// Initial content of a page: zero, random-ish, text-like or sparse.
+fn fill(memory: &AtomicMemory, kinds: &[u8]) {
+    let mut buf = vec![0u8; PAGE];
+    for (page, &kind) in kinds.iter().enumerate() {
+        let seed = (page as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        for (i, b) in buf.iter_mut().enumerate() {
+            let x = seed ^ (i as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            *b = match kind % 4 {
+                0 => 0,
+                1 => (x >> 29) as u8,
+                2 => b"the quick brown fox "[i % 20],
+                _ => u8::from(i % 97 == 0) * (x as u8),
+            };
+        }
+        memory.store_page(page as u64, &buf).unwrap();
+    }
+}
+
+/// What a run produced on the destination.
+struct Outcome {
+    source_pages: Vec<u8>,
+    dest: Result<VecMemory, String>,
+    rounds: u32,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn migrate(
+    kinds: &[u8],
+    script: Vec<Vec<Write>>,
+    chunks: &[usize],
+    delays: &[u8],
+    cache_pages: usize,
+    policy: Policy,
+    defer: bool,
+    mangle: impl Fn(&mut Vec<u8>),
+) -> Outcome {
+    let pages = kinds.len() as u64;
+    let layout = GuestLayout::flat(PAGE as u64, pages * PAGE as u64).unwrap();
+    let memory = AtomicMemory::new(PAGE, pages);
+    fill(&memory, kinds);
+    let bitmap = AtomicDirtyBitmap::new(layout);
+    let guest = ScriptedGuest {
+        memory: &memory,
+        bitmap: &bitmap,
+        script: RefCell::new(script.into()),
+        paused: Cell::new(false),
+    };
+    let mut config = SourceConfig::new(PAGE);
+    config.encoder = EncoderConfig {
+        cache_bytes: cache_pages * (PAGE + precopy::codec::SLOT_OVERHEAD),
+        ..EncoderConfig::new(PAGE)
+    };
+    config.policy = policy;
+    config.defer_redirtied = defer;
+    let mut source = SourceEngine::new(&bitmap, config, 0).unwrap();
+    let mut applier = Applier::with_memory(VecMemory::new(PAGE, pages));
+
+    // The whole stream, produced with a virtual clock; the transport below chunks it.
+    let mut stream = Vec::new();
+    let mut buf = vec![0u8; source.min_buffer_len() + 3 * PAGE];
+    let mut now = 0u64;
+    let mut failed = None;
+    for _ in 0..100_000 {
+        let t = match source.poll_transmit(&guest, now, &mut buf) {
+            Ok(t) => t,
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        };
+        stream.extend_from_slice(&buf[..t.len]);
+        now += t.len as u64 * 8 + 1_000; // 1 Gbit/s and a little per call
+        guest.run_writes(); // writes between engine steps too
+        match t.event {
+            SourceEvent::PauseGuest { .. } => {
+                guest.paused.set(true);
+                source.guest_paused(now).unwrap();
+            }
+            SourceEvent::Complete { .. } => break,
+            SourceEvent::None | SourceEvent::RoundDone(_) => {}
+        }
+    }
+    let rounds = source.scheduler().rounds();
+    let mut source_pages = vec![0u8; PAGE * pages as usize];
+    for p in 0..pages {
+        memory
+            .read_page(p, &mut source_pages[p as usize * PAGE..][..PAGE])
+            .unwrap();
+    }
+    if let Some(e) = failed {
+        assert!(matches!(e, EngineError::Schedule(_)), "{e}");
+        // The destination got a stream without completion: never complete.
+        let _ = applier.feed(&stream);
+        assert!(!applier.is_complete());
+        return Outcome {
+            source_pages,
+            dest: Err(e.to_string()),
+            rounds,
+        };
+    }
+    mangle(&mut stream);
+
+    // Deliver in generated chunks; a chunk with a delay waits that many steps while
+    // the next ones queue behind it (a slow link), order kept.
+    let mut queue: VecDeque<(u8, &[u8])> = VecDeque::new();
+    let mut rest: &[u8] = &stream;
+    let mut i = 0;
+    let mut result = Ok(Progress::InProgress);
+    while (!rest.is_empty() || !queue.is_empty()) && result.is_ok() {
+        if !rest.is_empty() {
+            let n = chunks[i % chunks.len()].clamp(1, rest.len());
+            queue.push_back((delays[i % delays.len()] % 3, &rest[..n]));
+            rest = &rest[n..];
+            i += 1;
+        }
+        if let Some((wait, _)) = queue.front_mut() {
+            if *wait > 0 && !rest.is_empty() {
+                *wait -= 1;
+                continue;
+            }
+        }
+        if let Some((_, piece)) = queue.pop_front() {
+            result = applier.feed(piece);
+        }
+    }
+    let dest = match result.and_then(|_| applier.finish()) {
+        Ok(()) => {
+            assert!(applier.is_complete());
+            Ok(applier.into_memory())
+        }
+        Err(e) => {
+            assert!(!applier.is_complete(), "failed but complete: {e}");
+            Err(e.to_string())
+        }
+    };
+    Outcome {
+        source_pages,
+        dest,
+        rounds,
+    }
+}
+
+fn kinds() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(any::<u8>(), 1..300)
+}
+
+/// Writes per read: mostly none, some to hot pages (dirtied every round), some
+/// anywhere.
+fn script(pages: u64) -> impl Strategy<Value = Vec<Vec<Write>>> {
+    // Hot pages get few distinct words and often zeros, so a page goes from zero to
+    // data and back (the delta cache must follow: a zero page drops its base).
+    let write = (0..pages, 0usize..PAGE / 8, any::<u64>(), any::<bool>()).prop_map(
+        move |(p, w, v, hot)| {
+            if hot {
+                (p % 4, w % 2, if v % 2 == 0 { 0 } else { v % 4 })
+            } else {
+                (p, w, v)
+            }
+        },
+    );
+    prop::collection::vec(prop::collection::vec(write, 0..3), 0..600)
+}
+
+fn policy() -> impl Strategy<Value = Policy> {
+    (1u64..300_000, 1u32..12).prop_map(|(limit, rounds)| Policy {
+        downtime_limit_ns: limit,
+        non_memory_downtime_ns: 0,
+        max_rounds: rounds,
+        max_bytes_ratio: None,
+        on_limit: precopy::schedule::OnLimit::SwitchOver,
+        ..Policy::default()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn destination_equals_source_at_completion(
+        (kinds, script) in kinds().prop_flat_map(|k| { let n = k.len() as u64; (Just(k), script(n)) }),
+        chunks in prop::collection::vec(1usize..5000, 1..8),
+        delays in prop::collection::vec(any::<u8>(), 1..8),
+        cache_pages in 0usize..40,
+        policy in policy(),
+        defer in any::<bool>(),
+    ) {
+        let out = migrate(&kinds, script, &chunks, &delays, cache_pages, policy, defer, |_| ());
+        let dest = out.dest.expect("a forced switchover always completes");
+        prop_assert!(dest.as_bytes() == out.source_pages.as_slice(), "destination differs after {} rounds", out.rounds);
+    }
+
+    #[test]
+    fn damaged_streams_never_complete(
+        kinds in kinds(),
+        cut in any::<prop::sample::Index>(),
+        flip in any::<prop::sample::Index>(),
+        bit in 0u8..8,
+        truncate in any::<bool>(),
+    ) {
+        let script = vec![vec![(0, 0, 7)]; 50];
+        let policy = Policy { on_limit: precopy::schedule::OnLimit::SwitchOver, max_rounds: 3, ..Policy::default() };
+        let out = migrate(&kinds, script, &[4096], &[0], 8, policy, true, |s| {
+            if truncate {
+                let at = cut.index(s.len());
+                s.truncate(at);
+            } else {
+                let at = flip.index(s.len());
+                s[at] ^= 1 << bit;
+            }
+        });
+        prop_assert!(out.dest.is_err(), "a damaged stream completed");
+    }
+}
+
+#[test]
+fn a_failed_migration_leaves_the_source_untouched_and_its_pages_marked() {
+    // Every read dirties 8 pages and the policy allows 2 rounds with a 1 ns limit:
+    // the scheduler gives up.
+    let pages = 64u64;
+    let kinds: Vec<u8> = (0..pages as u8).collect();
+    let script: Vec<Vec<Write>> = (0..10_000)
+        .map(|i| (0..8).map(|j| ((i * 8 + j) % pages, 1, i)).collect())
+        .collect();
+    let policy = Policy {
+        downtime_limit_ns: 1,
+        non_memory_downtime_ns: 0,
+        max_rounds: 2,
+        on_limit: precopy::schedule::OnLimit::Fail,
+        ..Policy::default()
+    };
+    let out = migrate(&kinds, script, &[100], &[0], 4, policy, true, |_| ());
+    let err = out.dest.unwrap_err();
+    assert!(err.contains("not converging"), "{err}");
+}
+
+#[test]
+fn a_page_that_returns_to_zero_and_back_is_never_sent_against_a_stale_base() {
+    // Page 0 holds data, is zeroed, then gets data close to its first version. Its
+    // third send must not be a delta against the first version: the destination holds
+    // zeros by then. Page 1 is written before every poll so rounds keep going.
+    let layout = GuestLayout::flat(PAGE as u64, 4 * PAGE as u64).unwrap();
+    let memory = AtomicMemory::new(PAGE, 4);
+    let bitmap = AtomicDirtyBitmap::new(layout);
+    let policy = Policy {
+        downtime_limit_ns: 1,
+        non_memory_downtime_ns: 0,
+        max_rounds: 6,
+        on_limit: precopy::schedule::OnLimit::SwitchOver,
+        ..Policy::default()
+    };
+    // No deferral: every version of page 0 is sent in the round after it is written.
+    let config = SourceConfig {
+        policy,
+        defer_redirtied: false,
+        ..SourceConfig::new(PAGE)
+    };
+    let mut source = SourceEngine::new(&bitmap, config, 0).unwrap();
+    let mut buf = vec![0u8; source.min_buffer_len()];
+    let mut stream = Vec::new();
+    let page0 = |value: u64, first: u64| {
+        for w in 0..PAGE / 8 {
+            memory
+                .store_word(0, w, if w == 0 { first } else { value })
+                .unwrap();
+        }
+        bitmap.mark(0).unwrap();
+    };
+    let versions = [(5, 5), (0, 0), (5, 6)];
+    let mut round = 0;
+    let mut now = 0;
+    let mut paused = false;
+    let mut written = None;
+    loop {
+        if !paused {
+            memory.store_word(1, 0, now).unwrap();
+            bitmap.mark(1).unwrap();
+            // Each version once, at the start of its round.
+            if written != Some(round) {
+                if let Some(&(value, first)) = versions.get(round) {
+                    page0(value, first);
+                }
+                written = Some(round);
+            }
+        }
+        now += 1_000_000;
+        let t = source.poll_transmit(&memory, now, &mut buf).unwrap();
+        stream.extend_from_slice(&buf[..t.len]);
+        match t.event {
+            SourceEvent::RoundDone(r) => {
+                round += 1;
+                // Round 2 sends version 2 (zero), round 3 version 3, which must not
+                // be a delta (page 1, written before every poll, is).
+                let deltas = r.codecs.get(precopy::codec::Encoding::Delta).pages;
+                match round {
+                    2 => assert_eq!(r.codecs.get(precopy::codec::Encoding::Zero).pages, 1),
+                    3 => assert_eq!(
+                        deltas, 1,
+                        "page 0 went out as a delta against a dropped base"
+                    ),
+                    _ => {}
+                }
+            }
+            SourceEvent::PauseGuest { .. } => {
+                paused = true;
+                source.guest_paused(now).unwrap();
+            }
+            SourceEvent::Complete { .. } => break,
+            SourceEvent::None => {}
+        }
+    }
+    assert!(round > versions.len(), "only {round} rounds");
+    let mut applier = Applier::with_memory(VecMemory::new(PAGE, 4));
+    assert_eq!(applier.feed(&stream), Ok(Progress::Complete));
+    let mut expected = vec![0u8; PAGE];
+    memory.read_page(0, &mut expected).unwrap();
+    assert_eq!(&applier.memory().as_bytes()[..PAGE], expected.as_slice());
+}
+
+#[test]
+fn an_aborted_round_puts_its_unsent_pages_back() {
+    let pages = 64u64;
+    let layout = GuestLayout::flat(PAGE as u64, pages * PAGE as u64).unwrap();
+    let memory = AtomicMemory::new(PAGE, pages);
+    fill(&memory, &(0..pages as u8).collect::<Vec<_>>());
+    let bitmap = AtomicDirtyBitmap::new(layout);
+    let config = SourceConfig {
+        policy: Policy {
+            downtime_limit_ns: 1,
+            non_memory_downtime_ns: 0,
+            ..Policy::default()
+        },
+        ..SourceConfig::new(PAGE)
+    };
+    let mut source = SourceEngine::new(&bitmap, config, 0).unwrap();
+    // Pages 0..32 are dirtied during the bulk round: round 1 must send them.
+    for p in 0..32 {
+        memory.store_word(p, 3, 0xabcd).unwrap();
+        bitmap.mark(p).unwrap();
+    }
+    let mut before = vec![0u8; PAGE * pages as usize];
+    for p in 0..pages {
+        memory
+            .read_page(p, &mut before[p as usize * PAGE..][..PAGE])
+            .unwrap();
+    }
+    let mut big = vec![0u8; 1 << 20];
+    let t = source.poll_transmit(&memory, 1_000, &mut big).unwrap();
+    assert!(matches!(t.event, SourceEvent::RoundDone(_)));
+    let mut stream = big[..t.len].to_vec();
+
+    // Part of round 1 goes out, then the link fails: abort.
+    let mut small = vec![0u8; source.min_buffer_len()];
+    let t = source.poll_transmit(&memory, 2_000, &mut small).unwrap();
+    stream.extend_from_slice(&small[..t.len]);
+    source.abort();
+
+    // Which pages of round 1 reached the wire?
+    let mut decoder = precopy::wire::Decoder::with_max_page_size(PAGE);
+    let mut input = stream.as_slice();
+    let mut round = 0;
+    let mut sent = std::collections::BTreeSet::new();
+    while let Some(event) = decoder.next(&mut input).unwrap() {
+        match event {
+            precopy::wire::Event::Frame(precopy::wire::Frame::RoundBegin { round: r, .. }) => {
+                round = r
+            }
+            precopy::wire::Event::Frame(
+                precopy::wire::Frame::Raw { page, .. }
+                | precopy::wire::Frame::Lz4 { page, .. }
+                | precopy::wire::Frame::Delta { page, .. },
+            ) if round == 1 => {
+                sent.insert(page);
+            }
+            _ => {}
+        }
+    }
+    assert!(!sent.is_empty() && sent.len() < 32, "sent {sent:?}");
+    let back: std::collections::BTreeSet<u64> = bitmap.harvest().pages().collect();
+    for p in 0..32 {
+        assert!(
+            sent.contains(&p) || back.contains(&p),
+            "page {p} neither sent nor put back"
+        );
+    }
+    // The source's memory is exactly as the guest left it.
+    let mut after = vec![0u8; PAGE * pages as usize];
+    for p in 0..pages {
+        memory
+            .read_page(p, &mut after[p as usize * PAGE..][..PAGE])
+            .unwrap();
+    }
+    assert!(after == before);
+}
