@@ -115,7 +115,7 @@ typedef struct precopy_kvm_dirty_gfn {
 } precopy_kvm_dirty_gfn_t;
 
 /* Words (*words_out) and pages (*pages_out, may be NULL) that a guest layout needs:
- * page_size a power of two, up to PRECOPY_MAX_REGIONS non-overlapping regions. */
+ * page_size a power of two, 1 to PRECOPY_MAX_REGIONS non-overlapping regions. */
 int precopy_bitmap_storage_words(uint64_t page_size, const precopy_region_t *regions,
                                  size_t nregions, size_t *words_out, uint64_t *pages_out);
 
@@ -292,7 +292,7 @@ int precopy_policy_preset(precopy_policy_t *policy, int preset);
 
 /* Checks *policy. On error, if msg_len is not NULL, writes a message naming the field
  * to msg (*msg_len bytes, NUL-terminated, truncated if short) and sets *msg_len to its
- * full length; on success *msg_len = 0. */
+ * full length (msg NULL: only the length); on success *msg_len = 0. */
 int precopy_policy_validate(const precopy_policy_t *policy, char *msg, size_t *msg_len);
 
 /* Initializes *sched for total_pages pages of page_size bytes at time now_ns (the bulk
@@ -457,6 +457,54 @@ int precopy_digest_update(precopy_digest_t *digest, const uint8_t *page, size_t 
 /* The digest of the pages added so far, as the completion frame carries it. */
 int precopy_digest_finish(const precopy_digest_t *digest, uint64_t *lo_out, uint64_t *hi_out);
 
+/* ---- Stream decoder: bytes in any pieces, header and frames out, stream rules checked */
+
+#define PRECOPY_DECODER_SIZE 1856
+
+#define PRECOPY_EVENT_HEADER 1 /* the stream header: see precopy_decoder_header */
+#define PRECOPY_EVENT_FRAME 2  /* a frame, in `frame` */
+
+/* A stream decoder's state. Opaque. */
+typedef struct precopy_decoder {
+    uint64_t opaque[PRECOPY_DECODER_SIZE / 8];
+} precopy_decoder_t;
+
+/* What the decoder produced. */
+typedef struct precopy_event {
+    uint32_t kind;         /* PRECOPY_EVENT_* */
+    uint32_t reserved;     /* 0 */
+    precopy_frame_t frame; /* payload valid until the next call on the decoder */
+} precopy_event_t;
+
+/* *len_out = the buffer a decoder needs for pages up to max_page_size bytes. */
+int precopy_decoder_buffer_len(size_t max_page_size, size_t *len_out);
+
+/* Initializes *decoder for a new stream; split frames are gathered in buf (len bytes,
+ * kept valid and otherwise unused while the decoder is). */
+int precopy_decoder_init(precopy_decoder_t *decoder, uint8_t *buf, size_t len);
+
+/* Decodes the next header or frame from *input (*input_len bytes, untrusted, split
+ * anywhere), advancing *input and *input_len. PRECOPY_OK: *event is filled.
+ * PRECOPY_MORE: input used up, feed the next piece. Enforces the stream's rules too
+ * (header first, pages in range and inside rounds, rounds in order with matching
+ * counts, codecs announced, switchover before completion, nothing after it). The first
+ * error is final; precopy_decoder_error_message says what and where. */
+int precopy_decoder_next(precopy_decoder_t *decoder, const uint8_t **input, size_t *input_len,
+                         precopy_event_t *event);
+
+/* Copies the decoded stream header; PRECOPY_ERR_TRUNCATED before it arrived. */
+int precopy_decoder_header(const precopy_decoder_t *decoder, precopy_stream_header_t *header);
+
+/* PRECOPY_OK if the stream ended right after its completion frame; else the decoder's
+ * error, PRECOPY_ERR_TRUNCATED (ends inside a unit) or PRECOPY_ERR_STREAM (no
+ * completion frame). */
+int precopy_decoder_finish(const precopy_decoder_t *decoder);
+
+/* What precopy_decoder_finish reports, for an operator ("frame 1832 (byte 7405568):
+ * checksum mismatch ..."; empty when complete), into buf (*len bytes, NUL-terminated);
+ * *len = its full length. buf NULL: a length query (PRECOPY_ERR_BUFFER_TOO_SMALL). */
+int precopy_decoder_error_message(const precopy_decoder_t *decoder, char *buf, size_t *len);
+
 /* ---- Layout checks (the Rust side asserts the same sizes) ------------------------- */
 
 #if defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
@@ -483,6 +531,8 @@ PRECOPY_STATIC_ASSERT_(sizeof(precopy_lz4_t) == PRECOPY_LZ4_SIZE, "precopy_lz4_t
 PRECOPY_STATIC_ASSERT_(sizeof(precopy_stream_header_t) == 1056, "precopy_stream_header_t");
 PRECOPY_STATIC_ASSERT_(sizeof(precopy_frame_t) == 64, "precopy_frame_t");
 PRECOPY_STATIC_ASSERT_(sizeof(precopy_digest_t) == PRECOPY_DIGEST_SIZE, "precopy_digest_t");
+PRECOPY_STATIC_ASSERT_(sizeof(precopy_decoder_t) == PRECOPY_DECODER_SIZE, "precopy_decoder_t");
+PRECOPY_STATIC_ASSERT_(sizeof(precopy_event_t) == 72, "precopy_event_t");
 
 #ifdef __cplusplus
 }

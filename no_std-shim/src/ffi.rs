@@ -229,12 +229,12 @@ impl fmt::Write for Truncating<'_> {
 
 /// Formats `msg` into the caller's buffer `buf` of `*len` bytes, NUL-terminated, and
 /// sets `*len` to the message's full length (without the NUL). When the buffer is too
-/// small (including `*len == 0`, `buf` may then be NULL: a size query), the message is
-/// truncated and `PRECOPY_ERR_BUFFER_TOO_SMALL` returned.
+/// small (including `*len == 0`, or `buf` NULL: a size query), the message is truncated
+/// and `PRECOPY_ERR_BUFFER_TOO_SMALL` returned.
 ///
 /// # Safety
-/// `len` is NULL or points at a readable and writable `size_t`; when `*len > 0` and `buf`
-/// is non-NULL, `buf` points at `*len` writable bytes.
+/// `len` is NULL or points at a readable and writable `size_t`; `buf` is NULL or points
+/// at `*len` writable bytes.
 pub(crate) unsafe fn write_message(
     buf: *mut c_char,
     len: *mut usize,
@@ -245,8 +245,10 @@ pub(crate) unsafe fn write_message(
         Ok(len) => len,
         Err(code) => return code,
     };
+    // A NULL buffer asks for the length, whatever `*len` says.
+    let capacity = if buf.is_null() { 0 } else { *len };
     // SAFETY: per this function's contract; `c_char` and `u8` have the same layout.
-    let buf = match unsafe { as_slice_mut(buf.cast::<u8>(), *len) } {
+    let buf = match unsafe { as_slice_mut(buf.cast::<u8>(), capacity) } {
         Ok(buf) => buf,
         Err(code) => return code,
     };

@@ -62,6 +62,8 @@ const _: () = {
     assert!(size_of::<PrecopyStreamHeader>() == 1056);
     assert!(size_of::<PrecopyFrame>() == 64);
     assert!(size_of::<PrecopyDigest>() == PRECOPY_DIGEST_SIZE);
+    assert!(size_of::<PrecopyDecoder>() == PRECOPY_DECODER_SIZE);
+    assert!(size_of::<PrecopyEvent>() == 72);
 };
 
 /// Nothing in the API panics on any input (every argument is checked and every error

@@ -1055,6 +1055,230 @@ static void test_wire(void) {
     CHECK_RC(precopy_digest_finish(&d1, NULL, &hi1), PRECOPY_ERR_NULL);
 }
 
+/* ---- stream decoder ---------------------------------------------------------------- */
+
+static size_t put_frame(uint8_t *at, uint32_t kind, uint32_t round, uint64_t page,
+                        uint64_t pages, const uint8_t *data, size_t data_len) {
+    precopy_frame_t f;
+    memset(&f, 0, sizeof f);
+    f.kind = kind;
+    f.round = round;
+    f.page = page;
+    f.pages = pages;
+    f.data = data;
+    f.data_len = data_len;
+    size_t len = 8200;
+    OK(precopy_frame_encode(&f, 4096, at, &len));
+    return len;
+}
+
+static size_t put_header(uint8_t *at, uint32_t features, uint32_t page_size) {
+    precopy_stream_header_t h;
+    memset(&h, 0, sizeof h);
+    h.features = features;
+    h.page_size = page_size;
+    h.nregions = 2;
+    h.regions[0] = regions[0];
+    h.regions[1] = regions[1];
+    if (page_size != 4096) {
+        h.nregions = 1;
+        h.regions[0].guest_addr = 0;
+        h.regions[0].len = 4 * (uint64_t)page_size;
+    }
+    size_t len = PRECOPY_MAX_STREAM_HEADER_LEN;
+    OK(precopy_stream_header_encode(&h, at, &len));
+    return len;
+}
+
+/* Feeds `len` bytes in pieces of `piece` bytes; returns the first non-MORE error (or
+ * PRECOPY_OK) and counts events. */
+static int feed(precopy_decoder_t *dec, const uint8_t *bytes, size_t len, size_t piece,
+                int *events) {
+    for (size_t off = 0; off < len; off += piece) {
+        const uint8_t *in = bytes + off;
+        size_t in_len = len - off < piece ? len - off : piece;
+        for (;;) {
+            precopy_event_t ev;
+            int rc = precopy_decoder_next(dec, &in, &in_len, &ev);
+            if (rc == PRECOPY_MORE) {
+                CHECK(in_len == 0);
+                break;
+            }
+            if (rc != PRECOPY_OK) {
+                return rc;
+            }
+            CHECK(ev.kind == PRECOPY_EVENT_HEADER || ev.kind == PRECOPY_EVENT_FRAME);
+            (*events)++;
+        }
+    }
+    return PRECOPY_OK;
+}
+
+static void test_decoder(void) {
+    section("wire: stream decoder (pieces, stream rules, errors)");
+    static uint8_t dbuf[70000], st[40000], page[4096];
+    size_t need = 0;
+    OK(precopy_decoder_buffer_len(4096, &need));
+    CHECK(need == 12 + 16 + 4096);
+    size_t need_small = 0;
+    OK(precopy_decoder_buffer_len(512, &need_small));
+    CHECK(need_small == PRECOPY_MAX_STREAM_HEADER_LEN);
+    CHECK_RC(precopy_decoder_buffer_len(100, &need), PRECOPY_ERR_BAD_PAGE_SIZE);
+    CHECK_RC(precopy_decoder_buffer_len(4096, NULL), PRECOPY_ERR_NULL);
+
+    static precopy_decoder_t dec, zeroed;
+    CHECK_RC(precopy_decoder_init(&dec, dbuf, 100), PRECOPY_ERR_BUFFER_TOO_SMALL);
+    CHECK_RC(precopy_decoder_init(&dec, NULL, 5000), PRECOPY_ERR_NULL);
+    CHECK_RC(precopy_decoder_init(NULL, dbuf, 5000), PRECOPY_ERR_NULL);
+    const uint8_t *in = st;
+    size_t in_len = 1;
+    precopy_event_t ev;
+    CHECK_RC(precopy_decoder_next(&zeroed, &in, &in_len, &ev), PRECOPY_ERR_UNINITIALIZED);
+
+    /* a valid stream: header, round 0 (a zero run, a raw page), switchover, round 1
+     * (empty), completion */
+    fill_text(page, sizeof page, 11);
+    size_t n = put_header(st, PRECOPY_FEATURE_LZ4, 4096);
+    const size_t after_header = n;
+    n += put_frame(st + n, PRECOPY_FRAME_ROUND_BEGIN, 0, 0, 3, NULL, 0);
+    const size_t after_round_begin = n;
+    n += put_frame(st + n, PRECOPY_FRAME_ZERO_RUN, 0, 10, 2, NULL, 0);
+    n += put_frame(st + n, PRECOPY_FRAME_RAW, 0, 299, 0, page, 4096);
+    n += put_frame(st + n, PRECOPY_FRAME_ROUND_END, 0, 0, 3, NULL, 0);
+    n += put_frame(st + n, PRECOPY_FRAME_SWITCHOVER, 0, 0, 0, NULL, 0);
+    n += put_frame(st + n, PRECOPY_FRAME_ROUND_BEGIN, 1, 0, 0, NULL, 0);
+    n += put_frame(st + n, PRECOPY_FRAME_ROUND_END, 1, 0, 0, NULL, 0);
+    n += put_frame(st + n, PRECOPY_FRAME_COMPLETE, 0, 0, 300, NULL, 0);
+    static const size_t pieces[] = {1, 7, 100, 4096, 40000};
+    for (size_t i = 0; i < 5; i++) {
+        OK(precopy_decoder_init(&dec, dbuf, need + 4096));
+        precopy_stream_header_t h;
+        CHECK_RC(precopy_decoder_header(&dec, &h), PRECOPY_ERR_TRUNCATED);
+        int events = 0;
+        OK(feed(&dec, st, n, pieces[i], &events));
+        CHECK(events == 9);
+        OK(precopy_decoder_header(&dec, &h));
+        CHECK(h.page_size == 4096 && h.nregions == 2 && h.features == PRECOPY_FEATURE_LZ4);
+        OK(precopy_decoder_finish(&dec));
+        char msg[64] = "x";
+        size_t len = sizeof msg;
+        OK(precopy_decoder_error_message(&dec, msg, &len));
+        CHECK(len == 0 && msg[0] == '\0');
+    }
+    /* the raw page's payload, split over pieces, comes out whole */
+    OK(precopy_decoder_init(&dec, dbuf, need));
+    in = st;
+    in_len = after_round_begin + 1000;
+    int frames = 0;
+    while (precopy_decoder_next(&dec, &in, &in_len, &ev) == PRECOPY_OK) {
+        frames++;
+    }
+    in_len = n - (size_t)(in - st);
+    const uint8_t *payload = NULL;
+    while (precopy_decoder_next(&dec, &in, &in_len, &ev) == PRECOPY_OK) {
+        if (ev.frame.kind == PRECOPY_FRAME_RAW) {
+            payload = ev.frame.data;
+            CHECK(ev.frame.page == 299 && ev.frame.data_len == 4096);
+            CHECK(payload != NULL && memcmp(payload, page, 4096) == 0);
+        }
+    }
+    CHECK(payload != NULL);
+    OK(precopy_decoder_finish(&dec));
+
+    /* ends early: inside a frame, or between frames before the completion */
+    OK(precopy_decoder_init(&dec, dbuf, need));
+    int events = 0;
+    OK(feed(&dec, st, after_round_begin + 5, 1000, &events));
+    CHECK_RC(precopy_decoder_finish(&dec), PRECOPY_ERR_TRUNCATED);
+    OK(precopy_decoder_init(&dec, dbuf, need));
+    OK(feed(&dec, st, after_round_begin, 1000, &events));
+    CHECK_RC(precopy_decoder_finish(&dec), PRECOPY_ERR_STREAM);
+    char msg[256];
+    size_t len = sizeof msg;
+    OK(precopy_decoder_error_message(&dec, msg, &len));
+    CHECK(strstr(msg, "completion") != NULL);
+    len = 0;
+    CHECK_RC(precopy_decoder_error_message(&dec, NULL, &len), PRECOPY_ERR_BUFFER_TOO_SMALL);
+    CHECK(len == strlen(msg));
+
+    /* corruption in frame 2: a checksum error naming the frame and byte; sticky */
+    static uint8_t bad[40000];
+    memcpy(bad, st, n);
+    bad[after_round_begin + 20] ^= 0x01;
+    OK(precopy_decoder_init(&dec, dbuf, need));
+    events = 0;
+    CHECK_RC(feed(&dec, bad, n, 333, &events), PRECOPY_ERR_CHECKSUM);
+    CHECK(events == 2);
+    in = st;
+    in_len = 10;
+    CHECK_RC(precopy_decoder_next(&dec, &in, &in_len, &ev), PRECOPY_ERR_CHECKSUM);
+    CHECK_RC(precopy_decoder_finish(&dec), PRECOPY_ERR_CHECKSUM);
+    len = sizeof msg;
+    OK(precopy_decoder_error_message(&dec, msg, &len));
+    CHECK(strstr(msg, "frame 1") != NULL && strstr(msg, "checksum") != NULL);
+    printf("    corrupt byte: \"%s\"\n", msg);
+
+    /* stream rules: a page outside a round, past the end, an unannounced codec,
+     * rounds out of order, bytes after the completion */
+    size_t m = put_header(bad, PRECOPY_FEATURE_LZ4, 4096);
+    m += put_frame(bad + m, PRECOPY_FRAME_RAW, 0, 1, 0, page, 4096);
+    OK(precopy_decoder_init(&dec, dbuf, need));
+    CHECK_RC(feed(&dec, bad, m, 5000, &events), PRECOPY_ERR_STREAM);
+    len = sizeof msg;
+    OK(precopy_decoder_error_message(&dec, msg, &len));
+    CHECK(strstr(msg, "outside a round") != NULL);
+    printf("    page outside a round: \"%s\"\n", msg);
+
+    m = after_round_begin;
+    memcpy(bad, st, m);
+    m += put_frame(bad + m, PRECOPY_FRAME_RAW, 0, 300, 0, page, 4096);
+    OK(precopy_decoder_init(&dec, dbuf, need));
+    CHECK_RC(feed(&dec, bad, m, 5000, &events), PRECOPY_ERR_STREAM);
+
+    m = after_round_begin;
+    m += put_frame(bad + m, PRECOPY_FRAME_DELTA, 0, 5, 0, page, 10);
+    OK(precopy_decoder_init(&dec, dbuf, need));
+    CHECK_RC(feed(&dec, bad, m, 5000, &events), PRECOPY_ERR_STREAM);
+    len = sizeof msg;
+    OK(precopy_decoder_error_message(&dec, msg, &len));
+    CHECK(strstr(msg, "announce") != NULL);
+
+    m = after_header;
+    m += put_frame(bad + m, PRECOPY_FRAME_ROUND_BEGIN, 1, 0, 0, NULL, 0);
+    OK(precopy_decoder_init(&dec, dbuf, need));
+    CHECK_RC(feed(&dec, bad, m, 5000, &events), PRECOPY_ERR_STREAM);
+
+    memcpy(bad, st, n);
+    bad[n] = 0;
+    OK(precopy_decoder_init(&dec, dbuf, need));
+    CHECK_RC(feed(&dec, bad, n + 1, 5000, &events), PRECOPY_ERR_STREAM);
+
+    /* a header for 64 KiB pages into a buffer sized for 4 KiB pages */
+    m = put_header(bad, 0, 65536);
+    OK(precopy_decoder_init(&dec, dbuf, need));
+    CHECK_RC(feed(&dec, bad, m, 5000, &events), PRECOPY_ERR_BUFFER_TOO_SMALL);
+    /* not a precopy stream */
+    OK(precopy_decoder_init(&dec, dbuf, need));
+    CHECK_RC(feed(&dec, (const uint8_t *)"GET / HTTP/1.1\r\n\r\n", 18, 18, &events),
+             PRECOPY_ERR_BAD_HEADER);
+
+    /* bad arguments */
+    OK(precopy_decoder_init(&dec, dbuf, need));
+    in = NULL;
+    in_len = 0;
+    CHECK_RC(precopy_decoder_next(&dec, &in, &in_len, &ev), PRECOPY_MORE);
+    in_len = 5;
+    CHECK_RC(precopy_decoder_next(&dec, &in, &in_len, &ev), PRECOPY_ERR_NULL);
+    in = st;
+    CHECK_RC(precopy_decoder_next(&dec, NULL, &in_len, &ev), PRECOPY_ERR_NULL);
+    CHECK_RC(precopy_decoder_next(&dec, &in, NULL, &ev), PRECOPY_ERR_NULL);
+    CHECK_RC(precopy_decoder_next(&dec, &in, &in_len, NULL), PRECOPY_ERR_NULL);
+    CHECK_RC(precopy_decoder_header(&dec, NULL), PRECOPY_ERR_NULL);
+    CHECK_RC(precopy_decoder_finish(NULL), PRECOPY_ERR_NULL);
+    CHECK_RC(precopy_decoder_finish(&zeroed), PRECOPY_ERR_UNINITIALIZED);
+    CHECK_RC(precopy_decoder_error_message(&dec, msg, NULL), PRECOPY_ERR_NULL);
+}
+
 /* ---- a whole migration in C: bitmap, scheduler, codecs and frames together ---------- */
 
 #define GUEST_PAGES 64
@@ -1136,6 +1360,15 @@ static void test_migration(void) {
     OK(precopy_scheduler_init(&s, &pol, GUEST_PAGES, 4096, 0));
 
     size_t at = 0;
+    precopy_stream_header_t sh;
+    memset(&sh, 0, sizeof sh);
+    sh.features = PRECOPY_FEATURE_LZ4 | PRECOPY_FEATURE_DELTA;
+    sh.page_size = 4096;
+    sh.nregions = 1;
+    sh.regions[0] = r;
+    size_t hlen = sizeof stream;
+    OK(precopy_stream_header_encode(&sh, stream, &hlen));
+    at = hlen;
     int counts[4] = {0};
     uint64_t now = 0;
     uint32_t round = 0;
@@ -1214,9 +1447,13 @@ static void test_migration(void) {
     OK(precopy_frame_encode(&f, 4096, stream + at, &len));
     at += len;
 
-    /* destination: decode frame by frame, fed in chunks of 1000 bytes */
+    /* destination: the header, then frame by frame, fed in chunks of 1000 bytes */
+    precopy_stream_header_t dh;
+    size_t hused = 0;
+    OK(precopy_stream_header_decode(stream, at, &dh, &hused));
+    CHECK(hused == hlen && dh.nregions == 1 && dh.regions[0].len == GUEST_PAGES * 4096);
     static uint8_t inbuf[8400];
-    size_t have = 0, pos = 0;
+    size_t have = 0, pos = hused;
     int complete = 0, frames = 0;
     uint64_t digest_lo = 0, digest_hi = 0;
     while (!complete) {
@@ -1282,8 +1519,47 @@ static void test_migration(void) {
     OK(precopy_digest_finish(&dg, &lo, &hi));
     CHECK(lo == digest_lo && hi == digest_hi);
     CHECK(counts[0] > 0 && counts[1] > 0 && counts[2] > 0 && counts[3] > 0);
+
+    /* the same stream through the stream decoder (rules checked), in pieces of 1..4999 */
+    static precopy_decoder_t dec;
+    static uint8_t dbuf[4200];
+    static uint8_t dst2[GUEST_PAGES][4096];
+    memset(dst2, 0x3c, sizeof dst2);
+    OK(precopy_decoder_init(&dec, dbuf, sizeof dbuf));
+    size_t off = 0, piece = 1;
+    int events = 0, rc = PRECOPY_OK;
+    while (off < at && rc != PRECOPY_ERR_NULL) {
+        const uint8_t *in = stream + off;
+        size_t in_len = at - off < piece ? at - off : piece;
+        off += in_len;
+        piece = piece * 7 % 4999 + 1;
+        precopy_event_t ev;
+        while ((rc = precopy_decoder_next(&dec, &in, &in_len, &ev)) == PRECOPY_OK) {
+            events++;
+            const precopy_frame_t *g = &ev.frame;
+            if (ev.kind != PRECOPY_EVENT_FRAME) {
+                continue;
+            }
+            if (g->kind == PRECOPY_FRAME_ZERO_RUN) {
+                memset(dst2[g->page], 0, 4096 * g->pages);
+            } else if (g->kind == PRECOPY_FRAME_RAW || g->kind == PRECOPY_FRAME_LZ4 ||
+                       g->kind == PRECOPY_FRAME_DELTA) {
+                uint32_t enc = g->kind == PRECOPY_FRAME_RAW   ? PRECOPY_ENCODING_RAW
+                               : g->kind == PRECOPY_FRAME_LZ4 ? PRECOPY_ENCODING_LZ4
+                                                              : PRECOPY_ENCODING_DELTA;
+                OK(precopy_page_decode(enc, g->data, g->data_len, dst2[g->page], 4096));
+            }
+        }
+        CHECK_RC(rc, PRECOPY_MORE);
+        if (rc != PRECOPY_MORE) {
+            break;
+        }
+    }
+    OK(precopy_decoder_finish(&dec));
+    CHECK(events == frames + 1); /* the header, then every frame */
+    CHECK(memcmp(src_mem, dst2, sizeof src_mem) == 0);
     printf("    %u live rounds + final, %d frames, %zu stream bytes; pages: %d zero, %d delta, "
-           "%d lz4, %d raw; memory and digest equal\n",
+           "%d lz4, %d raw; memory and digest equal (one-shot frames and stream decoder)\n",
            round, frames, at, counts[0], counts[1], counts[2], counts[3]);
 }
 
@@ -1300,6 +1576,7 @@ int main(void) {
     test_scheduler();
     test_codecs();
     test_wire();
+    test_decoder();
     test_migration();
     section(NULL);
     printf("%d checks, %d failed\n", checks, failures);
