@@ -1,19 +1,22 @@
 /*
  * precopy.h: the C API of precopy, dirty-page tracking and pre-copy live migration of
- * virtual-machine memory. Link with libprecopy.a (a no_std Rust static library: no
- * allocator, no libc requirement beyond what the C toolchain links anyway).
+ * virtual-machine memory. Link with libprecopy.a, a no_std Rust static library: no
+ * allocator, no global state; the host provides memcpy, memmove, memset and memcmp.
  *
- * Kept in sync with the Rust sources (no_std-shim/src) by no_std-shim/check-header.py (run by
- * run-c-test.sh): every function, struct field and constant below is compared with the
- * Rust declarations.
+ * Kept in sync with the Rust sources (no_std-shim/src) by no_std-shim/check-header.py
+ * (run by run-c-test.sh): every function, struct field and constant below is compared
+ * with the Rust declarations.
  *
  * Conventions, the same for every function:
- *  - Functions return a status: PRECOPY_OK (0), PRECOPY_MORE (1: call again), or a
- *    negative PRECOPY_ERR_* code; precopy_strerror() describes each.
+ *  - Functions return a status: PRECOPY_OK (0), a positive status that is not an
+ *    error (PRECOPY_MORE: call again; PRECOPY_DELTA_GAVE_UP), or a negative
+ *    PRECOPY_ERR_* code; precopy_strerror() describes each.
  *  - No allocation. State lives in fixed-size structs the caller allocates anywhere
  *    (stack, static, heap): precopy_bitmap_t, precopy_kvm_slots_t,
- *    precopy_scheduler_t. Their contents are opaque; use them after their _init call.
- *    Every output goes into caller buffers with explicit lengths.
+ *    precopy_scheduler_t, precopy_decoder_t, and the 64-byte aligned precopy_lz4_t and
+ *    precopy_digest_t (static, stack or aligned_alloc). Their contents are opaque; use
+ *    them after their _init call; they own no resources (no _fini). Every output goes
+ *    into caller buffers with explicit lengths.
  *  - NULL pointers, misaligned pointers, short buffers, bad lengths, out-of-range
  *    pages, undefined enumeration values and state never initialized return an error
  *    code (state blobs carry a magic number; zero a blob before use to make the
@@ -77,7 +80,7 @@ uint32_t precopy_abi_version(void);
 #define PRECOPY_ERR_CHECKSUM (-19)           /* header/frame checksum mismatch */
 #define PRECOPY_ERR_TRUNCATED (-20)          /* input ends inside a header/frame */
 #define PRECOPY_ERR_BAD_FRAME (-21)          /* unknown kind, reserved set, bad length */
-#define PRECOPY_ERR_BAD_HEADER (-22)         /* stream header malformed */
+#define PRECOPY_ERR_BAD_HEADER (-22)         /* stream header malformed (not a stream) */
 #define PRECOPY_ERR_UNSUPPORTED (-23)        /* newer format version or features */
 #define PRECOPY_ERR_STREAM (-24)             /* frames break the stream's rules */
 
@@ -151,7 +154,8 @@ int precopy_bitmap_dirty_count(const precopy_bitmap_t *bm, uint64_t *count_out);
  * In: *count = capacity. Out: *count = pages written, *cursor advanced. Returns
  * PRECOPY_OK when the pass reached the end (start a pass with *cursor = 0), or
  * PRECOPY_MORE when `pages` filled first (send them, call again with the same cursor).
- * Pages taken that did not fit are put back: none is lost. */
+ * Pages taken that did not fit are put back: none is lost. Several harvesters may run
+ * at once (each dirty page goes to one of them), with any number of markers. */
 int precopy_bitmap_harvest(const precopy_bitmap_t *bm, uint64_t *cursor, uint64_t *pages,
                            size_t *count);
 
@@ -464,7 +468,8 @@ int precopy_digest_finish(const precopy_digest_t *digest, uint64_t *lo_out, uint
 #define PRECOPY_EVENT_HEADER 1 /* the stream header: see precopy_decoder_header */
 #define PRECOPY_EVENT_FRAME 2  /* a frame, in `frame` */
 
-/* A stream decoder's state. Opaque. */
+/* A stream decoder's state. Opaque. It refers to its buffer: do not use two copies of
+ * one decoder (they would share the buffer). */
 typedef struct precopy_decoder {
     uint64_t opaque[PRECOPY_DECODER_SIZE / 8];
 } precopy_decoder_t;

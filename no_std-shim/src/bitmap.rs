@@ -301,8 +301,8 @@ pub unsafe extern "C" fn precopy_bitmap_dirty_count(
 /// count). `PRECOPY_MORE` means `pages` filled first: send them, call again with the same
 /// cursor. Pages that were taken but did not fit are put back, so none is lost.
 ///
-/// Harvesters of disjoint cursor ranges may run in parallel with each other and with
-/// any number of markers.
+/// Several harvesters may run at once (each dirty page goes to one of them), with any
+/// number of markers.
 ///
 /// # Safety
 /// `bm` points at a `precopy_bitmap_t`; `cursor` and `count` at writable values;

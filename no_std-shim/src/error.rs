@@ -55,7 +55,8 @@ pub const PRECOPY_ERR_CHECKSUM: c_int = -19;
 pub const PRECOPY_ERR_TRUNCATED: c_int = -20;
 /// A frame has an unknown kind, non-zero reserved bytes or a bad length for its kind.
 pub const PRECOPY_ERR_BAD_FRAME: c_int = -21;
-/// A stream header is malformed: magic, length, version 0, page size or layout.
+/// A stream header is malformed: magic, length, version 0 or guest layout (a page size
+/// it states that is unsupported is `PRECOPY_ERR_BAD_PAGE_SIZE`).
 pub const PRECOPY_ERR_BAD_HEADER: c_int = -22;
 /// A stream written by a newer precopy (format version or features unknown here).
 pub const PRECOPY_ERR_UNSUPPORTED: c_int = -23;
@@ -96,7 +97,7 @@ fn message(code: c_int) -> &'static CStr {
         PRECOPY_ERR_TRUNCATED => c"input ends inside a header or frame: more bytes are needed",
         PRECOPY_ERR_BAD_FRAME => c"frame has an unknown kind, reserved bits set or a bad length",
         PRECOPY_ERR_BAD_HEADER => {
-            c"stream header is malformed (magic, length, page size or layout)"
+            c"stream header is malformed (magic, length, version or guest layout)"
         }
         PRECOPY_ERR_UNSUPPORTED => {
             c"stream was written by a newer precopy (version or features unknown here)"

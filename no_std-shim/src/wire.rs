@@ -486,7 +486,8 @@ pub unsafe extern "C" fn precopy_digest_finish(
 }
 
 /// Storage for a stream decoder: opaque, 8-byte aligned, valid after
-/// `precopy_decoder_init`. Not for concurrent use.
+/// `precopy_decoder_init`. Not for concurrent use, and not to be copied: it refers to
+/// its buffer, which two copies would share.
 #[repr(C)]
 pub struct PrecopyDecoder {
     /// Opaque.
