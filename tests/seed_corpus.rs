@@ -20,7 +20,10 @@ fn stream(kinds: &[u8], edits: &[(usize, u8)]) -> (VecMemory, Vec<u8>) {
         let page = &mut mem.as_bytes_mut()[p * ps..(p + 1) * ps];
         match kinds[p % kinds.len()] {
             0 => {}
-            1 => page.iter_mut().enumerate().for_each(|(i, b)| *b = b"guest text, "[i % 12]),
+            1 => page
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, b)| *b = b"guest text, "[i % 12]),
             _ => page.iter_mut().for_each(|b| {
                 x ^= x << 13;
                 x ^= x >> 17;
@@ -47,10 +50,16 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     let mut out = Vec::new();
     let streams = [
         ("all_zero", stream(&[0], &[(5, 1)])),
-        ("text_and_zero", stream(&[0, 1, 0, 0], &[(1024 + 3, 7), (1024 + 900, 2)])),
+        (
+            "text_and_zero",
+            stream(&[0, 1, 0, 0], &[(1024 + 3, 7), (1024 + 900, 2)]),
+        ),
         (
             "mixed_with_deltas",
-            stream(&[0, 0, 0, 0, 0, 0, 0, 2, 1, 0], &[(7 * 1024 + 10, 0xff), (8 * 1024 + 1, 1)]),
+            stream(
+                &[0, 0, 0, 0, 0, 0, 0, 2, 1, 0],
+                &[(7 * 1024 + 10, 0xff), (8 * 1024 + 1, 1)],
+            ),
         ),
     ];
     for (name, (_, bytes)) in streams {
@@ -58,7 +67,11 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         out.push(("apply_stream", name, bytes));
     }
     // codec_roundtrip: shape byte (page size, fill mode), fill bytes, then edits.
-    out.push(("codec_roundtrip", "text_pattern", b"\x10the quick brown fox \x05\x00A\x00\x02B".to_vec()));
+    out.push((
+        "codec_roundtrip",
+        "text_pattern",
+        b"\x10the quick brown fox \x05\x00A\x00\x02B".to_vec(),
+    ));
     out.push(("codec_roundtrip", "zero_page", vec![0x03]));
     let mut noisy = vec![0x01];
     noisy.extend((0..600u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8));
@@ -79,9 +92,17 @@ fn seed_corpus_is_current_and_valid() {
             std::fs::write(&path, &bytes).unwrap();
         }
         let committed = std::fs::read(&path).unwrap_or_else(|e| {
-            panic!("{}: {e}; run PRECOPY_WRITE_CORPUS=1 cargo test --test seed_corpus", path.display())
+            panic!(
+                "{}: {e}; run PRECOPY_WRITE_CORPUS=1 cargo test --test seed_corpus",
+                path.display()
+            )
         });
-        assert_eq!(committed, bytes, "{} is stale; regenerate it", path.display());
+        assert_eq!(
+            committed,
+            bytes,
+            "{} is stale; regenerate it",
+            path.display()
+        );
         if target == "apply_stream" {
             let mut applier = Applier::with_memory(VecMemory::new(APPLY_PAGE_SIZE, APPLY_PAGES));
             assert_eq!(applier.feed(&bytes), Ok(Progress::Complete), "{name}");
@@ -89,7 +110,10 @@ fn seed_corpus_is_current_and_valid() {
         }
         precopy::fuzzing::wire_decode(&bytes);
     }
-    assert!(total < 16 * 1024, "seed corpus grew to {total} bytes; keep it a few KB");
+    assert!(
+        total < 16 * 1024,
+        "seed corpus grew to {total} bytes; keep it a few KB"
+    );
 }
 
 #[test]
