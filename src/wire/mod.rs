@@ -67,7 +67,10 @@ pub mod header;
 pub use decoder::{decoder_buffer_len, Decoder, Event};
 pub use digest::{digest_memory, MemoryDigest};
 pub use error::{Location, WireError, WireErrorKind};
-pub use frame::{max_frame_len, Frame, FrameHeaderView, FrameKind, FRAME_HEADER_LEN};
+pub use frame::{
+    max_frame_len, seal_page_frame, Frame, FrameHeaderView, FrameKind, FRAME_HEADER_LEN,
+    PAGE_PAYLOAD_OFFSET,
+};
 pub use header::{Features, HeaderPrefix, StreamHeader, MAGIC, MAX_HEADER_LEN};
 
 /// The stream format version this precopy writes and the newest it reads.
