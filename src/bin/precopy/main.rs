@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench_bitmap;
+mod bench_codec;
 mod demo;
+mod page_mix;
 mod report;
 
 /// precopy: pre-copy live migration of VM memory.
@@ -31,6 +33,8 @@ enum Command {
 enum BenchSuite {
     /// Dirty bitmap: marking and harvesting, against rust-vmm vm-memory's AtomicBitmap.
     Bitmap(bench_bitmap::Args),
+    /// Page codecs (zero check, LZ4, delta), against memcpy of the same pages.
+    Codec(bench_codec::Args),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +47,7 @@ fn main() -> ExitCode {
         },
         Command::Bench { suite } => match suite {
             BenchSuite::Bitmap(args) => bench_bitmap::run(&args),
+            BenchSuite::Codec(args) => bench_codec::run(&args),
         },
     };
     match result {
