@@ -342,11 +342,8 @@ fn apply_frame<M: PageMemory>(
     };
     match frame {
         Frame::ZeroRun { first_page, count } => {
-            page_buf.fill(0);
             // The decoder checked first_page + count <= total pages.
-            for page in first_page..first_page + count {
-                memory.write_page(page, page_buf).map_err(mem_err)?;
-            }
+            memory.zero_pages(first_page, count).map_err(mem_err)?;
             stats.zero_pages += count;
         }
         Frame::Raw { page, data } => {
