@@ -16,7 +16,8 @@ use crate::codec::{
 use crate::engine::{Applier, Progress};
 use crate::memory::{PageMemory, VecMemory};
 use crate::wire::{
-    digest_memory, Decoder, Event, Features, Frame, StreamHeader, WireError, MAX_HEADER_LEN,
+    digest_memory, seal_page_frame, Decoder, Event, Features, Frame, StreamHeader, WireError,
+    MAX_HEADER_LEN, PAGE_PAYLOAD_OFFSET,
 };
 
 /// Page size of the guest that [`apply_stream`] applies to.
@@ -55,7 +56,7 @@ impl StreamBuilder {
         StreamBuilder {
             out,
             page_size,
-            payload: vec![0; encoder.max_payload_len()],
+            payload: vec![0; PAGE_PAYLOAD_OFFSET + encoder.max_payload_len()],
             encoder,
             page: vec![0; page_size],
             round: 0,
@@ -83,7 +84,7 @@ impl StreamBuilder {
             memory.read_page(p, &mut self.page).expect("page in range");
             let sent = self
                 .encoder
-                .encode(p, &self.page, &mut self.payload)
+                .encode(p, &self.page, &mut self.payload[PAGE_PAYLOAD_OFFSET..])
                 .expect("encodable page");
             if sent.encoding == Encoding::Zero {
                 match &mut zero_run {
@@ -100,14 +101,18 @@ impl StreamBuilder {
             if let Some((first_page, count)) = zero_run.take() {
                 self.push(Frame::ZeroRun { first_page, count });
             }
-            let payload = core::mem::take(&mut self.payload);
-            self.push(Frame::page(
+            // Zero-copy framing: the payload was encoded in place after the room
+            // seal_page_frame needs for the frame header.
+            let frame = seal_page_frame(
+                &mut self.payload,
+                self.page_size,
                 p,
                 sent.encoding,
                 sent.base_hash,
-                &payload[..sent.len],
-            ));
-            self.payload = payload;
+                sent.len,
+            )
+            .expect("valid page frame");
+            self.out.extend_from_slice(&self.payload[frame]);
         }
         if let Some((first_page, count)) = zero_run {
             self.push(Frame::ZeroRun { first_page, count });

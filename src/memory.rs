@@ -61,7 +61,28 @@ pub trait PageMemory {
 
     /// Overwrites page `page` with `data` (exactly one page long).
     fn write_page(&mut self, page: u64, data: &[u8]) -> Result<(), MemoryError>;
+
+    /// Makes pages `first..first + count` all zero. The default writes zero pages;
+    /// memory that can tell a page is already zero skips it, so a destination of
+    /// fresh anonymous memory never faults in the zero pages of an idle guest.
+    fn zero_pages(&mut self, first: u64, count: u64) -> Result<(), MemoryError> {
+        let page_size = self.page_size();
+        let zero = ZERO_PAGE
+            .get(..page_size)
+            .ok_or(MemoryError::BadBufferLength {
+                len: ZERO_PAGE.len(),
+                page_size,
+            })?;
+        for page in first..first.saturating_add(count) {
+            self.write_page(page, zero)?;
+        }
+        Ok(())
+    }
 }
+
+/// Zeros for [`PageMemory::zero_pages`]'s default: as large as the largest page the
+/// codecs and the stream format take (64 KiB).
+static ZERO_PAGE: [u8; 64 * 1024] = [0; 64 * 1024];
 
 /// Guest memory in a `Vec<u8>`, for tests, the simulator and file restores.
 #[cfg(feature = "alloc")]
@@ -132,6 +153,19 @@ impl PageMemory for VecMemory {
     fn write_page(&mut self, page: u64, data: &[u8]) -> Result<(), MemoryError> {
         let r = self.range(page, data.len())?;
         self.bytes[r].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn zero_pages(&mut self, first: u64, count: u64) -> Result<(), MemoryError> {
+        for page in first..first.saturating_add(count) {
+            let r = self.range(page, self.page_size)?;
+            let bytes = &mut self.bytes[r];
+            // Reading a never-written page of a zeroed allocation maps the shared zero
+            // page; writing would fault in and clear a private one.
+            if !crate::codec::is_zero_page(bytes) {
+                bytes.fill(0);
+            }
+        }
         Ok(())
     }
 }
@@ -251,5 +285,34 @@ impl PageMemory for AtomicMemory {
 
     fn write_page(&mut self, page: u64, data: &[u8]) -> Result<(), MemoryError> {
         self.store_page(page, data)
+    }
+}
+
+#[cfg(all(test, feature = "alloc"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_pages_clears_data_and_reports_bad_ranges() {
+        let mut m = VecMemory::new(512, 4);
+        m.as_bytes_mut()[512 + 7] = 1;
+        m.as_bytes_mut()[3 * 512] = 9;
+        m.zero_pages(0, 3).unwrap();
+        assert!(m.as_bytes()[..3 * 512].iter().all(|&b| b == 0));
+        assert_eq!(m.as_bytes()[3 * 512], 9, "outside the range");
+        assert!(m.zero_pages(3, 2).is_err());
+
+        // The trait's default (AtomicMemory uses it) writes zero pages.
+        let mut a = AtomicMemory::new(512, 2);
+        a.store_word(1, 3, 42).unwrap();
+        a.zero_pages(0, 2).unwrap();
+        let mut page = [1u8; 512];
+        a.read_page(1, &mut page).unwrap();
+        assert!(page.iter().all(|&b| b == 0));
+        let mut big = AtomicMemory::new(128 << 10, 1);
+        assert!(
+            big.zero_pages(0, 1).is_err(),
+            "pages above 64 KiB have no zero buffer"
+        );
     }
 }

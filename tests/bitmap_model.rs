@@ -227,6 +227,10 @@ fn boundaries_first_last_page_words_regions_and_holes() {
     bm.mark_range(64 * ps, 64 << 10).unwrap();
     assert_eq!(bm.harvest().runs().collect::<Vec<_>>(), [(64, 16)]);
 
+    // An empty page range marks nothing (not the whole word).
+    bm.mark_page_range(70..70).unwrap();
+    assert_eq!(bm.dirty_pages(), 0);
+
     // Sub-range harvests leave neighbours alone.
     bm.mark_page_range(0..137).unwrap();
     let mut got = Vec::new();

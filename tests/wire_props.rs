@@ -354,3 +354,16 @@ fn small_decoder_buffers_are_refused_before_any_frame() {
         WireErrorKind::BufferTooSmall { capacity: 1100, .. }
     ));
 }
+
+#[test]
+fn a_decoder_without_room_for_a_header_errors_instead_of_panicking() {
+    for len in [0, 11, 1000] {
+        let mut decoder = precopy::wire::Decoder::new(vec![0u8; len]);
+        let mut input: &[u8] = b"PREC";
+        let err = decoder.next(&mut input).unwrap_err();
+        assert!(
+            matches!(err.kind, WireErrorKind::BufferTooSmall { .. }),
+            "{len}: {err}"
+        );
+    }
+}

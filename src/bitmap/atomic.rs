@@ -100,20 +100,15 @@ impl<W: Deref<Target = [AtomicU64]>> AtomicDirtyBitmap<W> {
             return Ok(());
         }
         let mut fenced = false;
-        // Fast path: the whole range inside one region (nearly every write). A plain
-        // scan: guests have a handful of regions, and this sits in front of every mark.
-        let shift = self.layout.page_shift();
-        for r in self.layout.regions() {
-            let offset = addr.wrapping_sub(r.guest_addr);
-            let size = r.pages << shift;
-            if offset < size {
-                if len <= size - offset {
-                    let first = r.first_page + (offset >> shift);
-                    let end = r.first_page + ((offset + len - 1) >> shift) + 1;
-                    self.mark_pages(first..end, &mut fenced);
-                    return Ok(());
-                }
-                break;
+        // Fast path: the whole range inside one region (nearly every write).
+        if let Some(r) = self.layout.region_of(addr) {
+            let shift = self.layout.page_shift();
+            let offset = addr - r.guest_addr;
+            if len <= (r.pages << shift) - offset {
+                let first = r.first_page + (offset >> shift);
+                let end = r.first_page + ((offset + len - 1) >> shift) + 1;
+                self.mark_pages(first..end, &mut fenced);
+                return Ok(());
             }
         }
         let untracked = self.layout.for_each_run(addr, len, |first, count| {
@@ -138,7 +133,21 @@ impl<W: Deref<Target = [AtomicU64]>> AtomicDirtyBitmap<W> {
     }
 
     /// Sets bits `pages` (in range, checked by the caller).
+    #[inline]
     fn mark_pages(&self, pages: Range<u64>, fenced: &mut bool) {
+        let word = (pages.start / 64) as usize;
+        let count = pages.end.saturating_sub(pages.start);
+        let lo = pages.start % 64;
+        if count == 0 {
+            return;
+        }
+        if lo + count <= 64 {
+            // Within one word (every write up to 256 KiB that does not straddle a
+            // word): one mask, one atomic.
+            let mask = (!0u64 >> (64 - count)) << lo;
+            self.set_bits(word, mask, fenced);
+            return;
+        }
         let mut page = pages.start;
         while page < pages.end {
             let word = (page / 64) as usize;

@@ -152,6 +152,11 @@ impl GuestLayout {
         // Regions are sorted and disjoint: the candidate is the last one starting at or
         // below `addr`.
         let regions = self.regions();
+        if let [only] = regions {
+            // One region (most guests below 3 GiB): a single compare.
+            return (addr.wrapping_sub(only.guest_addr) < only.pages << self.page_shift)
+                .then_some(only);
+        }
         if regions.len() <= 8 {
             // A few compares beat a binary search's dependent branches on the small maps
             // real guests have; this sits in front of every `mark_range`.

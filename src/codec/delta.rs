@@ -4,15 +4,17 @@
 //! lengths as [LEB128](super::varint) varints, the changed bytes copied from the new
 //! page (as in QEMU's XBZRLE: XOR finds the runs, the new bytes are sent, so decoding
 //! is a copy). A run of unchanged bytes at the end of the page is left implicit; an
-//! identical page encodes to zero bytes. Runs are found a 64-bit word at a time: a
-//! changed run ends at the first unchanged word, so one or a few equal bytes inside a
-//! changed stretch ride along instead of costing two varints.
+//! identical page encodes to zero bytes. Runs are found a 64-bit word at a time (a
+//! bit mask of changed words per 512 bytes, walked with bit scans): a changed run ends
+//! at the first unchanged word, so one or a few equal bytes inside a changed stretch
+//! ride along instead of costing two varints.
 
 use super::varint;
 use super::zero::word;
 use super::{CodecError, DeltaFault};
 
-/// Encodes `new` against `old` (same length, a multiple of 8) into `out`, giving up
+/// Encodes `new` against `old` (same length, a multiple of 64, as every supported
+/// page size is) into `out`, giving up
 /// as soon as the encoding would not fit: `out.len()` is the caller's threshold (for
 /// example an eighth of a page). Returns the encoded length, or `None` on give-up.
 ///
@@ -29,56 +31,94 @@ use super::{CodecError, DeltaFault};
 /// assert_eq!(page, new);
 /// ```
 pub fn delta_encode(old: &[u8], new: &[u8], out: &mut [u8]) -> Result<Option<usize>, CodecError> {
-    if old.len() != new.len() || new.len() % 8 != 0 {
+    if old.len() != new.len() || new.len() % BLOCK != 0 {
         return Err(CodecError::BadPageLength {
             len: old.len(),
             page_size: new.len(),
         });
     }
+    let mut run = Run { out, at: 0, pos: 0 };
+    let xor = |w: usize| word(&old[w * 8..]) ^ word(&new[w * 8..]);
     let words = new.len() / 8;
-    let xor = |i: usize| word(&old[i * 8..]) ^ word(&new[i * 8..]);
-    let mut i = 0; // word index
-    let mut pos = 0; // byte position after the last changed run written
-    let mut at = 0; // bytes written to `out`
-    loop {
-        // Skip unchanged words, four at a time while they are all equal.
-        while i + 4 <= words {
-            let b = i * 8;
-            let (o, n) = (&old[b..b + 32], &new[b..b + 32]);
-            let diff = (word(o) ^ word(n))
-                | (word(&o[8..]) ^ word(&n[8..]))
-                | (word(&o[16..]) ^ word(&n[16..]))
-                | (word(&o[24..]) ^ word(&n[24..]));
-            if diff != 0 {
-                break;
+    // Byte offset where the open changed run starts, if one is open.
+    let mut start: Option<usize> = None;
+    for (g, (og, ng)) in old.chunks(GROUP).zip(new.chunks(GROUP)).enumerate() {
+        // Bit w of `changed`: word w of the group differs. Built branch-free; then the
+        // runs are walked with bit scans, so the cost is per run, not per word.
+        let mut changed = 0u64;
+        for (w, (a, b)) in og.chunks_exact(8).zip(ng.chunks_exact(8)).enumerate() {
+            changed |= u64::from(word(a) != word(b)) << w;
+        }
+        let n = og.len() / 8; // words in this group (64 but for a short last group)
+        let unchanged = !changed & (u64::MAX >> (64 - n));
+        let first = g * (GROUP / 8);
+        let mut pos = 0u32;
+        loop {
+            if start.is_none() {
+                let rest = changed.checked_shr(pos).unwrap_or(0);
+                if rest == 0 {
+                    break;
+                }
+                pos += rest.trailing_zeros();
+                let w = first + pos as usize;
+                start = Some(w * 8 + (xor(w).trailing_zeros() / 8) as usize);
             }
-            i += 4;
+            let rest = unchanged.checked_shr(pos).unwrap_or(0);
+            if rest == 0 {
+                break; // the run goes on into the next group
+            }
+            pos += rest.trailing_zeros();
+            let w = first + pos as usize; // first unchanged word after the run
+            let end = w * 8 - (xor(w - 1).leading_zeros() / 8) as usize;
+            if let Some(s) = start.take() {
+                if !run.emit(s, &new[s..end]) {
+                    return Ok(None);
+                }
+            }
         }
-        while i < words && xor(i) == 0 {
-            i += 1;
-        }
-        if i == words {
-            return Ok(Some(at));
-        }
-        let start = i * 8 + (xor(i).trailing_zeros() / 8) as usize;
-        i += 1;
-        while i < words && xor(i) != 0 {
-            i += 1;
-        }
-        let end = i * 8 - (xor(i - 1).leading_zeros() / 8) as usize;
-        let len = end - start;
-        let Some(a) = varint::put(out, at, start - pos) else {
+    }
+    if let Some(s) = start {
+        let end = new.len() - (xor(words - 1).leading_zeros() / 8) as usize;
+        if !run.emit(s, &new[s..end]) {
             return Ok(None);
+        }
+    }
+    Ok(Some(run.at))
+}
+
+/// Bytes whose changed words are gathered into one 64-bit mask.
+const GROUP: usize = 512;
+
+/// Page lengths the encoder takes are multiples of this.
+const BLOCK: usize = 64;
+
+/// The encoder's output cursor.
+struct Run<'o> {
+    out: &'o mut [u8],
+    /// Bytes written.
+    at: usize,
+    /// Page offset after the last changed run written.
+    pos: usize,
+}
+
+impl Run<'_> {
+    /// Writes one `(unchanged, changed, bytes)` triple for `changed` starting at page
+    /// offset `start`; false when it does not fit.
+    #[inline]
+    fn emit(&mut self, start: usize, changed: &[u8]) -> bool {
+        let Some(a) = varint::put(self.out, self.at, start - self.pos) else {
+            return false;
         };
-        let Some(a) = varint::put(out, a, len) else {
-            return Ok(None);
+        let Some(a) = varint::put(self.out, a, changed.len()) else {
+            return false;
         };
-        let Some(dst) = out.get_mut(a..a + len) else {
-            return Ok(None);
+        let Some(dst) = self.out.get_mut(a..a + changed.len()) else {
+            return false;
         };
-        dst.copy_from_slice(&new[start..end]);
-        at = a + len;
-        pos = end;
+        dst.copy_from_slice(changed);
+        self.at = a + changed.len();
+        self.pos = start + changed.len();
+        true
     }
 }
 

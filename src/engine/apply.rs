@@ -5,7 +5,7 @@ use core::fmt;
 
 use crate::codec::{base_hash, delta_apply, lz4_decompress_page, CodecError};
 use crate::memory::{MemoryError, PageMemory};
-use crate::wire::{digest_memory, Decoder, Event, Frame, WireError};
+use crate::wire::{digest_memory, Decoder, Event, Frame, Location, WireError, WireErrorKind};
 
 /// Why the destination stopped applying a stream. Guest memory is never written with
 /// bytes that failed a check: a failed page is left as it was.
@@ -261,8 +261,15 @@ where
             return Err(e);
         }
         self.decoder.finish()?;
-        // The decoder saw the completion frame, so `feed` verified the digest.
-        debug_assert!(self.complete);
+        // The decoder saw the completion frame, so `feed` verified the digest; checked
+        // again so that success can only ever follow a matching digest.
+        if !self.complete {
+            return Err(ApplyError::Wire(WireErrorKind::EndedBeforeCompletion.at(
+                Location::End {
+                    offset: self.decoder.offset(),
+                },
+            )));
+        }
         Ok(())
     }
 
@@ -347,11 +354,8 @@ fn apply_frame<M: PageMemory>(
     };
     match frame {
         Frame::ZeroRun { first_page, count } => {
-            page_buf.fill(0);
             // The decoder checked first_page + count <= total pages.
-            for page in first_page..first_page + count {
-                memory.write_page(page, page_buf).map_err(mem_err)?;
-            }
+            memory.zero_pages(first_page, count).map_err(mem_err)?;
             stats.zero_pages += count;
         }
         Frame::Raw { page, data } => {

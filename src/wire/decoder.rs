@@ -257,12 +257,21 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Decoder<B> {
         if input.is_empty() {
             return Ok(None);
         }
+        // Any header fits a buffer this large; checked before any byte is taken, so
+        // the outcome does not depend on how the input is split.
+        let capacity = buf.as_ref().len();
+        if capacity < MAX_HEADER_LEN {
+            return Err(fail(WireErrorKind::BufferTooSmall {
+                needed: MAX_HEADER_LEN,
+                capacity,
+            }));
+        }
         if rules.complete {
             return Err(fail(WireErrorKind::TrailingData));
         }
-        let (prefix, capacity) = match rules.header {
-            None => (HEADER_PREFIX_LEN, buf.as_ref().len()),
-            Some(_) => (FRAME_HEADER_LEN, buf.as_ref().len()),
+        let prefix = match rules.header {
+            None => HEADER_PREFIX_LEN,
+            Some(_) => FRAME_HEADER_LEN,
         };
         let page_size = rules.header.map_or(0, |h| h.page_size());
         let unit_len = |p: &[u8]| -> Result<usize, WireErrorKind> {

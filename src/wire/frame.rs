@@ -378,3 +378,91 @@ impl<'a> Frame<'a> {
         })
     }
 }
+
+/// Where [`seal_page_frame`] expects a page payload: after room for the longest
+/// page-frame header and fields (a delta's).
+pub const PAGE_PAYLOAD_OFFSET: usize = FRAME_HEADER_LEN + 16;
+
+/// Zero-copy framing of an encoded page: the payload was written by the encoder at
+/// `buf[PAGE_PAYLOAD_OFFSET..][..len]`; this writes the frame header and fields in
+/// front of it and returns the range of `buf` holding the whole frame (the same bytes
+/// [`Frame::emit`] would write for [`Frame::page`]).
+///
+/// ```
+/// use precopy::codec::{EncoderConfig, PageEncoder};
+/// use precopy::wire::frame::{seal_page_frame, PAGE_PAYLOAD_OFFSET};
+/// let mut enc = PageEncoder::new(EncoderConfig::new(4096)).unwrap();
+/// let mut buf = vec![0u8; PAGE_PAYLOAD_OFFSET + enc.max_payload_len()];
+/// let sent = enc.encode(5, &[9u8; 4096], &mut buf[PAGE_PAYLOAD_OFFSET..]).unwrap();
+/// let frame = seal_page_frame(&mut buf, 4096, 5, sent.encoding, sent.base_hash, sent.len)
+///     .unwrap();
+/// assert!(frame.len() < 64); // a run of one byte value compresses to a few bytes
+/// ```
+pub fn seal_page_frame(
+    buf: &mut [u8],
+    page_size: usize,
+    page: u64,
+    encoding: Encoding,
+    base_hash: u64,
+    len: usize,
+) -> Result<core::ops::Range<usize>, WireErrorKind> {
+    let frame = match encoding {
+        Encoding::Zero => Frame::ZeroRun {
+            first_page: page,
+            count: 1,
+        },
+        _ => Frame::page(page, encoding, base_hash, &[]),
+    };
+    let (fixed, fixed_len) = frame.fixed();
+    let data_len = if encoding == Encoding::Zero { 0 } else { len };
+    let body_len = fixed_len + data_len;
+    let (min, max) = frame.kind().body_len_range(page_size);
+    if !(min..=max).contains(&body_len) {
+        return Err(WireErrorKind::BadFrameLength {
+            kind: frame.kind() as u8,
+            len: body_len as u64,
+            min: min as u64,
+            max: max as u64,
+        });
+    }
+    let start = PAGE_PAYLOAD_OFFSET - fixed_len - FRAME_HEADER_LEN;
+    let end = PAGE_PAYLOAD_OFFSET + data_len;
+    let got = buf.len();
+    let out = buf
+        .get_mut(start..end)
+        .ok_or(WireErrorKind::OutputTooSmall { needed: end, got })?;
+    out[0] = frame.kind() as u8;
+    out[1..4].fill(0);
+    out[4..8].copy_from_slice(&(body_len as u32).to_le_bytes());
+    out[FRAME_HEADER_LEN..FRAME_HEADER_LEN + fixed_len].copy_from_slice(&fixed[..fixed_len]);
+    let crc = crc32(&[&out[..8], &out[FRAME_HEADER_LEN..]]);
+    out[8..12].copy_from_slice(&crc.to_le_bytes());
+    Ok(start..end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_page_frames_equal_emitted_ones() {
+        let payload = [0xabu8; 100];
+        for encoding in Encoding::ALL {
+            let data: &[u8] = match encoding {
+                Encoding::Zero => &[],
+                Encoding::Raw => &[0xab; 512],
+                _ => &payload,
+            };
+            let frame = Frame::page(3, encoding, 77, data);
+            let mut emitted = [0u8; 600];
+            let n = frame.emit(512, &mut emitted).unwrap();
+            let mut buf = [0u8; 600];
+            buf[PAGE_PAYLOAD_OFFSET..][..data.len()].copy_from_slice(data);
+            let r = seal_page_frame(&mut buf, 512, 3, encoding, 77, data.len()).unwrap();
+            assert_eq!(&buf[r], &emitted[..n], "{encoding:?}");
+            assert_eq!(Frame::parse(&emitted[..n], 512), Ok(frame));
+        }
+        let mut small = [0u8; 40];
+        assert!(seal_page_frame(&mut small, 512, 0, Encoding::Raw, 0, 512).is_err());
+    }
+}

@@ -12,6 +12,51 @@
 //! decoding is [`Decoder`], which takes the stream in pieces of any size and returns
 //! frames or a [`WireError`] giving the frame number and byte offset. With
 //! `cfg(fuzzing)` checksums are not verified, so a fuzzer reaches the code behind them.
+//!
+//! A whole migration of a small guest, source to destination:
+//!
+//! ```
+//! use precopy::bitmap::GuestLayout;
+//! use precopy::codec::{EncoderConfig, PageEncoder};
+//! use precopy::engine::{Applier, Progress};
+//! use precopy::memory::{PageMemory, VecMemory};
+//! use precopy::wire::{digest_memory, Features, Frame, StreamHeader};
+//!
+//! const PAGE: usize = 4096;
+//! let mut source = VecMemory::new(PAGE, 4);
+//! source.write_page(1, &[7; PAGE]).unwrap();
+//! let header = StreamHeader {
+//!     features: Features::ALL,
+//!     session_id: [0; 16],
+//!     layout: GuestLayout::flat(PAGE as u64, 4 * PAGE as u64).unwrap(),
+//! };
+//!
+//! // Source: header, one round of all pages, switchover, completion.
+//! let mut stream = vec![0u8; 64 * 1024];
+//! let mut n = header.emit(&mut stream).unwrap();
+//! let mut emit = |f: Frame<'_>, n: &mut usize| *n += f.emit(PAGE, &mut stream[*n..]).unwrap();
+//! emit(Frame::RoundBegin { round: 0, planned_pages: 4 }, &mut n);
+//! let mut encoder = PageEncoder::new(EncoderConfig::new(PAGE)).unwrap();
+//! let (mut page, mut payload) = (vec![0; PAGE], vec![0; encoder.max_payload_len()]);
+//! for p in 0..4 {
+//!     source.read_page(p, &mut page).unwrap(); // a private copy, then encode it
+//!     let sent = encoder.encode(p, &page, &mut payload).unwrap();
+//!     emit(Frame::page(p, sent.encoding, sent.base_hash, &payload[..sent.len]), &mut n);
+//! }
+//! emit(Frame::RoundEnd { round: 0, pages: 4 }, &mut n);
+//! emit(Frame::Switchover { remaining_pages: 0 }, &mut n);
+//! let digest = digest_memory(&source, &mut page).unwrap();
+//! emit(Frame::Complete { total_pages: 4, digest }, &mut n);
+//!
+//! // Destination: any chunking of the bytes will do.
+//! let mut applier = Applier::with_memory(VecMemory::new(PAGE, 4));
+//! let mut progress = Progress::InProgress;
+//! for piece in stream[..n].chunks(1000) {
+//!     progress = applier.feed(piece).unwrap();
+//! }
+//! assert_eq!(progress, Progress::Complete);
+//! assert_eq!(applier.memory(), &source);
+//! ```
 
 mod decoder;
 mod digest;
@@ -22,7 +67,10 @@ pub mod header;
 pub use decoder::{decoder_buffer_len, Decoder, Event};
 pub use digest::{digest_memory, MemoryDigest};
 pub use error::{Location, WireError, WireErrorKind};
-pub use frame::{max_frame_len, Frame, FrameHeaderView, FrameKind, FRAME_HEADER_LEN};
+pub use frame::{
+    max_frame_len, seal_page_frame, Frame, FrameHeaderView, FrameKind, FRAME_HEADER_LEN,
+    PAGE_PAYLOAD_OFFSET,
+};
 pub use header::{Features, HeaderPrefix, StreamHeader, MAGIC, MAX_HEADER_LEN};
 
 /// The stream format version this precopy writes and the newest it reads.

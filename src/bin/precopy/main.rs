@@ -5,8 +5,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench_bitmap;
+mod bench_codec;
 mod demo;
 mod migrate;
+mod page_mix;
 mod recv;
 mod report;
 mod send;
@@ -39,6 +41,8 @@ enum Command {
 enum BenchSuite {
     /// Dirty bitmap: marking and harvesting, against rust-vmm vm-memory's AtomicBitmap.
     Bitmap(bench_bitmap::Args),
+    /// Page codecs (zero check, LZ4, delta), against memcpy of the same pages.
+    Codec(bench_codec::Args),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
         Command::Recv(args) => recv::run(&args),
         Command::Bench { suite } => match suite {
             BenchSuite::Bitmap(args) => bench_bitmap::run(&args),
+            BenchSuite::Codec(args) => bench_codec::run(&args),
         },
     };
     match result {

@@ -1,0 +1,193 @@
+//! Status codes: `PRECOPY_OK`, one positive "more to do" status, negative errors, and
+//! `precopy_strerror`. The core's typed errors map onto these codes here, in one place.
+
+use core::ffi::{c_char, c_int, CStr};
+
+use core_precopy::bitmap::BitmapError;
+use core_precopy::codec::CodecError;
+use core_precopy::schedule::ScheduleError;
+use core_precopy::wire::WireErrorKind;
+
+/// Success.
+pub const PRECOPY_OK: c_int = 0;
+/// Success, but the output buffer filled before the work was done: call again (only
+/// `precopy_bitmap_harvest` returns it).
+pub const PRECOPY_MORE: c_int = 1;
+/// A required pointer argument is NULL.
+pub const PRECOPY_ERR_NULL: c_int = -1;
+/// A pointer is not aligned for its type (8 bytes for state blobs and `uint64_t` buffers).
+pub const PRECOPY_ERR_MISALIGNED: c_int = -2;
+/// An output buffer is too small for the result.
+pub const PRECOPY_ERR_BUFFER_TOO_SMALL: c_int = -3;
+/// A length or count is out of range (including lengths whose byte size overflows).
+pub const PRECOPY_ERR_BAD_LENGTH: c_int = -4;
+/// A state blob was not initialized by its `precopy_*_init` function.
+pub const PRECOPY_ERR_UNINITIALIZED: c_int = -5;
+/// An enumeration argument has a value the API does not define.
+pub const PRECOPY_ERR_BAD_ARGUMENT: c_int = -6;
+/// The page size is not a power of two (or not supported by the codecs).
+pub const PRECOPY_ERR_BAD_PAGE_SIZE: c_int = -7;
+/// A region is empty, not page-aligned or wraps past the top of the address space.
+pub const PRECOPY_ERR_BAD_REGION: c_int = -8;
+/// Two regions overlap.
+pub const PRECOPY_ERR_OVERLAPPING_REGIONS: c_int = -9;
+/// More regions than `PRECOPY_MAX_REGIONS`.
+pub const PRECOPY_ERR_TOO_MANY_REGIONS: c_int = -10;
+/// A page index past the end of the guest.
+pub const PRECOPY_ERR_PAGE_OUT_OF_RANGE: c_int = -11;
+/// A guest-physical address not inside any region (pages inside regions were marked).
+pub const PRECOPY_ERR_ADDRESS_OUT_OF_RANGE: c_int = -12;
+/// A KVM memory slot id that is not in the slot table.
+pub const PRECOPY_ERR_UNKNOWN_SLOT: c_int = -13;
+/// A KVM dirty-log bit or ring entry past the end of its slot.
+pub const PRECOPY_ERR_SLOT_OFFSET: c_int = -14;
+/// A KVM slot that is not contiguous tracked memory, or the slot table is full.
+pub const PRECOPY_ERR_BAD_SLOT: c_int = -15;
+/// A policy field makes no sense (`precopy_policy_validate` names it).
+pub const PRECOPY_ERR_BAD_POLICY: c_int = -16;
+/// The scheduler was given a guest of zero pages or a zero page size.
+pub const PRECOPY_ERR_BAD_GUEST: c_int = -17;
+/// LZ4 or delta page data is corrupt (or does not decode to exactly one page).
+pub const PRECOPY_ERR_CORRUPT_PAGE: c_int = -18;
+/// A stream header or frame fails its checksum: corrupted in transit.
+pub const PRECOPY_ERR_CHECKSUM: c_int = -19;
+/// The input ends inside a stream header or frame: more bytes are needed.
+pub const PRECOPY_ERR_TRUNCATED: c_int = -20;
+/// A frame has an unknown kind, non-zero reserved bytes or a bad length for its kind.
+pub const PRECOPY_ERR_BAD_FRAME: c_int = -21;
+/// A stream header is malformed: magic, length, version 0 or guest layout (a page size
+/// it states that is unsupported is `PRECOPY_ERR_BAD_PAGE_SIZE`).
+pub const PRECOPY_ERR_BAD_HEADER: c_int = -22;
+/// A stream written by a newer precopy (format version or features unknown here).
+pub const PRECOPY_ERR_UNSUPPORTED: c_int = -23;
+/// Frames break the stream's rules (page past the end, rounds out of order, ...).
+pub const PRECOPY_ERR_STREAM: c_int = -24;
+
+/// The message for each code, NUL-terminated, `'static`.
+fn message(code: c_int) -> &'static CStr {
+    match code {
+        PRECOPY_OK => c"success",
+        PRECOPY_MORE => c"output buffer full, call again to continue",
+        crate::codec::PRECOPY_DELTA_GAVE_UP => {
+            c"delta would not fit the output buffer: send the page another way"
+        }
+        PRECOPY_ERR_NULL => c"a required pointer argument is NULL",
+        PRECOPY_ERR_MISALIGNED => c"a pointer is not aligned for its type",
+        PRECOPY_ERR_BUFFER_TOO_SMALL => c"an output buffer is too small",
+        PRECOPY_ERR_BAD_LENGTH => c"a length or count is out of range",
+        PRECOPY_ERR_UNINITIALIZED => c"state was not initialized by its precopy_*_init function",
+        PRECOPY_ERR_BAD_ARGUMENT => c"an enumeration argument has an undefined value",
+        PRECOPY_ERR_BAD_PAGE_SIZE => c"page size is not a supported power of two",
+        PRECOPY_ERR_BAD_REGION => {
+            c"memory region is empty, not page-aligned or wraps the address space"
+        }
+        PRECOPY_ERR_OVERLAPPING_REGIONS => c"memory regions overlap",
+        PRECOPY_ERR_TOO_MANY_REGIONS => c"too many memory regions",
+        PRECOPY_ERR_PAGE_OUT_OF_RANGE => c"page index is past the end of the guest",
+        PRECOPY_ERR_ADDRESS_OUT_OF_RANGE => c"guest address is not in any memory region",
+        PRECOPY_ERR_UNKNOWN_SLOT => c"KVM memory slot is not in the slot table",
+        PRECOPY_ERR_SLOT_OFFSET => c"KVM dirty log or ring entry is past the end of its slot",
+        PRECOPY_ERR_BAD_SLOT => {
+            c"KVM memory slot is not contiguous tracked memory, or the slot table is full"
+        }
+        PRECOPY_ERR_BAD_POLICY => c"migration policy field is invalid",
+        PRECOPY_ERR_BAD_GUEST => c"guest has zero pages or a zero page size",
+        PRECOPY_ERR_CORRUPT_PAGE => c"LZ4 or delta page data is corrupt",
+        PRECOPY_ERR_CHECKSUM => c"checksum mismatch: the data was corrupted in transit",
+        PRECOPY_ERR_TRUNCATED => c"input ends inside a header or frame: more bytes are needed",
+        PRECOPY_ERR_BAD_FRAME => c"frame has an unknown kind, reserved bits set or a bad length",
+        PRECOPY_ERR_BAD_HEADER => {
+            c"stream header is malformed (magic, length, version or guest layout)"
+        }
+        PRECOPY_ERR_UNSUPPORTED => {
+            c"stream was written by a newer precopy (version or features unknown here)"
+        }
+        PRECOPY_ERR_STREAM => c"frames break the stream's rules",
+        _ => c"unknown precopy status code",
+    }
+}
+
+/// A static, NUL-terminated English description of status code `code` (never NULL;
+/// unknown codes get "unknown precopy status code").
+#[no_mangle]
+pub extern "C" fn precopy_strerror(code: c_int) -> *const c_char {
+    message(code).as_ptr()
+}
+
+/// The code for a bitmap-layer error.
+pub(crate) fn bitmap_code(e: BitmapError) -> c_int {
+    match e {
+        BitmapError::BadPageSize { .. } => PRECOPY_ERR_BAD_PAGE_SIZE,
+        BitmapError::BadRegion { .. } => PRECOPY_ERR_BAD_REGION,
+        BitmapError::OverlappingRegions { .. } => PRECOPY_ERR_OVERLAPPING_REGIONS,
+        BitmapError::TooManyRegions { .. } => PRECOPY_ERR_TOO_MANY_REGIONS,
+        BitmapError::PageOutOfRange { .. } => PRECOPY_ERR_PAGE_OUT_OF_RANGE,
+        BitmapError::AddressOutOfRange { .. } => PRECOPY_ERR_ADDRESS_OUT_OF_RANGE,
+        BitmapError::StorageTooSmall { .. } => PRECOPY_ERR_BUFFER_TOO_SMALL,
+        BitmapError::SizeMismatch { .. } => PRECOPY_ERR_BAD_LENGTH,
+        BitmapError::UnknownSlot { .. } => PRECOPY_ERR_UNKNOWN_SLOT,
+        BitmapError::SlotOffsetOutOfRange { .. } => PRECOPY_ERR_SLOT_OFFSET,
+        BitmapError::BadSlot { .. } => PRECOPY_ERR_BAD_SLOT,
+    }
+}
+
+/// The code for a scheduling-layer error returned by a constructor or validation.
+pub(crate) fn schedule_code(e: ScheduleError) -> c_int {
+    match e {
+        // `NotConverging` is a decision, reported in a round outcome; constructors and
+        // validation never return it.
+        ScheduleError::BadPolicy { .. } | ScheduleError::NotConverging { .. } => {
+            PRECOPY_ERR_BAD_POLICY
+        }
+        ScheduleError::BadGuest { .. } => PRECOPY_ERR_BAD_GUEST,
+    }
+}
+
+/// The code for a codec-layer error.
+pub(crate) fn codec_code(e: CodecError) -> c_int {
+    match e {
+        CodecError::BadPageSize { .. } => PRECOPY_ERR_BAD_PAGE_SIZE,
+        CodecError::BadPageLength { .. } => PRECOPY_ERR_BAD_LENGTH,
+        CodecError::OutputTooSmall { .. } | CodecError::CacheAllocation { .. } => {
+            PRECOPY_ERR_BUFFER_TOO_SMALL
+        }
+        CodecError::Lz4Corrupt { .. } | CodecError::DeltaCorrupt { .. } => PRECOPY_ERR_CORRUPT_PAGE,
+    }
+}
+
+/// The code for a wire-layer error.
+pub(crate) fn wire_code(e: WireErrorKind) -> c_int {
+    use WireErrorKind::*;
+    match e {
+        BadMagic { .. } | ZeroVersion | BadHeaderLength { .. } | BadLayout(_) => {
+            PRECOPY_ERR_BAD_HEADER
+        }
+        BadPageSize { .. } => PRECOPY_ERR_BAD_PAGE_SIZE,
+        NewerVersion { .. } | UnknownFeatures { .. } => PRECOPY_ERR_UNSUPPORTED,
+        ChecksumMismatch { .. } => PRECOPY_ERR_CHECKSUM,
+        UnknownFrameKind { .. } | ReservedNotZero | BadFrameLength { .. } => PRECOPY_ERR_BAD_FRAME,
+        Truncated { .. } => PRECOPY_ERR_TRUNCATED,
+        BufferTooSmall { .. } | OutputTooSmall { .. } => PRECOPY_ERR_BUFFER_TOO_SMALL,
+        PageOutOfRange { .. }
+        | BadZeroRun { .. }
+        | FeatureNotAnnounced { .. }
+        | PageOutsideRound
+        | RoundNotEnded { .. }
+        | RoundNotBegun { .. }
+        | UnexpectedRound { .. }
+        | RoundCountMismatch { .. }
+        | DuplicateSwitchover
+        | CompleteBeforeSwitchover
+        | TotalPagesMismatch { .. }
+        | TrailingData
+        | EndedBeforeCompletion => PRECOPY_ERR_STREAM,
+    }
+}
+
+/// Turns a `Result` whose error is already a code into a status code.
+pub(crate) fn status(r: Result<(), c_int>) -> c_int {
+    match r {
+        Ok(()) => PRECOPY_OK,
+        Err(code) => code,
+    }
+}

@@ -1,0 +1,136 @@
+//! Synthetic guest pages for the codec benchmarks (shared by `precopy bench codec` and
+//! `benches/codec.rs`). Deterministic: the same seed gives the same pages.
+
+/// A small reproducible generator (xorshift64*).
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Rng(seed | 1)
+    }
+
+    /// 64 random bits.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A value in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Kinds of page in [`realistic_mix`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageKind {
+    /// Words from a small vocabulary: page cache of text files, logs.
+    Text,
+    /// Arrays of small integers and pointers sharing their high bits: heap objects.
+    Structured,
+    /// A zero page with a few non-zero words: a touched but mostly unused page.
+    MostlyZero,
+    /// Random bytes: encrypted or already-compressed data.
+    Random,
+}
+
+/// What the realistic mix is made of, for the benchmark's text output.
+pub const MIX_DESCRIPTION: &str = "40% text-like, 25% structured binary (small integers, \
+pointers), 20% mostly-zero (a few non-zero words), 15% random";
+
+/// Fills `page` with content of `kind`.
+pub fn fill(page: &mut [u8], kind: PageKind, rng: &mut Rng) {
+    const WORDS: [&str; 16] = [
+        "the ",
+        "guest ",
+        "memory ",
+        "page ",
+        "of ",
+        "kernel ",
+        "a ",
+        "to ",
+        "and ",
+        "migration ",
+        "log: ",
+        "error ",
+        "in ",
+        "0x7f3a ",
+        "\n",
+        "user ",
+    ];
+    match kind {
+        PageKind::Text => {
+            let mut at = 0;
+            while at < page.len() {
+                let w = WORDS[rng.below(WORDS.len())].as_bytes();
+                let n = w.len().min(page.len() - at);
+                page[at..at + n].copy_from_slice(&w[..n]);
+                at += n;
+            }
+        }
+        PageKind::Structured => {
+            let base = 0x7f3a_0000_0000u64 + ((rng.next() & 0xffff) << 12);
+            for (i, w) in page.chunks_exact_mut(8).enumerate() {
+                let v = match i % 4 {
+                    0 => base + (rng.next() & 0xfff8),
+                    1 => rng.next() & 0xff,
+                    2 => i as u64,
+                    _ => 0,
+                };
+                w.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        PageKind::MostlyZero => {
+            page.fill(0);
+            for _ in 0..4 {
+                let at = rng.below(page.len() / 8) * 8;
+                page[at..at + 8].copy_from_slice(&rng.next().to_le_bytes());
+            }
+        }
+        PageKind::Random => page
+            .chunks_exact_mut(8)
+            .for_each(|w| w.copy_from_slice(&rng.next().to_le_bytes())),
+    }
+}
+
+/// The kind of page `i` in the realistic mix (see [`MIX_DESCRIPTION`]).
+pub fn mix_kind(i: usize) -> PageKind {
+    match i % 20 {
+        0..=7 => PageKind::Text,
+        8..=12 => PageKind::Structured,
+        13..=16 => PageKind::MostlyZero,
+        _ => PageKind::Random,
+    }
+}
+
+/// `pages` pages of `page_size` bytes, all of `kind` or (None) the realistic mix.
+pub fn pages(pages: usize, page_size: usize, kind: Option<PageKind>, seed: u64) -> Vec<u8> {
+    let mut rng = Rng::new(seed);
+    let mut out = vec![0u8; pages * page_size];
+    for (i, page) in out.chunks_exact_mut(page_size).enumerate() {
+        fill(page, kind.unwrap_or_else(|| mix_kind(i)), &mut rng);
+    }
+    out
+}
+
+/// A copy of `old` with about `percent`% of each page's bytes changed, in runs of 8 to
+/// 64 bytes at random offsets (how guests dirty pages: fields, small structs, lines).
+pub fn edited(old: &[u8], page_size: usize, percent: usize, seed: u64) -> Vec<u8> {
+    let mut rng = Rng::new(seed);
+    let mut new = old.to_vec();
+    for page in new.chunks_exact_mut(page_size) {
+        let mut changed = 0;
+        while changed * 100 < page_size * percent {
+            let len = 8 + rng.below(57);
+            let at = rng.below(page_size - len);
+            page[at..at + len]
+                .iter_mut()
+                .for_each(|b| *b = b.wrapping_add(0x3b));
+            changed += len;
+        }
+    }
+    new
+}
