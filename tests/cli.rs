@@ -117,6 +117,14 @@ fn run(args: &[&str]) -> (ExitStatus, Vec<String>, String) {
     Proc::spawn(args).finish()
 }
 
+/// `precopy send` of the small test guest, with `args`.
+fn send(args: &[&str]) -> (ExitStatus, Vec<String>, String) {
+    let mut all = vec!["send"];
+    all.extend(args);
+    all.extend(GUEST);
+    run(&all)
+}
+
 /// The failure contract: exit code 1, exactly one line on stderr, `precopy: ` then
 /// a message containing `needle`, no panic.
 #[track_caller]
@@ -173,12 +181,17 @@ fn scratch(name: &str) -> PathBuf {
 /// A verified stream file of a 16 MiB guest; returns its path and the source's digest.
 fn stream_file(dir: &Path) -> (PathBuf, String) {
     let path = dir.join("guest.precopy");
-    let mut args = vec!["send", "--output", path.to_str().unwrap(), "--json"];
-    args.extend(GUEST);
-    let (status, out, err) = run(&args);
+    let (status, out, err) = send(&["--output", path.to_str().unwrap(), "--json"]);
     assert!(status.success(), "send --output failed: {err}");
     let digest = json_str(summary(&out), "digest").to_string();
     (path, digest)
+}
+
+/// `recv --input` of a file in `dir` holding `stream`.
+fn recv_file(dir: &Path, stream: &[u8]) -> (ExitStatus, Vec<String>, String) {
+    let path = dir.join("input.precopy");
+    std::fs::write(&path, stream).unwrap();
+    run(&["recv", "--input", path.to_str().unwrap()])
 }
 
 /// `recv --listen 127.0.0.1:0 --json` plus `extra`; returns it and its address.
@@ -203,6 +216,33 @@ fn fake_source(addr: &str, bytes: &[u8]) -> Vec<u8> {
     reply
 }
 
+/// A fake destination on a thread: accepts one source as a destination would up to
+/// its first reply (reads the stream header, its length from bytes 10..12, and
+/// answers "accepted"), then runs `then` with the connection and the header's bytes.
+/// Returns the address to send to and the thread.
+fn fake_destination<T: Send + 'static>(
+    then: impl FnOnce(TcpStream, Vec<u8>) -> T + Send + 'static,
+) -> (String, std::thread::JoinHandle<T>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let thread = std::thread::spawn(move || {
+        let (c, header) = accept_as_destination(&listener);
+        then(c, header)
+    });
+    (addr, thread)
+}
+
+fn accept_as_destination(listener: &TcpListener) -> (TcpStream, Vec<u8>) {
+    let (mut c, _) = listener.accept().unwrap();
+    let mut header = vec![0u8; 12];
+    c.read_exact(&mut header).unwrap();
+    let len = usize::from(u16::from_le_bytes([header[10], header[11]]));
+    header.resize(len, 0);
+    c.read_exact(&mut header[12..]).unwrap();
+    c.write_all(&[1, 0, 0]).unwrap();
+    (c, header)
+}
+
 /// A reply's reason text (status byte 0 = refused).
 fn refusal(reply: &[u8]) -> String {
     assert!(reply.len() >= 3, "no reply: {reply:?}");
@@ -213,9 +253,7 @@ fn refusal(reply: &[u8]) -> String {
 #[test]
 fn tcp_pair_migrates_and_both_sides_agree_on_the_digest() {
     let (recv, addr) = listening_recv(&[]);
-    let mut args = vec!["send", "--connect", &addr, "--json"];
-    args.extend(GUEST);
-    let (status, out, err) = run(&args);
+    let (status, out, err) = send(&["--connect", &addr, "--json"]);
     assert!(status.success(), "send: {err}");
     let (rstatus, rout, rerr) = recv.finish();
     assert!(rstatus.success(), "recv: {rerr}");
@@ -256,9 +294,7 @@ fn connection_refused() {
         l.local_addr().unwrap().port()
     };
     let addr = format!("127.0.0.1:{port}");
-    let mut args = vec!["send", "--connect", &addr];
-    args.extend(GUEST);
-    let (status, _, err) = run(&args);
+    let (status, _, err) = send(&["--connect", &addr]);
     assert_fails_with(status, &err, &format!("connect {addr}: Connection refused"));
 }
 
@@ -343,9 +379,7 @@ fn layout_mismatch_and_memory_cap_are_refused_and_the_source_runs_on() {
         ),
     ] {
         let (recv, addr) = listening_recv(recv_args);
-        let mut args = vec!["send", "--connect", &addr, "--json"];
-        args.extend(GUEST);
-        let (status, out, err) = run(&args);
+        let (status, out, err) = send(&["--connect", &addr, "--json"]);
         assert_fails_with(status, &err, needle);
         assert!(err.contains(&format!("the destination {addr} refused")), "{err}");
         let s = summary(&out);
@@ -382,23 +416,12 @@ fn source_closing_mid_stream() {
 
 #[test]
 fn destination_closing_mid_stream_leaves_the_source_running() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let fake = std::thread::spawn(move || {
-        let (mut c, _) = listener.accept().unwrap();
-        let mut prefix = [0u8; 12];
-        c.read_exact(&mut prefix).unwrap();
-        let len = usize::from(u16::from_le_bytes([prefix[10], prefix[11]]));
-        let mut rest = vec![0u8; len - 12];
-        c.read_exact(&mut rest).unwrap();
-        c.write_all(&[1, 0, 0]).unwrap(); // accepted
+    let (addr, fake) = fake_destination(|mut c, _| {
         let mut some = vec![0u8; 64 << 10];
         c.read_exact(&mut some).unwrap();
         // Then the destination dies.
     });
-    let mut args = vec!["send", "--connect", &addr, "--json"];
-    args.extend(GUEST);
-    let (status, out, err) = run(&args);
+    let (status, out, err) = send(&["--connect", &addr, "--json"]);
     fake.join().unwrap();
     assert_fails_with(
         status,
@@ -415,7 +438,6 @@ fn corrupted_stream_file_is_refused_at_a_named_frame() {
     let dir = scratch("corrupt");
     let (path, _) = stream_file(&dir);
     let stream = std::fs::read(&path).unwrap();
-    let bad = dir.join("bad.precopy");
     for at in [
         20,
         200,
@@ -425,8 +447,7 @@ fn corrupted_stream_file_is_refused_at_a_named_frame() {
     ] {
         let mut s = stream.clone();
         s[at] ^= 0x10;
-        std::fs::write(&bad, &s).unwrap();
-        let (status, _, err) = run(&["recv", "--input", bad.to_str().unwrap()]);
+        let (status, _, err) = recv_file(&dir, &s);
         let expect = if at < 60 { "stream header" } else { "frame " };
         assert_fails_with(status, &err, expect);
         assert!(
@@ -442,10 +463,8 @@ fn truncated_stream_file_is_refused() {
     let dir = scratch("truncated");
     let (path, _) = stream_file(&dir);
     let stream = std::fs::read(&path).unwrap();
-    let cut = dir.join("cut.precopy");
     for len in [0, 5, 40, 70, stream.len() / 2, stream.len() - 1] {
-        std::fs::write(&cut, &stream[..len]).unwrap();
-        let (status, _, err) = run(&["recv", "--input", cut.to_str().unwrap()]);
+        let (status, _, err) = recv_file(&dir, &stream[..len]);
         assert_eq!(status.code(), Some(1), "{len}: {err}");
         let needle = if err.contains("the file is truncated") {
             "the file is truncated"
@@ -457,8 +476,7 @@ fn truncated_stream_file_is_refused() {
     // Bytes after the completion frame are refused too.
     let mut long = stream.clone();
     long.extend_from_slice(b"extra");
-    std::fs::write(&cut, &long).unwrap();
-    let (status, _, err) = run(&["recv", "--input", cut.to_str().unwrap()]);
+    let (status, _, err) = recv_file(&dir, &long);
     assert_fails_with(status, &err, "data after the completion frame");
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -469,9 +487,7 @@ fn full_disk_on_output() {
         eprintln!("SKIP: no /dev/full");
         return;
     }
-    let mut args = vec!["send", "--output", "/dev/full", "--json"];
-    args.extend(GUEST);
-    let (status, out, err) = run(&args);
+    let (status, out, err) = send(&["--output", "/dev/full", "--json"]);
     assert_fails_with(
         status,
         &err,
@@ -510,9 +526,7 @@ fn sending_to_something_that_is_not_a_destination() {
         let _ = c.read_exact(&mut some);
         let _ = c.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
     });
-    let mut args = vec!["send", "--connect", &addr];
-    args.extend(GUEST);
-    let (status, _, err) = run(&args);
+    let (status, _, err) = send(&["--connect", &addr]);
     web.join().unwrap();
     assert_fails_with(
         status,
@@ -523,20 +537,11 @@ fn sending_to_something_that_is_not_a_destination() {
 
 #[test]
 fn destination_vanishing_before_the_verdict_resumes_the_paused_guest() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let fake = std::thread::spawn(move || {
-        let (mut c, _) = listener.accept().unwrap();
-        let mut prefix = [0u8; 12];
-        c.read_exact(&mut prefix).unwrap();
-        let len = usize::from(u16::from_le_bytes([prefix[10], prefix[11]]));
-        let mut rest = vec![0u8; len - 12];
-        c.read_exact(&mut rest).unwrap();
-        c.write_all(&[1, 0, 0]).unwrap(); // accepted
-                                          // Take the whole stream: the source then waits for the verdict with its
-                                          // guest paused. Vanish without one.
+    let (addr, fake) = fake_destination(|mut c, header| {
+        // Take the whole stream: the source then waits for the verdict with its
+        // guest paused. Vanish without one.
         let mut decoder = precopy::wire::Decoder::with_max_page_size(4096);
-        let mut header = &prefix.iter().chain(&rest).copied().collect::<Vec<u8>>()[..];
+        let mut header = &header[..];
         while decoder.next(&mut header).unwrap().is_some() {}
         let mut buf = vec![0u8; 1 << 16];
         while !decoder.is_complete() {
@@ -547,9 +552,7 @@ fn destination_vanishing_before_the_verdict_resumes_the_paused_guest() {
         }
         decoder.offset()
     });
-    let mut args = vec!["send", "--connect", &addr, "--json"];
-    args.extend(GUEST);
-    let (status, out, err) = run(&args);
+    let (status, out, err) = send(&["--connect", &addr, "--json"]);
     assert!(fake.join().unwrap() > 4096);
     assert_fails_with(
         status,
