@@ -167,7 +167,8 @@ fn read_header_bytes<R: Read + ?Sized>(
     Ok(())
 }
 
-/// Why the first bytes are not a stream: an HTTP request is named as one.
+/// Why the first bytes are not a stream: an HTTP request or a TLS handshake is named
+/// as one.
 fn not_a_stream(first: &[u8], kind: WireErrorKind) -> RuntimeError {
     const METHODS: [&[u8]; 9] = [
         b"GET ",
@@ -195,8 +196,15 @@ fn not_a_stream(first: &[u8], kind: WireErrorKind) -> RuntimeError {
             .collect();
         return RuntimeError::Peer(format!(
             "an HTTP request (\"{shown}...\") arrived instead of a precopy stream: \
-             this port takes `precopy send`, not a web client"
+             this port takes a migration from a precopy source, not a web client"
         ));
+    }
+    if matches!(kind, WireErrorKind::BadMagic { .. }) && first.starts_with(&[0x16, 0x03]) {
+        return RuntimeError::Peer(
+            "a TLS handshake arrived instead of a precopy stream: precopy streams are plain \
+             TCP (put TLS in front of both ends, or connect without it)"
+                .to_string(),
+        );
     }
     RuntimeError::Apply(ApplyError::Wire(kind.at(Location::Header)))
 }
@@ -482,6 +490,18 @@ mod tests {
         );
         let e = read_reply(&mut &b"HTTP/1.1 400"[..]).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn http_and_tls_clients_are_named() {
+        let e = |bytes: &[u8]| read_header(&mut &bytes[..]).unwrap_err().to_string();
+        assert!(
+            e(b"POST /migrate HTTP/1.1\r\n").starts_with("an HTTP request (\"POST /migrat...\")")
+        );
+        assert!(
+            e(&[0x16, 0x03, 0x01, 0, 0xa5, 1, 0, 0, 0xa1, 3, 3, 0]).starts_with("a TLS handshake")
+        );
+        assert!(e(b"SSH-2.0-OpenSSH_9.6\r\n").starts_with("stream header: not a precopy stream"));
     }
 
     #[test]
