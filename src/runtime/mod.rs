@@ -2,6 +2,7 @@
 //! files, the session protocol between a source and a destination, and the drivers
 //! that move an engine's bytes between them.
 
+pub mod calibrate;
 mod error;
 pub mod file;
 pub mod guest;

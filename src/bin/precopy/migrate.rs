@@ -99,6 +99,13 @@ impl MigrationArgs {
             ..Policy::default()
         };
         policy.validate().map_err(|e| e.to_string())?;
+        let guest = SyntheticGuest::new(layout, workload);
+        // The final round digests all memory on both sides: predict that too.
+        let policy = Policy {
+            non_memory_downtime_ns: policy.non_memory_downtime_ns
+                + precopy::runtime::calibrate::digest_downtime_ns(&**guest.memory(), 4096),
+            ..policy
+        };
         let config = SourceConfig {
             encoder,
             policy,
@@ -106,7 +113,7 @@ impl MigrationArgs {
             defer_redirtied: true,
         };
         Ok(Source {
-            guest: SyntheticGuest::new(layout, workload),
+            guest,
             config,
             layout,
             workload,
