@@ -27,7 +27,17 @@ fn writers_running_during_rounds_lose_nothing() {
     let writes = AtomicUsize::new(0);
     let deadline = Instant::now() + Duration::from_secs(60);
 
+    /// Sets `stop` when dropped, so a failing assertion releases the writers instead
+    /// of leaving the scope waiting for them forever.
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+
     let dest = std::thread::scope(|s| {
+        let _stop_writers = StopOnDrop(&stop);
         for t in 0..WRITERS {
             let (memory, bitmap, pause, stop, parked, writes) =
                 (&memory, &bitmap, &pause, &stop, &parked, &writes);
@@ -61,6 +71,7 @@ fn writers_running_during_rounds_lose_nothing() {
 
         let policy = Policy {
             downtime_limit_ns: 5_000_000,
+            non_memory_downtime_ns: 1_000_000,
             max_rounds: 15,
             on_limit: OnLimit::SwitchOver,
             ..Policy::default()

@@ -24,7 +24,9 @@ fn policy() -> impl Strategy<Value = Policy> {
     )
         .prop_map(
             |(limit_ms, extra_ms, max_rounds, ratio, switch, throttle, ramp, sw_bw, below)| {
-                let limit = limit_ms * 1_000_000;
+                // The allowance stays under the limit (a policy where it does not is
+                // refused, see presets_validate_and_bad_policies_are_named).
+                let limit = (limit_ms + extra_ms) * 1_000_000;
                 Policy {
                     downtime_limit_ns: limit,
                     non_memory_downtime_ns: extra_ms * 1_000_000,
@@ -265,6 +267,25 @@ fn presets_validate_and_bad_policies_are_named() {
         ..Policy::default()
     };
     assert!(bad_throttle.validate().is_err());
+    // A fixed allowance that alone reaches the limit could never switch over.
+    let hopeless = Policy {
+        non_memory_downtime_ns: 300_000_000,
+        ..Policy::default()
+    };
+    let msg = hopeless.validate().unwrap_err().to_string();
+    assert!(
+        msg.contains("non_memory_downtime_ns") && msg.contains("raise the limit"),
+        "{msg}"
+    );
+    let ramped = Policy {
+        ramp: Some(DowntimeRamp {
+            after_rounds: 5,
+            step_ns: 100_000_000,
+            max_ns: 1_000_000_000,
+        }),
+        ..hopeless
+    };
+    ramped.validate().unwrap();
 }
 
 #[test]

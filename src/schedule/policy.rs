@@ -198,6 +198,14 @@ impl Policy {
                 return bad("ramp.max_ns", "must be at least the downtime limit");
             }
         }
+        let highest_limit = self.ramp.map_or(self.downtime_limit_ns, |r| r.max_ns);
+        if self.non_memory_downtime_ns >= highest_limit {
+            return bad(
+                "non_memory_downtime_ns",
+                "(device state, final harvest, digest) alone reaches the downtime limit: \
+                 no round could ever switch over; raise the limit",
+            );
+        }
         Ok(())
     }
 }
