@@ -6,6 +6,7 @@ pub mod calibrate;
 mod error;
 pub mod file;
 pub mod guest;
+pub mod pacer;
 pub mod session;
 pub mod tcp;
 

@@ -37,9 +37,22 @@ pub struct MigrationArgs {
     /// Page size in bytes.
     #[arg(long, default_value_t = 4096)]
     pub page_size: u64,
+    /// Emulate a link of this speed (1gbe, 10gbe, 25gbe, 40gbe, 100gbe): sends are
+    /// paced to it and the scheduler is told the cap. Default: as fast as the
+    /// transport goes.
+    #[arg(long, value_parser = parse_link)]
+    pub link: Option<u64>,
     /// Print JSON lines instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Parses a link name into bytes per second.
+pub fn parse_link(s: &str) -> Result<u64, String> {
+    precopy::runtime::pacer::link_speed(s).ok_or_else(|| {
+        let names: Vec<&str> = precopy::runtime::pacer::LINKS.iter().map(|l| l.0).collect();
+        format!("unknown link '{s}' (one of {})", names.join(", "))
+    })
 }
 
 /// Parses a byte size with an optional K/M/G suffix.
@@ -90,6 +103,7 @@ impl MigrationArgs {
         };
         let policy = Policy {
             downtime_limit_ns: self.downtime_ms.saturating_mul(1_000_000),
+            bandwidth_cap: self.link,
             max_rounds: self.max_rounds,
             on_limit: if self.force_switchover {
                 OnLimit::SwitchOver
@@ -266,6 +280,11 @@ pub fn run_source<T: Transport>(
         writes_after_failure: None,
     };
     let mut paused_at = None;
+    let mut pacer = source
+        .config
+        .policy
+        .bandwidth_cap
+        .map(precopy::runtime::pacer::Pacer::new);
     let result = match SourceEngine::new(&bitmap, source.config, now()) {
         Err(e) => Err(e.to_string()),
         Ok(mut engine) => {
@@ -275,6 +294,9 @@ pub fn run_source<T: Transport>(
                     Ok(t) => t,
                     Err(e) => break Err(e.to_string()),
                 };
+                if let Some(p) = &mut pacer {
+                    p.pace(t.len);
+                }
                 if let Err(e) = link.send(&out[..t.len]) {
                     break Err(e.to_string());
                 }
