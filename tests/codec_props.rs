@@ -220,3 +220,62 @@ proptest! {
         prop_assert!(cache.hits + cache.misses >= enc.stats().get(Encoding::Delta).pages);
     }
 }
+
+/// An operation on a page cache.
+#[derive(Clone, Debug)]
+enum CacheOp {
+    Store(u64, u8),
+    Drop(u64),
+    Lookup(u64),
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// The cache against a model: whatever it returns for a page is the last version
+    /// stored for it (never another page's bytes, never a dropped version), and it never
+    /// holds more than its capacity.
+    #[test]
+    fn page_cache_returns_only_the_last_version_stored(
+        ops in proptest::collection::vec(
+            prop_oneof![
+                4 => (0..40u64, any::<u8>()).prop_map(|(p, v)| CacheOp::Store(p, v)),
+                1 => (0..40u64).prop_map(CacheOp::Drop),
+                3 => (0..40u64).prop_map(CacheOp::Lookup),
+            ],
+            1..300,
+        ),
+        slots in 1..12usize,
+    ) {
+        use precopy::codec::{PageCache, SLOT_OVERHEAD};
+        const P: usize = 512;
+        let mut cache = PageCache::new(P, slots * (P + SLOT_OVERHEAD)).unwrap();
+        prop_assert_eq!(cache.capacity(), slots);
+        let mut model: std::collections::HashMap<u64, u8> = Default::default();
+        for op in ops {
+            match op {
+                CacheOp::Store(p, v) => {
+                    cache.store(p, &[v; P]);
+                    model.insert(p, v);
+                    prop_assert!(cache.contains(p), "page {} just stored is missing", p);
+                }
+                CacheOp::Drop(p) => {
+                    cache.drop_page(p);
+                    model.remove(&p);
+                    prop_assert!(!cache.contains(p));
+                }
+                CacheOp::Lookup(p) => {
+                    if let Some(base) = cache.lookup(p) {
+                        let v = model.get(&p).copied();
+                        prop_assert_eq!(Some(base.bytes[0]), v);
+                        prop_assert!(base.bytes.iter().all(|&b| Some(b) == v));
+                        prop_assert_eq!(base.hash, precopy::codec::base_hash(base.bytes));
+                    }
+                }
+            }
+            prop_assert!(cache.len() <= cache.capacity());
+            let held = (0..40u64).filter(|&p| cache.contains(p)).count();
+            prop_assert_eq!(held, cache.len());
+        }
+    }
+}
