@@ -80,6 +80,24 @@ pub trait PageMemory {
     }
 }
 
+/// Checks an access to page `page` with a buffer of `len` bytes against memory of
+/// `total` pages of `page_size` bytes.
+#[cfg(feature = "alloc")]
+fn check_page_access(
+    page: u64,
+    len: usize,
+    page_size: usize,
+    total: u64,
+) -> Result<(), MemoryError> {
+    if len != page_size {
+        return Err(MemoryError::BadBufferLength { len, page_size });
+    }
+    if page >= total {
+        return Err(MemoryError::PageOutOfRange { page, total });
+    }
+    Ok(())
+}
+
 /// Zeros for [`PageMemory::zero_pages`]'s default: as large as the largest page the
 /// codecs and the stream format take (64 KiB).
 static ZERO_PAGE: [u8; 64 * 1024] = [0; 64 * 1024];
@@ -117,18 +135,7 @@ impl VecMemory {
     }
 
     fn range(&self, page: u64, len: usize) -> Result<core::ops::Range<usize>, MemoryError> {
-        if len != self.page_size {
-            return Err(MemoryError::BadBufferLength {
-                len,
-                page_size: self.page_size,
-            });
-        }
-        if page >= self.total_pages() {
-            return Err(MemoryError::PageOutOfRange {
-                page,
-                total: self.total_pages(),
-            });
-        }
+        check_page_access(page, len, self.page_size, self.total_pages())?;
         let start = page as usize * self.page_size;
         Ok(start..start + self.page_size)
     }
@@ -214,18 +221,7 @@ impl AtomicMemory {
         page: u64,
         len: usize,
     ) -> Result<&[core::sync::atomic::AtomicU64], MemoryError> {
-        if len != self.page_size {
-            return Err(MemoryError::BadBufferLength {
-                len,
-                page_size: self.page_size,
-            });
-        }
-        if page >= self.total_pages() {
-            return Err(MemoryError::PageOutOfRange {
-                page,
-                total: self.total_pages(),
-            });
-        }
+        check_page_access(page, len, self.page_size, self.total_pages())?;
         let per_page = self.page_size / 8;
         let start = page as usize * per_page;
         Ok(&self.words[start..start + per_page])
