@@ -122,7 +122,10 @@ fn migrate(
     let mut buf = vec![0u8; source.min_buffer_len() + 3 * PAGE];
     let mut now = 0u64;
     let mut failed = None;
-    for _ in 0..100_000 {
+    for step in 0..100_000 {
+        // LZ4 on for two polls in three, off for one (the runtime's adaptive choice):
+        // pages sent raw keep the delta base in step as well.
+        source.set_lz4(step % 3 != 2);
         let t = match source.poll_transmit(&guest, now, &mut buf) {
             Ok(t) => t,
             Err(e) => {

@@ -74,6 +74,7 @@ pub struct PageEncoder<C: Clock = NoClock> {
     lz4: Lz4Compressor,
     stats: CodecStats,
     clock: C,
+    lz4_enabled: bool,
 }
 
 impl PageEncoder<NoClock> {
@@ -93,6 +94,7 @@ impl<C: Clock> PageEncoder<C> {
             lz4: Lz4Compressor::new(),
             stats: CodecStats::default(),
             clock,
+            lz4_enabled: true,
         })
     }
 
@@ -114,6 +116,18 @@ impl<C: Clock> PageEncoder<C> {
     /// The delta cache's counters.
     pub fn cache_stats(&self) -> CacheStats {
         self.cache.stats()
+    }
+
+    /// Turns LZ4 on or off (on by default). Off, pages that are neither zero nor a
+    /// small delta go raw: where the encoder and not the link is the bottleneck (a
+    /// fast link), LZ4's ~1 GB/s per core would slow the migration down.
+    pub fn set_lz4(&mut self, enabled: bool) {
+        self.lz4_enabled = enabled;
+    }
+
+    /// Whether LZ4 is on.
+    pub fn lz4_enabled(&self) -> bool {
+        self.lz4_enabled
     }
 
     /// Drops the cached base of `page`: call it when an encoded page is not going to
@@ -164,11 +178,16 @@ impl<C: Clock> PageEncoder<C> {
             }
         }
 
-        let len = self.lz4.compress(data, out)?;
-        self.charge(Encoding::Lz4, t);
-        self.cache.store(page, data);
-        if len <= self.config.lz4_max {
-            return Ok(self.sent(Encoding::Lz4, len, 0));
+        if self.lz4_enabled {
+            let len = self.lz4.compress(data, out)?;
+            self.charge(Encoding::Lz4, t);
+            self.cache.store(page, data);
+            if len <= self.config.lz4_max {
+                return Ok(self.sent(Encoding::Lz4, len, 0));
+            }
+        } else {
+            // Raw is sent: it becomes the base all the same.
+            self.cache.store(page, data);
         }
         out[..page_size].copy_from_slice(data);
         Ok(self.sent(Encoding::Raw, page_size, 0))

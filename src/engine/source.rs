@@ -199,6 +199,18 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
         &self.scheduler
     }
 
+    /// Turns LZ4 on or off from the next page on (see
+    /// [`PageEncoder::set_lz4`](crate::codec::PageEncoder::set_lz4)): the runtime
+    /// compresses when the link is the bottleneck and not when the encoder is.
+    pub fn set_lz4(&mut self, enabled: bool) {
+        self.encoder.set_lz4(enabled);
+    }
+
+    /// Whether LZ4 is on.
+    pub fn lz4_enabled(&self) -> bool {
+        self.encoder.lz4_enabled()
+    }
+
     /// Codec statistics over the whole migration so far.
     pub fn codec_stats(&self) -> &CodecStats {
         self.encoder.stats()

@@ -42,9 +42,68 @@ pub struct MigrationArgs {
     /// transport goes.
     #[arg(long, value_parser = parse_link)]
     pub link: Option<u64>,
+    /// LZ4 compression: `auto` compresses while the link, not the encoder, is the
+    /// bottleneck (time blocked sending against time encoding); `on` and `off` force it.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
+    pub compression: String,
     /// Print JSON lines instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Whether to compress with LZ4, decided from where the time goes: after each window
+/// of sends, compress if more time went into sending (the link is the bottleneck)
+/// than into encoding, with a 25% margin against flapping.
+#[derive(Debug)]
+pub struct CompressionChoice {
+    mode: Option<bool>,
+    lz4: bool,
+    encode_ns: u64,
+    send_ns: u64,
+    samples: u32,
+}
+
+impl CompressionChoice {
+    /// `auto`, `on` or `off`. Auto starts uncompressed: a link too slow for raw pages
+    /// shows itself within the first window.
+    pub fn new(mode: &str) -> Self {
+        let mode = match mode {
+            "on" => Some(true),
+            "off" => Some(false),
+            _ => None,
+        };
+        CompressionChoice {
+            mode,
+            lz4: mode.unwrap_or(false),
+            encode_ns: 0,
+            send_ns: 0,
+            samples: 0,
+        }
+    }
+
+    /// The current choice.
+    pub fn lz4(&self) -> bool {
+        self.lz4
+    }
+
+    /// Adds one poll's encode and send times; returns the choice for the next.
+    pub fn observe(&mut self, encode_ns: u64, send_ns: u64) -> bool {
+        if self.mode.is_some() {
+            return self.lz4;
+        }
+        self.encode_ns += encode_ns;
+        self.send_ns += send_ns;
+        self.samples += 1;
+        if self.samples == 16 {
+            if self.send_ns > self.encode_ns + self.encode_ns / 4 {
+                self.lz4 = true;
+            } else if self.encode_ns > self.send_ns + self.send_ns / 4 {
+                self.lz4 = false;
+            }
+            (self.encode_ns, self.send_ns, self.samples) = (0, 0, 0);
+        }
+        self.lz4
+    }
 }
 
 /// Parses a link name into bytes per second.
@@ -81,6 +140,8 @@ pub struct Source {
     pub layout: GuestLayout,
     /// The workload the writers run.
     pub workload: Workload,
+    /// LZ4 choice: `auto`, `on` or `off`.
+    pub compression: String,
 }
 
 impl MigrationArgs {
@@ -127,6 +188,7 @@ impl MigrationArgs {
             defer_redirtied: true,
         };
         Ok(Source {
+            compression: self.compression.clone(),
             guest,
             config,
             layout,
@@ -288,18 +350,24 @@ pub fn run_source<T: Transport>(
     let result = match SourceEngine::new(&bitmap, source.config, now()) {
         Err(e) => Err(e.to_string()),
         Ok(mut engine) => {
-            let mut out = vec![0u8; engine.min_buffer_len().max(1 << 20)];
+            // Smaller pieces than 1 MiB let the compression choice follow the link.
+            let mut out = vec![0u8; engine.min_buffer_len().max(256 << 10)];
+            let mut adapt = CompressionChoice::new(&source.compression);
+            engine.set_lz4(adapt.lz4());
             let result: Result<(), String> = loop {
-                let t = match engine.poll_transmit(&*memory, now(), &mut out) {
+                let encode_start = now();
+                let t = match engine.poll_transmit(&*memory, encode_start, &mut out) {
                     Ok(t) => t,
                     Err(e) => break Err(e.to_string()),
                 };
+                let send_start = now();
                 if let Some(p) = &mut pacer {
                     p.pace(t.len);
                 }
                 if let Err(e) = link.send(&out[..t.len]) {
                     break Err(e.to_string());
                 }
+                engine.set_lz4(adapt.observe(send_start - encode_start, now() - send_start));
                 report.wire_bytes += t.len as u64;
                 match t.event {
                     SourceEvent::RoundDone(r) => {
@@ -411,5 +479,32 @@ fn print_round(r: &SourceRound, json: bool) {
                 format!("{}%", s.throttle_percent),
             ],
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compression_follows_the_bottleneck() {
+        let mut auto = CompressionChoice::new("auto");
+        assert!(!auto.lz4(), "auto starts uncompressed");
+        // Sending takes 3x the encoding: the link is the bottleneck, compress.
+        let choices: Vec<bool> = (0..16).map(|_| auto.observe(100, 300)).collect();
+        assert!(!choices[14] && choices[15]);
+        // Within 25% either way: no change.
+        (0..16).for_each(|_| {
+            auto.observe(100, 110);
+        });
+        assert!(auto.lz4());
+        // Encoding dominates: stop compressing.
+        (0..16).for_each(|_| {
+            auto.observe(500, 100);
+        });
+        assert!(!auto.lz4());
+        let mut on = CompressionChoice::new("on");
+        assert!(on.observe(1_000, 1));
+        assert!(!CompressionChoice::new("off").observe(1, 1_000));
     }
 }
