@@ -78,7 +78,8 @@ pub enum SourceEvent {
 /// The final round, sent with the guest paused.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct FinalRound {
-    /// Round number.
+    /// Round number, counted like [`RoundStats::round`](crate::schedule::RoundStats)
+    /// (1 is the bulk round; the stream's round frames count from 0).
     pub round: u32,
     /// Pages sent in it.
     pub pages_sent: u64,
@@ -136,6 +137,7 @@ pub struct SourceEngine<'b, W: Deref<Target = [AtomicU64]>> {
     page_buf: Vec<u8>,
     payload_buf: Vec<u8>,
     round_pages: u64,
+    round_planned: u64,
     round_wire_bytes: u64,
     round_deferred: u64,
     round_codecs_start: CodecStats,
@@ -182,6 +184,7 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
             page_buf: vec![0; page_size],
             payload_buf: vec![0; payload_len],
             round_pages: 0,
+            round_planned: 0,
             round_wire_bytes: 0,
             round_deferred: 0,
             digest: None,
@@ -214,6 +217,12 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
     /// Codec statistics over the whole migration so far.
     pub fn codec_stats(&self) -> &CodecStats {
         self.encoder.stats()
+    }
+
+    /// Progress of the round being sent: `(pages sent, pages planned)` (the bulk round
+    /// plans every page; a page deferred to the next round counts as neither).
+    pub fn round_progress(&self) -> (u64, u64) {
+        (self.round_pages, self.round_planned)
     }
 
     /// Whether the completion frame has been produced.
@@ -375,6 +384,11 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
         self.phase = Phase::Round { round, fin };
         self.cursor = 0;
         self.round_pages = 0;
+        self.round_planned = if round == 0 && !fin {
+            self.bitmap.total_pages()
+        } else {
+            self.set.count()
+        };
         self.round_wire_bytes = 0;
         self.round_deferred = 0;
         self.round_codecs_start = *self.encoder.stats();
@@ -488,7 +502,7 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
                 SourceEvent::Complete {
                     digest,
                     round: FinalRound {
-                        round,
+                        round: round + 1,
                         pages_sent: self.round_pages,
                         wire_bytes: self.round_wire_bytes,
                         codecs,

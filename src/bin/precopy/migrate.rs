@@ -176,11 +176,22 @@ impl MigrationArgs {
         policy.validate().map_err(|e| e.to_string())?;
         let guest = SyntheticGuest::new(layout, workload);
         // The final round digests all memory on both sides: predict that too.
+        let digest_ns = precopy::runtime::calibrate::digest_downtime_ns(&**guest.memory(), 4096);
         let policy = Policy {
-            non_memory_downtime_ns: policy.non_memory_downtime_ns
-                + precopy::runtime::calibrate::digest_downtime_ns(&**guest.memory(), 4096),
+            non_memory_downtime_ns: policy.non_memory_downtime_ns + digest_ns,
             ..policy
         };
+        if policy.non_memory_downtime_ns >= policy.downtime_limit_ns {
+            return Err(format!(
+                "--downtime-ms {} is too short for this guest: verifying {} MiB end to end \
+                 (a digest of all memory on both sides, with the guest paused) takes about {} ms \
+                 here; raise --downtime-ms above {} or migrate a smaller guest",
+                self.downtime_ms,
+                self.memory >> 20,
+                digest_ns / 1_000_000,
+                policy.non_memory_downtime_ns / 1_000_000 + 50
+            ));
+        }
         let config = SourceConfig {
             encoder,
             policy,
@@ -353,6 +364,7 @@ pub fn run_source<T: Transport>(
             // Smaller pieces than 1 MiB let the compression choice follow the link.
             let mut out = vec![0u8; engine.min_buffer_len().max(256 << 10)];
             let mut adapt = CompressionChoice::new(&source.compression);
+            let bar = progress_bar(json);
             engine.set_lz4(adapt.lz4());
             let result: Result<(), String> = loop {
                 let encode_start = now();
@@ -368,10 +380,23 @@ pub fn run_source<T: Transport>(
                     break Err(e.to_string());
                 }
                 engine.set_lz4(adapt.observe(send_start - encode_start, now() - send_start));
+                if let Some(bar) = &bar {
+                    let (sent, planned) = engine.round_progress();
+                    bar.set_length(planned.max(1));
+                    bar.set_position(sent);
+                    bar.set_message(format!(
+                        "round {}{}",
+                        engine.scheduler().rounds() + 1,
+                        if engine.lz4_enabled() { ", lz4" } else { "" }
+                    ));
+                }
                 report.wire_bytes += t.len as u64;
                 match t.event {
                     SourceEvent::RoundDone(r) => {
-                        print_round(&r, json);
+                        match &bar {
+                            Some(bar) => bar.suspend(|| print_round(&r, json)),
+                            None => print_round(&r, json),
+                        }
                         if let Decision::Continue { throttle_percent } = r.outcome.decision {
                             guest.set_throttle(throttle_percent);
                         }
@@ -384,6 +409,9 @@ pub fn run_source<T: Transport>(
                         }
                     }
                     SourceEvent::Complete { digest, round } => {
+                        if let Some(bar) = &bar {
+                            bar.finish_and_clear();
+                        }
                         print_final(round, json);
                         report.digest = Some(digest);
                         break verdict(link);
@@ -480,6 +508,21 @@ fn print_round(r: &SourceRound, json: bool) {
             ],
         );
     }
+}
+
+/// A progress bar for the round being sent, on stderr when it is a terminal (and the
+/// output is not JSON).
+fn progress_bar(json: bool) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if json || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(1);
+    let style = indicatif::ProgressStyle::with_template("{msg:>14} [{bar:40}] {pos}/{len} pages")
+        .ok()?
+        .progress_chars("=> ");
+    bar.set_style(style);
+    Some(bar)
 }
 
 #[cfg(test)]
