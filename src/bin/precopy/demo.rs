@@ -2,9 +2,7 @@
 //! dirty real memory while the source engine sends it over loopback TCP to a
 //! destination thread, which applies it and verifies the final digest.
 
-use std::net::{TcpListener, TcpStream};
-
-use precopy::runtime::{receive, Limits, SourceLink};
+use std::net::TcpListener;
 
 use crate::migrate::{self, MigrationArgs};
 
@@ -31,29 +29,8 @@ pub fn run(args: &Args) -> Result<bool, String> {
         );
     }
     migrate::print_table_header(args.json);
-    let limits = Limits {
-        max_memory: source.layout.total_bytes(),
-        expect: Some(source.layout),
-    };
-    let destination = std::thread::spawn(move || -> Result<(), String> {
-        let (stream, peer) = listener
-            .accept()
-            .map_err(|e| format!("accepting the source: {e}"))?;
-        let mut replies = &stream;
-        receive(&mut &stream, Some(&mut replies), &limits)
-            .map(drop)
-            .map_err(|e| format!("receiving from {peer}: {e}"))
-    });
-    let stream = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    let mut link = SourceLink::new(stream, addr.to_string());
-    let report = migrate::run_source(&mut source, args.writers, args.json, &mut link, |l| {
-        l.finish().map_err(|e| e.to_string())
-    });
-    drop(link);
-    let dest_result = destination
-        .join()
-        .map_err(|_| "the destination thread panicked".to_string())?;
+    let (report, dest_result) =
+        migrate::run_loopback(&mut source, listener, args.writers, args.json)?;
     report.print(args.json, "");
     if let Some(e) = &report.error {
         return Err(e.clone());

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod bench_bitmap;
 mod bench_codec;
+mod bench_pipeline;
 mod demo;
 mod migrate;
 mod page_mix;
@@ -43,6 +44,8 @@ enum BenchSuite {
     Bitmap(bench_bitmap::Args),
     /// Page codecs (zero check, LZ4, delta), against memcpy of the same pages.
     Codec(bench_codec::Args),
+    /// Whole migrations over loopback TCP (idle, once, continuous), against memcpy.
+    Pipeline(bench_pipeline::Args),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Bench { suite } => match suite {
             BenchSuite::Bitmap(args) => bench_bitmap::run(&args),
             BenchSuite::Codec(args) => bench_codec::run(&args),
+            BenchSuite::Pipeline(args) => bench_pipeline::run(&args),
         },
     };
     match result {

@@ -142,6 +142,8 @@ pub struct Source {
     pub workload: Workload,
     /// LZ4 choice: `auto`, `on` or `off`.
     pub compression: String,
+    /// Print no per-round rows (benchmarks).
+    pub quiet: bool,
 }
 
 impl MigrationArgs {
@@ -199,6 +201,7 @@ impl MigrationArgs {
             defer_redirtied: true,
         };
         Ok(Source {
+            quiet: false,
             compression: self.compression.clone(),
             guest,
             config,
@@ -364,7 +367,7 @@ pub fn run_source<T: Transport>(
             // Smaller pieces than 1 MiB let the compression choice follow the link.
             let mut out = vec![0u8; engine.min_buffer_len().max(256 << 10)];
             let mut adapt = CompressionChoice::new(&source.compression);
-            let bar = progress_bar(json);
+            let bar = progress_bar(json || source.quiet);
             engine.set_lz4(adapt.lz4());
             let result: Result<(), String> = loop {
                 let encode_start = now();
@@ -395,7 +398,8 @@ pub fn run_source<T: Transport>(
                     SourceEvent::RoundDone(r) => {
                         match &bar {
                             Some(bar) => bar.suspend(|| print_round(&r, json)),
-                            None => print_round(&r, json),
+                            None if !source.quiet => print_round(&r, json),
+                            None => {}
                         }
                         if let Decision::Continue { throttle_percent } = r.outcome.decision {
                             guest.set_throttle(throttle_percent);
@@ -412,7 +416,9 @@ pub fn run_source<T: Transport>(
                         if let Some(bar) = &bar {
                             bar.finish_and_clear();
                         }
-                        print_final(round, json);
+                        if !source.quiet {
+                            print_final(round, json);
+                        }
                         report.digest = Some(digest);
                         break verdict(link);
                     }
@@ -441,6 +447,43 @@ pub fn run_source<T: Transport>(
     report.writes = guest.writes();
     guest.stop();
     report
+}
+
+/// Runs `source` against a destination thread on `listener` (loopback TCP, the
+/// destination's memory sized like the source's): the source's report and the
+/// destination's verdict.
+pub fn run_loopback(
+    source: &mut Source,
+    listener: std::net::TcpListener,
+    writers: usize,
+    json: bool,
+) -> Result<(SourceReport, Result<(), String>), String> {
+    use precopy::runtime::{receive, Limits, SourceLink};
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let limits = Limits {
+        max_memory: source.layout.total_bytes(),
+        expect: Some(source.layout),
+    };
+    let destination = std::thread::spawn(move || -> Result<(), String> {
+        let (stream, peer) = listener
+            .accept()
+            .map_err(|e| format!("accepting the source: {e}"))?;
+        let mut replies = &stream;
+        receive(&mut &stream, Some(&mut replies), &limits)
+            .map(drop)
+            .map_err(|e| format!("receiving from {peer}: {e}"))
+    });
+    let stream = std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut link = SourceLink::new(stream, addr.to_string());
+    let report = run_source(source, writers, json, &mut link, |l| {
+        l.finish().map_err(|e| e.to_string())
+    });
+    drop(link);
+    let dest_result = destination
+        .join()
+        .map_err(|_| "the destination thread panicked".to_string())?;
+    Ok((report, dest_result))
 }
 
 fn print_final(round: precopy::engine::FinalRound, json: bool) {
