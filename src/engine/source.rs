@@ -141,7 +141,6 @@ pub struct SourceEngine<'b, W: Deref<Target = [AtomicU64]>> {
     round_wire_bytes: u64,
     round_deferred: u64,
     round_codecs_start: CodecStats,
-    digest: Option<u128>,
     /// The switchover and final round-begin frames are still to be emitted.
     announce_final: bool,
 }
@@ -187,7 +186,6 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
             round_planned: 0,
             round_wire_bytes: 0,
             round_deferred: 0,
-            digest: None,
             announce_final: false,
         })
     }
@@ -270,6 +268,8 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
                 what: "guest_paused called before the engine asked for a pause",
             });
         }
+        // The time is taken for symmetry with the other calls; the final round's
+        // duration is measured by the caller, who paused the guest.
         let _ = now_ns;
         self.bitmap.harvest_into(&mut self.set)?;
         self.start_round(self.scheduler.rounds(), true);
@@ -495,7 +495,6 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
                 },
                 &mut out[len..],
             )?;
-            self.digest = Some(digest);
             self.phase = Phase::Done;
             return Ok((
                 len,
