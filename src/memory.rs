@@ -62,6 +62,24 @@ pub trait PageMemory {
     /// Overwrites page `page` with `data` (exactly one page long).
     fn write_page(&mut self, page: u64, data: &[u8]) -> Result<(), MemoryError>;
 
+    /// Writes the XXH3-64 ([`crate::codec::base_hash`]) of each page of
+    /// `first..first + hashes.len()` into `hashes`, reading pages through `scratch`
+    /// (one page long). The default reads and hashes one page at a time; memory that
+    /// can share the work across threads overrides it (the end-to-end digest runs
+    /// with the guest paused, so its speed is downtime).
+    fn hash_pages(
+        &self,
+        first: u64,
+        hashes: &mut [u64],
+        scratch: &mut [u8],
+    ) -> Result<(), MemoryError> {
+        for (page, hash) in (first..).zip(hashes.iter_mut()) {
+            self.read_page(page, scratch)?;
+            *hash = crate::codec::base_hash(scratch);
+        }
+        Ok(())
+    }
+
     /// Makes pages `first..first + count` all zero. The default writes zero pages;
     /// memory that can tell a page is already zero skips it, so a destination of
     /// fresh anonymous memory never faults in the zero pages of an idle guest.
@@ -77,6 +95,24 @@ pub trait PageMemory {
             self.write_page(page, zero)?;
         }
         Ok(())
+    }
+}
+
+/// XXH3-64 of each `page_size` chunk of `bytes` into `hashes` (in parallel with `std`).
+#[cfg(feature = "alloc")]
+fn hash_chunks(bytes: &[u8], page_size: usize, hashes: &mut [u64]) {
+    #[cfg(feature = "std")]
+    {
+        use rayon::prelude::*;
+        bytes
+            .par_chunks(page_size)
+            .zip(hashes.par_iter_mut())
+            .with_min_len(64)
+            .for_each(|(page, hash)| *hash = crate::codec::base_hash(page));
+    }
+    #[cfg(not(feature = "std"))]
+    for (page, hash) in bytes.chunks_exact(page_size).zip(hashes.iter_mut()) {
+        *hash = crate::codec::base_hash(page);
     }
 }
 
@@ -160,6 +196,17 @@ impl PageMemory for VecMemory {
     fn write_page(&mut self, page: u64, data: &[u8]) -> Result<(), MemoryError> {
         let r = self.range(page, data.len())?;
         self.bytes[r].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn hash_pages(&self, first: u64, hashes: &mut [u64], _: &mut [u8]) -> Result<(), MemoryError> {
+        let last = first.saturating_add(hashes.len() as u64).saturating_sub(1);
+        if !hashes.is_empty() {
+            self.range(last, self.page_size)?;
+        }
+        let start = first as usize * self.page_size;
+        let bytes = &self.bytes[start..start + hashes.len() * self.page_size];
+        hash_chunks(bytes, self.page_size, hashes);
         Ok(())
     }
 
@@ -281,6 +328,26 @@ impl PageMemory for AtomicMemory {
 
     fn write_page(&mut self, page: u64, data: &[u8]) -> Result<(), MemoryError> {
         self.store_page(page, data)
+    }
+
+    #[cfg(feature = "std")]
+    fn hash_pages(&self, first: u64, hashes: &mut [u64], _: &mut [u8]) -> Result<(), MemoryError> {
+        use rayon::prelude::*;
+        if let Some(last) = (hashes.len() as u64).checked_sub(1) {
+            self.page_words(first.saturating_add(last), self.page_size)?;
+        }
+        hashes.par_chunks_mut(64).enumerate().for_each_init(
+            || alloc::vec![0u8; self.page_size],
+            |buf, (chunk, out)| {
+                let base = first + chunk as u64 * 64;
+                for (page, hash) in (base..).zip(out.iter_mut()) {
+                    // In range: the last page was checked above.
+                    let _ = self.read_page(page, buf);
+                    *hash = crate::codec::base_hash(buf);
+                }
+            },
+        );
+        Ok(())
     }
 }
 

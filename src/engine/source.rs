@@ -13,7 +13,7 @@ use crate::schedule::{
     Decision, DowntimeReport, Policy, RoundMeasurement, RoundOutcome, Scheduler,
 };
 use crate::wire::header::header_len;
-use crate::wire::{max_frame_len, Features, Frame, MemoryDigest, StreamHeader};
+use crate::wire::{max_frame_len, Features, Frame, StreamHeader};
 
 /// How a [`SourceEngine`] migrates.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -544,12 +544,7 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
     }
 
     fn digest_memory<M: PageMemory + ?Sized>(&mut self, memory: &M) -> Result<u128, EngineError> {
-        let mut digest = MemoryDigest::new();
-        for page in 0..self.bitmap.total_pages() {
-            memory.read_page(page, &mut self.page_buf)?;
-            digest.update(&self.page_buf);
-        }
-        Ok(digest.finish())
+        Ok(crate::wire::digest_memory(memory, &mut self.page_buf)?)
     }
 }
 

@@ -3,14 +3,14 @@
 use std::time::Instant;
 use std::vec;
 
-use crate::memory::PageMemory;
-use crate::wire::MemoryDigest;
+use crate::memory::{PageMemory, VecMemory};
 
 /// Estimated time, ns, for the end-to-end digest the final round computes over all of
 /// `memory` (once on the source, reading guest memory through [`PageMemory`], once on
 /// the destination, over its plain memory; both with the guest paused), extrapolated
-/// from digesting up to `sample_pages` pages now both ways. This is part of the
-/// downtime that is not the dirty pages: add it to the policy's
+/// from hashing up to `sample_pages` pages now both ways, the way the digest does
+/// ([`PageMemory::hash_pages`], in parallel where the memory supports it). This is
+/// part of the downtime that is not the dirty pages: add it to the policy's
 /// `non_memory_downtime_ns` so the prediction counts it.
 pub fn digest_downtime_ns<M: PageMemory + ?Sized>(memory: &M, sample_pages: u64) -> u64 {
     let total = memory.total_pages();
@@ -19,29 +19,22 @@ pub fn digest_downtime_ns<M: PageMemory + ?Sized>(memory: &M, sample_pages: u64)
     if sample == 0 {
         return 0;
     }
-    // Source side, as the engine does it: read each page into one buffer, hash it.
-    let mut buf = vec![0u8; page_size];
+    let mut scratch = vec![0u8; page_size];
+    let mut hashes = vec![0u64; sample as usize];
+    // Source side.
     let start = Instant::now();
-    let mut digest = MemoryDigest::new();
-    for page in 0..sample {
-        if memory.read_page(page, &mut buf).is_err() {
-            break;
-        }
-        digest.update(&buf);
+    if memory.hash_pages(0, &mut hashes, &mut scratch).is_err() {
+        return 0;
     }
-    core::hint::black_box(digest.finish());
     let source_ns = start.elapsed().as_nanos() as f64;
-    // Destination side: hash pages that are already plain (and mapped) memory.
-    let mut copy = vec![0u8; page_size * sample as usize];
-    for (page, chunk) in (0..sample).zip(copy.chunks_exact_mut(page_size)) {
-        let _ = memory.read_page(page, chunk);
+    // Destination side: the same pages as plain (and mapped) memory.
+    let mut copy = VecMemory::new(page_size, sample);
+    for page in 0..sample {
+        let _ = memory.read_page(page, &mut scratch);
+        let _ = copy.write_page(page, &scratch);
     }
     let start = Instant::now();
-    let mut digest = MemoryDigest::new();
-    for chunk in copy.chunks_exact(page_size) {
-        digest.update(chunk);
-    }
-    core::hint::black_box(digest.finish());
+    let _ = copy.hash_pages(0, &mut hashes, &mut scratch);
     let destination_ns = start.elapsed().as_nanos() as f64;
     ((source_ns + destination_ns) * total as f64 / sample as f64) as u64
 }

@@ -4,8 +4,11 @@ use xxhash_rust::xxh3::Xxh3;
 
 use crate::memory::{MemoryError, PageMemory};
 
-/// XXH3-128 over every page of guest memory in page order. Feed pages in order with
-/// [`update`](Self::update); the source and the destination must agree on the result.
+/// The digest of guest memory: XXH3-128 over the XXH3-64 of every page, in page order
+/// (little-endian). Hashing pages one by one lets memory hash them in parallel
+/// ([`PageMemory::hash_pages`]) while the result stays the same. Feed pages in order
+/// with [`update`](Self::update), or their hashes with [`update_hash`](Self::update_hash);
+/// the source and the destination must agree on the result.
 ///
 /// ```
 /// use precopy::wire::MemoryDigest;
@@ -42,7 +45,12 @@ impl MemoryDigest {
 
     /// Adds the next page.
     pub fn update(&mut self, page: &[u8]) {
-        self.hasher.update(page);
+        self.update_hash(crate::codec::base_hash(page));
+    }
+
+    /// Adds the next page by its XXH3-64 ([`crate::codec::base_hash`]).
+    pub fn update_hash(&mut self, page_hash: u64) {
+        self.hasher.update(&page_hash.to_le_bytes());
     }
 
     /// The digest of the pages added.
@@ -51,15 +59,22 @@ impl MemoryDigest {
     }
 }
 
-/// The digest of all of `memory`, reading each page into `scratch` (one page long).
+/// The digest of all of `memory`, its pages hashed in batches by
+/// [`PageMemory::hash_pages`] (`scratch`, one page long, for memories that read pages
+/// out one by one).
 pub fn digest_memory<M: PageMemory + ?Sized>(
     memory: &M,
     scratch: &mut [u8],
 ) -> Result<u128, MemoryError> {
     let mut digest = MemoryDigest::new();
-    for page in 0..memory.total_pages() {
-        memory.read_page(page, scratch)?;
-        digest.update(scratch);
+    let mut hashes = [0u64; 1024];
+    let total = memory.total_pages();
+    let mut first = 0;
+    while first < total {
+        let n = (total - first).min(hashes.len() as u64) as usize;
+        memory.hash_pages(first, &mut hashes[..n], scratch)?;
+        hashes[..n].iter().for_each(|&h| digest.update_hash(h));
+        first += n as u64;
     }
     Ok(digest.finish())
 }

@@ -10,7 +10,7 @@
 //! kind 5 round begin round (u32), pages planned (u64)
 //! kind 6 round end   round (u32), pages carried by the round's frames (u64)
 //! kind 7 switchover  pages still to send (u64)
-//! kind 8 complete    total pages (u64), digest of guest memory (u128, XXH3-128)
+//! kind 8 complete    total pages (u64), digest of guest memory (u128, XXH3-128 over per-page XXH3-64)
 //! ```
 //! Integers are little-endian. Body lengths are bounded by the header's page size, so
 //! a frame never needs more than [`max_frame_len`] bytes of buffer.
@@ -190,7 +190,8 @@ pub enum Frame<'a> {
     Complete {
         /// Pages in guest memory.
         total_pages: u64,
-        /// XXH3-128 of all guest memory in page order.
+        /// [`MemoryDigest`](super::MemoryDigest) of all guest memory: XXH3-128 over the
+        /// XXH3-64 of each page, in page order.
         digest: u128,
     },
 }

@@ -5,7 +5,7 @@
 //! and [`frame`]). Every header and frame carries its length and a CRC-32 (IEEE,
 //! which catches every single-bit error and every burst up to 32 bits); lengths are
 //! bounded by the header's page size and checked before anything is buffered. Guest
-//! memory as a whole is summed up by [`MemoryDigest`] (XXH3-128) in the completion
+//! memory as a whole is summed up by [`MemoryDigest`] (XXH3-128 over per-page XXH3-64) in the completion
 //! frame; a delta frame names its base by XXH3-64 ([`crate::codec::base_hash`]).
 //!
 //! Encoding writes into caller buffers ([`StreamHeader::emit`], [`Frame::emit`]);
