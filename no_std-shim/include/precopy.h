@@ -235,7 +235,7 @@ typedef struct precopy_policy {
     uint32_t throttle_max_percent;   /* <= 99 */
     uint32_t ramp_enabled;           /* 0 or 1: raise the limit when not converging */
     uint32_t ramp_after_rounds;      /* rounds at the base limit first */
-    uint32_t reserved;               /* must be 0 */
+    uint32_t min_rounds;             /* fewest live rounds before switching on the downtime rule (2); 0/1 = none */
     uint64_t ramp_step_ns;           /* added per round after that */
     uint64_t ramp_max_ns;            /* ceiling, >= downtime_limit_ns */
 } precopy_policy_t;

@@ -105,8 +105,9 @@ pub struct PrecopyPolicy {
     pub ramp_enabled: u32,
     /// Rounds at the base limit before the ramp starts.
     pub ramp_after_rounds: u32,
-    /// Must be zero.
-    pub reserved: u32,
+    /// Fewest live rounds before a switchover on the downtime rule (default 2: the
+    /// bulk round says little about the final one's rates; 0 or 1: none).
+    pub min_rounds: u32,
     /// Added to the limit each round after `ramp_after_rounds`, ns.
     pub ramp_step_ns: u64,
     /// The ramped limit never rises above this, ns (at least `downtime_limit_ns`).
@@ -235,7 +236,7 @@ impl From<Policy> for PrecopyPolicy {
             throttle_max_percent: u32::from(t.max_percent),
             ramp_enabled: u32::from(p.ramp.is_some()),
             ramp_after_rounds: r.after_rounds,
-            reserved: 0,
+            min_rounds: p.min_rounds,
             ramp_step_ns: r.step_ns,
             ramp_max_ns: r.max_ns,
         }
@@ -301,13 +302,6 @@ fn percent(v: u32, field: &'static str) -> Result<u8, PolicyFault> {
 
 /// The core policy a C policy stands for, validated.
 fn to_policy(c: &PrecopyPolicy) -> Result<Policy, PolicyFault> {
-    if c.reserved != 0 {
-        return Err(PolicyFault::Field {
-            code: PRECOPY_ERR_BAD_ARGUMENT,
-            field: "reserved",
-            reason: "must be zero",
-        });
-    }
     let on_limit = match c.on_limit {
         PRECOPY_ON_LIMIT_FAIL => OnLimit::Fail,
         PRECOPY_ON_LIMIT_SWITCH_OVER => OnLimit::SwitchOver,
@@ -341,6 +335,7 @@ fn to_policy(c: &PrecopyPolicy) -> Result<Policy, PolicyFault> {
         switchover_bandwidth: nonzero(c.switchover_bandwidth),
         bandwidth_cap: nonzero(c.bandwidth_cap),
         switch_below_pages: c.switch_below_pages,
+        min_rounds: c.min_rounds,
         max_rounds: c.max_rounds,
         max_bytes_ratio: nonzero(c.max_bytes_ratio),
         timeout_ns: nonzero(c.timeout_ns),

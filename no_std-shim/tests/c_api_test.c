@@ -513,7 +513,7 @@ static void test_policy(void) {
     CHECK(p.throttle_enabled == 1 && p.throttle_initial_percent == 20 &&
           p.throttle_step_percent == 10 && p.throttle_max_percent == 99 &&
           p.throttle_trigger_rounds == 2 && p.throttle_threshold == 0.5);
-    CHECK(p.ramp_enabled == 0 && p.reserved == 0);
+    CHECK(p.ramp_enabled == 0 && p.min_rounds == 2);
     CHECK_RC(precopy_policy_default(NULL), PRECOPY_ERR_NULL);
 
     OK(precopy_policy_preset(&p, PRECOPY_POLICY_QEMU));
@@ -554,8 +554,8 @@ static void test_policy(void) {
     q.throttle_enabled = 2;
     CHECK_RC(precopy_policy_validate(&q, NULL, NULL), PRECOPY_ERR_BAD_ARGUMENT);
     q = p;
-    q.reserved = 1;
-    CHECK_RC(precopy_policy_validate(&q, NULL, NULL), PRECOPY_ERR_BAD_ARGUMENT);
+    q.min_rounds = 0; /* no minimum: valid */
+    CHECK_RC(precopy_policy_validate(&q, NULL, NULL), PRECOPY_OK);
     q = p;
     q.max_rounds = 0;
     CHECK_RC(precopy_policy_validate(&q, NULL, NULL), PRECOPY_ERR_BAD_POLICY);

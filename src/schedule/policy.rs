@@ -71,6 +71,10 @@ pub struct Policy {
     /// Switch over as soon as no more than this many pages are dirty, whatever the
     /// prediction (Xen: 50; default 0 = off).
     pub switch_below_pages: u64,
+    /// Fewest live rounds before a switchover on the downtime rule (default 2: the
+    /// bulk round, mostly zero pages, says little about the rates of the final one).
+    /// `max_rounds` wins where the two disagree.
+    pub min_rounds: u32,
     /// Most rounds, counting the bulk round (default 30).
     pub max_rounds: u32,
     /// Most bytes on the wire, as a multiple of guest memory (default 3.0, as Xen).
@@ -95,6 +99,7 @@ impl Default for Policy {
             switchover_bandwidth: None,
             bandwidth_cap: None,
             switch_below_pages: 0,
+            min_rounds: 2,
             max_rounds: 30,
             max_bytes_ratio: Some(3.0),
             timeout_ns: None,
@@ -112,6 +117,7 @@ impl Policy {
     pub fn qemu() -> Self {
         Policy {
             non_memory_downtime_ns: 0,
+            min_rounds: 1,
             max_rounds: u32::MAX,
             max_bytes_ratio: None,
             throttle: None,
@@ -123,6 +129,7 @@ impl Policy {
     pub fn xen() -> Self {
         Policy {
             switch_below_pages: 50,
+            min_rounds: 1,
             max_rounds: 5,
             max_bytes_ratio: None,
             on_limit: OnLimit::SwitchOver,
@@ -135,6 +142,7 @@ impl Policy {
     pub fn xen_legacy() -> Self {
         Policy {
             switch_below_pages: 50,
+            min_rounds: 1,
             max_rounds: 30,
             max_bytes_ratio: Some(3.0),
             on_limit: OnLimit::SwitchOver,
@@ -146,6 +154,7 @@ impl Policy {
     /// cloud-hypervisor: a timeout, then cancel (`switch_over = false`) or switch over.
     pub fn cloud_hypervisor(timeout_ns: u64, switch_over: bool) -> Self {
         Policy {
+            min_rounds: 1,
             max_rounds: u32::MAX,
             max_bytes_ratio: None,
             timeout_ns: Some(timeout_ns),

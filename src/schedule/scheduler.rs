@@ -284,7 +284,8 @@ impl Scheduler {
                 reason: SwitchReason::FewDirtyPages,
             };
         }
-        if predicted <= limit {
+        let rounds_done = self.rounds >= p.min_rounds.min(p.max_rounds) || m.dirty_pages == 0;
+        if predicted <= limit && rounds_done {
             return Decision::SwitchOver {
                 predicted_downtime_ns: predicted,
                 reason: SwitchReason::DowntimeMet,
