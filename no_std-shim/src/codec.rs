@@ -14,10 +14,9 @@ use core_precopy::codec::{
 };
 
 use crate::error::{
-    codec_code, status, PRECOPY_ERR_BAD_ARGUMENT, PRECOPY_ERR_BAD_LENGTH,
-    PRECOPY_ERR_BUFFER_TOO_SMALL, PRECOPY_OK,
+    codec_code, status, PRECOPY_ERR_BAD_ARGUMENT, PRECOPY_ERR_BAD_LENGTH, PRECOPY_OK,
 };
-use crate::ffi::{as_mut, as_slice, as_slice_mut, assert_fits, Blob};
+use crate::ffi::{as_mut, as_slice, as_slice_mut, assert_fits, out_buffer, Blob};
 
 /// Smallest page size the codecs and the stream format accept.
 pub const PRECOPY_MIN_PAGE_SIZE: usize = 512;
@@ -167,13 +166,8 @@ pub unsafe extern "C" fn precopy_lz4_compress(
                 as_mut(out_len)?,
             )
         };
-        let needed = lz4_max_output_len(page.len());
-        if *out_len < needed {
-            *out_len = needed;
-            return Err(PRECOPY_ERR_BUFFER_TOO_SMALL);
-        }
         // SAFETY: per this function's contract.
-        let out = unsafe { as_slice_mut(out, *out_len) }?;
+        let out = unsafe { out_buffer(out, out_len, lz4_max_output_len(page.len())) }?;
         *out_len = lz4.compress(page, out).map_err(codec_code)?;
         Ok(())
     })())

@@ -92,6 +92,25 @@ pub(crate) unsafe fn as_slice_mut<'a, T>(ptr: *mut T, len: usize) -> Result<&'a 
     Ok(unsafe { core::slice::from_raw_parts_mut(ptr, len) })
 }
 
+/// The caller's output buffer of `*out_len` bytes at `out`, once it holds `needed`
+/// bytes; otherwise `*out_len` gets `needed` and the call fails with
+/// `PRECOPY_ERR_BUFFER_TOO_SMALL`, so the caller can retry with that size.
+///
+/// # Safety
+/// `out` points at `*out_len` writable bytes, valid and unaliased for `'a`.
+pub(crate) unsafe fn out_buffer<'a>(
+    out: *mut u8,
+    out_len: &mut usize,
+    needed: usize,
+) -> Result<&'a mut [u8], c_int> {
+    if *out_len < needed {
+        *out_len = needed;
+        return Err(PRECOPY_ERR_BUFFER_TOO_SMALL);
+    }
+    // SAFETY: per this function's contract.
+    unsafe { as_slice_mut(out, *out_len) }
+}
+
 /// Writes `value` through an optional output pointer (NULL: not wanted).
 ///
 /// # Safety

@@ -21,7 +21,9 @@ use crate::error::{
     PRECOPY_ERR_BAD_PAGE_SIZE, PRECOPY_ERR_BUFFER_TOO_SMALL, PRECOPY_ERR_TOO_MANY_REGIONS,
     PRECOPY_ERR_TRUNCATED, PRECOPY_MORE, PRECOPY_OK,
 };
-use crate::ffi::{as_mut, as_ref, as_slice, as_slice_mut, assert_fits, write_message, Blob};
+use crate::ffi::{
+    as_mut, as_ref, as_slice, as_slice_mut, assert_fits, out_buffer, write_message, Blob,
+};
 
 /// Bytes of a frame header; a frame is at most this plus 16 plus a page.
 pub const PRECOPY_FRAME_HEADER_LEN: usize = 12;
@@ -185,13 +187,8 @@ pub unsafe extern "C" fn precopy_stream_header_encode(
             session_id: h.session_id,
             layout,
         };
-        let needed = header.encoded_len();
-        if *out_len < needed {
-            *out_len = needed;
-            return Err(PRECOPY_ERR_BUFFER_TOO_SMALL);
-        }
         // SAFETY: per this function's contract.
-        let out = unsafe { as_slice_mut(out, *out_len) }?;
+        let out = unsafe { out_buffer(out, out_len, header.encoded_len()) }?;
         *out_len = header.emit(out).map_err(wire_code)?;
         Ok(())
     })())
@@ -384,13 +381,8 @@ pub unsafe extern "C" fn precopy_frame_encode(
         if !(min..=max).contains(&body) {
             return Err(PRECOPY_ERR_BAD_LENGTH);
         }
-        let needed = f.encoded_len();
-        if *out_len < needed {
-            *out_len = needed;
-            return Err(PRECOPY_ERR_BUFFER_TOO_SMALL);
-        }
         // SAFETY: per this function's contract.
-        let out = unsafe { as_slice_mut(out, *out_len) }?;
+        let out = unsafe { out_buffer(out, out_len, f.encoded_len()) }?;
         *out_len = f.emit(page_size, out).map_err(wire_code)?;
         Ok(())
     })())

@@ -179,14 +179,9 @@ impl<M: PageMemory> Applier<M, alloc::vec::Vec<u8>, alloc::vec::Vec<u8>> {
         let page_size = memory.page_size();
         let frame_buf = alloc::vec![0; crate::wire::decoder_buffer_len(page_size)];
         let page_buf = alloc::vec![0; page_size];
-        Applier {
-            memory,
-            decoder: Decoder::new(frame_buf),
-            page_buf,
-            stats: ApplyStats::default(),
-            complete: false,
-            digest: None,
-            failed: None,
+        match Self::new(memory, frame_buf, page_buf) {
+            Ok(applier) => applier,
+            Err(_) => unreachable!("a page buffer of the page size is large enough"),
         }
     }
 }
