@@ -55,9 +55,8 @@ fn engine_round(c: &mut Criterion) {
     let mut source = SourceEngine::new(&bitmap, config, 0).unwrap();
     let mut out = vec![0u8; 1 << 22];
     let mut now = 0;
-    // Run the bulk round once.
-    bitmap.mark_page_range(0..PAGES).unwrap();
-    loop {
+    // Polls until the round in progress is done.
+    let mut finish_round = move |source: &mut SourceEngine<'_, _>| loop {
         now += 1_000;
         let t = source
             .poll_transmit(&FreeZeroMemory, now, &mut out)
@@ -65,21 +64,16 @@ fn engine_round(c: &mut Criterion) {
         if matches!(t.event, SourceEvent::RoundDone(_)) {
             break;
         }
-    }
+    };
+    // Run the bulk round once.
+    bitmap.mark_page_range(0..PAGES).unwrap();
+    finish_round(&mut source);
     let mut g = c.benchmark_group("engine_round");
     g.throughput(Throughput::Elements(PAGES));
     g.bench_function("per_page", |b| {
         b.iter_batched(
             || bitmap.mark_page_range(0..PAGES).unwrap(),
-            |()| loop {
-                now += 1_000;
-                let t = source
-                    .poll_transmit(&FreeZeroMemory, now, &mut out)
-                    .unwrap();
-                if matches!(t.event, SourceEvent::RoundDone(_)) {
-                    break;
-                }
-            },
+            |()| finish_round(&mut source),
             BatchSize::PerIteration,
         )
     });

@@ -60,8 +60,8 @@ unsafe impl Blob for PrecopyLz4 {
     const MAGIC: u64 = u64::from_le_bytes(*b"pcLZ4CMP");
 }
 
-/// Converts a C page size, checking it is supported.
-fn supported(size: usize) -> Result<usize, c_int> {
+/// Converts a C page size, checking that the codecs and the stream format support it.
+pub(crate) fn supported(size: usize) -> Result<usize, c_int> {
     check_page_size(size).map_err(codec_code)?;
     Ok(size)
 }

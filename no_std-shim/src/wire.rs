@@ -16,10 +16,11 @@ use core_precopy::wire::{
 };
 
 use crate::bitmap::{PrecopyRegion, PRECOPY_MAX_REGIONS};
+use crate::codec::supported;
 use crate::error::{
     bitmap_code, status, wire_code, PRECOPY_ERR_BAD_ARGUMENT, PRECOPY_ERR_BAD_LENGTH,
-    PRECOPY_ERR_BAD_PAGE_SIZE, PRECOPY_ERR_BUFFER_TOO_SMALL, PRECOPY_ERR_TOO_MANY_REGIONS,
-    PRECOPY_ERR_TRUNCATED, PRECOPY_MORE, PRECOPY_OK,
+    PRECOPY_ERR_BUFFER_TOO_SMALL, PRECOPY_ERR_TOO_MANY_REGIONS, PRECOPY_ERR_TRUNCATED,
+    PRECOPY_MORE, PRECOPY_OK,
 };
 use crate::ffi::{
     as_mut, as_ref, as_slice, as_slice_mut, assert_fits, out_buffer, write_message, Blob,
@@ -110,7 +111,8 @@ pub struct PrecopyFrame {
     pub data_len: usize,
 }
 
-/// Storage for a running memory digest (XXH3-128 over every page in page order):
+/// Storage for a running memory digest (XXH3-128 over the XXH3-64 of every page, in
+/// page order):
 /// opaque, **64-byte aligned** (as `precopy_lz4_t`), valid after `precopy_digest_init`.
 #[repr(C, align(64))]
 pub struct PrecopyDigest {
@@ -126,12 +128,6 @@ unsafe impl Blob for PrecopyDigest {
     const MAGIC: u64 = u64::from_le_bytes(*b"pcDIGEST");
 }
 
-/// Checks a C page size against what the stream format supports.
-fn page_size_of(size: usize) -> Result<usize, c_int> {
-    core_precopy::codec::check_page_size(size).map_err(|_| PRECOPY_ERR_BAD_PAGE_SIZE)?;
-    Ok(size)
-}
-
 /// Sets `*len_out` to the longest frame for pages of `page_size` bytes: the buffer
 /// that holds any frame of such a stream.
 ///
@@ -142,7 +138,7 @@ pub unsafe extern "C" fn precopy_frame_max_len(page_size: usize, len_out: *mut u
     status((|| {
         // SAFETY: per this function's contract.
         let out = unsafe { as_mut(len_out) }?;
-        *out = max_frame_len(page_size_of(page_size)?);
+        *out = max_frame_len(supported(page_size)?);
         Ok(())
     })())
 }
@@ -176,7 +172,7 @@ pub unsafe extern "C" fn precopy_stream_header_encode(
         if n > MAX_REGIONS {
             return Err(PRECOPY_ERR_TOO_MANY_REGIONS);
         }
-        let page_size = page_size_of(h.page_size as usize)?;
+        let page_size = supported(h.page_size as usize)?;
         let mut ranges = [(0u64, 0u64); MAX_REGIONS];
         for (dst, r) in ranges.iter_mut().zip(&h.regions[..n]) {
             *dst = (r.guest_addr, r.len);
@@ -294,18 +290,24 @@ unsafe fn frame<'a>(f: &PrecopyFrame) -> Result<Frame<'a>, c_int> {
     })
 }
 
+/// A C frame with every field zero (no frame).
+const NO_FRAME: PrecopyFrame = PrecopyFrame {
+    kind: 0,
+    round: 0,
+    page: 0,
+    pages: 0,
+    base_hash: 0,
+    digest_lo: 0,
+    digest_hi: 0,
+    data: core::ptr::null(),
+    data_len: 0,
+};
+
 /// The C frame for a core frame.
 fn c_frame(f: &Frame<'_>) -> PrecopyFrame {
     let mut c = PrecopyFrame {
         kind: f.kind() as u32,
-        round: 0,
-        page: 0,
-        pages: 0,
-        base_hash: 0,
-        digest_lo: 0,
-        digest_hi: 0,
-        data: core::ptr::null(),
-        data_len: 0,
+        ..NO_FRAME
     };
     let mut set_data = |d: &[u8]| {
         c.data = d.as_ptr();
@@ -373,7 +375,7 @@ pub unsafe extern "C" fn precopy_frame_encode(
     status((|| {
         // SAFETY: per this function's contract.
         let (f, out_len) = unsafe { (as_ref(frame)?, as_mut(out_len)?) };
-        let page_size = page_size_of(page_size)?;
+        let page_size = supported(page_size)?;
         // SAFETY: per this function's contract.
         let f = unsafe { self::frame(f) }?;
         let (min, max) = f.kind().body_len_range(page_size);
@@ -408,7 +410,7 @@ pub unsafe extern "C" fn precopy_frame_decode(
         // SAFETY: per this function's contract.
         let (bytes, out, consumed) =
             unsafe { (as_slice(bytes, len)?, as_mut(frame)?, as_mut(consumed)?) };
-        let page_size = page_size_of(page_size)?;
+        let page_size = supported(page_size)?;
         let f = Frame::parse(bytes, page_size).map_err(|e| {
             if let WireErrorKind::Truncated { need, .. } = e {
                 *consumed = need;
@@ -522,7 +524,7 @@ pub unsafe extern "C" fn precopy_decoder_buffer_len(
     status((|| {
         // SAFETY: per this function's contract.
         let out = unsafe { as_mut(len_out) }?;
-        *out = decoder_buffer_len(page_size_of(max_page_size)?);
+        *out = decoder_buffer_len(supported(max_page_size)?);
         Ok(())
     })())
 }
@@ -609,17 +611,7 @@ pub unsafe extern "C" fn precopy_decoder_next(
                 PRECOPY_EVENT_HEADER
             },
             reserved: 0,
-            frame: frame.unwrap_or(PrecopyFrame {
-                kind: 0,
-                round: 0,
-                page: 0,
-                pages: 0,
-                base_hash: 0,
-                digest_lo: 0,
-                digest_hi: 0,
-                data: core::ptr::null(),
-                data_len: 0,
-            }),
+            frame: frame.unwrap_or(NO_FRAME),
         };
         Ok(PRECOPY_OK)
     })();

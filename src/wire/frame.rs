@@ -296,15 +296,7 @@ impl<'a> Frame<'a> {
         let (fixed, fixed_len) = self.fixed();
         let data = self.data();
         let body_len = fixed_len + data.len();
-        let (min, max) = self.kind().body_len_range(page_size);
-        if !(min..=max).contains(&body_len) {
-            return Err(WireErrorKind::BadFrameLength {
-                kind: self.kind() as u8,
-                len: body_len as u64,
-                min: min as u64,
-                max: max as u64,
-            });
-        }
+        check_body_len(self.kind(), body_len, page_size)?;
         let len = FRAME_HEADER_LEN + body_len;
         let got = out.len();
         let out = out
@@ -417,15 +409,7 @@ pub fn seal_page_frame(
     let (fixed, fixed_len) = frame.fixed();
     let data_len = if encoding == Encoding::Zero { 0 } else { len };
     let body_len = fixed_len + data_len;
-    let (min, max) = frame.kind().body_len_range(page_size);
-    if !(min..=max).contains(&body_len) {
-        return Err(WireErrorKind::BadFrameLength {
-            kind: frame.kind() as u8,
-            len: body_len as u64,
-            min: min as u64,
-            max: max as u64,
-        });
-    }
+    check_body_len(frame.kind(), body_len, page_size)?;
     let start = PAGE_PAYLOAD_OFFSET - fixed_len - FRAME_HEADER_LEN;
     let end = PAGE_PAYLOAD_OFFSET + data_len;
     let got = buf.len();
@@ -439,6 +423,21 @@ pub fn seal_page_frame(
     let crc = crc32(&[&out[..8], &out[FRAME_HEADER_LEN..]]);
     out[8..12].copy_from_slice(&crc.to_le_bytes());
     Ok(start..end)
+}
+
+/// Checks that a frame of `kind` may carry a body of `body_len` bytes for pages of
+/// `page_size` bytes (before anything is written).
+fn check_body_len(kind: FrameKind, body_len: usize, page_size: usize) -> Result<(), WireErrorKind> {
+    let (min, max) = kind.body_len_range(page_size);
+    if (min..=max).contains(&body_len) {
+        return Ok(());
+    }
+    Err(WireErrorKind::BadFrameLength {
+        kind: kind as u8,
+        len: body_len as u64,
+        min: min as u64,
+        max: max as u64,
+    })
 }
 
 #[cfg(test)]
