@@ -49,6 +49,7 @@ impl StreamBuilder {
             features: Features::ALL,
             session_id: *b"precopy-fuzzing!",
             layout,
+            stream: crate::wire::Shard::WHOLE,
         };
         let mut out = vec![0; MAX_HEADER_LEN];
         let n = header.emit(&mut out).expect("header fits");

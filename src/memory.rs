@@ -274,6 +274,27 @@ impl AtomicMemory {
         Ok(&self.words[start..start + per_page])
     }
 
+    /// Makes pages `first..first + count` zero through a shared reference, writing
+    /// only words that are not zero already: pages never written stay untouched (and,
+    /// in a fresh allocation, unbacked).
+    pub fn clear_pages(&self, first: u64, count: u64) -> Result<(), MemoryError> {
+        let total = self.total_pages();
+        if first.checked_add(count).is_none_or(|end| end > total) {
+            return Err(MemoryError::PageOutOfRange {
+                page: first.saturating_add(count).saturating_sub(1),
+                total,
+            });
+        }
+        let per_page = self.page_size / 8;
+        let start = first as usize * per_page;
+        for w in &self.words[start..start + count as usize * per_page] {
+            if w.load(core::sync::atomic::Ordering::Relaxed) != 0 {
+                w.store(0, core::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
     /// Overwrites page `page` from `data` through a shared reference (a guest write).
     pub fn store_page(&self, page: u64, data: &[u8]) -> Result<(), MemoryError> {
         let words = self.page_words(page, data.len())?;
@@ -330,6 +351,10 @@ impl PageMemory for AtomicMemory {
         self.store_page(page, data)
     }
 
+    fn zero_pages(&mut self, first: u64, count: u64) -> Result<(), MemoryError> {
+        self.clear_pages(first, count)
+    }
+
     #[cfg(feature = "std")]
     fn hash_pages(&self, first: u64, hashes: &mut [u64], _: &mut [u8]) -> Result<(), MemoryError> {
         use rayon::prelude::*;
@@ -351,6 +376,35 @@ impl PageMemory for AtomicMemory {
     }
 }
 
+/// Shared guest memory: the appliers of a multi-stream migration each write their own
+/// pages of one `AtomicMemory` through a `&AtomicMemory`, from their own threads.
+#[cfg(feature = "alloc")]
+impl PageMemory for &AtomicMemory {
+    fn page_size(&self) -> usize {
+        (**self).page_size()
+    }
+
+    fn total_pages(&self) -> u64 {
+        (**self).total_pages()
+    }
+
+    fn read_page(&self, page: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        (**self).read_page(page, buf)
+    }
+
+    fn write_page(&mut self, page: u64, data: &[u8]) -> Result<(), MemoryError> {
+        self.store_page(page, data)
+    }
+
+    fn hash_pages(&self, first: u64, hashes: &mut [u64], scratch: &mut [u8]) -> Result<(), MemoryError> {
+        (**self).hash_pages(first, hashes, scratch)
+    }
+
+    fn zero_pages(&mut self, first: u64, count: u64) -> Result<(), MemoryError> {
+        self.clear_pages(first, count)
+    }
+}
+
 #[cfg(all(test, feature = "alloc"))]
 mod tests {
     use super::*;
@@ -365,17 +419,24 @@ mod tests {
         assert_eq!(m.as_bytes()[3 * 512], 9, "outside the range");
         assert!(m.zero_pages(3, 2).is_err());
 
-        // The trait's default (AtomicMemory uses it) writes zero pages.
-        let mut a = AtomicMemory::new(512, 2);
+        // AtomicMemory clears only words that are not zero, also through a shared
+        // reference (a multi-stream destination) and for pages above 64 KiB.
+        let a = AtomicMemory::new(512, 3);
         a.store_word(1, 3, 42).unwrap();
-        a.zero_pages(0, 2).unwrap();
+        a.store_word(2, 0, 7).unwrap();
+        let mut shared = &a;
+        shared.zero_pages(0, 2).unwrap();
         let mut page = [1u8; 512];
         a.read_page(1, &mut page).unwrap();
         assert!(page.iter().all(|&b| b == 0));
+        a.read_page(2, &mut page).unwrap();
+        assert_eq!(page[0], 7, "outside the range");
+        assert!(shared.zero_pages(2, 2).is_err());
         let mut big = AtomicMemory::new(128 << 10, 1);
-        assert!(
-            big.zero_pages(0, 1).is_err(),
-            "pages above 64 KiB have no zero buffer"
-        );
+        big.store_word(0, 1000, 1).unwrap();
+        big.zero_pages(0, 1).unwrap();
+        let mut big_page = alloc::vec![1u8; 128 << 10];
+        big.read_page(0, &mut big_page).unwrap();
+        assert!(big_page.iter().all(|&b| b == 0));
     }
 }

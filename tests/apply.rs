@@ -16,6 +16,7 @@ fn header(pages: u64) -> StreamHeader {
         features: Features::ALL,
         session_id: [2; 16],
         layout: GuestLayout::flat(PAGE as u64, pages * PAGE as u64).unwrap(),
+        stream: precopy::wire::Shard::WHOLE,
     }
 }
 

@@ -354,7 +354,11 @@ fn newer_format_version_is_refused_over_tcp_and_from_a_file() {
     let (path, _) = stream_file(&dir);
     let mut stream = std::fs::read(&path).unwrap();
     stream[8..10].copy_from_slice(&9u16.to_le_bytes());
-    let needle = "stream format version 9 is newer than this precopy supports (1)";
+    let needle = format!(
+        "stream format version 9 is newer than this precopy supports ({})",
+        precopy::wire::FORMAT_VERSION
+    );
+    let needle = needle.as_str();
     let (recv, addr) = listening_recv(&[]);
     let reply = fake_source(&addr, &stream);
     assert!(refusal(&reply).contains(needle), "{reply:?}");

@@ -142,7 +142,7 @@ fn migrate(
                 source.guest_paused(now).unwrap();
             }
             SourceEvent::Complete { .. } => break,
-            SourceEvent::None | SourceEvent::RoundDone(_) => {}
+            SourceEvent::None | SourceEvent::RoundDone(_) | SourceEvent::RoundMeasured(_) => {}
         }
     }
     let rounds = source.scheduler().rounds();
@@ -370,7 +370,7 @@ fn a_page_that_returns_to_zero_and_back_is_never_sent_against_a_stale_base() {
                 source.guest_paused(now).unwrap();
             }
             SourceEvent::Complete { .. } => break,
-            SourceEvent::None => {}
+            SourceEvent::None | SourceEvent::RoundMeasured(_) => {}
         }
     }
     assert!(round > versions.len(), "only {round} rounds");

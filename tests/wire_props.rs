@@ -152,6 +152,7 @@ fn header() -> StreamHeader {
         features: Features::ALL,
         session_id: [1; 16],
         layout: GuestLayout::new(4096, &[(0, 1 << 20), (1 << 32, 1 << 20)]).unwrap(),
+        stream: precopy::wire::Shard::WHOLE,
     }
 }
 

@@ -159,7 +159,11 @@ pub(crate) fn codec_code(e: CodecError) -> c_int {
 pub(crate) fn wire_code(e: WireErrorKind) -> c_int {
     use WireErrorKind::*;
     match e {
-        BadMagic { .. } | ZeroVersion | BadHeaderLength { .. } | BadLayout(_) => {
+        BadMagic { .. }
+        | ZeroVersion
+        | BadHeaderLength { .. }
+        | BadLayout(_)
+        | BadStream { .. } => {
             PRECOPY_ERR_BAD_HEADER
         }
         BadPageSize { .. } => PRECOPY_ERR_BAD_PAGE_SIZE,
@@ -180,6 +184,7 @@ pub(crate) fn wire_code(e: WireErrorKind) -> c_int {
         | CompleteBeforeSwitchover
         | TotalPagesMismatch { .. }
         | TrailingData
+        | PageOnOtherStream { .. }
         | EndedBeforeCompletion => PRECOPY_ERR_STREAM,
     }
 }

@@ -5,7 +5,7 @@ use core::fmt;
 
 use crate::codec::{base_hash, delta_apply, lz4_decompress_page, CodecError};
 use crate::memory::{MemoryError, PageMemory};
-use crate::wire::{digest_memory, Decoder, Event, Frame, Location, WireError, WireErrorKind};
+use crate::wire::{digest_stream, Decoder, Shard, Event, Frame, Location, WireError, WireErrorKind};
 
 /// Why the destination stopped applying a stream. Guest memory is never written with
 /// bytes that failed a check: a failed page is left as it was.
@@ -303,7 +303,8 @@ where
                 Event::Frame(frame) => {
                     apply_frame(memory, page_buf, stats, frame, frame_no)?;
                     if let Frame::Complete { digest, .. } = frame {
-                        let computed = digest_memory(memory, page_buf).map_err(|error| {
+                        let shard = decoder.header().map_or(Shard::WHOLE, |h| h.stream);
+                        let computed = digest_stream(memory, shard, page_buf).map_err(|error| {
                             ApplyError::Memory {
                                 frame: frame_no,
                                 error,

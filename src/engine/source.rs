@@ -13,7 +13,7 @@ use crate::schedule::{
     Decision, DowntimeReport, Policy, RoundMeasurement, RoundOutcome, Scheduler,
 };
 use crate::wire::header::header_len;
-use crate::wire::{max_frame_len, Features, Frame, StreamHeader};
+use crate::wire::{max_frame_len, Features, Frame, Shard, StreamHeader, SHARD_CHUNK_PAGES};
 
 /// How a [`SourceEngine`] migrates.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -27,6 +27,13 @@ pub struct SourceConfig {
     /// Skip pages dirtied again after their harvest until the next round (Xen's idea):
     /// they would be stale by the time they land. On by default.
     pub defer_redirtied: bool,
+    /// Which pages this engine sends: [`Shard::WHOLE`] (the default) for a
+    /// single-stream migration, or one stream of several, each with its own engine.
+    pub stream: Shard,
+    /// The caller decides after each live round ([`SourceEvent::RoundMeasured`], then
+    /// [`SourceEngine::decide`]) instead of the engine's own scheduler: one scheduler
+    /// over all the streams of a multi-stream migration. Off by default.
+    pub external_decisions: bool,
 }
 
 impl SourceConfig {
@@ -37,8 +44,28 @@ impl SourceConfig {
             policy: Policy::default(),
             session_id: [0; 16],
             defer_redirtied: true,
+            stream: Shard::WHOLE,
+            external_decisions: false,
         }
     }
+}
+
+/// What one stream's live round did, for the caller that decides
+/// ([`SourceConfig::external_decisions`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StreamRound {
+    /// The round, counted from 0 like the stream's round frames.
+    pub round: u32,
+    /// Pages sent in it.
+    pub pages_sent: u64,
+    /// Bytes it put on the wire.
+    pub wire_bytes: u64,
+    /// Pages of this stream harvested dirty at its end.
+    pub dirty_pages: u64,
+    /// Per-codec counts for this round alone.
+    pub codecs: CodecStats,
+    /// Pages skipped because the guest dirtied them again before they were sent.
+    pub deferred_pages: u64,
 }
 
 /// What a round of the source did, for the per-round table.
@@ -59,6 +86,10 @@ pub enum SourceEvent {
     None,
     /// A live round ended (its frames are in the bytes returned); poll again.
     RoundDone(SourceRound),
+    /// With [`SourceConfig::external_decisions`]: a live round ended and this stream's
+    /// dirty pages were harvested. Nothing more is produced until
+    /// [`SourceEngine::decide`].
+    RoundMeasured(StreamRound),
     /// Pause the guest, then call [`SourceEngine::guest_paused`]. Nothing more is
     /// produced until then.
     PauseGuest {
@@ -109,6 +140,10 @@ enum Phase {
         fin: bool,
     },
     AwaitPause,
+    /// Live round `round` ended; the caller decides what follows.
+    AwaitDecision {
+        round: u32,
+    },
     Done,
     Failed,
 }
@@ -143,6 +178,10 @@ pub struct SourceEngine<'b, W: Deref<Target = [AtomicU64]>> {
     round_codecs_start: CodecStats,
     /// The switchover and final round-begin frames are still to be emitted.
     announce_final: bool,
+    /// The current round's begin frame is still to be emitted (after `decide`).
+    announce_round: bool,
+    /// The number of the round after the current one.
+    next_round: u32,
 }
 
 impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
@@ -169,7 +208,10 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
             now_ns,
         )?;
         let payload_len = encoder.max_payload_len();
-        bitmap.harvest();
+        let mut set = DirtySet::new(layout.total_pages());
+        // Only this stream's pages: the other streams' engines may already be sending.
+        harvest_stream(bitmap, config.stream, &mut set)?;
+        set.clear();
         Ok(SourceEngine {
             bitmap,
             config,
@@ -177,7 +219,7 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
             encoder,
             scheduler,
             phase: Phase::Header,
-            set: DirtySet::new(layout.total_pages()),
+            set,
             cursor: 0,
             zero_run: None,
             page_buf: vec![0; page_size],
@@ -187,6 +229,8 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
             round_wire_bytes: 0,
             round_deferred: 0,
             announce_final: false,
+            announce_round: false,
+            next_round: 1,
         })
     }
 
@@ -271,9 +315,34 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
         // The time is taken for symmetry with the other calls; the final round's
         // duration is measured by the caller, who paused the guest.
         let _ = now_ns;
-        self.bitmap.harvest_into(&mut self.set)?;
-        self.start_round(self.scheduler.rounds(), true);
+        harvest_stream(self.bitmap, self.config.stream, &mut self.set)?;
+        self.start_round(self.next_round, true);
         self.announce_final = true;
+        Ok(())
+    }
+
+    /// After [`SourceEvent::RoundMeasured`] (with
+    /// [`SourceConfig::external_decisions`]): what follows the round, decided by the
+    /// caller's scheduler over all streams. `Continue` starts the next live round,
+    /// `SwitchOver` makes the next poll ask for the pause, `Fail` ends the migration
+    /// (pages harvested but not sent go back into the bitmap) and returns the error.
+    pub fn decide(&mut self, decision: Decision) -> Result<(), EngineError> {
+        let Phase::AwaitDecision { round } = self.phase else {
+            return Err(EngineError::OutOfOrder {
+                what: "decide called while no round awaits a decision",
+            });
+        };
+        match decision {
+            Decision::Continue { .. } => {
+                self.start_round(round + 1, false);
+                self.announce_round = true;
+            }
+            Decision::SwitchOver { .. } => self.phase = Phase::AwaitPause,
+            Decision::Fail(e) => {
+                self.fail();
+                return Err(EngineError::Schedule(e));
+            }
+        }
         Ok(())
     }
 
@@ -314,13 +383,14 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
                         features: Features::ALL,
                         session_id: self.config.session_id,
                         layout: *self.bitmap.layout(),
+                        stream: self.config.stream,
                     };
                     len += header.emit(&mut out[len..]).map_err(EngineError::Emit)?;
                     self.start_round(0, false);
                     len += self.emit(
                         Frame::RoundBegin {
                             round: 0,
-                            planned_pages: self.bitmap.total_pages(),
+                            planned_pages: self.round_planned,
                         },
                         &mut out[len..],
                     )?;
@@ -332,6 +402,16 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
                             len,
                             event: SourceEvent::None,
                         });
+                    }
+                    if self.announce_round {
+                        self.announce_round = false;
+                        len += self.emit(
+                            Frame::RoundBegin {
+                                round,
+                                planned_pages: self.set.count(),
+                            },
+                            &mut out[len..],
+                        )?;
                     }
                     if self.announce_final {
                         self.announce_final = false;
@@ -365,7 +445,7 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
                         },
                     })
                 }
-                Phase::Done => {
+                Phase::Done | Phase::AwaitDecision { .. } => {
                     return Ok(Transmit {
                         len,
                         event: SourceEvent::None,
@@ -385,7 +465,7 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
         self.cursor = 0;
         self.round_pages = 0;
         self.round_planned = if round == 0 && !fin {
-            self.bitmap.total_pages()
+            self.config.stream.pages(self.bitmap.total_pages())
         } else {
             self.set.count()
         };
@@ -399,7 +479,7 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
     fn next_page(&mut self, round: u32, fin: bool) -> Option<u64> {
         let total = self.bitmap.total_pages();
         if round == 0 && !fin {
-            return (self.cursor < total).then_some(self.cursor);
+            return self.config.stream.next_owned(self.cursor, total);
         }
         loop {
             let page = next_set_bit(self.set.words(), self.cursor)?;
@@ -511,14 +591,31 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
             ));
         }
         self.set.clear();
-        self.bitmap.harvest_into(&mut self.set)?;
+        harvest_stream(self.bitmap, self.config.stream, &mut self.set)?;
+        // The whole new set is pending: a failure from here on restores all of it.
+        self.cursor = 0;
+        self.next_round = round + 1;
+        let deferred_pages = self.round_deferred;
+        if self.config.external_decisions {
+            self.phase = Phase::AwaitDecision { round };
+            return Ok((
+                len,
+                SourceEvent::RoundMeasured(StreamRound {
+                    round,
+                    pages_sent: self.round_pages,
+                    wire_bytes: self.round_wire_bytes,
+                    dirty_pages: self.set.count(),
+                    codecs,
+                    deferred_pages,
+                }),
+            ));
+        }
         let outcome = self.scheduler.round_done(RoundMeasurement {
             now_ns,
             pages_sent: self.round_pages,
             wire_bytes: self.round_wire_bytes,
             dirty_pages: self.set.count(),
         });
-        let deferred_pages = self.round_deferred;
         match outcome.decision {
             Decision::Continue { .. } => {
                 self.start_round(round + 1, false);
@@ -544,8 +641,35 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
     }
 
     fn digest_memory<M: PageMemory + ?Sized>(&mut self, memory: &M) -> Result<u128, EngineError> {
-        Ok(crate::wire::digest_memory(memory, &mut self.page_buf)?)
+        Ok(crate::wire::digest_stream(
+            memory,
+            self.config.stream,
+            &mut self.page_buf,
+        )?)
     }
+}
+
+/// Fetch-and-clear of `stream`'s pages of `bitmap`, ORed into `set`.
+fn harvest_stream<W: Deref<Target = [AtomicU64]>>(
+    bitmap: &AtomicDirtyBitmap<W>,
+    stream: Shard,
+    set: &mut DirtySet,
+) -> Result<u64, EngineError> {
+    if stream == Shard::WHOLE {
+        return Ok(bitmap.harvest_into(set)?);
+    }
+    let mut taken = 0;
+    let mut buf = [0u64; (SHARD_CHUNK_PAGES / 64) as usize];
+    for pages in stream.ranges(bitmap.total_pages()) {
+        // Chunks start on a word; the last one may end inside one.
+        let words = (pages.start / 64) as usize..pages.end.div_ceil(64) as usize;
+        let chunk = &mut buf[..words.len()];
+        taken += bitmap.harvest_words_into(words.clone(), chunk)?;
+        for (dst, src) in set.words_mut()[words].iter_mut().zip(chunk.iter()) {
+            *dst |= *src;
+        }
+    }
+    Ok(taken)
 }
 
 /// The first set bit at or after `from` in `words`.

@@ -522,6 +522,7 @@ mod tests {
             features: crate::wire::Features::ALL,
             session_id: [0; 16],
             layout: GuestLayout::flat(4096, len).unwrap(),
+            stream: crate::wire::Shard::WHOLE,
         };
         let limits = Limits {
             max_memory: 1 << 20,

@@ -56,6 +56,9 @@ impl Rules {
                         total,
                     });
                 }
+                if !header.stream.owns_range(first_page, count) {
+                    return Err(other_stream(first_page, header));
+                }
                 count
             }
             Frame::Raw { page, .. } | Frame::Lz4 { page, .. } | Frame::Delta { page, .. } => {
@@ -66,6 +69,9 @@ impl Rules {
                 }
                 if page >= total {
                     return Err(WireErrorKind::PageOutOfRange { page, total });
+                }
+                if !header.stream.owns(page) {
+                    return Err(other_stream(page, header));
                 }
                 1
             }
@@ -135,6 +141,22 @@ impl Rules {
     }
 }
 
+/// A page that travels on another stream: the first one not on this stream.
+fn other_stream(first: u64, header: &StreamHeader) -> WireErrorKind {
+    let s = header.stream;
+    let page = if s.owns(first) {
+        // A zero run that leaves its chunk: the first page past it.
+        (first / super::SHARD_CHUNK_PAGES + 1) * super::SHARD_CHUNK_PAGES
+    } else {
+        first
+    };
+    WireErrorKind::PageOnOtherStream {
+        page,
+        index: s.index(),
+        count: s.count(),
+    }
+}
+
 /// Decodes a stream fed in pieces split at any byte boundary.
 ///
 /// A frame that arrives whole in one piece is returned without copying; a frame split
@@ -150,6 +172,7 @@ impl Rules {
 ///     features: Features::ALL,
 ///     session_id: [7; 16],
 ///     layout: GuestLayout::flat(4096, 1 << 20).unwrap(),
+///     stream: precopy::wire::Shard::WHOLE,
 /// };
 /// let mut stream = vec![0u8; 4096];
 /// let mut n = header.emit(&mut stream).unwrap();

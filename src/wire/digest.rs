@@ -2,6 +2,7 @@
 
 use xxhash_rust::xxh3::Xxh3;
 
+use super::Shard;
 use crate::memory::{MemoryError, PageMemory};
 
 /// The digest of guest memory: XXH3-128 over the XXH3-64 of every page, in page order
@@ -66,15 +67,32 @@ pub fn digest_memory<M: PageMemory + ?Sized>(
     memory: &M,
     scratch: &mut [u8],
 ) -> Result<u128, MemoryError> {
+    digest_stream(memory, Shard::WHOLE, scratch)
+}
+
+/// The digest of the pages of `memory` that travel on stream `stream`, in page order
+/// (all of memory for [`Shard::WHOLE`]): what that stream's completion frame carries.
+pub fn digest_stream<M: PageMemory + ?Sized>(
+    memory: &M,
+    stream: Shard,
+    scratch: &mut [u8],
+) -> Result<u128, MemoryError> {
     let mut digest = MemoryDigest::new();
     let mut hashes = [0u64; 1024];
     let total = memory.total_pages();
-    let mut first = 0;
-    while first < total {
-        let n = (total - first).min(hashes.len() as u64) as usize;
-        memory.hash_pages(first, &mut hashes[..n], scratch)?;
-        hashes[..n].iter().for_each(|&h| digest.update_hash(h));
-        first += n as u64;
+    let ranges: &mut dyn Iterator<Item = core::ops::Range<u64>> = if stream == Shard::WHOLE {
+        &mut core::iter::once(0..total)
+    } else {
+        &mut stream.ranges(total)
+    };
+    for range in ranges {
+        let mut first = range.start;
+        while first < range.end {
+            let n = (range.end - first).min(hashes.len() as u64) as usize;
+            memory.hash_pages(first, &mut hashes[..n], scratch)?;
+            hashes[..n].iter().for_each(|&h| digest.update_hash(h));
+            first += n as u64;
+        }
     }
     Ok(digest.finish())
 }

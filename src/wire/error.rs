@@ -69,6 +69,23 @@ pub enum WireErrorKind {
     BadLayout(BitmapError),
     /// A reserved field is not zero.
     ReservedNotZero,
+    /// The header's stream index is not below its stream count (or the count is 0).
+    BadStream {
+        /// The stream index stated.
+        index: u8,
+        /// The stream count stated.
+        count: u8,
+    },
+    /// A page frame or zero run names a page that travels on another stream of a
+    /// multi-stream migration ([`Shard`](super::Shard)).
+    PageOnOtherStream {
+        /// The first such page.
+        page: u64,
+        /// This stream's index.
+        index: u8,
+        /// The migration's stream count.
+        count: u8,
+    },
     /// The stored checksum does not match the bytes.
     ChecksumMismatch {
         /// CRC-32 stored in the stream.
@@ -221,6 +238,15 @@ impl fmt::Display for WireErrorKind {
             ),
             BadLayout(e) => write!(f, "invalid guest layout: {e}"),
             ReservedNotZero => f.write_str("a reserved field is not zero (corrupt stream)"),
+            BadStream { index, count } => write!(
+                f,
+                "stream index {index} of {count} streams is impossible (corrupt stream)"
+            ),
+            PageOnOtherStream { page, index, count } => write!(
+                f,
+                "page {page} belongs to another stream than this one ({index} of {count}): \
+                 the stream is corrupt or the streams were crossed"
+            ),
             ChecksumMismatch { stored, computed } => write!(
                 f,
                 "checksum mismatch (stored {stored:#010x}, computed {computed:#010x}): \

@@ -10,7 +10,8 @@
 //!     16     4  page size (u32 LE)
 //!     20    16  session id
 //!     36     2  region count (u16 LE, 1..=64)
-//!     38     2  reserved, zero
+//!     38     1  stream index (format 2; 0 in format 1)
+//!     39     1  stream count, 1..=255 (format 2; 0 in format 1, meaning 1)
 //!     40  16xN  regions: guest address (u64 LE), pages (u64 LE)
 //!  40+16N    4  CRC-32 (IEEE) of all bytes before it
 //! ```
@@ -18,6 +19,7 @@
 use crate::bitmap::{GuestLayout, MAX_REGIONS};
 use crate::codec::check_page_size;
 
+use super::shard::Shard;
 use super::{crc32, get_u16, get_u32, get_u64, WireErrorKind, FORMAT_VERSION};
 
 /// The stream's first eight bytes.
@@ -107,6 +109,9 @@ pub struct StreamHeader {
     pub session_id: [u8; 16],
     /// Guest layout; also gives the page size.
     pub layout: GuestLayout,
+    /// Which stream of the migration this is, and so which pages it carries
+    /// ([`Shard::WHOLE`] for a single-stream migration).
+    pub stream: Shard,
 }
 
 impl StreamHeader {
@@ -152,9 +157,13 @@ impl StreamHeader {
         if header_len(count) != len {
             return Err(WireErrorKind::BadHeaderLength { len });
         }
-        if get_u16(bytes, 38) != 0 {
-            return Err(WireErrorKind::ReservedNotZero);
-        }
+        let stream = match (get_u16(bytes, 8), bytes[38], bytes[39]) {
+            (1, 0, 0) => Shard::WHOLE,
+            (1, _, _) => return Err(WireErrorKind::ReservedNotZero),
+            (_, index, count) => {
+                Shard::new(index, count).ok_or(WireErrorKind::BadStream { index, count })?
+            }
+        };
         let mut ranges = [(0u64, 0u64); MAX_REGIONS];
         for (i, range) in ranges.iter_mut().enumerate().take(count) {
             let at = HEADER_FIXED_LEN + i * REGION_LEN;
@@ -175,6 +184,7 @@ impl StreamHeader {
             features,
             session_id,
             layout,
+            stream,
         })
     }
 
@@ -196,7 +206,8 @@ impl StreamHeader {
         out[20..36].copy_from_slice(&self.session_id);
         let regions = self.layout.regions();
         out[36..38].copy_from_slice(&(regions.len() as u16).to_le_bytes());
-        out[38..40].fill(0);
+        out[38] = self.stream.index();
+        out[39] = self.stream.count();
         for (i, r) in regions.iter().enumerate() {
             let at = HEADER_FIXED_LEN + i * REGION_LEN;
             out[at..at + 8].copy_from_slice(&r.guest_addr.to_le_bytes());

@@ -20,7 +20,7 @@
 //! use precopy::codec::{EncoderConfig, PageEncoder};
 //! use precopy::engine::{Applier, Progress};
 //! use precopy::memory::{PageMemory, VecMemory};
-//! use precopy::wire::{digest_memory, Features, Frame, StreamHeader};
+//! use precopy::wire::{digest_memory, Features, Frame, Shard, StreamHeader};
 //!
 //! const PAGE: usize = 4096;
 //! let mut source = VecMemory::new(PAGE, 4);
@@ -29,6 +29,7 @@
 //!     features: Features::ALL,
 //!     session_id: [0; 16],
 //!     layout: GuestLayout::flat(PAGE as u64, 4 * PAGE as u64).unwrap(),
+//!     stream: Shard::WHOLE,
 //! };
 //!
 //! // Source: header, one round of all pages, switchover, completion.
@@ -63,18 +64,23 @@ mod digest;
 mod error;
 pub mod frame;
 pub mod header;
+mod shard;
 
 pub use decoder::{decoder_buffer_len, Decoder, Event};
-pub use digest::{digest_memory, MemoryDigest};
+pub use digest::{digest_memory, digest_stream, MemoryDigest};
 pub use error::{Location, WireError, WireErrorKind};
 pub use frame::{
     max_frame_len, seal_page_frame, Frame, FrameHeaderView, FrameKind, FRAME_HEADER_LEN,
     PAGE_PAYLOAD_OFFSET,
 };
+pub use shard::{Shard, MAX_STREAMS, SHARD_CHUNK_PAGES};
 pub use header::{Features, HeaderPrefix, StreamHeader, MAGIC, MAX_HEADER_LEN};
 
 /// The stream format version this precopy writes and the newest it reads.
-pub const FORMAT_VERSION: u16 = 1;
+///
+/// Version 2 added the stream index and count (multi-stream migrations); a version 1
+/// stream is still read, as the only stream of its migration.
+pub const FORMAT_VERSION: u16 = 2;
 
 /// CRC-32 (IEEE) of the concatenation of `parts`.
 fn crc32(parts: &[&[u8]]) -> u32 {

@@ -201,7 +201,7 @@ impl MigrationArgs {
             encoder,
             policy,
             session_id,
-            defer_redirtied: true,
+            ..SourceConfig::new(page_size)
         };
         Ok(Source {
             quiet: false,
@@ -425,7 +425,7 @@ pub fn run_source<T: Transport>(
                         report.digest = Some(digest);
                         break verdict(link);
                     }
-                    SourceEvent::None => {}
+                    SourceEvent::None | SourceEvent::RoundMeasured(_) => {}
                 }
             };
             report.rounds = engine.scheduler().rounds();
