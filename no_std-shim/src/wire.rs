@@ -182,7 +182,7 @@ pub unsafe extern "C" fn precopy_stream_header_encode(
             features: Features(h.features),
             session_id: h.session_id,
             layout,
-            stream: precopy::wire::Shard::WHOLE,
+            stream: core_precopy::wire::Shard::WHOLE,
         };
         // SAFETY: per this function's contract.
         let out = unsafe { out_buffer(out, out_len, header.encoded_len()) }?;
