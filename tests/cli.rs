@@ -556,7 +556,8 @@ fn destination_vanishing_before_the_verdict_resumes_the_paused_guest() {
         }
         decoder.offset()
     });
-    let (status, out, err) = send(&["--connect", &addr, "--json"]);
+    // One stream: the fake destination takes one connection.
+    let (status, out, err) = send(&["--connect", &addr, "--json", "--streams", "1"]);
     assert!(fake.join().unwrap() > 4096);
     assert_fails_with(
         status,
@@ -567,4 +568,81 @@ fn destination_vanishing_before_the_verdict_resumes_the_paused_guest() {
     // The guest was paused for the final round, and runs again.
     assert!(!s.contains("\"downtime_ms\":null"), "{s}");
     assert!(json_num(s, "writes_after_failure") > 0, "{s}");
+}
+
+#[test]
+fn three_streams_migrate_and_both_sides_agree_on_the_digest() {
+    let (recv, addr) = listening_recv(&[]);
+    let (status, out, err) = send(&["--connect", &addr, "--json", "--streams", "3"]);
+    assert!(status.success(), "send: {err}");
+    let (rstatus, rout, rerr) = recv.finish();
+    assert!(rstatus.success(), "recv: {rerr}");
+    let (s, r) = (summary(&out), summary(&rout));
+    assert_eq!(json_num(r, "streams"), 3, "{r}");
+    assert_eq!(json_str(s, "digest"), json_str(r, "digest"));
+    assert!(s.contains("\"verified\":true") && r.contains("\"verified\":true"));
+}
+
+/// The header of stream `index` of `count` of a 16 MiB guest's migration `session`.
+fn stream_header(session: u8, index: u8, count: u8) -> Vec<u8> {
+    use precopy::wire::{Features, Shard, StreamHeader};
+    let header = StreamHeader {
+        features: Features::ALL,
+        session_id: [session; 16],
+        layout: precopy::bitmap::GuestLayout::flat(4096, 16 << 20).unwrap(),
+        stream: Shard::new(index, count).unwrap(),
+    };
+    let mut bytes = vec![0u8; header.encoded_len()];
+    header.emit(&mut bytes).unwrap();
+    bytes
+}
+
+/// Opens stream 0 of 2 of migration 1 to `addr`, then runs `second` (which may open
+/// another connection); returns the reply stream 0 got.
+fn first_of_two_streams(addr: &str, second: impl FnOnce()) -> Vec<u8> {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(TIMEOUT)).unwrap();
+    c.write_all(&stream_header(1, 0, 2)).unwrap();
+    second();
+    let mut reply = Vec::new();
+    let _ = c.read_to_end(&mut reply);
+    reply
+}
+
+#[test]
+fn a_stream_of_another_migration_or_a_repeated_index_is_refused() {
+    for (session, index, needle) in [
+        (2, 1, "it belongs to another migration (session id differs)"),
+        (1, 0, "stream 0 already arrived"),
+    ] {
+        let (recv, addr) = listening_recv(&[]);
+        let mut second_reply = Vec::new();
+        let first_reply = first_of_two_streams(&addr, || {
+            second_reply = fake_source(&addr, &stream_header(session, index, 2));
+        });
+        assert!(refusal(&second_reply).contains(needle), "{second_reply:?}");
+        assert!(refusal(&first_reply).contains(needle), "{first_reply:?}");
+        let (status, _, err) = recv.finish();
+        assert_fails_with(status, &err, needle);
+    }
+}
+
+#[test]
+fn a_missing_stream_is_waited_for_then_refused() {
+    let (recv, addr) = listening_recv(&["--timeout", "1"]);
+    let reply = first_of_two_streams(&addr, || {});
+    let needle = "waiting for stream 1 of 2 of the migration: timed out";
+    assert!(refusal(&reply).contains(needle), "{reply:?}");
+    let (status, _, err) = recv.finish();
+    assert_fails_with(status, &err, needle);
+}
+
+#[test]
+fn a_stream_file_takes_one_stream() {
+    let dir = scratch("streams-file");
+    let path = dir.join("two.precopy");
+    let (status, _, err) = send(&["--output", path.to_str().unwrap(), "--streams", "2"]);
+    assert_fails_with(status, &err, "a stream file holds one stream");
+    assert!(!path.exists());
+    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -108,6 +108,17 @@ impl CodecStats {
         out
     }
 
+    /// Adds `other`'s counts (another stream's, for a multi-stream total).
+    pub fn add(&mut self, other: &CodecStats) {
+        for (c, o) in self.counters.iter_mut().zip(&other.counters) {
+            c.attempts = c.attempts.saturating_add(o.attempts);
+            c.pages = c.pages.saturating_add(o.pages);
+            c.bytes_in = c.bytes_in.saturating_add(o.bytes_in);
+            c.bytes_out = c.bytes_out.saturating_add(o.bytes_out);
+            c.ns = c.ns.saturating_add(o.ns);
+        }
+    }
+
     /// Pages sent, over all codecs.
     pub fn pages(&self) -> u64 {
         self.counters.iter().map(|c| c.pages).sum()

@@ -13,7 +13,9 @@ mod transport;
 pub use apply::{Applier, ApplyError, ApplyStats, Progress};
 pub use error::EngineError;
 #[cfg(feature = "alloc")]
-pub use source::{FinalRound, SourceConfig, SourceEngine, SourceEvent, SourceRound, Transmit};
+pub use source::{
+    FinalRound, SourceConfig, SourceEngine, SourceEvent, SourceRound, StreamRound, Transmit,
+};
 #[cfg(feature = "alloc")]
 pub use transport::MemoryTransport;
 pub use transport::Transport;

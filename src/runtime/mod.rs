@@ -3,15 +3,23 @@
 //! that move an engine's bytes between them.
 
 pub mod calibrate;
+mod compression;
+mod dest;
 mod error;
 pub mod file;
 pub mod guest;
 pub mod pacer;
 pub mod session;
+pub mod streams;
 pub mod tcp;
 
+pub use compression::CompressionChoice;
+pub use dest::{receive_streams, ReceivedStreams};
 pub use error::{RuntimeError, Size};
 pub use file::FileSink;
 pub use guest::{SyntheticGuest, Workload};
 pub use session::{receive, Limits, Received, Reply, SourceLink};
+pub use streams::{
+    migrate_streams, SourceControl, StreamOptions, StreamsFinal, StreamsReport, StreamsRound,
+};
 pub use tcp::TcpTransport;

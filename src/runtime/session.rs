@@ -130,7 +130,7 @@ impl Limits {
 }
 
 /// A read of `what` that failed: timeouts say so in words.
-fn read_error(what: &str, e: io::Error) -> RuntimeError {
+pub(crate) fn read_error(what: &str, e: io::Error) -> RuntimeError {
     match e.kind() {
         ErrorKind::WouldBlock | ErrorKind::TimedOut => RuntimeError::io(
             what,
@@ -286,7 +286,31 @@ fn receive_inner<R: Read + ?Sized>(
     }
     let memory = VecMemory::new(header.page_size(), header.layout.total_pages());
     let mut applier = Applier::with_memory(memory);
-    applier.feed(&header_bytes)?;
+    let (stream_bytes, digest) = apply_from(input, &mut applier, &header_bytes, replies.is_some())?;
+    let stats = applier.stats();
+    Ok(Received {
+        header,
+        memory: applier.into_memory(),
+        stats,
+        stream_bytes,
+        digest,
+    })
+}
+
+/// Feeds `header_bytes` and then `input` to `applier` until the completion frame (with
+/// `stop_at_complete`, a connection) or the end of input (a file): returns the stream
+/// bytes read and the verified digest.
+pub(crate) fn apply_from<R, M>(
+    input: &mut R,
+    applier: &mut Applier<M, Vec<u8>, Vec<u8>>,
+    header_bytes: &[u8],
+    stop_at_complete: bool,
+) -> Result<(u64, u128), RuntimeError>
+where
+    R: Read + ?Sized,
+    M: crate::memory::PageMemory,
+{
+    applier.feed(header_bytes)?;
     let mut stream_bytes = header_bytes.len() as u64;
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -308,7 +332,7 @@ fn receive_inner<R: Read + ?Sized>(
             break;
         }
         stream_bytes += n as u64;
-        if applier.feed(&buf[..n])? == Progress::Complete && replies.is_some() {
+        if applier.feed(&buf[..n])? == Progress::Complete && stop_at_complete {
             // The source now waits for the verdict: nothing more comes.
             break;
         }
@@ -320,14 +344,7 @@ fn receive_inner<R: Read + ?Sized>(
                 offset: stream_bytes,
             }),
         )))?;
-    let stats = applier.stats();
-    Ok(Received {
-        header,
-        memory: applier.into_memory(),
-        stats,
-        stream_bytes,
-        digest,
-    })
+    Ok((stream_bytes, digest))
 }
 
 /// The source's end of a connection to a destination, as a [`Transport`]: the first

@@ -96,3 +96,17 @@ pub fn digest_stream<M: PageMemory + ?Sized>(
     }
     Ok(digest.finish())
 }
+
+/// The digest of a whole migration from its streams' digests (in stream order): the
+/// one digest itself for a single stream, else XXH3-128 over the streams' digests
+/// (little-endian). Source and destination print it to show they agree.
+pub fn migration_digest(stream_digests: &[u128]) -> u128 {
+    match stream_digests {
+        [one] => *one,
+        many => {
+            let mut h = Xxh3::new();
+            many.iter().for_each(|d| h.update(&d.to_le_bytes()));
+            h.digest128()
+        }
+    }
+}

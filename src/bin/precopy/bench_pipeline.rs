@@ -14,6 +14,9 @@ pub struct Args {
     /// Guest memory per case (bytes; K, M, G suffixes).
     #[arg(long, default_value = "4G", value_parser = parse_size)]
     memory: u64,
+    /// Stream counts to measure each case with (comma-separated).
+    #[arg(long, default_value = "1,2", value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..))]
+    streams: Vec<u8>,
     /// Print one JSON object per case.
     #[arg(long)]
     json: bool,
@@ -65,52 +68,56 @@ pub fn run(args: &Args) -> Result<(), String> {
         );
     }
     for (case, workload) in CASES {
-        let migration = MigrationArgs {
-            memory: args.memory,
-            workload: workload.to_string(),
-            writers: 1,
-            // The end-to-end digest of a large guest takes long: this measures
-            // throughput, not the downtime target.
-            downtime_ms: 60_000,
-            max_rounds: 30,
-            force_switchover: true,
-            cache: 64 << 20,
-            page_size: 4096,
-            link: None,
-            compression: "auto".to_string(),
-            json: false,
-        };
-        let mut source = migration.source(*b"precopy-bench-pl")?;
-        source.quiet = true;
-        let listener =
-            TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind 127.0.0.1: {e}"))?;
-        let cpu = cpu_time();
-        let start = Instant::now();
-        let (report, dest) = migrate::run_loopback(&mut source, listener, 1, false)?;
-        let elapsed = start.elapsed();
-        let cpu = cpu_time() - cpu;
-        if let Some(e) = report.error {
-            return Err(format!("{case}: {e}"));
-        }
-        dest.map_err(|e| format!("{case}: {e}"))?;
-        let gbps = args.memory as f64 / elapsed.as_secs_f64() / 1e9;
-        if args.json {
-            println!(
-                "{{\"case\": \"{case}\", \"gbps\": {gbps:.3}, \"wire_bytes\": {}, \"rounds\": {}, \"cpu_s\": {:.3}, \"wall_s\": {:.3}, \"baseline\": \"memcpy\", \"baseline_gbps\": {baseline:.3}}}",
+        for &streams in &args.streams {
+            let migration = MigrationArgs {
+                memory: args.memory,
+                workload: workload.to_string(),
+                writers: 1,
+                // The end-to-end digest of a large guest takes long: this measures
+                // throughput, not the downtime target.
+                downtime_ms: 60_000,
+                max_rounds: 30,
+                force_switchover: true,
+                cache: 64 << 20,
+                page_size: 4096,
+                link: None,
+                streams: Some(streams),
+                max_bandwidth: None,
+                compression: "auto".to_string(),
+                json: false,
+            };
+            let mut source = migration.source(*b"precopy-bench-pl")?;
+            source.quiet = true;
+            let listener =
+                TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind 127.0.0.1: {e}"))?;
+            let cpu = cpu_time();
+            let start = Instant::now();
+            let (report, dest) = migrate::run_loopback(&mut source, listener, 1, false)?;
+            let elapsed = start.elapsed();
+            let cpu = cpu_time() - cpu;
+            if let Some(e) = report.error {
+                return Err(format!("{case}: {e}"));
+            }
+            dest.map_err(|e| format!("{case}: {e}"))?;
+            let gbps = args.memory as f64 / elapsed.as_secs_f64() / 1e9;
+            if args.json {
+                println!(
+                "{{\"case\": \"{case}\", \"streams\": {streams}, \"gbps\": {gbps:.3}, \"wire_bytes\": {}, \"rounds\": {}, \"cpu_s\": {:.3}, \"wall_s\": {:.3}, \"baseline\": \"memcpy\", \"baseline_gbps\": {baseline:.3}}}",
                 report.wire_bytes,
                 report.rounds,
                 cpu.as_secs_f64(),
                 elapsed.as_secs_f64()
             );
-        } else {
-            println!(
-                "{case:<11} {gbps:>6.2} GB/s of guest memory ({:>5.2}x memcpy {baseline:.1} GB/s), {:>8.1} MB on the wire, {} rounds, {:.2} s wall, {:.2} s CPU",
+            } else {
+                println!(
+                "{case:<11} {streams} stream(s) {gbps:>6.2} GB/s of guest memory ({:>5.2}x memcpy {baseline:.1} GB/s), {:>8.1} MB on the wire, {} rounds, {:.2} s wall, {:.2} s CPU",
                 gbps / baseline,
                 report.wire_bytes as f64 / 1e6,
                 report.rounds,
                 elapsed.as_secs_f64(),
                 cpu.as_secs_f64()
             );
+            }
         }
     }
     Ok(())

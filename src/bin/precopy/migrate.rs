@@ -5,9 +5,14 @@ use std::time::{Duration, Instant};
 
 use precopy::bitmap::GuestLayout;
 use precopy::codec::{CodecStats, EncoderConfig, Encoding};
-use precopy::engine::{SourceConfig, SourceEngine, SourceEvent, SourceRound, Transport};
-use precopy::runtime::{RuntimeError, SyntheticGuest, Workload};
-use precopy::schedule::{Decision, OnLimit, Policy};
+use precopy::engine::{SourceConfig, Transport};
+use precopy::runtime::pacer::TokenBucket;
+use precopy::runtime::{
+    migrate_streams, RuntimeError, SourceControl, StreamOptions, StreamsFinal, StreamsRound,
+    SyntheticGuest, Workload,
+};
+use precopy::schedule::{OnLimit, Policy};
+use precopy::wire::migration_digest;
 
 /// The options of a migration's source (`precopy demo`, `precopy send`).
 #[derive(clap::Args, Debug)]
@@ -42,6 +47,15 @@ pub struct MigrationArgs {
     /// transport goes.
     #[arg(long, value_parser = parse_link)]
     pub link: Option<u64>,
+    /// Parallel streams (TCP connections), each encoding its own share of the pages on
+    /// its own thread, like QEMU's multifd channels: 1 to 255, default 2 (a stream
+    /// file holds one).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..))]
+    pub streams: Option<u8>,
+    /// Cap the bandwidth of all streams together (bytes per second; K, M, G
+    /// suffixes): a token bucket paces the sends, and the scheduler is told the cap.
+    #[arg(long, value_parser = parse_size)]
+    pub max_bandwidth: Option<u64>,
     /// LZ4 compression: `auto` compresses while the link, not the encoder, is the
     /// bottleneck (time blocked sending against time encoding); `on` and `off` force it.
     #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
@@ -49,64 +63,6 @@ pub struct MigrationArgs {
     /// Print JSON lines instead of a table.
     #[arg(long)]
     pub json: bool,
-}
-
-/// Whether to compress with LZ4, decided from where the time goes: after each window
-/// of 16 sends, compress once sending takes twice as long as encoding (the link is the
-/// bottleneck), stop once encoding takes a quarter longer than sending.
-#[derive(Debug)]
-pub struct CompressionChoice {
-    mode: Option<bool>,
-    lz4: bool,
-    encode_ns: u64,
-    send_ns: u64,
-    samples: u32,
-}
-
-impl CompressionChoice {
-    /// `auto`, `on` or `off`. Auto starts uncompressed: a link too slow for raw pages
-    /// shows itself within the first window.
-    pub fn new(mode: &str) -> Self {
-        let mode = match mode {
-            "on" => Some(true),
-            "off" => Some(false),
-            _ => None,
-        };
-        CompressionChoice {
-            mode,
-            lz4: mode.unwrap_or(false),
-            encode_ns: 0,
-            send_ns: 0,
-            samples: 0,
-        }
-    }
-
-    /// The current choice.
-    pub fn lz4(&self) -> bool {
-        self.lz4
-    }
-
-    /// Adds one poll's encode and send times; returns the choice for the next.
-    pub fn observe(&mut self, encode_ns: u64, send_ns: u64) -> bool {
-        if self.mode.is_some() {
-            return self.lz4;
-        }
-        self.encode_ns += encode_ns;
-        self.send_ns += send_ns;
-        self.samples += 1;
-        if self.samples == 16 {
-            // On only when sending clearly dominates (LZ4 costs ~4x raw to encode, so
-            // a link that merely keeps pace with raw pages is not worth compressing
-            // for); off as soon as encoding is the larger part again.
-            if self.send_ns > 2 * self.encode_ns {
-                self.lz4 = true;
-            } else if self.encode_ns > self.send_ns + self.send_ns / 4 {
-                self.lz4 = false;
-            }
-            (self.encode_ns, self.send_ns, self.samples) = (0, 0, 0);
-        }
-        self.lz4
-    }
 }
 
 /// Parses a link name into bytes per second.
@@ -147,6 +103,8 @@ pub struct Source {
     pub compression: String,
     /// Print no per-round rows (benchmarks).
     pub quiet: bool,
+    /// Streams (connections) to migrate over.
+    pub streams: u8,
 }
 
 impl MigrationArgs {
@@ -169,7 +127,10 @@ impl MigrationArgs {
         };
         let policy = Policy {
             downtime_limit_ns: self.downtime_ms.saturating_mul(1_000_000),
-            bandwidth_cap: self.link,
+            bandwidth_cap: match (self.link, self.max_bandwidth) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
             max_rounds: self.max_rounds,
             on_limit: if self.force_switchover {
                 OnLimit::SwitchOver
@@ -203,7 +164,11 @@ impl MigrationArgs {
             session_id,
             ..SourceConfig::new(page_size)
         };
+        if self.max_bandwidth == Some(0) {
+            return Err("--max-bandwidth must be above 0 bytes per second".to_string());
+        }
         Ok(Source {
+            streams: self.streams.unwrap_or(2),
             quiet: false,
             compression: self.compression.clone(),
             guest,
@@ -328,140 +293,147 @@ pub fn json_string(s: &str) -> String {
     out
 }
 
-/// Runs a migration's source: starts the writers, drives the engine over `link`,
-/// pauses the guest when told, and after the completion frame asks `verdict` whether
-/// the destination verified the memory. Any failure lets the writers run again (the
-/// guest lives on at the source, its memory never written by the migration). Stops
-/// the writers before returning.
-pub fn run_source<T: Transport>(
+/// The synthetic guest and the terminal, as the multi-stream runtime's
+/// [`SourceControl`].
+struct CliControl<'a> {
+    guest: &'a mut SyntheticGuest,
+    json: bool,
+    quiet: bool,
+    bar: Option<indicatif::ProgressBar>,
+    rounds_seen: u32,
+}
+
+impl SourceControl for CliControl<'_> {
+    fn throttle(&mut self, percent: u8) {
+        self.guest.set_throttle(percent);
+    }
+
+    fn pause(&mut self) {
+        self.guest.pause();
+    }
+
+    fn round_done(&mut self, r: &StreamsRound) {
+        self.rounds_seen += 1;
+        let json = self.json;
+        match &self.bar {
+            Some(bar) => bar.suspend(|| print_round(r, json)),
+            None if !self.quiet => print_round(r, json),
+            None => {}
+        }
+    }
+
+    fn final_round(&mut self, round: &StreamsFinal) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        if !self.quiet {
+            print_final(round, self.json);
+        }
+    }
+
+    fn progress(&mut self, sent: u64, planned: u64, lz4_streams: u8) {
+        if let Some(bar) = &self.bar {
+            bar.set_length(planned.max(1));
+            bar.set_position(sent);
+            bar.set_message(format!(
+                "round {}{}",
+                self.rounds_seen + 1,
+                if lz4_streams > 0 { ", lz4" } else { "" }
+            ));
+        }
+    }
+}
+
+/// Runs a migration's source: starts the writers, migrates over `links` (one stream
+/// each), pauses the guest when told, and after each stream's completion frame asks
+/// `verdict` whether the destination verified it. Any failure lets the writers run
+/// again (the guest lives on at the source, its memory never written by the
+/// migration). Stops the writers before returning.
+pub fn run_source<T>(
     source: &mut Source,
     writers: usize,
     json: bool,
-    link: &mut T,
-    verdict: impl FnOnce(&mut T) -> Result<(), String>,
-) -> SourceReport {
+    links: Vec<T>,
+    verdict: impl Fn(&mut T) -> Result<(), RuntimeError> + Sync,
+) -> SourceReport
+where
+    T: Transport + Send,
+    T::Error: std::fmt::Display,
+{
     let start = Instant::now();
-    let now = || start.elapsed().as_nanos() as u64;
     let guest = &mut source.guest;
     guest.start(writers);
     let memory = std::sync::Arc::clone(guest.memory());
     let bitmap = std::sync::Arc::clone(guest.bitmap());
-    let mut report = SourceReport {
-        rounds: 0,
-        total_ns: 0,
-        downtime_ns: None,
-        predicted_ns: u64::MAX,
-        wire_bytes: 0,
-        memory_bytes: source.layout.total_bytes(),
-        writes: 0,
-        digest: None,
-        error: None,
-        writes_after_failure: None,
-    };
-    let mut paused_at = None;
-    let mut pacer = source
+    let cap = source
         .config
         .policy
         .bandwidth_cap
-        .map(precopy::runtime::pacer::Pacer::new);
-    let result = match SourceEngine::new(&bitmap, source.config, now()) {
-        Err(e) => Err(e.to_string()),
-        Ok(mut engine) => {
-            // Smaller pieces than 1 MiB let the compression choice follow the link.
-            let mut out = vec![0u8; engine.min_buffer_len().max(256 << 10)];
-            let mut adapt = CompressionChoice::new(&source.compression);
-            let bar = progress_bar(json || source.quiet);
-            engine.set_lz4(adapt.lz4());
-            let result: Result<(), String> = loop {
-                let encode_start = now();
-                let t = match engine.poll_transmit(&*memory, encode_start, &mut out) {
-                    Ok(t) => t,
-                    Err(e) => break Err(e.to_string()),
-                };
-                let send_start = now();
-                if let Some(p) = &mut pacer {
-                    p.pace(t.len);
-                }
-                if let Err(e) = link.send(&out[..t.len]) {
-                    break Err(e.to_string());
-                }
-                engine.set_lz4(adapt.observe(send_start - encode_start, now() - send_start));
-                if let Some(bar) = &bar {
-                    let (sent, planned) = engine.round_progress();
-                    bar.set_length(planned.max(1));
-                    bar.set_position(sent);
-                    bar.set_message(format!(
-                        "round {}{}",
-                        engine.scheduler().rounds() + 1,
-                        if engine.lz4_enabled() { ", lz4" } else { "" }
-                    ));
-                }
-                report.wire_bytes += t.len as u64;
-                match t.event {
-                    SourceEvent::RoundDone(r) => {
-                        match &bar {
-                            Some(bar) => bar.suspend(|| print_round(&r, json)),
-                            None if !source.quiet => print_round(&r, json),
-                            None => {}
-                        }
-                        if let Decision::Continue { throttle_percent } = r.outcome.decision {
-                            guest.set_throttle(throttle_percent);
-                        }
-                    }
-                    SourceEvent::PauseGuest { .. } => {
-                        guest.pause();
-                        paused_at = Some(now());
-                        if let Err(e) = engine.guest_paused(now()) {
-                            break Err(e.to_string());
-                        }
-                    }
-                    SourceEvent::Complete { digest, round } => {
-                        if let Some(bar) = &bar {
-                            bar.finish_and_clear();
-                        }
-                        if !source.quiet {
-                            print_final(round, json);
-                        }
-                        report.digest = Some(digest);
-                        break verdict(link);
-                    }
-                    SourceEvent::None | SourceEvent::RoundMeasured(_) => {}
-                }
-            };
-            report.rounds = engine.scheduler().rounds();
-            report.predicted_ns = engine.scheduler().predicted_downtime_ns();
-            if result.is_err() {
-                // Pages harvested but not sent go back into the bitmap.
-                engine.abort();
-            }
-            result
-        }
+        .map(|rate| TokenBucket::new(rate, (256 << 10) * links.len() as u64));
+    let options = StreamOptions {
+        compression: source.compression.clone(),
+        ..StreamOptions::default()
     };
-    report.total_ns = now();
-    report.downtime_ns = paused_at.map(|p| report.total_ns - p);
-    if let Err(e) = result {
+    let mut control = CliControl {
+        guest,
+        json,
+        quiet: source.quiet,
+        bar: progress_bar(json || source.quiet),
+        rounds_seen: 0,
+    };
+    let r = migrate_streams(
+        &bitmap,
+        &*memory,
+        source.config,
+        links,
+        verdict,
+        cap.as_ref(),
+        &options,
+        &mut control,
+        start,
+    );
+    if let Some(bar) = &control.bar {
+        bar.finish_and_clear();
+    }
+    let guest = control.guest;
+    let total_ns = start.elapsed().as_nanos() as u64;
+    let mut report = SourceReport {
+        rounds: r.rounds,
+        total_ns,
+        downtime_ns: r
+            .paused_at
+            .map(|p| total_ns.saturating_sub(p.duration_since(start).as_nanos() as u64)),
+        predicted_ns: r.predicted_downtime_ns,
+        wire_bytes: r.wire_bytes,
+        memory_bytes: source.layout.total_bytes(),
+        writes: 0,
+        digest: r.digests.as_deref().map(migration_digest),
+        error: None,
+        writes_after_failure: None,
+    };
+    if let Err(e) = r.result {
         // The migration failed: the guest keeps running on the source.
         guest.resume();
         let before = guest.writes();
         std::thread::sleep(Duration::from_millis(200));
         report.writes_after_failure = Some(guest.writes() - before);
-        report.error = Some(e);
+        report.error = Some(e.to_string());
     }
     report.writes = guest.writes();
     guest.stop();
     report
 }
 
-/// Runs `source` against a destination thread on `listener` (loopback TCP, the
-/// destination's memory sized like the source's): the source's report and the
-/// destination's verdict.
+/// Runs `source` against a destination thread on `listener` (loopback TCP, one
+/// connection per stream, the destination's memory sized like the source's): the
+/// source's report and the destination's verdict.
 pub fn run_loopback(
     source: &mut Source,
     listener: std::net::TcpListener,
     writers: usize,
     json: bool,
 ) -> Result<(SourceReport, Result<(), String>), String> {
-    use precopy::runtime::{receive, Limits, SourceLink};
+    use precopy::runtime::{receive_streams, Limits, SourceLink};
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let limits = Limits {
         max_memory: source.layout.total_bytes(),
@@ -471,25 +443,26 @@ pub fn run_loopback(
         let (stream, peer) = listener
             .accept()
             .map_err(|e| format!("accepting the source: {e}"))?;
-        let mut replies = &stream;
-        receive(&mut &stream, Some(&mut replies), &limits)
+        let peer = peer.to_string();
+        receive_streams(&listener, stream, &peer, &limits, Duration::from_secs(30))
             .map(drop)
             .map_err(|e| format!("receiving from {peer}: {e}"))
     });
-    let stream = std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    let mut link = SourceLink::new(stream, addr.to_string());
-    let report = run_source(source, writers, json, &mut link, |l| {
-        l.finish().map_err(|e| e.to_string())
-    });
-    drop(link);
+    let mut links = Vec::new();
+    for _ in 0..source.streams {
+        let stream =
+            std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        links.push(SourceLink::new(stream, addr.to_string()));
+    }
+    let report = run_source(source, writers, json, links, |l| l.finish());
     let dest_result = destination
         .join()
         .map_err(|_| "the destination thread panicked".to_string())?;
     Ok((report, dest_result))
 }
 
-fn print_final(round: precopy::engine::FinalRound, json: bool) {
+fn print_final(round: &StreamsFinal, json: bool) {
     let c = |e| round.codecs.get(e).pages;
     if json {
         println!(
@@ -528,7 +501,7 @@ fn print_row(
     );
 }
 
-fn print_round(r: &SourceRound, json: bool) {
+fn print_round(r: &StreamsRound, json: bool) {
     let s = r.outcome.stats;
     let predicted = (s.predicted_downtime_ns != u64::MAX)
         .then(|| format!("{:.1}", s.predicted_downtime_ns as f64 / 1e6));
@@ -569,31 +542,4 @@ fn progress_bar(json: bool) -> Option<indicatif::ProgressBar> {
         .progress_chars("=> ");
     bar.set_style(style);
     Some(bar)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn compression_follows_the_bottleneck() {
-        let mut auto = CompressionChoice::new("auto");
-        assert!(!auto.lz4(), "auto starts uncompressed");
-        // Sending takes 3x the encoding: the link is the bottleneck, compress.
-        let choices: Vec<bool> = (0..16).map(|_| auto.observe(100, 300)).collect();
-        assert!(!choices[14] && choices[15]);
-        // Between the thresholds: no change.
-        (0..16).for_each(|_| {
-            auto.observe(100, 150);
-        });
-        assert!(auto.lz4());
-        // Encoding dominates: stop compressing.
-        (0..16).for_each(|_| {
-            auto.observe(500, 100);
-        });
-        assert!(!auto.lz4());
-        let mut on = CompressionChoice::new("on");
-        assert!(on.observe(1_000, 1));
-        assert!(!CompressionChoice::new("off").observe(1, 1_000));
-    }
 }

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use clap::ArgGroup;
 use precopy::bitmap::GuestLayout;
-use precopy::engine::ApplyError;
-use precopy::runtime::{receive, Limits, Received, RuntimeError, Size};
-use precopy::wire::{WireError, WireErrorKind};
+use precopy::engine::{ApplyError, ApplyStats};
+use precopy::runtime::{receive, receive_streams, Limits, RuntimeError, Size};
+use precopy::wire::{migration_digest, StreamHeader, WireError, WireErrorKind};
 
 use crate::migrate::{json_string, parse_size};
 use crate::send::hex;
@@ -58,36 +58,46 @@ pub fn run(args: &Args) -> Result<(), String> {
         max_memory: args.max_memory,
         expect,
     };
-    let (from, result) = if let Some(addr) = &args.listen {
-        let listener = TcpListener::bind(addr).map_err(|e| format!("listen {addr}: {e}"))?;
-        let local = listener
-            .local_addr()
-            .map_err(|e| format!("listen {addr}: {e}"))?;
-        if args.json {
-            println!("{{\"kind\":\"listening\",\"addr\":\"{local}\"}}");
+    let (from, result) =
+        if let Some(addr) = &args.listen {
+            let listener = TcpListener::bind(addr).map_err(|e| format!("listen {addr}: {e}"))?;
+            let local = listener
+                .local_addr()
+                .map_err(|e| format!("listen {addr}: {e}"))?;
+            if args.json {
+                println!("{{\"kind\":\"listening\",\"addr\":\"{local}\"}}");
+            } else {
+                println!("precopy recv: listening on {local}");
+            }
+            let _ = std::io::stdout().flush();
+            let (stream, peer) = listener
+                .accept()
+                .map_err(|e| format!("accepting on {local}: {e}"))?;
+            let timeout = Duration::from_secs(args.timeout.max(1));
+            let from = format!("the source {peer}");
+            let result = receive_streams(&listener, stream, &peer.to_string(), &limits, timeout)
+                .map(|r| Summary {
+                    header: r.header,
+                    stats: r.stats,
+                    stream_bytes: r.stream_bytes,
+                    digest: migration_digest(&r.digests),
+                });
+            (from, result)
+        } else if let Some(path) = &args.input {
+            let mut file = std::fs::File::open(path)
+                .map_err(|e| format!("opening {}: {e}", path.display()))?;
+            let result = receive(&mut file, None, &limits)
+                .map_err(|e| cut_short(e, path))
+                .map(|r| Summary {
+                    header: r.header,
+                    stats: r.stats,
+                    stream_bytes: r.stream_bytes,
+                    digest: r.digest,
+                });
+            (path.display().to_string(), result)
         } else {
-            println!("precopy recv: listening on {local}");
-        }
-        let _ = std::io::stdout().flush();
-        let (stream, peer) = listener
-            .accept()
-            .map_err(|e| format!("accepting on {local}: {e}"))?;
-        let timeout = Some(Duration::from_secs(args.timeout.max(1)));
-        let setup = |e: std::io::Error| format!("connection from {peer}: {e}");
-        stream.set_read_timeout(timeout).map_err(setup)?;
-        stream.set_write_timeout(timeout).map_err(setup)?;
-        let mut replies = &stream;
-        let from = format!("the source {peer}");
-        let result = receive(&mut &stream, Some(&mut replies), &limits);
-        (from, result)
-    } else if let Some(path) = &args.input {
-        let mut file =
-            std::fs::File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
-        let result = receive(&mut file, None, &limits).map_err(|e| cut_short(e, path));
-        (path.display().to_string(), result)
-    } else {
-        return Err("give --listen ADDR or --input FILE".to_string());
-    };
+            return Err("give --listen ADDR or --input FILE".to_string());
+        };
     match result {
         Ok(received) => {
             print_summary(&received, &from, args.json);
@@ -122,13 +132,23 @@ fn cut_short(e: RuntimeError, path: &std::path::Path) -> RuntimeError {
     }
 }
 
-fn print_summary(r: &Received, from: &str, json: bool) {
+/// What the destination prints of a verified migration.
+struct Summary {
+    header: StreamHeader,
+    stats: ApplyStats,
+    stream_bytes: u64,
+    /// The migration's digest ([`migration_digest`] of its streams').
+    digest: u128,
+}
+
+fn print_summary(r: &Summary, from: &str, json: bool) {
     let s = r.stats;
     let layout = r.header.layout;
     if json {
         println!(
-            "{{\"kind\":\"summary\",\"verified\":true,\"session\":\"{}\",\"memory_bytes\":{},\"page_size\":{},\"rounds\":{},\"zero\":{},\"raw\":{},\"lz4\":{},\"delta\":{},\"stream_bytes\":{},\"digest\":\"{:#034x}\"}}",
+            "{{\"kind\":\"summary\",\"verified\":true,\"session\":\"{}\",\"streams\":{},\"memory_bytes\":{},\"page_size\":{},\"rounds\":{},\"zero\":{},\"raw\":{},\"lz4\":{},\"delta\":{},\"stream_bytes\":{},\"digest\":\"{:#034x}\"}}",
             hex(&r.header.session_id),
+            r.header.stream.count(),
             layout.total_bytes(),
             layout.page_size(),
             s.rounds,
@@ -141,8 +161,9 @@ fn print_summary(r: &Received, from: &str, json: bool) {
         );
     } else {
         println!(
-            "received session {} from {from}: {} guest in {} rounds ({} zero, {} raw, {} lz4, {} delta pages), {:.1} MB of stream, digest {:#034x}, verified: yes",
+            "received session {} from {from} over {} stream(s): {} guest in {} rounds ({} zero, {} raw, {} lz4, {} delta pages), {:.1} MB of stream, digest {:#034x}, verified: yes",
             hex(&r.header.session_id),
+            r.header.stream.count(),
             Size(layout.total_bytes()),
             s.rounds,
             s.zero_pages,

@@ -72,27 +72,36 @@ pub fn run(args: &Args) -> Result<(), String> {
     let timeout = Duration::from_secs(args.timeout.max(1));
     let extra = format!(",\"session\":\"{}\"", hex(&session));
     if let Some(addr) = &args.connect {
-        let stream = connect(addr, timeout)?;
-        let setup = |e: std::io::Error| format!("connect {addr}: {e}");
-        stream.set_nodelay(true).map_err(setup)?;
-        stream.set_read_timeout(Some(timeout)).map_err(setup)?;
-        stream.set_write_timeout(Some(timeout)).map_err(setup)?;
-        let peer = stream.peer_addr().map_or(addr.clone(), |a| a.to_string());
-        print_intro(m, &source, &format!("TCP to {peer}"));
-        let mut link = SourceLink::new(stream, format!("the destination {peer}"));
-        let report = migrate::run_source(&mut source, m.writers, m.json, &mut link, |l| {
-            l.finish().map_err(|e| e.to_string())
-        });
+        let mut links = Vec::with_capacity(usize::from(source.streams));
+        let mut peer = addr.clone();
+        for _ in 0..source.streams {
+            let stream = connect(addr, timeout)?;
+            let setup = |e: std::io::Error| format!("connect {addr}: {e}");
+            stream.set_nodelay(true).map_err(setup)?;
+            stream.set_read_timeout(Some(timeout)).map_err(setup)?;
+            stream.set_write_timeout(Some(timeout)).map_err(setup)?;
+            peer = stream.peer_addr().map_or(addr.clone(), |a| a.to_string());
+            links.push(SourceLink::new(stream, format!("the destination {peer}")));
+        }
+        let how = format!("TCP to {peer}, {} stream(s)", source.streams);
+        print_intro(m, &source, &how);
+        let report = migrate::run_source(&mut source, m.writers, m.json, links, |l| l.finish());
         report.print(m.json, &extra);
         return report.error.map_or(Ok(()), Err);
     }
     let Some(path) = &args.output else {
         return Err("give --connect ADDR or --output FILE".to_string());
     };
-    let mut sink = FileSink::create(path).map_err(|e| e.to_string())?;
+    if let Some(n @ 2..) = m.streams {
+        return Err(format!(
+            "--streams {n} with --output: a stream file holds one stream (leave --streams out)"
+        ));
+    }
+    source.streams = 1;
+    let sink = FileSink::create(path).map_err(|e| e.to_string())?;
     print_intro(m, &source, &format!("file {}", path.display()));
-    let mut report = migrate::run_source(&mut source, m.writers, m.json, &mut sink, |s| {
-        s.finish().map(drop).map_err(|e| e.to_string())
+    let mut report = migrate::run_source(&mut source, m.writers, m.json, vec![sink], |s| {
+        s.finish().map(drop)
     });
     if report.error.is_none() && !args.no_verify {
         report.error = verify_file(path, &source, report.digest).err();

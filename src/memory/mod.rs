@@ -23,6 +23,11 @@ pub enum MemoryError {
         /// The page size.
         page_size: usize,
     },
+    /// The page belongs to another stream's share of memory ([`StreamMemory`]).
+    OtherStream {
+        /// The page asked for.
+        page: u64,
+    },
 }
 
 impl fmt::Display for MemoryError {
@@ -40,12 +45,20 @@ impl fmt::Display for MemoryError {
                     "buffer of {len} bytes given for a page of {page_size} bytes"
                 )
             }
+            MemoryError::OtherStream { page } => {
+                write!(f, "page {page} belongs to another stream of the migration")
+            }
         }
     }
 }
 
 #[cfg(feature = "std")]
 impl std::error::Error for MemoryError {}
+
+#[cfg(feature = "alloc")]
+mod streams;
+#[cfg(feature = "alloc")]
+pub use streams::StreamMemory;
 
 /// Page-granular access to guest memory.
 pub trait PageMemory {
@@ -396,7 +409,12 @@ impl PageMemory for &AtomicMemory {
         self.store_page(page, data)
     }
 
-    fn hash_pages(&self, first: u64, hashes: &mut [u64], scratch: &mut [u8]) -> Result<(), MemoryError> {
+    fn hash_pages(
+        &self,
+        first: u64,
+        hashes: &mut [u64],
+        scratch: &mut [u8],
+    ) -> Result<(), MemoryError> {
         (**self).hash_pages(first, hashes, scratch)
     }
 

@@ -1,0 +1,585 @@
+//! The source of a multi-stream migration (like QEMU's multifd): one engine per
+//! stream, each sending its own pages ([`Shard`]), encoding on its own thread into
+//! buffers that a sender thread writes to the stream's transport, with one scheduler
+//! deciding for all of them.
+//!
+//! ```text
+//!                 ┌ encoder 0 (SourceEngine, shard 0) ─[bounded channel]→ sender 0 → link 0
+//! coordinator ────┤ ...                                                      │
+//! (Scheduler,     └ encoder N-1 ──────────────────────[bounded channel]→ sender N-1 → link N-1
+//!  the guest)  ←───────── round ends, pause requests, completions, verdicts ─┘
+//! ```
+//!
+//! - **Back-pressure**: each encoder has a few buffers; when its sender is behind, the
+//!   bounded channel blocks it, and that blocked time is what tells the encoder that
+//!   the link, not the encoder, is the bottleneck ([`CompressionChoice`]).
+//! - **Rounds** end together: an encoder reports its round's end through its sender,
+//!   after the round's last bytes were handed to the transport, and waits; when every
+//!   stream has reported, the scheduler sees the sum (pages, bytes, dirty pages) at
+//!   that moment and decides for all. A page's versions all travel on one stream, so
+//!   no version overtakes another.
+//! - **Switchover**: when every encoder asks for the pause, the guest is paused once,
+//!   each engine harvests its last pages, and each stream ends with its own digest.
+//! - **Failure** anywhere stops every stream; each engine puts the pages it harvested
+//!   but did not send back into the bitmap, and the guest keeps running.
+
+use std::string::{String, ToString};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use std::vec;
+use std::vec::Vec;
+
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
+
+use super::pacer::TokenBucket;
+use super::{CompressionChoice, RuntimeError};
+use crate::bitmap::AtomicDirtyBitmap;
+use crate::codec::CodecStats;
+use crate::engine::{SourceConfig, SourceEngine, SourceEvent, StreamRound, Transport};
+use crate::memory::PageMemory;
+use crate::schedule::{Decision, RoundMeasurement, RoundOutcome, Scheduler};
+use crate::wire::Shard;
+
+/// How the streams run.
+#[derive(Clone, Debug)]
+pub struct StreamOptions {
+    /// LZ4: `"auto"` (follow the bottleneck, per stream), `"on"` or `"off"`.
+    pub compression: String,
+    /// Bytes per buffer an encoder fills (at least the engine's minimum).
+    pub buffer_bytes: usize,
+    /// Filled buffers that may wait for a sender (the back-pressure bound).
+    pub queue_depth: usize,
+}
+
+impl Default for StreamOptions {
+    /// Adaptive compression, 256 KiB buffers, 4 of them queued per stream.
+    fn default() -> Self {
+        StreamOptions {
+            compression: "auto".to_string(),
+            buffer_bytes: 256 << 10,
+            queue_depth: 4,
+        }
+    }
+}
+
+/// A live round over all streams.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StreamsRound {
+    /// The scheduler's view of the summed round.
+    pub outcome: RoundOutcome,
+    /// Pages per codec, all streams.
+    pub codecs: CodecStats,
+    /// Pages skipped because the guest dirtied them again, all streams.
+    pub deferred_pages: u64,
+    /// Streams that had LZ4 on at the round's end.
+    pub lz4_streams: u8,
+}
+
+/// The final round over all streams.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StreamsFinal {
+    /// Round number (1 is the bulk round).
+    pub round: u32,
+    /// Pages sent with the guest paused.
+    pub pages_sent: u64,
+    /// Bytes put on the wire, completion frames included.
+    pub wire_bytes: u64,
+    /// Pages per codec.
+    pub codecs: CodecStats,
+}
+
+/// What the VMM does when the migration asks (the synthetic guest, a real VMM).
+pub trait SourceControl {
+    /// Take `percent` of the vCPUs' time away (0: stop throttling).
+    fn throttle(&mut self, percent: u8);
+    /// Pause the guest: after this returns, it writes no memory.
+    fn pause(&mut self);
+    /// A live round ended.
+    fn round_done(&mut self, round: &StreamsRound) {
+        let _ = round;
+    }
+    /// The final round was produced on every stream.
+    fn final_round(&mut self, round: &StreamsFinal) {
+        let _ = round;
+    }
+    /// Called about every 100 ms while a round is sent: pages sent and planned.
+    fn progress(&mut self, sent: u64, planned: u64, lz4_streams: u8) {
+        let _ = (sent, planned, lz4_streams);
+    }
+}
+
+/// How a multi-stream migration went.
+#[derive(Debug)]
+pub struct StreamsReport {
+    /// Live rounds the scheduler saw.
+    pub rounds: u32,
+    /// The scheduler's last downtime prediction, ns (`u64::MAX`: none).
+    pub predicted_downtime_ns: u64,
+    /// When the guest was paused (`None`: never).
+    pub paused_at: Option<Instant>,
+    /// Stream bytes handed to the transports.
+    pub wire_bytes: u64,
+    /// Each stream's digest, in stream order (once every final round was produced).
+    pub digests: Option<Vec<u128>>,
+    /// `Ok` only when every destination stream verified its pages.
+    pub result: Result<(), RuntimeError>,
+}
+
+/// What an encoder or sender tells the coordinator.
+enum Note {
+    Round(StreamRound, bool),
+    PauseWanted,
+    Complete(u128, StreamsFinal),
+    Verdict(Result<(), RuntimeError>),
+    Failed(RuntimeError),
+}
+
+/// What an encoder hands its sender: bytes, or a note to pass on after them.
+enum Chunk {
+    Bytes(Vec<u8>, usize),
+    Note(Note),
+}
+
+/// What the coordinator tells an encoder.
+enum Command {
+    Decide(Decision),
+    Paused,
+}
+
+/// Per-stream progress the coordinator reads for [`SourceControl::progress`].
+#[derive(Default)]
+struct Progress {
+    sent: AtomicU64,
+    planned: AtomicU64,
+    lz4: AtomicBool,
+    /// The sender's time in sends (and bandwidth-cap waits), and the bytes sent.
+    link_ns: AtomicU64,
+    link_bytes: AtomicU64,
+}
+
+/// Migrates `memory` (tracked by `bitmap`) over `links`, one stream per link, each
+/// with `config` for its pages ([`SourceConfig::stream`] and
+/// [`SourceConfig::external_decisions`] are set here). `verdict` waits for a
+/// destination stream's answer after its completion frame; `cap` limits all streams
+/// together. Times are measured from `start`.
+#[allow(clippy::too_many_arguments)]
+pub fn migrate_streams<T, M, W, V>(
+    bitmap: &AtomicDirtyBitmap<W>,
+    memory: &M,
+    config: SourceConfig,
+    links: Vec<T>,
+    verdict: V,
+    cap: Option<&TokenBucket>,
+    options: &StreamOptions,
+    control: &mut dyn SourceControl,
+    start: Instant,
+) -> StreamsReport
+where
+    T: Transport + Send,
+    T::Error: core::fmt::Display,
+    M: PageMemory + Sync + ?Sized,
+    W: core::ops::Deref<Target = [core::sync::atomic::AtomicU64]> + Sync,
+    V: Fn(&mut T) -> Result<(), RuntimeError> + Sync,
+{
+    let now = || start.elapsed().as_nanos() as u64;
+    let mut report = StreamsReport {
+        rounds: 0,
+        predicted_downtime_ns: u64::MAX,
+        paused_at: None,
+        wire_bytes: 0,
+        digests: None,
+        result: Ok(()),
+    };
+    let n = links.len();
+    if n == 0 || n > usize::from(crate::wire::MAX_STREAMS) {
+        report.result = Err(RuntimeError::Peer(std::format!(
+            "a migration needs 1 to {} streams, not {n}",
+            crate::wire::MAX_STREAMS
+        )));
+        return report;
+    }
+    let layout = *bitmap.layout();
+    let mut scheduler = match Scheduler::new(
+        config.policy,
+        layout.total_pages(),
+        layout.page_size(),
+        now(),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            report.result = Err(RuntimeError::Engine(e.into()));
+            return report;
+        }
+    };
+    let stop = AtomicBool::new(false);
+    let sent_bytes = AtomicU64::new(0);
+    let progress: Vec<Progress> = (0..n).map(|_| Progress::default()).collect();
+    let (note_tx, note_rx) = unbounded::<(usize, Note)>();
+    let mut command_txs = Vec::with_capacity(n);
+    std::thread::scope(|scope| {
+        for (i, link) in links.into_iter().enumerate() {
+            let (command_tx, command_rx) = unbounded::<Command>();
+            command_txs.push(command_tx);
+            let (data_tx, data_rx) = bounded::<Chunk>(options.queue_depth.max(1));
+            let (free_tx, free_rx) = unbounded::<Vec<u8>>();
+            let config = SourceConfig {
+                stream: Shard::new(i as u8, n as u8).unwrap_or(Shard::WHOLE),
+                external_decisions: true,
+                ..config
+            };
+            let (stop, progress, sent_bytes, verdict) =
+                (&stop, &progress[i], &sent_bytes, &verdict);
+            let note = note_tx.clone();
+            scope.spawn(move || {
+                let encoder = Encoder {
+                    data_tx,
+                    free_rx,
+                    command_rx,
+                    stop,
+                    progress,
+                };
+                if let Err(e) = encoder.run(bitmap, memory, config, options, now) {
+                    // Only the first failure is reported; the others are its echo.
+                    if !stop.swap(true, Ordering::Relaxed) {
+                        let _ = note.send((i, Note::Failed(e)));
+                    }
+                }
+            });
+            let note = note_tx.clone();
+            scope.spawn(move || {
+                let shared = SenderShared {
+                    index: i,
+                    notes: &note,
+                    cap,
+                    stop,
+                    sent_bytes,
+                    progress,
+                };
+                shared.send_loop(link, data_rx, free_tx, verdict)
+            });
+        }
+        drop(note_tx);
+        report.result = coordinate(
+            &note_rx,
+            &command_txs,
+            &mut scheduler,
+            control,
+            &progress,
+            &mut report.paused_at,
+            &mut report.digests,
+            now,
+        );
+        if report.result.is_err() {
+            stop.store(true, Ordering::Relaxed);
+        }
+        // Encoders waiting for a command see the channel close and stop.
+        command_txs.clear();
+    });
+    report.rounds = scheduler.rounds();
+    report.predicted_downtime_ns = scheduler.predicted_downtime_ns();
+    report.wire_bytes = sent_bytes.load(Ordering::Relaxed);
+    report
+}
+
+/// The coordinator: collects the streams' notes, runs the scheduler, pauses the guest.
+#[allow(clippy::too_many_arguments)]
+fn coordinate(
+    notes: &Receiver<(usize, Note)>,
+    commands: &[Sender<Command>],
+    scheduler: &mut Scheduler,
+    control: &mut dyn SourceControl,
+    progress: &[Progress],
+    paused_at: &mut Option<Instant>,
+    digests_out: &mut Option<Vec<u128>>,
+    now: impl Fn() -> u64,
+) -> Result<(), RuntimeError> {
+    let n = commands.len();
+    let mut rounds: Vec<Option<(StreamRound, bool)>> = vec![None; n];
+    let mut pause_wanted = 0;
+    let mut digests: Vec<Option<u128>> = vec![None; n];
+    let mut fin = StreamsFinal {
+        round: 0,
+        pages_sent: 0,
+        wire_bytes: 0,
+        codecs: CodecStats::default(),
+    };
+    let mut verified = 0;
+    let broadcast = |c: &dyn Fn() -> Command| {
+        for tx in commands {
+            let _ = tx.send(c());
+        }
+    };
+    loop {
+        let (i, note) = match notes.recv_timeout(Duration::from_millis(100)) {
+            Ok(x) => x,
+            Err(RecvTimeoutError::Timeout) => {
+                let sum = |f: &dyn Fn(&Progress) -> u64| progress.iter().map(f).sum::<u64>();
+                let lz4 = progress
+                    .iter()
+                    .filter(|p| p.lz4.load(Ordering::Relaxed))
+                    .count();
+                control.progress(
+                    sum(&|p| p.sent.load(Ordering::Relaxed)),
+                    sum(&|p| p.planned.load(Ordering::Relaxed)),
+                    lz4 as u8,
+                );
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(RuntimeError::Peer(
+                    "every stream stopped before the migration completed".to_string(),
+                ))
+            }
+        };
+        match note {
+            Note::Round(r, lz4) => {
+                rounds[i] = Some((r, lz4));
+                if rounds.iter().any(Option::is_none) {
+                    continue;
+                }
+                let mut m = RoundMeasurement {
+                    now_ns: now(),
+                    pages_sent: 0,
+                    wire_bytes: 0,
+                    dirty_pages: 0,
+                };
+                let (mut codecs, mut deferred_pages, mut lz4_streams) =
+                    (CodecStats::default(), 0, 0);
+                for (r, lz4) in rounds.iter_mut().filter_map(Option::take) {
+                    m.pages_sent += r.pages_sent;
+                    m.wire_bytes += r.wire_bytes;
+                    m.dirty_pages += r.dirty_pages;
+                    codecs.add(&r.codecs);
+                    deferred_pages += r.deferred_pages;
+                    lz4_streams += u8::from(lz4);
+                }
+                let sum = StreamsRound {
+                    outcome: scheduler.round_done(m),
+                    codecs,
+                    deferred_pages,
+                    lz4_streams,
+                };
+                let decision = sum.outcome.decision;
+                control.round_done(&sum);
+                if let Decision::Continue { throttle_percent } = decision {
+                    control.throttle(throttle_percent);
+                }
+                if let Decision::Fail(e) = decision {
+                    return Err(RuntimeError::Engine(e.into()));
+                }
+                broadcast(&|| Command::Decide(decision));
+            }
+            Note::PauseWanted => {
+                pause_wanted += 1;
+                if pause_wanted == n {
+                    control.pause();
+                    *paused_at = Some(Instant::now());
+                    broadcast(&|| Command::Paused);
+                }
+            }
+            Note::Complete(digest, f) => {
+                digests[i] = Some(digest);
+                fin.round = f.round;
+                fin.pages_sent += f.pages_sent;
+                fin.wire_bytes += f.wire_bytes;
+                fin.codecs.add(&f.codecs);
+                if digests.iter().all(Option::is_some) {
+                    control.final_round(&fin);
+                    *digests_out = Some(digests.iter().map(|d| d.unwrap_or(0)).collect());
+                }
+            }
+            Note::Verdict(Ok(())) => {
+                verified += 1;
+                if verified == n {
+                    return Ok(());
+                }
+            }
+            Note::Verdict(Err(e)) | Note::Failed(e) => return Err(e),
+        }
+    }
+}
+
+/// One stream's encoder: drives its engine into buffers for its sender.
+struct Encoder<'a> {
+    data_tx: Sender<Chunk>,
+    free_rx: Receiver<Vec<u8>>,
+    command_rx: Receiver<Command>,
+    stop: &'a AtomicBool,
+    progress: &'a Progress,
+}
+
+impl Encoder<'_> {
+    fn run<M, W>(
+        &self,
+        bitmap: &AtomicDirtyBitmap<W>,
+        memory: &M,
+        config: SourceConfig,
+        options: &StreamOptions,
+        now: impl Fn() -> u64,
+    ) -> Result<(), RuntimeError>
+    where
+        M: PageMemory + ?Sized,
+        W: core::ops::Deref<Target = [core::sync::atomic::AtomicU64]>,
+    {
+        let mut engine = SourceEngine::new(bitmap, config, now())?;
+        let result = self.drive(&mut engine, memory, options, &now);
+        if result.is_err() {
+            // Pages harvested but not sent go back into the bitmap.
+            engine.abort();
+        }
+        result
+    }
+
+    fn drive<M, W>(
+        &self,
+        engine: &mut SourceEngine<'_, W>,
+        memory: &M,
+        options: &StreamOptions,
+        now: &impl Fn() -> u64,
+    ) -> Result<(), RuntimeError>
+    where
+        M: PageMemory + ?Sized,
+        W: core::ops::Deref<Target = [core::sync::atomic::AtomicU64]>,
+    {
+        let stopped = || RuntimeError::Peer("stopped: another stream failed".to_string());
+        let buffer_len = engine.min_buffer_len().max(options.buffer_bytes);
+        let mut fresh_buffers = options.queue_depth.max(1) + 1;
+        let mut choice = CompressionChoice::new(&options.compression);
+        engine.set_lz4(choice.lz4());
+        let (mut last_pages, mut last_link) = (0u64, (0u64, 0u64));
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return Err(stopped());
+            }
+            let mut buf = match self.free_rx.try_recv() {
+                Ok(buf) => buf,
+                Err(_) if fresh_buffers > 0 => {
+                    fresh_buffers -= 1;
+                    vec![0u8; buffer_len]
+                }
+                Err(_) => self.free_rx.recv().map_err(|_| stopped())?,
+            };
+            let encode_start = now();
+            let t = engine.poll_transmit(memory, encode_start, &mut buf)?;
+            let encode_ns = now() - encode_start;
+            self.data_tx
+                .send(Chunk::Bytes(buf, t.len))
+                .map_err(|_| stopped())?;
+            let pages = engine.codec_stats().pages();
+            let link = (
+                self.progress.link_ns.load(Ordering::Relaxed),
+                self.progress.link_bytes.load(Ordering::Relaxed),
+            );
+            engine.set_lz4(choice.observe(
+                pages - last_pages,
+                encode_ns,
+                t.len as u64,
+                link.0 - last_link.0,
+                link.1 - last_link.1,
+            ));
+            (last_pages, last_link) = (pages, link);
+            let (sent, planned) = engine.round_progress();
+            self.progress.sent.store(sent, Ordering::Relaxed);
+            self.progress.planned.store(planned, Ordering::Relaxed);
+            self.progress
+                .lz4
+                .store(engine.lz4_enabled(), Ordering::Relaxed);
+            let note = |n: Note| self.data_tx.send(Chunk::Note(n)).map_err(|_| stopped());
+            match t.event {
+                SourceEvent::None => {}
+                SourceEvent::RoundMeasured(r) => {
+                    note(Note::Round(r, engine.lz4_enabled()))?;
+                    match self.command_rx.recv() {
+                        Ok(Command::Decide(d)) => engine.decide(d)?,
+                        _ => return Err(stopped()),
+                    }
+                }
+                SourceEvent::PauseGuest { .. } => {
+                    note(Note::PauseWanted)?;
+                    match self.command_rx.recv() {
+                        Ok(Command::Paused) => engine.guest_paused(now())?,
+                        _ => return Err(stopped()),
+                    }
+                }
+                SourceEvent::Complete { digest, round } => {
+                    let fin = StreamsFinal {
+                        round: round.round,
+                        pages_sent: round.pages_sent,
+                        wire_bytes: round.wire_bytes,
+                        codecs: round.codecs,
+                    };
+                    return note(Note::Complete(digest, fin));
+                }
+                SourceEvent::RoundDone(_) => {
+                    unreachable!("engines of a multi-stream migration leave decisions to it")
+                }
+            }
+        }
+    }
+}
+
+/// What a stream's sender shares with the rest.
+struct SenderShared<'a> {
+    index: usize,
+    notes: &'a Sender<(usize, Note)>,
+    cap: Option<&'a TokenBucket>,
+    stop: &'a AtomicBool,
+    sent_bytes: &'a AtomicU64,
+    progress: &'a Progress,
+}
+
+impl SenderShared<'_> {
+    /// One stream's sender: writes the encoder's buffers to the link (within the cap),
+    /// passes notes on after the bytes before them, and after the completion waits for
+    /// the destination's verdict.
+    fn send_loop<T, V>(
+        &self,
+        mut link: T,
+        data: Receiver<Chunk>,
+        free: Sender<Vec<u8>>,
+        verdict: &V,
+    ) where
+        T: Transport,
+        T::Error: core::fmt::Display,
+        V: Fn(&mut T) -> Result<(), RuntimeError>,
+    {
+        let i = self.index;
+        for chunk in data.iter() {
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            match chunk {
+                Chunk::Bytes(buf, len) => {
+                    if len > 0 {
+                        let start = Instant::now();
+                        if let Some(cap) = self.cap {
+                            cap.take(len);
+                        }
+                        if let Err(e) = link.send(&buf[..len]) {
+                            if !self.stop.swap(true, Ordering::Relaxed) {
+                                let e = RuntimeError::Peer(e.to_string());
+                                let _ = self.notes.send((i, Note::Failed(e)));
+                            }
+                            return;
+                        }
+                        let ns = start.elapsed().as_nanos() as u64;
+                        self.progress.link_ns.fetch_add(ns, Ordering::Relaxed);
+                        self.progress
+                            .link_bytes
+                            .fetch_add(len as u64, Ordering::Relaxed);
+                        self.sent_bytes.fetch_add(len as u64, Ordering::Relaxed);
+                    }
+                    let _ = free.send(buf);
+                }
+                Chunk::Note(note) => {
+                    let complete = matches!(note, Note::Complete(..));
+                    let _ = self.notes.send((i, note));
+                    if complete {
+                        let _ = self.notes.send((i, Note::Verdict(verdict(&mut link))));
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
