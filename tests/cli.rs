@@ -425,7 +425,8 @@ fn destination_closing_mid_stream_leaves_the_source_running() {
         c.read_exact(&mut some).unwrap();
         // Then the destination dies.
     });
-    let (status, out, err) = send(&["--connect", &addr, "--json"]);
+    // One stream: the fake destination takes one connection.
+    let (status, out, err) = send(&["--connect", &addr, "--json", "--streams", "1"]);
     fake.join().unwrap();
     assert_fails_with(
         status,
@@ -530,7 +531,7 @@ fn sending_to_something_that_is_not_a_destination() {
         let _ = c.read_exact(&mut some);
         let _ = c.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
     });
-    let (status, _, err) = send(&["--connect", &addr]);
+    let (status, _, err) = send(&["--connect", &addr, "--streams", "1"]);
     web.join().unwrap();
     assert_fails_with(
         status,

@@ -16,6 +16,6 @@ pub use error::EngineError;
 pub use source::{
     FinalRound, SourceConfig, SourceEngine, SourceEvent, SourceRound, StreamRound, Transmit,
 };
-#[cfg(feature = "alloc")]
-pub use transport::MemoryTransport;
 pub use transport::Transport;
+#[cfg(feature = "alloc")]
+pub use transport::{MemoryTransport, TransportClosed};

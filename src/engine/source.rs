@@ -182,6 +182,8 @@ pub struct SourceEngine<'b, W: Deref<Target = [AtomicU64]>> {
     announce_round: bool,
     /// The number of the round after the current one.
     next_round: u32,
+    /// With external decisions: the prediction of the caller's switchover.
+    decided_downtime_ns: Option<u64>,
 }
 
 impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
@@ -231,6 +233,7 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
             announce_final: false,
             announce_round: false,
             next_round: 1,
+            decided_downtime_ns: None,
         })
     }
 
@@ -239,7 +242,9 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
         header_len(self.bitmap.layout().regions().len()) + 2 * max_frame_len(self.page_size())
     }
 
-    /// The scheduler (policy, rounds so far, last prediction).
+    /// The scheduler (policy, rounds so far, last prediction). With
+    /// [`SourceConfig::external_decisions`] it is not consulted and sees no rounds: the
+    /// caller's scheduler is the one that counts.
     pub fn scheduler(&self) -> &Scheduler {
         &self.scheduler
     }
@@ -279,6 +284,13 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
 
     fn page_size(&self) -> usize {
         self.bitmap.layout().page_size() as usize
+    }
+
+    /// The downtime predicted for the final round: the caller's, with external
+    /// decisions, else this engine's scheduler's.
+    fn predicted_downtime_ns(&self) -> u64 {
+        self.decided_downtime_ns
+            .unwrap_or_else(|| self.scheduler.predicted_downtime_ns())
     }
 
     /// Fills `out` with stream bytes (whole frames only) and says what to do next.
@@ -337,7 +349,13 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
                 self.start_round(round + 1, false);
                 self.announce_round = true;
             }
-            Decision::SwitchOver { .. } => self.phase = Phase::AwaitPause,
+            Decision::SwitchOver {
+                predicted_downtime_ns,
+                ..
+            } => {
+                self.decided_downtime_ns = Some(predicted_downtime_ns);
+                self.phase = Phase::AwaitPause;
+            }
             Decision::Fail(e) => {
                 self.fail();
                 return Err(EngineError::Schedule(e));
@@ -441,7 +459,7 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
                     return Ok(Transmit {
                         len,
                         event: SourceEvent::PauseGuest {
-                            predicted_downtime_ns: self.scheduler.predicted_downtime_ns(),
+                            predicted_downtime_ns: self.predicted_downtime_ns(),
                         },
                     })
                 }
@@ -585,7 +603,7 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
                         pages_sent: self.round_pages,
                         wire_bytes: self.round_wire_bytes,
                         codecs,
-                        predicted_downtime_ns: self.scheduler.predicted_downtime_ns(),
+                        predicted_downtime_ns: self.predicted_downtime_ns(),
                     },
                 },
             ));

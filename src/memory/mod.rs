@@ -121,12 +121,42 @@ fn hash_chunks(bytes: &[u8], page_size: usize, hashes: &mut [u64]) {
             .par_chunks(page_size)
             .zip(hashes.par_iter_mut())
             .with_min_len(64)
-            .for_each(|(page, hash)| *hash = crate::codec::base_hash(page));
+            .for_each(|(page, hash)| *hash = page_hash(page));
     }
     #[cfg(not(feature = "std"))]
     for (page, hash) in bytes.chunks_exact(page_size).zip(hashes.iter_mut()) {
-        *hash = crate::codec::base_hash(page);
+        *hash = page_hash(page);
     }
+}
+
+/// [`crate::codec::base_hash`] of `page`, taking a short cut for zero pages (most of
+/// a fresh guest): the zero check runs at memory speed, the hash of a zero page is
+/// computed once per page size.
+fn page_hash(page: &[u8]) -> u64 {
+    if page.len() <= ZERO_PAGE.len() && crate::codec::is_zero_page(page) {
+        zero_page_hash(page.len())
+    } else {
+        crate::codec::base_hash(page)
+    }
+}
+
+/// The hash of a zero page of `len` bytes (at most 64 KiB), computed once per
+/// power-of-two length.
+fn zero_page_hash(len: usize) -> u64 {
+    use core::sync::atomic::{AtomicU64, Ordering};
+    // Slot k holds the hash for 2^k bytes, 0 while not computed yet.
+    static HASHES: [AtomicU64; 17] = [const { AtomicU64::new(0) }; 17];
+    let slot = len
+        .is_power_of_two()
+        .then(|| &HASHES[len.trailing_zeros() as usize]);
+    if let Some(h) = slot.map(|s| s.load(Ordering::Relaxed)).filter(|&h| h != 0) {
+        return h;
+    }
+    let hash = crate::codec::base_hash(&ZERO_PAGE[..len]);
+    if let Some(s) = slot {
+        s.store(hash, Ordering::Relaxed);
+    }
+    hash
 }
 
 /// Checks an access to page `page` with a buffer of `len` bytes against memory of
@@ -261,6 +291,17 @@ impl AtomicMemory {
         AtomicMemory { page_size, words }
     }
 
+    /// The address of the first byte (for advice to the OS such as huge pages; the
+    /// memory is only ever accessed through the atomics).
+    pub fn as_ptr(&self) -> *const u8 {
+        self.words.as_ptr().cast()
+    }
+
+    /// Size in bytes.
+    pub fn byte_len(&self) -> usize {
+        self.words.len() * 8
+    }
+
     /// Stores `value` at byte offset `8 * word` of page `page` (a guest write; the
     /// caller marks the page dirty afterwards).
     pub fn store_word(&self, page: u64, word: usize, value: u64) -> Result<(), MemoryError> {
@@ -381,7 +422,7 @@ impl PageMemory for AtomicMemory {
                 for (page, hash) in (base..).zip(out.iter_mut()) {
                     // In range: the last page was checked above.
                     let _ = self.read_page(page, buf);
-                    *hash = crate::codec::base_hash(buf);
+                    *hash = page_hash(buf);
                 }
             },
         );

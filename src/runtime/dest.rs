@@ -78,6 +78,7 @@ pub fn receive_streams(
             .map_err(|e| RuntimeError::io(format!("answering the source {}", s.peer), e))?;
     }
     let mut memory = VecMemory::new(header.page_size(), header.layout.total_pages());
+    super::huge_pages::advise_huge_pages(memory.as_bytes().as_ptr(), memory.as_bytes().len());
     let first_error: Mutex<Option<String>> = Mutex::new(None);
     let views = memory.streams(header.stream.count());
     let results: Vec<Result<(ApplyStats, u64, u128), RuntimeError>> = std::thread::scope(|s| {

@@ -91,6 +91,18 @@ impl From<ApplyError> for RuntimeError {
     }
 }
 
+impl From<crate::engine::TransportClosed> for RuntimeError {
+    fn from(e: crate::engine::TransportClosed) -> Self {
+        RuntimeError::Peer(std::string::ToString::to_string(&e))
+    }
+}
+
+impl From<std::io::Error> for RuntimeError {
+    fn from(e: std::io::Error) -> Self {
+        RuntimeError::io("sending", e)
+    }
+}
+
 /// A byte count in the largest binary unit that divides it (`64 MiB`, `4097 bytes`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Size(pub u64);

@@ -183,6 +183,7 @@ impl SyntheticGuest {
     pub fn new(layout: GuestLayout, workload: Workload) -> Self {
         let page_size = layout.page_size() as usize;
         let memory = Arc::new(AtomicMemory::new(page_size, layout.total_pages()));
+        super::huge_pages::advise_huge_pages(memory.as_ptr(), memory.byte_len());
         let bitmap = Arc::new(AtomicDirtyBitmap::new(layout));
         let prefill = match workload {
             Workload::Continuous { set, .. } => set / layout.page_size(),

@@ -8,6 +8,7 @@ mod dest;
 mod error;
 pub mod file;
 pub mod guest;
+pub mod huge_pages;
 pub mod pacer;
 pub mod session;
 pub mod streams;

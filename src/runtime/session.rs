@@ -285,6 +285,7 @@ fn receive_inner<R: Read + ?Sized>(
         write_reply(w, &Reply::Ok).map_err(|e| RuntimeError::io("answering the source", e))?;
     }
     let memory = VecMemory::new(header.page_size(), header.layout.total_pages());
+    super::huge_pages::advise_huge_pages(memory.as_bytes().as_ptr(), memory.as_bytes().len());
     let mut applier = Applier::with_memory(memory);
     let (stream_bytes, digest) = apply_from(input, &mut applier, &header_bytes, replies.is_some())?;
     let stats = applier.stats();

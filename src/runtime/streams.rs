@@ -176,7 +176,7 @@ pub fn migrate_streams<T, M, W, V>(
 ) -> StreamsReport
 where
     T: Transport + Send,
-    T::Error: core::fmt::Display,
+    T::Error: Into<RuntimeError>,
     M: PageMemory + Sync + ?Sized,
     W: core::ops::Deref<Target = [core::sync::atomic::AtomicU64]> + Sync,
     V: Fn(&mut T) -> Result<(), RuntimeError> + Sync,
@@ -240,6 +240,8 @@ where
                 };
                 if let Err(e) = encoder.run(bitmap, memory, config, options, now) {
                     // Only the first failure is reported; the others are its echo.
+                    // An encoder stopped because another stream failed has nothing
+                    // to add.
                     if !stop.swap(true, Ordering::Relaxed) {
                         let _ = note.send((i, Note::Failed(e)));
                     }
@@ -260,6 +262,7 @@ where
         }
         drop(note_tx);
         report.result = coordinate(
+            &stop,
             &note_rx,
             &command_txs,
             &mut scheduler,
@@ -284,6 +287,7 @@ where
 /// The coordinator: collects the streams' notes, runs the scheduler, pauses the guest.
 #[allow(clippy::too_many_arguments)]
 fn coordinate(
+    stop: &AtomicBool,
     notes: &Receiver<(usize, Note)>,
     commands: &[Sender<Command>],
     scheduler: &mut Scheduler,
@@ -394,9 +398,29 @@ fn coordinate(
                     return Ok(());
                 }
             }
-            Note::Verdict(Err(e)) | Note::Failed(e) => return Err(e),
+            Note::Verdict(Err(e)) | Note::Failed(e) => {
+                stop.store(true, Ordering::Relaxed);
+                return Err(most_telling(e, notes));
+            }
         }
     }
+}
+
+/// The error to report of a failed migration: the first one, unless another stream
+/// reports the destination's reason (a refusal) within a moment: a destination that
+/// refuses one stream closes the others, and their resets may arrive first.
+fn most_telling(first: RuntimeError, notes: &Receiver<(usize, Note)>) -> RuntimeError {
+    let refusal = |e: &RuntimeError| matches!(e, RuntimeError::Refused { .. });
+    let deadline = Instant::now() + Duration::from_millis(300);
+    let mut best = first;
+    while !refusal(&best) {
+        match notes.recv_deadline(deadline) {
+            Ok((_, Note::Failed(e) | Note::Verdict(Err(e)))) if refusal(&e) => best = e,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    best
 }
 
 /// One stream's encoder: drives its engine into buffers for its sender.
@@ -540,7 +564,7 @@ impl SenderShared<'_> {
         verdict: &V,
     ) where
         T: Transport,
-        T::Error: core::fmt::Display,
+        T::Error: Into<RuntimeError>,
         V: Fn(&mut T) -> Result<(), RuntimeError>,
     {
         let i = self.index;
@@ -556,10 +580,11 @@ impl SenderShared<'_> {
                             cap.take(len);
                         }
                         if let Err(e) = link.send(&buf[..len]) {
-                            if !self.stop.swap(true, Ordering::Relaxed) {
-                                let e = RuntimeError::Peer(e.to_string());
-                                let _ = self.notes.send((i, Note::Failed(e)));
-                            }
+                            // Every sender's failure is reported: the coordinator
+                            // prefers a destination's stated reason to the resets of
+                            // the other connections that follow it.
+                            self.stop.store(true, Ordering::Relaxed);
+                            let _ = self.notes.send((i, Note::Failed(e.into())));
                             return;
                         }
                         let ns = start.elapsed().as_nanos() as u64;

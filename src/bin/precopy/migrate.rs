@@ -358,7 +358,7 @@ pub fn run_source<T>(
 ) -> SourceReport
 where
     T: Transport + Send,
-    T::Error: std::fmt::Display,
+    T::Error: Into<RuntimeError>,
 {
     let start = Instant::now();
     let guest = &mut source.guest;
