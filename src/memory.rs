@@ -396,7 +396,12 @@ impl PageMemory for &AtomicMemory {
         self.store_page(page, data)
     }
 
-    fn hash_pages(&self, first: u64, hashes: &mut [u64], scratch: &mut [u8]) -> Result<(), MemoryError> {
+    fn hash_pages(
+        &self,
+        first: u64,
+        hashes: &mut [u64],
+        scratch: &mut [u8],
+    ) -> Result<(), MemoryError> {
         (**self).hash_pages(first, hashes, scratch)
     }
 

@@ -5,7 +5,9 @@ use core::fmt;
 
 use crate::codec::{base_hash, delta_apply, lz4_decompress_page, CodecError};
 use crate::memory::{MemoryError, PageMemory};
-use crate::wire::{digest_stream, Decoder, Shard, Event, Frame, Location, WireError, WireErrorKind};
+use crate::wire::{
+    digest_stream, Decoder, Event, Frame, Location, Shard, WireError, WireErrorKind,
+};
 
 /// Why the destination stopped applying a stream. Guest memory is never written with
 /// bytes that failed a check: a failed page is left as it was.

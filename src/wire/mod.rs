@@ -73,8 +73,8 @@ pub use frame::{
     max_frame_len, seal_page_frame, Frame, FrameHeaderView, FrameKind, FRAME_HEADER_LEN,
     PAGE_PAYLOAD_OFFSET,
 };
-pub use shard::{Shard, MAX_STREAMS, SHARD_CHUNK_PAGES};
 pub use header::{Features, HeaderPrefix, StreamHeader, MAGIC, MAX_HEADER_LEN};
+pub use shard::{Shard, MAX_STREAMS, SHARD_CHUNK_PAGES};
 
 /// The stream format version this precopy writes and the newest it reads.
 ///
