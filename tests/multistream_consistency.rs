@@ -449,3 +449,34 @@ fn streams_delivered_to_the_wrong_appliers_never_complete() {
     assert!(!applier.is_complete());
     assert!(applier.finish().is_err());
 }
+
+#[test]
+fn appliers_on_their_own_threads_rebuild_the_source() {
+    // The streams of a migration are independent: each applier on its own thread,
+    // writing its own pages of one shared destination memory at the same time.
+    let source = three_streams(1500);
+    let dest = AtomicMemory::new(PAGE, 1500);
+    let digests: Vec<u128> = std::thread::scope(|scope| {
+        let handles: Vec<_> = source
+            .streams
+            .iter()
+            .enumerate()
+            .map(|(i, stream)| {
+                let dest = &dest;
+                scope.spawn(move || {
+                    let mut applier = Applier::with_memory(dest);
+                    let mut progress = Progress::InProgress;
+                    for piece in stream.chunks(97 + 300 * i) {
+                        progress = applier.feed(piece).unwrap();
+                    }
+                    assert_eq!(progress, Progress::Complete, "stream {i}");
+                    applier.finish().unwrap();
+                    applier.digest().unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(digests, source.digests);
+    assert!(bytes_of(&dest) == bytes_of(&source.memory));
+}
