@@ -108,11 +108,13 @@ struct Source {
 
 /// Runs an `n`-stream migration of a guest of `kinds.len()` pages to completion: the
 /// engines polled in the order `order` gives, LZ4 switched per poll by `lz4`, one
-/// scheduler deciding at the round barrier.
+/// scheduler deciding at the round barrier. Besides the script, the first `hot_polls`
+/// polls each write a hot page (on every stream in turn), so rounds keep going.
 fn migrate(
     n: u8,
     kinds: &[u8],
     script: Vec<Vec<Write>>,
+    hot_polls: usize,
     order: &[u8],
     lz4: &[bool],
     policy: Policy,
@@ -167,6 +169,12 @@ fn migrate(
         streams[i].extend_from_slice(&buf[..t.len]);
         now += t.len as u64 * 8 + 1_000; // 1 Gbit/s and a little per call
         guest.run_writes(); // writes between engine steps too
+        if polls < hot_polls && !guest.paused.get() {
+            let stream = (polls / 8) as u64 % n as u64;
+            let page = (stream * SHARD_CHUNK_PAGES + polls as u64 % 8) % pages;
+            memory.store_word(page, polls % 8, polls as u64).unwrap();
+            bitmap.mark(page).unwrap();
+        }
         match t.event {
             SourceEvent::None => {
                 // An engine waiting for the decision or the pause produces nothing.
@@ -276,7 +284,7 @@ fn apply_interleaved(
 }
 
 fn policy() -> impl Strategy<Value = Policy> {
-    (1u64..300_000, 1u32..6).prop_map(|(limit, rounds)| Policy {
+    (1u64..5_000, 1u32..6).prop_map(|(limit, rounds)| Policy {
         downtime_limit_ns: limit,
         non_memory_downtime_ns: 0,
         max_rounds: rounds,
@@ -326,12 +334,13 @@ proptest! {
     fn destination_equals_source_for_any_stream_count_and_interleaving(
         n in 1u8..=4,
         (kinds, script) in guest(),
+        hot_polls in 0usize..3000,
         order in prop::collection::vec(any::<u8>(), 1..16),
         lz4 in prop::collection::vec(any::<bool>(), 1..6),
         pieces in prop::collection::vec((any::<u8>(), 1u16..6000), 1..12),
         policy in policy(),
     ) {
-        let source = migrate(n, &kinds, script, &order, &lz4, policy);
+        let source = migrate(n, &kinds, script, hot_polls, &order, &lz4, policy);
         prop_assert!(source.rounds <= policy.max_rounds);
         let (dest, results) = apply_interleaved(&source, &pieces);
         let pages = source.memory.total_pages();
@@ -369,7 +378,15 @@ fn three_streams(pages: u64) -> Source {
         on_limit: OnLimit::SwitchOver,
         ..Policy::default()
     };
-    migrate(3, &kinds, script, &[0, 1, 2, 2, 1], &[true, false], policy)
+    migrate(
+        3,
+        &kinds,
+        script,
+        0,
+        &[0, 1, 2, 2, 1],
+        &[true, false],
+        policy,
+    )
 }
 
 #[test]
