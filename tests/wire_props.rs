@@ -806,3 +806,22 @@ fn built_streams_of_every_shard_rebuild_a_guest_on_shared_memory() {
         );
     }
 }
+
+#[test]
+fn a_format_1_stream_from_an_older_source_still_migrates() {
+    for seed in 1..6 {
+        let (mem, mut stream) = source_and_stream(seed);
+        // The header as format 1 wrote it: version 1, bytes 38 and 39 reserved (zero).
+        let header_len = 40 + 16 + 4;
+        assert_eq!((stream[38], stream[39]), (0, 1));
+        stream[8..10].copy_from_slice(&1u16.to_le_bytes());
+        stream[39] = 0;
+        reseal(&mut stream[..header_len]);
+        assert_eq!(apply(&stream).unwrap(), mem, "seed {seed}");
+        // Left with a format-2 stream byte, it is refused before any page is written.
+        stream[39] = 1;
+        reseal(&mut stream[..header_len]);
+        let err = apply(&stream).unwrap_err();
+        assert!(err.contains("reserved field is not zero"), "{err}");
+    }
+}
