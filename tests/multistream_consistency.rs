@@ -497,3 +497,104 @@ fn appliers_on_their_own_threads_rebuild_the_source() {
     assert_eq!(digests, source.digests);
     assert!(bytes_of(&dest) == bytes_of(&source.memory));
 }
+
+#[test]
+fn a_failed_multi_stream_migration_loses_no_dirty_page() {
+    // Every poll dirties pages on all three streams and the policy gives up after two
+    // rounds: the scheduler's Fail goes to every engine. Then each page on which the
+    // destination (fed every byte sent) differs from the source must still be marked
+    // in the bitmap, for a later attempt.
+    let pages = 1500u64;
+    let layout = GuestLayout::flat(PAGE as u64, pages * PAGE as u64).unwrap();
+    let memory = AtomicMemory::new(PAGE, pages);
+    fill(
+        &memory,
+        &(0..pages).map(|p| (p % 5) as u8).collect::<Vec<_>>(),
+    );
+    let bitmap: Bitmap = AtomicDirtyBitmap::new(layout);
+    let script: Vec<Vec<Write>> = (0..5000u64)
+        .map(|i| vec![((i * 211) % pages, (i % 64) as usize, i + 1)])
+        .collect();
+    let guest = ScriptedGuest {
+        memory: &memory,
+        bitmap: &bitmap,
+        script: RefCell::new(script.into()),
+        paused: Cell::new(false),
+    };
+    let policy = Policy {
+        downtime_limit_ns: 1,
+        non_memory_downtime_ns: 0,
+        max_rounds: 2,
+        on_limit: OnLimit::Fail,
+        ..Policy::default()
+    };
+    let mut engines: Vec<_> = (0..3)
+        .map(|i| {
+            let config = SourceConfig {
+                stream: Shard::new(i, 3).unwrap(),
+                external_decisions: true,
+                policy,
+                ..SourceConfig::new(PAGE)
+            };
+            SourceEngine::new(&bitmap, config, 0).unwrap()
+        })
+        .collect();
+    let mut scheduler = Scheduler::new(policy, pages, PAGE as u64, 0).unwrap();
+    let mut streams = vec![Vec::new(); 3];
+    let mut measured = [None; 3];
+    let mut buf = vec![0u8; engines[0].min_buffer_len() + 3 * PAGE];
+    let mut now = 0;
+    let mut failed = false;
+    for poll in 0..100_000usize {
+        let i = poll % 3;
+        let t = engines[i].poll_transmit(&guest, now, &mut buf).unwrap();
+        streams[i].extend_from_slice(&buf[..t.len]);
+        now += t.len as u64 * 8 + 1_000;
+        guest.run_writes();
+        if let SourceEvent::RoundMeasured(r) = t.event {
+            measured[i] = Some(r);
+        }
+        if measured.iter().all(Option::is_some) {
+            let m: Vec<_> = measured.iter().map(|m| m.unwrap()).collect();
+            let outcome = scheduler.round_done(RoundMeasurement {
+                now_ns: now,
+                pages_sent: m.iter().map(|r| r.pages_sent).sum(),
+                wire_bytes: m.iter().map(|r| r.wire_bytes).sum(),
+                dirty_pages: m.iter().map(|r| r.dirty_pages).sum(),
+            });
+            measured = [None; 3];
+            failed = matches!(outcome.decision, Decision::Fail(_));
+            for engine in &mut engines {
+                let r = engine.decide(outcome.decision);
+                assert_eq!(r.is_err(), failed, "{r:?}");
+            }
+            if failed {
+                break;
+            }
+        }
+    }
+    assert!(failed, "the policy gives up after two rounds");
+    for engine in &mut engines {
+        assert!(engine.poll_transmit(&guest, now, &mut buf).is_err());
+    }
+    // Every byte sent reaches a destination that never completes.
+    let dest = AtomicMemory::new(PAGE, pages);
+    for stream in &streams {
+        let mut applier = Applier::with_memory(&dest);
+        assert_eq!(applier.feed(stream).unwrap(), Progress::InProgress);
+        assert!(applier.finish().is_err());
+    }
+    let (src, dst) = (bytes_of(&memory), bytes_of(&dest));
+    let mut differing = 0;
+    for p in 0..pages {
+        let range = p as usize * PAGE..(p as usize + 1) * PAGE;
+        if src[range.clone()] != dst[range] {
+            differing += 1;
+            assert!(bitmap.is_dirty(p), "page {p} differs but is not marked");
+        }
+    }
+    assert!(
+        differing > 0,
+        "the guest kept writing: some pages must differ"
+    );
+}
