@@ -16,8 +16,8 @@ use crate::codec::{
 use crate::engine::{Applier, Progress};
 use crate::memory::{PageMemory, VecMemory};
 use crate::wire::{
-    digest_memory, seal_page_frame, Decoder, Event, Features, Frame, StreamHeader, WireError,
-    MAX_HEADER_LEN, PAGE_PAYLOAD_OFFSET,
+    digest_stream, seal_page_frame, Decoder, Event, Features, Frame, Shard, StreamHeader,
+    WireError, MAX_HEADER_LEN, PAGE_PAYLOAD_OFFSET,
 };
 
 /// Page size of the guest that [`apply_stream`] applies to.
@@ -36,11 +36,19 @@ pub struct StreamBuilder {
     page: Vec<u8>,
     payload: Vec<u8>,
     round: u32,
+    stream: Shard,
 }
 
 impl StreamBuilder {
     /// A stream for `layout`, with a delta cache of `cache_bytes`.
     pub fn new(layout: GuestLayout, cache_bytes: usize) -> Self {
+        Self::for_stream(layout, cache_bytes, Shard::WHOLE)
+    }
+
+    /// Stream `stream` of a multi-stream migration of `layout`: its rounds must send
+    /// only pages the stream owns, and its completion frame carries the digest of
+    /// those pages.
+    pub fn for_stream(layout: GuestLayout, cache_bytes: usize, stream: Shard) -> Self {
         let page_size = layout.page_size() as usize;
         let mut config = EncoderConfig::new(page_size);
         config.cache_bytes = cache_bytes;
@@ -49,7 +57,7 @@ impl StreamBuilder {
             features: Features::ALL,
             session_id: *b"precopy-fuzzing!",
             layout,
-            stream: crate::wire::Shard::WHOLE,
+            stream,
         };
         let mut out = vec![0; MAX_HEADER_LEN];
         let n = header.emit(&mut out).expect("header fits");
@@ -61,6 +69,7 @@ impl StreamBuilder {
             encoder,
             page: vec![0; page_size],
             round: 0,
+            stream,
         }
     }
 
@@ -129,9 +138,10 @@ impl StreamBuilder {
         self.push(Frame::Switchover { remaining_pages });
     }
 
-    /// The completion frame with `memory`'s digest; returns the stream.
+    /// The completion frame with the digest of the stream's pages of `memory`;
+    /// returns the stream.
     pub fn complete(mut self, memory: &impl PageMemory) -> Vec<u8> {
-        let digest = digest_memory(memory, &mut self.page).expect("readable memory");
+        let digest = digest_stream(memory, self.stream, &mut self.page).expect("readable memory");
         self.push(Frame::Complete {
             total_pages: memory.total_pages(),
             digest,
@@ -361,8 +371,12 @@ pub fn apply_stream(data: &[u8]) {
         let Some(EventPrint::Frame(8, _, _, digest)) = events.last() else {
             panic!("complete without a completion frame last");
         };
+        let Some(EventPrint::Header(header)) = events.first() else {
+            panic!("complete without a header first");
+        };
+        // The digest of the stream's own pages (all of them for a single stream).
         let mut page = vec![0u8; APPLY_PAGE_SIZE];
-        let computed = digest_memory(applier.memory(), &mut page).expect("readable");
+        let computed = digest_stream(applier.memory(), header.stream, &mut page).expect("readable");
         assert_eq!(*digest, computed, "completed with memory that differs");
     }
 }

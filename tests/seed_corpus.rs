@@ -9,6 +9,7 @@ use precopy::bitmap::GuestLayout;
 use precopy::engine::{Applier, Progress};
 use precopy::fuzzing::{StreamBuilder, APPLY_PAGES, APPLY_PAGE_SIZE};
 use precopy::memory::{PageMemory, VecMemory};
+use precopy::wire::Shard;
 
 /// A valid stream over the fuzz guest: `kinds` picks each page's content.
 fn stream(kinds: &[u8], edits: &[(usize, u8)]) -> (VecMemory, Vec<u8>) {
@@ -46,6 +47,20 @@ fn stream(kinds: &[u8], edits: &[(usize, u8)]) -> (VecMemory, Vec<u8>) {
     (mem.clone(), s.complete(&mem))
 }
 
+/// Stream 1 of a two-stream migration of the fuzz guest (format 2's stream bytes set):
+/// the guest is one chunk, which stream 0 carries, so this stream's rounds are empty
+/// and its digest is that of no pages.
+fn second_of_two_streams() -> (VecMemory, Vec<u8>) {
+    let ps = APPLY_PAGE_SIZE;
+    let layout = GuestLayout::flat(ps as u64, APPLY_PAGES * ps as u64).unwrap();
+    let mem = VecMemory::new(ps, APPLY_PAGES);
+    let mut s = StreamBuilder::for_stream(layout, 1 << 16, Shard::new(1, 2).unwrap());
+    s.round(&mem, &[]);
+    s.switchover(0);
+    s.round(&mem, &[]);
+    (mem.clone(), s.complete(&mem))
+}
+
 fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     let mut out = Vec::new();
     let streams = [
@@ -62,6 +77,9 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             ),
         ),
     ];
+    let streams = streams
+        .into_iter()
+        .chain([("second_of_two_streams", second_of_two_streams())]);
     for (name, (_, bytes)) in streams {
         out.push(("wire_decode", name, bytes.clone()));
         out.push(("apply_stream", name, bytes));

@@ -6,7 +6,7 @@ use precopy::engine::{Applier, Progress};
 use precopy::fuzzing::{decode_in_pieces, wire_decode, StreamBuilder};
 use precopy::memory::{PageMemory, VecMemory};
 use precopy::wire::{
-    Features, Frame, Location, StreamHeader, WireError, WireErrorKind, FORMAT_VERSION,
+    Features, Frame, Location, Shard, StreamHeader, WireError, WireErrorKind, FORMAT_VERSION,
 };
 use proptest::prelude::*;
 
@@ -152,7 +152,7 @@ fn header() -> StreamHeader {
         features: Features::ALL,
         session_id: [1; 16],
         layout: GuestLayout::new(4096, &[(0, 1 << 20), (1 << 32, 1 << 20)]).unwrap(),
-        stream: precopy::wire::Shard::WHOLE,
+        stream: Shard::WHOLE,
     }
 }
 
@@ -366,5 +366,462 @@ fn a_decoder_without_room_for_a_header_errors_instead_of_panicking() {
             matches!(err.kind, WireErrorKind::BufferTooSmall { .. }),
             "{len}: {err}"
         );
+    }
+}
+
+// ---- multi-stream headers and page ownership (format 2) ----------------------------
+
+/// Rewrites a header's trailing CRC-32 after a test changed its bytes.
+fn reseal(header: &mut [u8]) {
+    let n = header.len();
+    let crc = crc32fast::hash(&header[..n - 4]);
+    header[n - 4..].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// A header for stream `shard` of a flat guest of `pages` pages of `page_size` bytes.
+fn shard_header(shard: Shard, page_size: u64, pages: u64) -> StreamHeader {
+    StreamHeader {
+        features: Features::ALL,
+        session_id: [7; 16],
+        layout: GuestLayout::flat(page_size, pages * page_size).unwrap(),
+        stream: shard,
+    }
+}
+
+/// The header's bytes; a format-2 header carries the stream at offsets 38 and 39.
+fn header_bytes(h: &StreamHeader) -> Vec<u8> {
+    let mut buf = vec![0u8; h.encoded_len()];
+    assert_eq!(h.emit(&mut buf).unwrap(), buf.len());
+    buf
+}
+
+/// How parsing the header alone and decoding it as a stream end.
+fn parse_both_ways(bytes: &[u8]) -> Result<StreamHeader, WireErrorKind> {
+    let parsed = StreamHeader::parse(bytes);
+    let (events, end) = decode_in_pieces(bytes, [5, 30]);
+    match &parsed {
+        Ok(_) => {
+            assert_eq!(events.len(), 1);
+            // Only the completion is missing.
+            assert_eq!(end.unwrap_err().kind, WireErrorKind::EndedBeforeCompletion);
+        }
+        Err(kind) => {
+            assert!(events.is_empty());
+            let err = end.unwrap_err();
+            assert_eq!((err.kind, err.location), (*kind, Location::Header));
+        }
+    }
+    parsed
+}
+
+#[test]
+fn format_2_headers_carry_the_stream() {
+    assert_eq!(FORMAT_VERSION, 2);
+    for (index, count) in [(0, 1), (1, 2), (2, 3), (0, 255), (254, 255)] {
+        let h = shard_header(Shard::new(index, count).unwrap(), 4096, 3000);
+        let bytes = header_bytes(&h);
+        assert_eq!(&bytes[8..10], &2u16.to_le_bytes());
+        assert_eq!((bytes[38], bytes[39]), (index, count));
+        assert_eq!(parse_both_ways(&bytes), Ok(h));
+    }
+}
+
+#[test]
+fn format_1_headers_are_the_whole_stream_with_zero_stream_bytes() {
+    let h = shard_header(Shard::WHOLE, 4096, 3000);
+    let mut v1 = header_bytes(&h);
+    v1[8..10].copy_from_slice(&1u16.to_le_bytes());
+    v1[38] = 0;
+    v1[39] = 0;
+    reseal(&mut v1);
+    let parsed = parse_both_ways(&v1).unwrap();
+    assert_eq!(parsed, h);
+    assert_eq!(parsed.stream, Shard::WHOLE);
+    // A format-1 stream still migrates: a whole stream whose pages all decode.
+    let mut n = v1.len();
+    v1.resize(n + 200, 0);
+    for f in [
+        Frame::RoundBegin {
+            round: 0,
+            planned_pages: 3000,
+        },
+        Frame::ZeroRun {
+            first_page: 0,
+            count: 3000,
+        },
+        Frame::RoundEnd {
+            round: 0,
+            pages: 3000,
+        },
+    ] {
+        n += f.emit(4096, &mut v1[n..]).unwrap();
+    }
+    let (events, end) = decode_in_pieces(&v1[..n], [3, 17]);
+    assert_eq!(events.len(), 4);
+    assert_eq!(end.unwrap_err().kind, WireErrorKind::EndedBeforeCompletion);
+
+    // Bytes 38 and 39 were reserved in format 1: anything but zero is refused, even
+    // a valid format-2 stream description.
+    let mut bad = header_bytes(&h);
+    bad[8..10].copy_from_slice(&1u16.to_le_bytes());
+    for (index, count) in [(0, 1), (1, 0), (1, 2), (0, 3), (255, 255)] {
+        bad[38] = index;
+        bad[39] = count;
+        reseal(&mut bad);
+        assert_eq!(
+            parse_both_ways(&bad),
+            Err(WireErrorKind::ReservedNotZero),
+            "format 1 with stream bytes {index}/{count}"
+        );
+    }
+}
+
+#[test]
+fn format_2_headers_with_an_impossible_stream_are_refused() {
+    let mut bytes = header_bytes(&shard_header(Shard::new(0, 2).unwrap(), 4096, 3000));
+    for (index, count) in [(0, 0), (1, 0), (2, 2), (3, 2), (255, 255), (200, 7)] {
+        bytes[38] = index;
+        bytes[39] = count;
+        reseal(&mut bytes);
+        let err = parse_both_ways(&bytes).unwrap_err();
+        assert_eq!(err, WireErrorKind::BadStream { index, count });
+        assert!(err
+            .to_string()
+            .contains(&format!("stream index {index} of {count}")));
+    }
+}
+
+/// The header of `shard` over `pages` pages of `PAGE` bytes, then round 0 carrying
+/// `frame` (and as many pages as it states); returns the stream bytes and the offset of
+/// `frame` in them.
+fn one_frame_stream(shard: Shard, pages: u64, frame: Frame<'_>) -> (Vec<u8>, usize) {
+    let carried = match frame {
+        Frame::ZeroRun { count, .. } => count,
+        _ => 1,
+    };
+    let mut buf = header_bytes(&shard_header(shard, PAGE as u64, pages));
+    let mut n = buf.len();
+    buf.resize(n + 3 * 12 + 16 + PAGE + 100, 0);
+    n += Frame::RoundBegin {
+        round: 0,
+        planned_pages: carried,
+    }
+    .emit(PAGE, &mut buf[n..])
+    .unwrap();
+    let at = n;
+    n += frame.emit(PAGE, &mut buf[n..]).unwrap();
+    n += Frame::RoundEnd {
+        round: 0,
+        pages: carried,
+    }
+    .emit(PAGE, &mut buf[n..])
+    .unwrap();
+    buf.truncate(n);
+    (buf, at)
+}
+
+#[test]
+fn pages_of_other_streams_are_refused_with_their_frame() {
+    let shard = Shard::new(1, 3).unwrap(); // chunks 1, 4, 7, ...: pages 512..1024, 2048..2560
+    let raw = [0x5au8; PAGE];
+    let frames: Vec<(Frame<'_>, Option<u64>)> = vec![
+        (
+            Frame::Raw {
+                page: 512,
+                data: &raw,
+            },
+            None,
+        ),
+        (
+            Frame::Raw {
+                page: 1023,
+                data: &raw,
+            },
+            None,
+        ),
+        (
+            Frame::Raw {
+                page: 2048,
+                data: &raw,
+            },
+            None,
+        ),
+        (
+            Frame::Lz4 {
+                page: 2559,
+                data: &[0x10, 0],
+            },
+            None,
+        ),
+        (
+            Frame::ZeroRun {
+                first_page: 512,
+                count: 512,
+            },
+            None,
+        ),
+        (
+            Frame::ZeroRun {
+                first_page: 2100,
+                count: 460,
+            },
+            None,
+        ),
+        (
+            Frame::Raw {
+                page: 0,
+                data: &raw,
+            },
+            Some(0),
+        ),
+        (
+            Frame::Raw {
+                page: 511,
+                data: &raw,
+            },
+            Some(511),
+        ),
+        (
+            Frame::Raw {
+                page: 1024,
+                data: &raw,
+            },
+            Some(1024),
+        ),
+        (
+            Frame::Delta {
+                page: 1600,
+                base_hash: 1,
+                data: &[],
+            },
+            Some(1600),
+        ),
+        (
+            Frame::Lz4 {
+                page: 2560,
+                data: &[0x10, 0],
+            },
+            Some(2560),
+        ),
+        // A zero run that starts on another stream: its first page.
+        (
+            Frame::ZeroRun {
+                first_page: 500,
+                count: 20,
+            },
+            Some(500),
+        ),
+        // A zero run that starts in an owned chunk and leaves it: the first page past.
+        (
+            Frame::ZeroRun {
+                first_page: 1000,
+                count: 30,
+            },
+            Some(1024),
+        ),
+        (
+            Frame::ZeroRun {
+                first_page: 512,
+                count: 513,
+            },
+            Some(1024),
+        ),
+        (
+            Frame::ZeroRun {
+                first_page: 2047,
+                count: 2,
+            },
+            Some(2047),
+        ),
+    ];
+    for (frame, refused) in frames {
+        let (stream, at) = one_frame_stream(shard, 3000, frame);
+        let (events, end) = decode_in_pieces(&stream, [7, 300, 1]);
+        let err = end.unwrap_err();
+        match refused {
+            None => {
+                assert_eq!(events.len(), 4, "{frame:?}");
+                assert_eq!(err.kind, WireErrorKind::EndedBeforeCompletion, "{frame:?}");
+            }
+            Some(page) => {
+                assert_eq!(events.len(), 2, "{frame:?}");
+                assert_eq!(
+                    err.kind,
+                    WireErrorKind::PageOnOtherStream {
+                        page,
+                        index: 1,
+                        count: 3
+                    },
+                    "{frame:?}"
+                );
+                assert_eq!(
+                    err.location,
+                    Location::Frame {
+                        number: 1,
+                        offset: at as u64
+                    }
+                );
+                let msg = err.to_string();
+                assert!(
+                    msg.starts_with(&format!("frame 1 (byte {at}): page {page} belongs to another stream than this one (1 of 3)")),
+                    "{msg}"
+                );
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The decoder accepts exactly the pages `Shard::owns` gives the stream: page frames
+    /// of single pages, and zero runs whose every page the stream owns.
+    #[test]
+    fn the_decoder_accepts_exactly_the_streams_pages(
+        count in 1u8..=6,
+        index_seed in any::<u8>(),
+        total in 1u64..4000,
+        page_seed in any::<u64>(),
+        run in 1u64..1100,
+    ) {
+        let index = index_seed % count;
+        let shard = Shard::new(index, count).unwrap();
+        let page = page_seed % total;
+        // The rule, independently of `Shard`: 512-page chunks dealt round-robin.
+        let owned = |p: u64| (p / 512) % u64::from(count) == u64::from(index);
+        prop_assert_eq!(shard.owns(page), owned(page));
+
+        let raw = [1u8; PAGE];
+        let (stream, _) = one_frame_stream(shard, total, Frame::Raw { page, data: &raw });
+        let (_, end) = decode_in_pieces(&stream, std::iter::empty());
+        let kind = end.unwrap_err().kind;
+        if owned(page) {
+            prop_assert_eq!(kind, WireErrorKind::EndedBeforeCompletion);
+        } else {
+            prop_assert_eq!(kind, WireErrorKind::PageOnOtherStream { page, index, count });
+        }
+
+        let run = run.min(total - page);
+        let (stream, _) =
+            one_frame_stream(shard, total, Frame::ZeroRun { first_page: page, count: run });
+        let (_, end) = decode_in_pieces(&stream, std::iter::empty());
+        let kind = end.unwrap_err().kind;
+        match (page..page + run).find(|&p| !owned(p)) {
+            None => prop_assert_eq!(kind, WireErrorKind::EndedBeforeCompletion),
+            Some(first) => prop_assert_eq!(
+                kind,
+                WireErrorKind::PageOnOtherStream { page: first, index, count }
+            ),
+        }
+    }
+}
+
+/// A complete stream for stream `index` of `count` over the `apply_stream` fuzz guest
+/// (32 pages of 1 KiB: all in chunk 0), sending the stream's pages of `memory`.
+fn fuzz_guest_stream(index: u8, count: u8, memory: &VecMemory) -> Vec<u8> {
+    use precopy::fuzzing::{APPLY_PAGES, APPLY_PAGE_SIZE};
+    let shard = Shard::new(index, count).unwrap();
+    let layout =
+        GuestLayout::flat(APPLY_PAGE_SIZE as u64, APPLY_PAGES * APPLY_PAGE_SIZE as u64).unwrap();
+    let mut s = StreamBuilder::for_stream(layout, 1 << 16, shard);
+    let pages: Vec<u64> = (0..APPLY_PAGES).filter(|&p| shard.owns(p)).collect();
+    s.round(memory, &pages);
+    s.switchover(0);
+    s.round(memory, &[]);
+    s.complete(memory)
+}
+
+#[test]
+fn the_apply_fuzz_body_checks_a_streams_digest_over_its_own_pages() {
+    use precopy::fuzzing::{apply_stream, APPLY_PAGES, APPLY_PAGE_SIZE};
+    // Stream 1 of 2 of the 32-page fuzz guest carries no page: its digest is that of
+    // no pages, not of the guest's (zero) memory. Stream 0 of 2 carries every page.
+    let mut memory = VecMemory::new(APPLY_PAGE_SIZE, APPLY_PAGES);
+    memory.as_bytes_mut()[3000] = 9;
+    for (index, count) in [(1, 2), (0, 2), (2, 3), (0, 1)] {
+        let bytes = fuzz_guest_stream(index, count, &memory);
+        let mut applier = Applier::with_memory(VecMemory::new(APPLY_PAGE_SIZE, APPLY_PAGES));
+        assert_eq!(
+            applier.feed(&bytes),
+            Ok(Progress::Complete),
+            "{index} of {count}"
+        );
+        let expect = if index == 0 {
+            memory.clone()
+        } else {
+            VecMemory::new(APPLY_PAGE_SIZE, APPLY_PAGES)
+        };
+        assert_eq!(applier.into_memory(), expect, "{index} of {count}");
+        apply_stream(&bytes);
+    }
+}
+
+#[test]
+fn built_streams_of_every_shard_rebuild_a_guest_on_shared_memory() {
+    use precopy::memory::AtomicMemory;
+    // 1300 pages of 512 bytes: three chunks, the last one partial.
+    let pages = 1300u64;
+    let mut source = VecMemory::new(PAGE, pages);
+    for (i, b) in source.as_bytes_mut().iter_mut().enumerate() {
+        *b = if (i / PAGE) % 5 == 0 {
+            0
+        } else {
+            (i * 31 / 7) as u8
+        };
+    }
+    let layout = GuestLayout::flat(PAGE as u64, pages * PAGE as u64).unwrap();
+    for count in 1..=4u8 {
+        let dest = AtomicMemory::new(PAGE, pages);
+        let mut digests = Vec::new();
+        for index in 0..count {
+            let shard = Shard::new(index, count).unwrap();
+            let mut s = StreamBuilder::for_stream(layout, 1 << 16, shard);
+            let owned: Vec<u64> = (0..pages).filter(|&p| shard.owns(p)).collect();
+            assert_eq!(owned.len() as u64, shard.pages(pages));
+            s.round(&source, &owned);
+            s.switchover(0);
+            s.round(&source, &[]);
+            let bytes = s.complete(&source);
+            let mut applier = Applier::with_memory(&dest);
+            assert_eq!(applier.feed(&bytes), Ok(Progress::Complete));
+            let mut scratch = vec![0u8; PAGE];
+            let digest = precopy::wire::digest_stream(&source, shard, &mut scratch).unwrap();
+            assert_eq!(applier.digest(), Some(digest));
+            digests.push(digest);
+        }
+        let mut got = vec![0u8; PAGE];
+        for p in 0..pages {
+            dest.read_page(p, &mut got).unwrap();
+            assert_eq!(
+                &got[..],
+                &source.as_bytes()[p as usize * PAGE..][..PAGE],
+                "page {p}"
+            );
+        }
+        digests.dedup();
+        assert_eq!(
+            digests.len(),
+            usize::from(count),
+            "{count} streams, distinct digests"
+        );
+    }
+}
+
+#[test]
+fn a_format_1_stream_from_an_older_source_still_migrates() {
+    for seed in 1..6 {
+        let (mem, mut stream) = source_and_stream(seed);
+        // The header as format 1 wrote it: version 1, bytes 38 and 39 reserved (zero).
+        let header_len = 40 + 16 + 4;
+        assert_eq!((stream[38], stream[39]), (0, 1));
+        stream[8..10].copy_from_slice(&1u16.to_le_bytes());
+        stream[39] = 0;
+        reseal(&mut stream[..header_len]);
+        assert_eq!(apply(&stream).unwrap(), mem, "seed {seed}");
+        // Left with a format-2 stream byte, it is refused before any page is written.
+        stream[39] = 1;
+        reseal(&mut stream[..header_len]);
+        let err = apply(&stream).unwrap_err();
+        assert!(err.contains("reserved field is not zero"), "{err}");
     }
 }

@@ -64,7 +64,7 @@ uint32_t precopy_abi_version(void);
 #define PRECOPY_ERR_BUFFER_TOO_SMALL (-3)    /* an output buffer is too small */
 #define PRECOPY_ERR_BAD_LENGTH (-4)          /* a length or count is out of range */
 #define PRECOPY_ERR_UNINITIALIZED (-5)       /* state not initialized by its _init */
-#define PRECOPY_ERR_BAD_ARGUMENT (-6)        /* undefined enumeration value */
+#define PRECOPY_ERR_BAD_ARGUMENT (-6)        /* undefined enumeration value, bad stream */
 #define PRECOPY_ERR_BAD_PAGE_SIZE (-7)       /* page size not a (supported) power of 2 */
 #define PRECOPY_ERR_BAD_REGION (-8)          /* region empty, unaligned or wrapping */
 #define PRECOPY_ERR_OVERLAPPING_REGIONS (-9) /* two regions overlap */
@@ -383,6 +383,8 @@ int precopy_page_decode(uint32_t encoding, const uint8_t *payload, size_t len, u
 #define PRECOPY_MAX_STREAM_HEADER_LEN 1068
 #define PRECOPY_DIGEST_SIZE 704
 
+#define PRECOPY_STREAM_CHUNK_PAGES 512 /* chunk c of the pages travels on stream c % count */
+
 #define PRECOPY_FEATURE_LZ4 1   /* LZ4 page frames may appear */
 #define PRECOPY_FEATURE_DELTA 2 /* delta page frames may appear */
 
@@ -401,7 +403,9 @@ typedef struct precopy_stream_header {
     uint32_t page_size;       /* PRECOPY_MIN_PAGE_SIZE..PRECOPY_MAX_PAGE_SIZE */
     uint8_t session_id[16];   /* identifies the migration */
     uint32_t nregions;        /* 1..PRECOPY_MAX_REGIONS */
-    uint32_t reserved;        /* must be 0 */
+    uint8_t stream_index;     /* this stream: < stream_count (see precopy_stream_owns_page) */
+    uint8_t stream_count;     /* streams of the migration, 1..255; encode: 0 means 1 */
+    uint16_t reserved;        /* must be 0 */
     precopy_region_t regions[PRECOPY_MAX_REGIONS]; /* len in bytes */
 } precopy_stream_header_t;
 
@@ -429,7 +433,8 @@ typedef struct precopy_digest {
 int precopy_frame_max_len(size_t page_size, size_t *len_out);
 
 /* Writes *header into out. In: *out_len = capacity. Out: bytes written (or needed, with
- * PRECOPY_ERR_BUFFER_TOO_SMALL). */
+ * PRECOPY_ERR_BUFFER_TOO_SMALL). stream_index >= stream_count (0 counting as 1),
+ * unknown features or reserved != 0: PRECOPY_ERR_BAD_ARGUMENT. */
 int precopy_stream_header_encode(const precopy_stream_header_t *header, uint8_t *out,
                                  size_t *out_len);
 
@@ -460,6 +465,19 @@ int precopy_digest_update(precopy_digest_t *digest, const uint8_t *page, size_t 
 
 /* The digest of the pages added so far, as the completion frame carries it. */
 int precopy_digest_finish(const precopy_digest_t *digest, uint64_t *lo_out, uint64_t *hi_out);
+
+/* Multi-stream migrations: pages are cut into chunks of PRECOPY_STREAM_CHUNK_PAGES;
+ * chunk c travels on stream c % stream_count. A stream's completion digest is the
+ * digest above over only its own pages, in page order. stream_count 0 counts as 1;
+ * stream_index >= stream_count: PRECOPY_ERR_BAD_ARGUMENT. */
+
+/* *owns_out = 1 if page travels on stream stream_index of stream_count, else 0. */
+int precopy_stream_owns_page(uint8_t stream_index, uint8_t stream_count, uint64_t page,
+                             int *owns_out);
+
+/* *pages_out = the pages of 0..total_pages that travel on that stream. */
+int precopy_stream_pages(uint8_t stream_index, uint8_t stream_count, uint64_t total_pages,
+                         uint64_t *pages_out);
 
 /* ---- Stream decoder: bytes in any pieces, header and frames out, stream rules checked */
 

@@ -6,7 +6,7 @@ use core::ffi::{c_char, c_int, CStr};
 use core_precopy::bitmap::BitmapError;
 use core_precopy::codec::CodecError;
 use core_precopy::schedule::ScheduleError;
-use core_precopy::wire::WireErrorKind;
+use core_precopy::wire::{Location, WireErrorKind};
 
 /// Success.
 pub const PRECOPY_OK: c_int = 0;
@@ -23,7 +23,8 @@ pub const PRECOPY_ERR_BUFFER_TOO_SMALL: c_int = -3;
 pub const PRECOPY_ERR_BAD_LENGTH: c_int = -4;
 /// A state blob was not initialized by its `precopy_*_init` function.
 pub const PRECOPY_ERR_UNINITIALIZED: c_int = -5;
-/// An enumeration argument has a value the API does not define.
+/// An enumeration argument has a value the API does not define (or a reserved field
+/// is not zero, or a stream index is not below its stream count).
 pub const PRECOPY_ERR_BAD_ARGUMENT: c_int = -6;
 /// The page size is not a power of two (or not supported by the codecs).
 pub const PRECOPY_ERR_BAD_PAGE_SIZE: c_int = -7;
@@ -55,8 +56,9 @@ pub const PRECOPY_ERR_CHECKSUM: c_int = -19;
 pub const PRECOPY_ERR_TRUNCATED: c_int = -20;
 /// A frame has an unknown kind, non-zero reserved bytes or a bad length for its kind.
 pub const PRECOPY_ERR_BAD_FRAME: c_int = -21;
-/// A stream header is malformed: magic, length, version 0 or guest layout (a page size
-/// it states that is unsupported is `PRECOPY_ERR_BAD_PAGE_SIZE`).
+/// A stream header is malformed: magic, length, version 0, guest layout, stream index
+/// not below the stream count, or non-zero stream bytes in a format-1 header (a page
+/// size it states that is unsupported is `PRECOPY_ERR_BAD_PAGE_SIZE`).
 pub const PRECOPY_ERR_BAD_HEADER: c_int = -22;
 /// A stream written by a newer precopy (format version or features unknown here).
 pub const PRECOPY_ERR_UNSUPPORTED: c_int = -23;
@@ -163,9 +165,7 @@ pub(crate) fn wire_code(e: WireErrorKind) -> c_int {
         | ZeroVersion
         | BadHeaderLength { .. }
         | BadLayout(_)
-        | BadStream { .. } => {
-            PRECOPY_ERR_BAD_HEADER
-        }
+        | BadStream { .. } => PRECOPY_ERR_BAD_HEADER,
         BadPageSize { .. } => PRECOPY_ERR_BAD_PAGE_SIZE,
         NewerVersion { .. } | UnknownFeatures { .. } => PRECOPY_ERR_UNSUPPORTED,
         ChecksumMismatch { .. } => PRECOPY_ERR_CHECKSUM,
@@ -186,6 +186,16 @@ pub(crate) fn wire_code(e: WireErrorKind) -> c_int {
         | TrailingData
         | PageOnOtherStream { .. }
         | EndedBeforeCompletion => PRECOPY_ERR_STREAM,
+    }
+}
+
+/// The code for a wire-layer error found at `location`: a non-zero reserved field is
+/// `PRECOPY_ERR_BAD_HEADER` in the stream header and `PRECOPY_ERR_BAD_FRAME` in a
+/// frame.
+pub(crate) fn wire_code_at(e: WireErrorKind, location: Location) -> c_int {
+    match (e, location) {
+        (WireErrorKind::ReservedNotZero, Location::Header) => PRECOPY_ERR_BAD_HEADER,
+        (e, _) => wire_code(e),
     }
 }
 

@@ -11,14 +11,14 @@ use core::ffi::{c_char, c_int};
 use core_precopy::bitmap::{GuestLayout, MAX_REGIONS};
 use core_precopy::codec::MIN_PAGE_SIZE;
 use core_precopy::wire::{
-    decoder_buffer_len, max_frame_len, Decoder, Event, Features, Frame, MemoryDigest, StreamHeader,
-    WireErrorKind, MAX_HEADER_LEN,
+    decoder_buffer_len, max_frame_len, Decoder, Event, Features, Frame, Location, MemoryDigest,
+    Shard, StreamHeader, WireErrorKind, MAX_HEADER_LEN,
 };
 
 use crate::bitmap::{PrecopyRegion, PRECOPY_MAX_REGIONS};
 use crate::codec::supported;
 use crate::error::{
-    bitmap_code, status, wire_code, PRECOPY_ERR_BAD_ARGUMENT, PRECOPY_ERR_BAD_LENGTH,
+    bitmap_code, status, wire_code, wire_code_at, PRECOPY_ERR_BAD_ARGUMENT, PRECOPY_ERR_BAD_LENGTH,
     PRECOPY_ERR_BUFFER_TOO_SMALL, PRECOPY_ERR_TOO_MANY_REGIONS, PRECOPY_ERR_TRUNCATED,
     PRECOPY_MORE, PRECOPY_OK,
 };
@@ -34,6 +34,11 @@ pub const PRECOPY_MAX_STREAM_HEADER_LEN: usize = 1068;
 pub const PRECOPY_DIGEST_SIZE: usize = 704;
 /// Bytes in a [`PrecopyDecoder`].
 pub const PRECOPY_DECODER_SIZE: usize = 1856;
+
+/// Pages per chunk of the stream split: chunk `c` travels on stream `c % count`.
+pub const PRECOPY_STREAM_CHUNK_PAGES: u64 = 512;
+
+const _: () = assert!(PRECOPY_STREAM_CHUNK_PAGES == core_precopy::wire::SHARD_CHUNK_PAGES);
 
 /// Decoder event: the stream header (read it with `precopy_decoder_header`).
 pub const PRECOPY_EVENT_HEADER: u32 = 1;
@@ -79,8 +84,14 @@ pub struct PrecopyStreamHeader {
     pub session_id: [u8; 16],
     /// Regions used in `regions` (1..=`PRECOPY_MAX_REGIONS`).
     pub nregions: u32,
+    /// Which stream of a multi-stream migration this is: `stream_index <
+    /// stream_count` (see `precopy_stream_owns_page`). Encoding takes a
+    /// `stream_count` of 0 as 1 (a zero-initialized header is the single stream).
+    pub stream_index: u8,
+    /// How many streams the migration has (1..=255; decoded: never 0).
+    pub stream_count: u8,
     /// Must be zero.
-    pub reserved: u32,
+    pub reserved: u16,
     /// The guest layout, `len` in bytes (decoded in guest address order).
     pub regions: [PrecopyRegion; PRECOPY_MAX_REGIONS],
 }
@@ -145,7 +156,9 @@ pub unsafe extern "C" fn precopy_frame_max_len(page_size: usize, len_out: *mut u
 
 /// Writes the stream header `*header` into `out`. In: `*out_len` = capacity (at most
 /// `PRECOPY_MAX_STREAM_HEADER_LEN` is ever needed). Out: bytes written, or the bytes
-/// needed with `PRECOPY_ERR_BUFFER_TOO_SMALL`.
+/// needed with `PRECOPY_ERR_BUFFER_TOO_SMALL`. `stream_index` not below
+/// `stream_count` (0 counting as 1), unknown features or a non-zero `reserved` is
+/// `PRECOPY_ERR_BAD_ARGUMENT`.
 ///
 /// # Safety
 /// `header` points at a `precopy_stream_header_t`; `out_len` at a writable `size_t`;
@@ -182,7 +195,7 @@ pub unsafe extern "C" fn precopy_stream_header_encode(
             features: Features(h.features),
             session_id: h.session_id,
             layout,
-            stream: core_precopy::wire::Shard::WHOLE,
+            stream: shard(h.stream_index, h.stream_count)?,
         };
         // SAFETY: per this function's contract.
         let out = unsafe { out_buffer(out, out_len, header.encoded_len()) }?;
@@ -213,11 +226,63 @@ pub unsafe extern "C" fn precopy_stream_header_decode(
             if let WireErrorKind::Truncated { need, .. } = e {
                 *consumed = need;
             }
-            wire_code(e)
+            wire_code_at(e, Location::Header)
         })?;
         let c = c_header(&h);
         *out = c;
         *consumed = h.encoded_len();
+        Ok(())
+    })())
+}
+
+/// Stream `index` of `count` (`count` 0: the single stream, for zero-initialized
+/// arguments); `PRECOPY_ERR_BAD_ARGUMENT` unless `index < count`.
+fn shard(index: u8, count: u8) -> Result<Shard, c_int> {
+    let count = if count == 0 { 1 } else { count };
+    Shard::new(index, count).ok_or(PRECOPY_ERR_BAD_ARGUMENT)
+}
+
+/// Sets `*owns_out` to 1 if page `page` travels on stream `stream_index` of
+/// `stream_count` (the pages are cut into chunks of `PRECOPY_STREAM_CHUNK_PAGES`; chunk
+/// `c` travels on stream `c % stream_count`), else 0. A stream's completion digest is
+/// the memory digest (`precopy_digest_update`, in page order) of only its own pages.
+/// `stream_count` 0 counts as 1; `stream_index` not below it is
+/// `PRECOPY_ERR_BAD_ARGUMENT`.
+///
+/// # Safety
+/// `owns_out` points at a writable `int`.
+#[no_mangle]
+pub unsafe extern "C" fn precopy_stream_owns_page(
+    stream_index: u8,
+    stream_count: u8,
+    page: u64,
+    owns_out: *mut c_int,
+) -> c_int {
+    status((|| {
+        // SAFETY: per this function's contract.
+        let out = unsafe { as_mut(owns_out) }?;
+        *out = c_int::from(shard(stream_index, stream_count)?.owns(page));
+        Ok(())
+    })())
+}
+
+/// Sets `*pages_out` to the number of pages of `0..total_pages` that travel on stream
+/// `stream_index` of `stream_count` (0 counting as 1; `stream_index` not below it is
+/// `PRECOPY_ERR_BAD_ARGUMENT`).
+///
+/// # Safety
+/// `pages_out` points at a writable `uint64_t`.
+#[no_mangle]
+pub unsafe extern "C" fn precopy_stream_pages(
+    stream_index: u8,
+    stream_count: u8,
+    total_pages: u64,
+    pages_out: *mut u64,
+) -> c_int {
+    status((|| {
+        // SAFETY: per this function's contract.
+        let out = unsafe { as_mut(pages_out) }?;
+        *out = shard(stream_index, stream_count)?.pages(total_pages);
         Ok(())
     })())
 }
@@ -230,6 +295,8 @@ fn c_header(h: &StreamHeader) -> PrecopyStreamHeader {
         page_size: h.page_size() as u32,
         session_id: h.session_id,
         nregions: regions.len() as u32,
+        stream_index: h.stream.index(),
+        stream_count: h.stream.count(),
         reserved: 0,
         regions: [PrecopyRegion {
             guest_addr: 0,
@@ -600,7 +667,7 @@ pub unsafe extern "C" fn precopy_decoder_next(
             *input = unsafe { (*input).add(used) };
             *input_len -= used;
         }
-        let frame = match next.map_err(|e| wire_code(e.kind))? {
+        let frame = match next.map_err(|e| wire_code_at(e.kind, e.location))? {
             None => return Ok(PRECOPY_MORE),
             Some(Event::Header(_)) => None,
             Some(Event::Frame(f)) => Some(c_frame(&f)),
@@ -649,7 +716,7 @@ pub unsafe extern "C" fn precopy_decoder_finish(decoder: *const PrecopyDecoder) 
     status((|| {
         // SAFETY: per this function's contract.
         let d = unsafe { PrecopyDecoder::state(decoder) }?;
-        d.finish().map_err(|e| wire_code(e.kind))
+        d.finish().map_err(|e| wire_code_at(e.kind, e.location))
     })())
 }
 

@@ -909,6 +909,9 @@ static void test_wire(void) {
     OK(precopy_stream_header_decode(buf, hlen, &d, &consumed));
     CHECK(consumed == hlen && d.features == h.features && d.page_size == 4096);
     CHECK(memcmp(d.session_id, h.session_id, 16) == 0 && d.nregions == 2 && d.reserved == 0);
+    /* a zero-initialized header is the single stream: 0 of 1 */
+    CHECK(d.stream_index == 0 && d.stream_count == 1);
+    CHECK(buf[38] == 0 && buf[39] == 1);
     /* decoded in guest address order */
     CHECK(d.regions[0].guest_addr == 0 && d.regions[0].len == 100 * PAGE);
     CHECK(d.regions[1].guest_addr == 1 * MIB && d.regions[1].len == 200 * PAGE);
@@ -952,7 +955,7 @@ static void test_wire(void) {
     bad[0] = 'X';
     CHECK_RC(precopy_stream_header_decode(bad, hlen, &d, &consumed), PRECOPY_ERR_BAD_HEADER);
     memcpy(bad, buf, hlen);
-    bad[8] = 2; /* format version 2 */
+    bad[8] = 3; /* format version 3 */
     CHECK_RC(precopy_stream_header_decode(bad, hlen, &d, &consumed), PRECOPY_ERR_UNSUPPORTED);
     CHECK_RC(precopy_stream_header_decode(NULL, hlen, &d, &consumed), PRECOPY_ERR_NULL);
     CHECK_RC(precopy_stream_header_decode(buf, hlen, NULL, &consumed), PRECOPY_ERR_NULL);
@@ -1112,6 +1115,238 @@ static int feed(precopy_decoder_t *dec, const uint8_t *bytes, size_t len, size_t
         }
     }
     return PRECOPY_OK;
+}
+
+/* CRC-32 (IEEE, reflected, as the stream header's checksum). */
+static uint32_t crc32_ieee(const uint8_t *p, size_t len) {
+    uint32_t crc = 0xffffffffu;
+    for (size_t i = 0; i < len; i++) {
+        crc ^= p[i];
+        for (int k = 0; k < 8; k++) {
+            crc = (crc >> 1) ^ (0xedb88320u & (0u - (crc & 1u)));
+        }
+    }
+    return ~crc;
+}
+
+/* Rewrites the header's trailing CRC after a test changed its bytes. */
+static void reseal_header(uint8_t *h, size_t len) {
+    uint32_t crc = crc32_ieee(h, len - 4);
+    for (int i = 0; i < 4; i++) {
+        h[len - 4 + (size_t)i] = (uint8_t)(crc >> (8 * i));
+    }
+}
+
+static void test_streams(void) {
+    section("wire: multi-stream headers, page ownership");
+    precopy_stream_header_t h, d;
+    memset(&h, 0, sizeof h);
+    h.page_size = 4096;
+    h.nregions = 2;
+    h.regions[0] = regions[0];
+    h.regions[1] = regions[1];
+    static uint8_t buf[PRECOPY_MAX_STREAM_HEADER_LEN], bad[PRECOPY_MAX_STREAM_HEADER_LEN];
+    size_t len, consumed;
+
+    /* index and count round-trip (bytes 38 and 39 of the header) */
+    static const uint8_t pairs[][2] = {{0, 1}, {2, 3}, {0, 4}, {3, 4}, {254, 255}, {0, 255}};
+    for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
+        h.stream_index = pairs[i][0];
+        h.stream_count = pairs[i][1];
+        len = sizeof buf;
+        OK(precopy_stream_header_encode(&h, buf, &len));
+        CHECK(buf[8] == 2 && buf[9] == 0); /* format version 2 */
+        CHECK(buf[38] == pairs[i][0] && buf[39] == pairs[i][1]);
+        memset(&d, 0xcc, sizeof d);
+        OK(precopy_stream_header_decode(buf, len, &d, &consumed));
+        CHECK(consumed == len && d.reserved == 0);
+        CHECK(d.stream_index == pairs[i][0] && d.stream_count == pairs[i][1]);
+    }
+    /* count 0 is the single stream when encoding; index >= count is refused */
+    h.stream_index = 0;
+    h.stream_count = 0;
+    len = sizeof buf;
+    OK(precopy_stream_header_encode(&h, buf, &len));
+    CHECK(buf[38] == 0 && buf[39] == 1);
+    static const uint8_t refused[][2] = {{1, 0}, {1, 1}, {3, 3}, {4, 3}, {255, 255}};
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        h.stream_index = refused[i][0];
+        h.stream_count = refused[i][1];
+        len = sizeof buf;
+        CHECK_RC(precopy_stream_header_encode(&h, buf, &len), PRECOPY_ERR_BAD_ARGUMENT);
+    }
+    h.stream_index = 0;
+    h.stream_count = 2;
+    h.reserved = 1;
+    CHECK_RC(precopy_stream_header_encode(&h, buf, &len), PRECOPY_ERR_BAD_ARGUMENT);
+    h.reserved = 0;
+
+    /* decode: bad index/count in a format-2 header, format-1 headers */
+    len = sizeof buf;
+    OK(precopy_stream_header_encode(&h, buf, &len)); /* stream 0 of 2 */
+    const size_t hlen = len;
+    memcpy(bad, buf, hlen);
+    reseal_header(bad, hlen);
+    OK(precopy_stream_header_decode(bad, hlen, &d, &consumed)); /* reseal is a no-op */
+    static const uint8_t bad_pairs[][2] = {{2, 2}, {0, 0}, {1, 0}, {200, 7}};
+    for (size_t i = 0; i < sizeof bad_pairs / sizeof bad_pairs[0]; i++) {
+        memcpy(bad, buf, hlen);
+        bad[38] = bad_pairs[i][0];
+        bad[39] = bad_pairs[i][1];
+        CHECK_RC(precopy_stream_header_decode(bad, hlen, &d, &consumed), PRECOPY_ERR_CHECKSUM);
+        reseal_header(bad, hlen);
+        CHECK_RC(precopy_stream_header_decode(bad, hlen, &d, &consumed), PRECOPY_ERR_BAD_HEADER);
+    }
+    /* format 1: bytes 38 and 39 must be zero, and mean the single stream */
+    memcpy(bad, buf, hlen);
+    bad[8] = 1;
+    bad[38] = 0;
+    bad[39] = 0;
+    reseal_header(bad, hlen);
+    memset(&d, 0xcc, sizeof d);
+    OK(precopy_stream_header_decode(bad, hlen, &d, &consumed));
+    CHECK(consumed == hlen && d.stream_index == 0 && d.stream_count == 1 && d.nregions == 2);
+    static const uint8_t v1_bad[][2] = {{0, 1}, {1, 0}, {0, 2}};
+    for (size_t i = 0; i < sizeof v1_bad / sizeof v1_bad[0]; i++) {
+        bad[38] = v1_bad[i][0];
+        bad[39] = v1_bad[i][1];
+        reseal_header(bad, hlen);
+        CHECK_RC(precopy_stream_header_decode(bad, hlen, &d, &consumed), PRECOPY_ERR_BAD_HEADER);
+    }
+    /* the stream decoder refuses them too, as a header error */
+    static uint8_t dbuf[8192];
+    static precopy_decoder_t dec;
+    OK(precopy_decoder_init(&dec, dbuf, sizeof dbuf));
+    const uint8_t *in = bad;
+    size_t in_len = hlen;
+    precopy_event_t ev;
+    CHECK_RC(precopy_decoder_next(&dec, &in, &in_len, &ev), PRECOPY_ERR_BAD_HEADER);
+    CHECK_RC(precopy_decoder_finish(&dec), PRECOPY_ERR_BAD_HEADER);
+
+    /* page ownership: chunks of PRECOPY_STREAM_CHUNK_PAGES dealt round-robin */
+    CHECK(PRECOPY_STREAM_CHUNK_PAGES == 512);
+    static const uint64_t totals[] = {0, 1, 300, 511, 512, 513, 1536, 5000};
+    for (uint8_t count = 1; count <= 5; count++) {
+        for (size_t t = 0; t < sizeof totals / sizeof totals[0]; t++) {
+            uint64_t sum = 0;
+            for (uint8_t index = 0; index < count; index++) {
+                uint64_t pages = 0, counted = 0;
+                OK(precopy_stream_pages(index, count, totals[t], &pages));
+                for (uint64_t p = 0; p < totals[t]; p++) {
+                    int owns = -1;
+                    int rc = precopy_stream_owns_page(index, count, p, &owns);
+                    if (rc != PRECOPY_OK || owns != ((p / 512) % count == index)) {
+                        CHECK_RC(rc, PRECOPY_OK);
+                        CHECK(owns == ((p / 512) % count == index));
+                    }
+                    counted += (uint64_t)(owns == 1);
+                }
+                CHECK(pages == counted);
+                sum += pages;
+            }
+            CHECK(sum == totals[t]);
+        }
+    }
+    int owns = -1;
+    OK(precopy_stream_owns_page(0, 0, 123456, &owns)); /* count 0: the single stream */
+    CHECK(owns == 1);
+    OK(precopy_stream_owns_page(1, 3, 512 * 7, &owns)); /* chunk 7: stream 1 of 3 */
+    CHECK(owns == 1);
+    OK(precopy_stream_owns_page(2, 3, 512 * 7 - 1, &owns)); /* chunk 6: stream 0 */
+    CHECK(owns == 0);
+    uint64_t pages = 7;
+    OK(precopy_stream_pages(0, 0, 1000, &pages));
+    CHECK(pages == 1000);
+    OK(precopy_stream_pages(1, 2, 1000, &pages));
+    CHECK(pages == 1000 - 512);
+    CHECK_RC(precopy_stream_owns_page(2, 2, 0, &owns), PRECOPY_ERR_BAD_ARGUMENT);
+    CHECK_RC(precopy_stream_owns_page(1, 0, 0, &owns), PRECOPY_ERR_BAD_ARGUMENT);
+    CHECK_RC(precopy_stream_owns_page(0, 1, 0, NULL), PRECOPY_ERR_NULL);
+    CHECK_RC(precopy_stream_pages(5, 4, 100, &pages), PRECOPY_ERR_BAD_ARGUMENT);
+    CHECK_RC(precopy_stream_pages(0, 1, 100, NULL), PRECOPY_ERR_NULL);
+
+    /* a stream's digest is the memory digest of only its pages, in page order: with
+     * one stream it is the whole digest, and the pages of stream 1 of 2 in a 1024-page
+     * guest are pages 512..1023 */
+    static uint8_t mem[1024][64];
+    for (size_t p = 0; p < 1024; p++) {
+        fill_text(mem[p], sizeof mem[p], (unsigned)p);
+    }
+    static precopy_digest_t whole, one, upper;
+    OK(precopy_digest_init(&whole));
+    OK(precopy_digest_init(&one));
+    OK(precopy_digest_init(&upper));
+    for (uint64_t p = 0; p < 1024; p++) {
+        OK(precopy_digest_update(&whole, mem[p], sizeof mem[p]));
+        OK(precopy_stream_owns_page(0, 1, p, &owns));
+        if (owns) {
+            OK(precopy_digest_update(&one, mem[p], sizeof mem[p]));
+        }
+        OK(precopy_stream_owns_page(1, 2, p, &owns));
+        if (owns) {
+            CHECK(p >= 512);
+            OK(precopy_digest_update(&upper, mem[p], sizeof mem[p]));
+        }
+    }
+    uint64_t wlo, whi, olo, ohi, ulo, uhi;
+    OK(precopy_digest_finish(&whole, &wlo, &whi));
+    OK(precopy_digest_finish(&one, &olo, &ohi));
+    OK(precopy_digest_finish(&upper, &ulo, &uhi));
+    CHECK(wlo == olo && whi == ohi);
+    CHECK(wlo != ulo || whi != uhi);
+
+    /* the stream decoder refuses pages of another stream: in a 1100-page guest,
+     * stream 1 of 2 carries pages 512..1023 only */
+    memset(&h, 0, sizeof h);
+    h.page_size = 4096;
+    h.nregions = 1;
+    h.regions[0].guest_addr = 0;
+    h.regions[0].len = 1100 * PAGE;
+    h.stream_index = 1;
+    h.stream_count = 2;
+    static uint8_t st[20000], page[4096];
+    fill_text(page, sizeof page, 5);
+    static const struct {
+        uint32_t kind;
+        uint64_t page, pages;
+        int want;
+    } cases[] = {
+        {PRECOPY_FRAME_RAW, 512, 0, PRECOPY_OK},
+        {PRECOPY_FRAME_RAW, 1023, 0, PRECOPY_OK},
+        {PRECOPY_FRAME_RAW, 511, 0, PRECOPY_ERR_STREAM},
+        {PRECOPY_FRAME_RAW, 1024, 0, PRECOPY_ERR_STREAM},
+        {PRECOPY_FRAME_RAW, 0, 0, PRECOPY_ERR_STREAM},
+        {PRECOPY_FRAME_ZERO_RUN, 512, 512, PRECOPY_OK},
+        {PRECOPY_FRAME_ZERO_RUN, 1000, 30, PRECOPY_ERR_STREAM}, /* crosses into chunk 2 */
+        {PRECOPY_FRAME_ZERO_RUN, 500, 20, PRECOPY_ERR_STREAM},  /* starts in chunk 0 */
+        {PRECOPY_FRAME_ZERO_RUN, 1050, 10, PRECOPY_ERR_STREAM},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t n = PRECOPY_MAX_STREAM_HEADER_LEN;
+        OK(precopy_stream_header_encode(&h, st, &n));
+        const uint64_t carried = cases[i].kind == PRECOPY_FRAME_RAW ? 1 : cases[i].pages;
+        n += put_frame(st + n, PRECOPY_FRAME_ROUND_BEGIN, 0, 0, carried, NULL, 0);
+        if (cases[i].kind == PRECOPY_FRAME_RAW) {
+            n += put_frame(st + n, PRECOPY_FRAME_RAW, 0, cases[i].page, 0, page, 4096);
+        } else {
+            n += put_frame(st + n, PRECOPY_FRAME_ZERO_RUN, 0, cases[i].page, cases[i].pages,
+                           NULL, 0);
+        }
+        n += put_frame(st + n, PRECOPY_FRAME_ROUND_END, 0, 0, carried, NULL, 0);
+        OK(precopy_decoder_init(&dec, dbuf, sizeof dbuf));
+        int events = 0;
+        CHECK_RC(feed(&dec, st, n, 333, &events), cases[i].want);
+        CHECK(events == (cases[i].want == PRECOPY_OK ? 4 : 2));
+        precopy_stream_header_t got;
+        OK(precopy_decoder_header(&dec, &got));
+        CHECK(got.stream_index == 1 && got.stream_count == 2);
+        if (cases[i].want != PRECOPY_OK) {
+            char msg[256];
+            size_t mlen = sizeof msg;
+            OK(precopy_decoder_error_message(&dec, msg, &mlen));
+            CHECK(strstr(msg, "another stream") != NULL && strstr(msg, "frame 1") != NULL);
+        }
+    }
 }
 
 static void test_decoder(void) {
@@ -1577,6 +1812,7 @@ int main(void) {
     test_codecs();
     test_wire();
     test_decoder();
+    test_streams();
     test_migration();
     section(NULL);
     printf("%d checks, %d failed\n", checks, failures);
