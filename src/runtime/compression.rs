@@ -8,7 +8,8 @@
 /// for both modes the link's time per byte (time the sender spent sending, including
 /// waits for a bandwidth cap, over the bytes it sent; never time spent waiting for
 /// the encoder). After each window of 16 polls it picks the mode with the lower cost
-/// per page, switching only for a gain of a fifth or more. A mode not measured yet is
+/// per page, switching only for a gain of a fifth or more seen in two windows in a
+/// row. A mode not measured yet is
 /// estimated from the other: LZ4 encodes about 4x slower and halves the bytes of
 /// text-like pages. So LZ4 stays off on loopback and fast links, where the encoder is
 /// the bottleneck, and goes on over slow links.
@@ -21,6 +22,8 @@ pub struct CompressionChoice {
     bytes_per_page: [Option<f64>; 2],
     link_ns_per_byte: Option<f64>,
     window: Window,
+    /// Windows in a row that favoured the other mode.
+    votes_to_switch: u8,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -49,6 +52,7 @@ impl CompressionChoice {
             bytes_per_page: [None; 2],
             link_ns_per_byte: None,
             window: Window::default(),
+            votes_to_switch: 0,
         }
     }
 
@@ -100,8 +104,16 @@ impl CompressionChoice {
             encode.max(bytes * link)
         };
         let (now, other) = (cost(mode), cost(1 - mode));
+        // Two windows in a row must agree: one noisy window (a descheduled sender, a
+        // TCP window opening) does not flip the mode.
         if other * 1.2 < now {
-            self.lz4 = !self.lz4;
+            self.votes_to_switch += 1;
+            if self.votes_to_switch >= 2 {
+                self.lz4 = !self.lz4;
+                self.votes_to_switch = 0;
+            }
+        } else {
+            self.votes_to_switch = 0;
         }
         self.lz4
     }
@@ -184,5 +196,18 @@ mod tests {
         let mut off = CompressionChoice::new("off");
         run(&mut off, 1_000, 4_000, 100);
         assert!(!off.lz4());
+    }
+
+    #[test]
+    fn one_noisy_window_does_not_flip_the_mode() {
+        let mut auto = CompressionChoice::new("auto");
+        run(&mut auto, 1_000, 4_000, 0);
+        // One window of a slow link, then fast again: still raw.
+        for _ in 0..WINDOW_POLLS {
+            auto.observe(64, 64_000, 4096 * 64, 4096 * 64 * 50, 4096 * 64);
+        }
+        assert!(!auto.lz4());
+        run(&mut auto, 1_000, 4_000, 0);
+        assert!(!auto.lz4());
     }
 }

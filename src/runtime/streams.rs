@@ -159,7 +159,8 @@ struct Progress {
 
 /// Migrates `memory` (tracked by `bitmap`) over `links`, one stream per link, each
 /// with `config` for its pages ([`SourceConfig::stream`] and
-/// [`SourceConfig::external_decisions`] are set here). `verdict` waits for a
+/// [`SourceConfig::external_decisions`] are set here, and each stream gets its share
+/// of the delta cache budget). `verdict` waits for a
 /// destination stream's answer after its completion frame; `cap` limits all streams
 /// together. Times are measured from `start`.
 #[allow(clippy::too_many_arguments)]
@@ -225,6 +226,12 @@ where
             let config = SourceConfig {
                 stream: Shard::new(i as u8, n as u8).unwrap_or(Shard::WHOLE),
                 external_decisions: true,
+                // The delta cache budget is for the whole migration: each stream
+                // caches its own pages.
+                encoder: crate::codec::EncoderConfig {
+                    cache_bytes: config.encoder.cache_bytes / n,
+                    ..config.encoder
+                },
                 ..config
             };
             let (stop, progress, sent_bytes, verdict) =

@@ -508,11 +508,12 @@ fn print_round(r: &StreamsRound, json: bool) {
     if json {
         let c = |e| r.codecs.get(e).pages;
         println!(
-            "{{\"kind\":\"round\",\"round\":{},\"dirty_pages\":{},\"pages\":{},\"zero\":{},\"delta\":{},\"lz4\":{},\"raw\":{},\"deferred\":{},\"wire_bytes\":{},\"duration_ms\":{:.2},\"bandwidth_bytes_per_sec\":{:.0},\"dirty_pages_per_sec\":{:.0},\"predicted_downtime_ms\":{},\"throttle_percent\":{}}}",
+            "{{\"kind\":\"round\",\"round\":{},\"dirty_pages\":{},\"pages\":{},\"zero\":{},\"delta\":{},\"lz4\":{},\"raw\":{},\"deferred\":{},\"wire_bytes\":{},\"duration_ms\":{:.2},\"bandwidth_bytes_per_sec\":{:.0},\"dirty_pages_per_sec\":{:.0},\"predicted_downtime_ms\":{},\"throttle_percent\":{},\"lz4_streams\":{}}}",
             s.round, s.dirty_pages, s.pages_sent, c(Encoding::Zero), c(Encoding::Delta), c(Encoding::Lz4), c(Encoding::Raw),
             r.deferred_pages, s.wire_bytes, s.duration_ns as f64 / 1e6, s.bandwidth_bytes_per_sec, s.dirty_pages_per_sec,
             predicted.unwrap_or_else(|| "null".to_string()),
-            s.throttle_percent
+            s.throttle_percent,
+            r.lz4_streams
         );
     } else {
         print_row(
