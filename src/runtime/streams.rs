@@ -11,8 +11,8 @@
 //! ```
 //!
 //! - **Back-pressure**: each encoder has a few buffers; when its sender is behind, the
-//!   bounded channel blocks it, and that blocked time is what tells the encoder that
-//!   the link, not the encoder, is the bottleneck ([`CompressionChoice`]).
+//!   bounded channel blocks it. The pages an encoder gets out per second, blocked time
+//!   included, is what its compression choice measures ([`CompressionChoice`]).
 //! - **Rounds** end together: an encoder reports its round's end through its sender,
 //!   after the round's last bytes were handed to the transport, and waits; when every
 //!   stream has reported, the scheduler sees the sum (pages, bytes, dirty pages) at
@@ -152,9 +152,6 @@ struct Progress {
     sent: AtomicU64,
     planned: AtomicU64,
     lz4: AtomicBool,
-    /// The sender's time in sends (and bandwidth-cap waits), and the bytes sent.
-    link_ns: AtomicU64,
-    link_bytes: AtomicU64,
 }
 
 /// Migrates `memory` (tracked by `bitmap`) over `links`, one stream per link, each
@@ -262,7 +259,6 @@ where
                     cap,
                     stop,
                     sent_bytes,
-                    progress,
                 };
                 shared.send_loop(link, data_rx, free_tx, verdict)
             });
@@ -477,7 +473,10 @@ impl Encoder<'_> {
         let mut fresh_buffers = options.queue_depth.max(1) + 1;
         let mut choice = CompressionChoice::new(&options.compression);
         engine.set_lz4(choice.lz4());
-        let (mut last_pages, mut last_link) = (0u64, (0u64, 0u64));
+        let mut last_encoded = 0u64;
+        // The wall time of each poll, from the end of the last one: waiting for a free
+        // buffer (the sender is behind), encoding, handing the buffer over.
+        let mut poll_start = now();
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 return Err(stopped());
@@ -490,25 +489,15 @@ impl Encoder<'_> {
                 }
                 Err(_) => self.free_rx.recv().map_err(|_| stopped())?,
             };
-            let encode_start = now();
-            let t = engine.poll_transmit(memory, encode_start, &mut buf)?;
-            let encode_ns = now() - encode_start;
+            let t = engine.poll_transmit(memory, now(), &mut buf)?;
             self.data_tx
                 .send(Chunk::Bytes(buf, t.len))
                 .map_err(|_| stopped())?;
-            let pages = engine.codec_stats().pages();
-            let link = (
-                self.progress.link_ns.load(Ordering::Relaxed),
-                self.progress.link_bytes.load(Ordering::Relaxed),
-            );
-            engine.set_lz4(choice.observe(
-                pages - last_pages,
-                encode_ns,
-                t.len as u64,
-                link.0 - last_link.0,
-                link.1 - last_link.1,
-            ));
-            (last_pages, last_link) = (pages, link);
+            let stats = engine.codec_stats();
+            let encoded = stats.pages() - stats.get(crate::codec::Encoding::Zero).pages;
+            let poll_end = now();
+            engine.set_lz4(choice.observe(encoded - last_encoded, poll_end - poll_start));
+            (last_encoded, poll_start) = (encoded, poll_end);
             let (sent, planned) = engine.round_progress();
             self.progress.sent.store(sent, Ordering::Relaxed);
             self.progress.planned.store(planned, Ordering::Relaxed);
@@ -524,6 +513,8 @@ impl Encoder<'_> {
                         Ok(Command::Decide(d)) => engine.decide(d)?,
                         _ => return Err(stopped()),
                     }
+                    // The wait for the other streams is no poll's time.
+                    poll_start = now();
                 }
                 SourceEvent::PauseGuest { .. } => {
                     note(Note::PauseWanted)?;
@@ -531,6 +522,7 @@ impl Encoder<'_> {
                         Ok(Command::Paused) => engine.guest_paused(now())?,
                         _ => return Err(stopped()),
                     }
+                    poll_start = now();
                 }
                 SourceEvent::Complete { digest, round } => {
                     let fin = StreamsFinal {
@@ -556,7 +548,6 @@ struct SenderShared<'a> {
     cap: Option<&'a TokenBucket>,
     stop: &'a AtomicBool,
     sent_bytes: &'a AtomicU64,
-    progress: &'a Progress,
 }
 
 impl SenderShared<'_> {
@@ -582,7 +573,6 @@ impl SenderShared<'_> {
             match chunk {
                 Chunk::Bytes(buf, len) => {
                     if len > 0 {
-                        let start = Instant::now();
                         if let Some(cap) = self.cap {
                             cap.take(len);
                         }
@@ -594,11 +584,6 @@ impl SenderShared<'_> {
                             let _ = self.notes.send((i, Note::Failed(e.into())));
                             return;
                         }
-                        let ns = start.elapsed().as_nanos() as u64;
-                        self.progress.link_ns.fetch_add(ns, Ordering::Relaxed);
-                        self.progress
-                            .link_bytes
-                            .fetch_add(len as u64, Ordering::Relaxed);
                         self.sent_bytes.fetch_add(len as u64, Ordering::Relaxed);
                     }
                     let _ = free.send(buf);
