@@ -496,7 +496,11 @@ impl Encoder<'_> {
             let stats = engine.codec_stats();
             let encoded = stats.pages() - stats.get(crate::codec::Encoding::Zero).pages;
             let poll_end = now();
-            engine.set_lz4(choice.observe(encoded - last_encoded, poll_end - poll_start));
+            engine.set_lz4(choice.observe(
+                encoded - last_encoded,
+                t.len as u64,
+                poll_end - poll_start,
+            ));
             (last_encoded, poll_start) = (encoded, poll_end);
             let (sent, planned) = engine.round_progress();
             self.progress.sent.store(sent, Ordering::Relaxed);
