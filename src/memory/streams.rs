@@ -32,6 +32,9 @@ pub struct StreamMemory<'a> {
     page_size: usize,
     total: u64,
     shard: Shard,
+    /// With [`assume_zero`](StreamMemory::assume_zero): one bit per page of memory,
+    /// set once this view wrote the page; a clear bit is a page known to be zero.
+    written: Option<alloc::vec::Vec<u64>>,
     _memory: PhantomData<&'a mut [u8]>,
 }
 
@@ -42,6 +45,18 @@ pub struct StreamMemory<'a> {
 unsafe impl Send for StreamMemory<'_> {}
 
 impl VecMemory {
+    /// One view of all of this memory (a single-stream migration's).
+    pub fn whole(&mut self) -> StreamMemory<'_> {
+        StreamMemory {
+            base: self.as_bytes_mut().as_mut_ptr(),
+            page_size: self.page_size(),
+            total: self.total_pages(),
+            shard: Shard::WHOLE,
+            written: None,
+            _memory: PhantomData,
+        }
+    }
+
     /// Cuts this memory into `count` views, one per stream of a multi-stream migration
     /// (view `i` reaches the pages of [`Shard::new(i, count)`](Shard::new)). `count`
     /// 0 is taken as 1.
@@ -55,6 +70,7 @@ impl VecMemory {
                 page_size,
                 total,
                 shard: Shard::new(i, count).unwrap_or(Shard::WHOLE),
+                written: None,
                 _memory: PhantomData,
             })
             .collect()
@@ -65,6 +81,35 @@ impl StreamMemory<'_> {
     /// The stream whose pages this view reaches.
     pub fn shard(&self) -> Shard {
         self.shard
+    }
+
+    /// Takes every page as zero until this view writes it (the caller's promise: the
+    /// memory is fresh, all zero, and written only through this view): zero runs on
+    /// such pages, their reads and their hashes never touch the memory. A destination
+    /// then never faults in the pages of a guest's zero memory, not even to check or
+    /// hash them. Costs one bit per page of memory.
+    pub fn assume_zero(mut self) -> Self {
+        self.written = Some(alloc::vec![0; self.total.div_ceil(64) as usize]);
+        self
+    }
+
+    /// Whether page `page` is known to be zero (never written through an
+    /// [`assume_zero`](Self::assume_zero) view).
+    fn known_zero(&self, page: u64) -> bool {
+        self.written
+            .as_ref()
+            .is_some_and(|w| w[(page / 64) as usize] & (1 << (page % 64)) == 0)
+    }
+
+    fn set_written(&mut self, page: u64, written: bool) {
+        if let Some(w) = &mut self.written {
+            let (word, bit) = ((page / 64) as usize, 1u64 << (page % 64));
+            if written {
+                w[word] |= bit;
+            } else {
+                w[word] &= !bit;
+            }
+        }
     }
 
     /// The byte range of pages `first..first + count`, if they exist and are all this
@@ -118,29 +163,60 @@ impl PageMemory for StreamMemory<'_> {
 
     fn read_page(&self, page: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
         check_page_access(page, buf.len(), self.page_size, self.total)?;
-        buf.copy_from_slice(self.pages(page, 1)?);
+        let bytes = self.pages(page, 1)?;
+        if self.known_zero(page) {
+            buf.fill(0);
+        } else {
+            buf.copy_from_slice(bytes);
+        }
         Ok(())
     }
 
     fn write_page(&mut self, page: u64, data: &[u8]) -> Result<(), MemoryError> {
         check_page_access(page, data.len(), self.page_size, self.total)?;
         self.pages_mut(page, 1)?.copy_from_slice(data);
+        self.set_written(page, true);
         Ok(())
     }
 
     fn hash_pages(&self, first: u64, hashes: &mut [u64], _: &mut [u8]) -> Result<(), MemoryError> {
         let bytes = self.pages(first, hashes.len() as u64)?;
-        hash_chunks(bytes, self.page_size, hashes);
+        if self.written.is_none() {
+            hash_chunks(bytes, self.page_size, hashes);
+            return Ok(());
+        }
+        // Runs of known-zero pages take the zero hash; the others are hashed.
+        let mut i = 0;
+        while i < hashes.len() {
+            let zero = self.known_zero(first + i as u64);
+            let run = (i..hashes.len())
+                .take_while(|&j| self.known_zero(first + j as u64) == zero)
+                .count();
+            if zero {
+                hashes[i..i + run].fill(super::zero_page_hash(self.page_size));
+            } else {
+                let b = &bytes[i * self.page_size..(i + run) * self.page_size];
+                hash_chunks(b, self.page_size, &mut hashes[i..i + run]);
+            }
+            i += run;
+        }
         Ok(())
     }
 
     fn zero_pages(&mut self, first: u64, count: u64) -> Result<(), MemoryError> {
         let page_size = self.page_size;
-        for page in self.pages_mut(first, count)?.chunks_exact_mut(page_size) {
-            // As in `VecMemory`: a never-written page stays unbacked.
-            if !crate::codec::is_zero_page(page) {
-                page.fill(0);
+        self.byte_range(first, count)?;
+        for page in first..first + count {
+            if self.known_zero(page) {
+                continue;
             }
+            let bytes = self.pages_mut(page, 1)?;
+            // As in `VecMemory`: a never-written page stays unbacked.
+            if !crate::codec::is_zero_page(bytes) {
+                bytes.fill(0);
+            }
+            debug_assert_eq!(bytes.len(), page_size);
+            self.set_written(page, false);
         }
         Ok(())
     }
@@ -188,5 +264,55 @@ mod tests {
             };
             assert_eq!(memory.as_bytes()[p as usize * 512], want, "page {p}");
         }
+    }
+
+    #[test]
+    fn assume_zero_views_read_hash_and_zero_like_plain_ones() {
+        let total = 2 * 512 + 7;
+        let mut content = alloc::vec::Vec::new();
+        let mut hashes = alloc::vec::Vec::new();
+        for assume in [false, true] {
+            let mut memory = VecMemory::new(512, total);
+            let mut views = memory.streams(2);
+            if assume {
+                views = views.into_iter().map(StreamMemory::assume_zero).collect();
+            }
+            let mut buf = [9u8; 512];
+            for view in &mut views {
+                let shard = view.shard();
+                for p in (0..total).filter(|&p| shard.owns(p)) {
+                    if p % 3 == 0 {
+                        view.write_page(p, &[p as u8 | 1; 512]).unwrap();
+                    }
+                    if p % 7 == 0 {
+                        view.zero_pages(p, 1).unwrap();
+                    }
+                    view.read_page(p, &mut buf).unwrap();
+                    let want = if p % 3 == 0 && p % 7 != 0 {
+                        p as u8 | 1
+                    } else {
+                        0
+                    };
+                    assert!(buf.iter().all(|&b| b == want), "page {p}");
+                }
+                // Rewritten after being zeroed: no longer known zero.
+                let p = (0..total)
+                    .find(|&p| view.shard().owns(p) && p % 21 == 0)
+                    .unwrap();
+                view.write_page(p, &[5; 512]).unwrap();
+                view.read_page(p, &mut buf).unwrap();
+                assert_eq!(buf[0], 5);
+                for r in view.shard().ranges(total) {
+                    let mut h = alloc::vec![0u64; (r.end - r.start) as usize];
+                    view.hash_pages(r.start, &mut h, &mut buf).unwrap();
+                    hashes.push(h);
+                }
+            }
+            drop(views);
+            content.push(memory.as_bytes().to_vec());
+        }
+        assert_eq!(content[0], content[1]);
+        let half = hashes.len() / 2;
+        assert_eq!(hashes[..half], hashes[half..]);
     }
 }

@@ -15,7 +15,7 @@ use std::vec::Vec;
 use super::session::{apply_from, read_header, write_reply, Limits, Reply};
 use super::RuntimeError;
 use crate::engine::{Applier, ApplyStats};
-use crate::memory::VecMemory;
+use crate::memory::{StreamMemory, VecMemory};
 use crate::wire::StreamHeader;
 
 /// A migration the destination received and verified on every stream.
@@ -78,9 +78,11 @@ pub fn receive_streams(
             .map_err(|e| RuntimeError::io(format!("answering the source {}", s.peer), e))?;
     }
     let mut memory = VecMemory::new(header.page_size(), header.layout.total_pages());
-    super::huge_pages::advise_huge_pages(memory.as_bytes().as_ptr(), memory.as_bytes().len());
     let first_error: Mutex<Option<String>> = Mutex::new(None);
+    // Fresh memory: the views know every page is zero until they write it, so a
+    // guest's zero memory is never faulted in, not even to be checked or hashed.
     let views = memory.streams(header.stream.count());
+    let views = views.into_iter().map(StreamMemory::assume_zero);
     let results: Vec<Result<(ApplyStats, u64, u128), RuntimeError>> = std::thread::scope(|s| {
         let handles: Vec<_> = streams
             .iter()

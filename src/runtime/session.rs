@@ -284,14 +284,15 @@ fn receive_inner<R: Read + ?Sized>(
     if let Some(w) = replies.as_mut() {
         write_reply(w, &Reply::Ok).map_err(|e| RuntimeError::io("answering the source", e))?;
     }
-    let memory = VecMemory::new(header.page_size(), header.layout.total_pages());
-    super::huge_pages::advise_huge_pages(memory.as_bytes().as_ptr(), memory.as_bytes().len());
-    let mut applier = Applier::with_memory(memory);
+    let mut memory = VecMemory::new(header.page_size(), header.layout.total_pages());
+    // Fresh memory: pages stay untouched until written (see `StreamMemory`).
+    let mut applier = Applier::with_memory(memory.whole().assume_zero());
     let (stream_bytes, digest) = apply_from(input, &mut applier, &header_bytes, replies.is_some())?;
     let stats = applier.stats();
+    drop(applier);
     Ok(Received {
         header,
-        memory: applier.into_memory(),
+        memory,
         stats,
         stream_bytes,
         digest,
