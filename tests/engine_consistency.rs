@@ -10,73 +10,15 @@ use std::collections::VecDeque;
 use precopy::bitmap::{AtomicDirtyBitmap, GuestLayout};
 use precopy::codec::EncoderConfig;
 use precopy::engine::{Applier, EngineError, Progress, SourceConfig, SourceEngine, SourceEvent};
-use precopy::memory::{AtomicMemory, MemoryError, PageMemory, VecMemory};
+use precopy::memory::{AtomicMemory, PageMemory, VecMemory};
 use precopy::schedule::Policy;
 use proptest::prelude::*;
 
+#[path = "common/scripted_guest.rs"]
+mod scripted_guest;
+use scripted_guest::{fill, ScriptedGuest, Write};
+
 const PAGE: usize = 512;
-
-/// A guest write: page, word in the page, value.
-type Write = (u64, usize, u64);
-
-/// Source memory whose page reads run the write schedule: before the `n`-th read, the
-/// writes scheduled for it land in memory and are marked, so writes fall between a
-/// harvest and the page read, between reads of one round, and while a page is being
-/// encoded from its private copy.
-struct ScriptedGuest<'a> {
-    memory: &'a AtomicMemory,
-    bitmap: &'a AtomicDirtyBitmap<Box<[std::sync::atomic::AtomicU64]>>,
-    script: RefCell<VecDeque<Vec<Write>>>,
-    paused: Cell<bool>,
-}
-
-impl ScriptedGuest<'_> {
-    fn run_writes(&self) {
-        if self.paused.get() {
-            return;
-        }
-        if let Some(writes) = self.script.borrow_mut().pop_front() {
-            for (page, word, value) in writes {
-                self.memory.store_word(page, word, value).unwrap();
-                self.bitmap.mark(page).unwrap();
-            }
-        }
-    }
-}
-
-impl PageMemory for ScriptedGuest<'_> {
-    fn page_size(&self) -> usize {
-        self.memory.page_size()
-    }
-    fn total_pages(&self) -> u64 {
-        self.memory.total_pages()
-    }
-    fn read_page(&self, page: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
-        self.run_writes();
-        self.memory.read_page(page, buf)
-    }
-    fn write_page(&mut self, _: u64, _: &[u8]) -> Result<(), MemoryError> {
-        panic!("the source engine must never write guest memory");
-    }
-}
-
-/// Initial content of a page: zero, random-ish, text-like or sparse.
-fn fill(memory: &AtomicMemory, kinds: &[u8]) {
-    let mut buf = vec![0u8; PAGE];
-    for (page, &kind) in kinds.iter().enumerate() {
-        let seed = (page as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        for (i, b) in buf.iter_mut().enumerate() {
-            let x = seed ^ (i as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            *b = match kind % 4 {
-                0 => 0,
-                1 => (x >> 29) as u8,
-                2 => b"the quick brown fox "[i % 20],
-                _ => u8::from(i % 97 == 0) * (x as u8),
-            };
-        }
-        memory.store_page(page as u64, &buf).unwrap();
-    }
-}
 
 /// What a run produced on the destination.
 struct Outcome {
@@ -99,7 +41,7 @@ fn migrate(
     let pages = kinds.len() as u64;
     let layout = GuestLayout::flat(PAGE as u64, pages * PAGE as u64).unwrap();
     let memory = AtomicMemory::new(PAGE, pages);
-    fill(&memory, kinds);
+    fill(&memory, PAGE, kinds);
     let bitmap = AtomicDirtyBitmap::new(layout);
     let guest = ScriptedGuest {
         memory: &memory,
@@ -386,7 +328,7 @@ fn an_aborted_round_puts_its_unsent_pages_back() {
     let pages = 64u64;
     let layout = GuestLayout::flat(PAGE as u64, pages * PAGE as u64).unwrap();
     let memory = AtomicMemory::new(PAGE, pages);
-    fill(&memory, &(0..pages as u8).collect::<Vec<_>>());
+    fill(&memory, PAGE, &(0..pages as u8).collect::<Vec<_>>());
     let bitmap = AtomicDirtyBitmap::new(layout);
     let config = SourceConfig {
         policy: Policy {
