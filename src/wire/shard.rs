@@ -5,9 +5,12 @@
 //! version of a page therefore travels on the same stream, in order, so a late copy of
 //! a page can never overtake a newer one from another stream, and each stream keeps its
 //! own delta cache. The round number of a stream is the generation of the pages in it.
-//! Two streams never share a bitmap cache line, so their harvests never contend.
+//! A chunk's bitmap words are 64 bytes, a cache line's worth: where the bitmap's
+//! words start on a cache line, two streams' harvests never touch the same line (an
+//! owned bitmap's allocation is only 8-byte aligned, so they may share one line at
+//! each chunk boundary).
 
-/// Pages per chunk: eight 64-bit bitmap words, one 64-byte cache line.
+/// Pages per chunk: eight 64-bit bitmap words, 64 bytes (a cache line's worth).
 pub const SHARD_CHUNK_PAGES: u64 = 512;
 
 /// The most streams a migration can have.
