@@ -1,12 +1,14 @@
 //! `precopy bench pipeline`: whole migrations over loopback TCP (source engine, TCP,
-//! destination applying and verifying) of an idle, a write-once and a continuously
-//! written guest, against a plain memcpy of the same amount of memory measured in the
-//! same run.
+//! destination applying and verifying) of an idle, a write-once, a continuously
+//! written and a fully written guest, and the fully written one's source side alone
+//! (its stream discarded), against a plain memcpy and a copy into fresh memory
+//! measured in the same run.
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use crate::migrate::{self, parse_size, MigrationArgs};
+use precopy::runtime::RuntimeError;
 
 /// Options of `precopy bench pipeline`.
 #[derive(clap::Args, Debug)]
@@ -22,14 +24,32 @@ pub struct Args {
     json: bool,
 }
 
-/// The workloads measured, as `--workload` specs.
-const CASES: [(&str, &str); 4] = [
-    ("idle", "idle:rate=1k"),
-    ("once", "once:rate=250k"),
-    ("continuous", "continuous:rate=50k,set=256M"),
+/// The workloads measured, as `--workload` specs, and whether the stream goes to a
+/// destination over loopback TCP (false: it is discarded, measuring the source alone).
+const CASES: [(&str, &str, bool); 5] = [
+    ("idle", "idle:rate=1k", true),
+    ("once", "once:rate=250k", true),
+    ("continuous", "continuous:rate=50k,set=256M", true),
     // Every page written before the migration starts (non-zero, compressible).
-    ("written", "hotspot:rate=10k"),
+    ("written", "hotspot:rate=10k", true),
+    // The same, the source's side alone: what its CPU can feed a link.
+    ("written-src", "hotspot:rate=10k", false),
 ];
+
+/// A destination that drops the stream and verifies nothing: the source alone.
+struct Discard;
+
+impl precopy::engine::Transport for Discard {
+    type Error = RuntimeError;
+
+    fn send(&mut self, _: &[u8]) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
+    fn recv(&mut self, _: &mut [u8]) -> Result<usize, RuntimeError> {
+        Ok(0)
+    }
+}
 
 /// Process CPU time (user + system) so far.
 fn cpu_time() -> Duration {
@@ -92,7 +112,7 @@ pub fn run(args: &Args) -> Result<(), String> {
             args.memory >> 20
         );
     }
-    for (case, workload) in CASES {
+    for (case, workload, to_destination) in CASES {
         for &streams in &args.streams {
             let migration = MigrationArgs {
                 memory: args.memory,
@@ -117,7 +137,13 @@ pub fn run(args: &Args) -> Result<(), String> {
                 TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind 127.0.0.1: {e}"))?;
             let cpu = cpu_time();
             let start = Instant::now();
-            let (report, dest) = migrate::run_loopback(&mut source, listener, 1, false)?;
+            let (report, dest) = if to_destination {
+                migrate::run_loopback(&mut source, listener, 1, false)?
+            } else {
+                let sinks = (0..streams).map(|_| Discard).collect();
+                let report = migrate::run_source(&mut source, 1, false, sinks, |_| Ok(()));
+                (report, Ok(()))
+            };
             let elapsed = start.elapsed();
             let cpu = cpu_time() - cpu;
             if let Some(e) = report.error {
