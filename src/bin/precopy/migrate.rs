@@ -56,8 +56,9 @@ pub struct MigrationArgs {
     /// suffixes): a token bucket paces the sends, and the scheduler is told the cap.
     #[arg(long, value_parser = parse_size)]
     pub max_bandwidth: Option<u64>,
-    /// LZ4 compression: `auto` compresses while the link, not the encoder, is the
-    /// bottleneck (time blocked sending against time encoding); `on` and `off` force it.
+    /// LZ4 compression: `auto` measures each stream's page rate raw and with LZ4 (a
+    /// probe now and then) and compresses only where LZ4 is clearly faster (a slow
+    /// link); `on` and `off` force it.
     #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
     pub compression: String,
     /// Print JSON lines instead of a table.
