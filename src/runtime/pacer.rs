@@ -1,5 +1,6 @@
-//! A link speed for a transport that has none of its own (loopback): sends are paced
-//! so the bytes leave no faster than the link would carry them.
+//! A link speed for a transport that has none of its own (loopback), and bandwidth
+//! caps: a [`TokenBucket`] shared by the streams of a migration, and [`RateLimited`],
+//! any transport paced by one.
 
 use std::time::{Duration, Instant};
 
@@ -18,43 +19,6 @@ pub fn link_speed(name: &str) -> Option<u64> {
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case(name))
         .map(|&(_, speed)| speed)
-}
-
-/// Paces sends to `bytes_per_sec`: each send of `n` bytes occupies the link for
-/// `n / bytes_per_sec`; a send that would start before the link is free waits.
-#[derive(Clone, Debug)]
-pub struct Pacer {
-    bytes_per_sec: u64,
-    free_at: Option<Instant>,
-}
-
-impl Pacer {
-    /// A pacer for a link of `bytes_per_sec` (at least 1).
-    pub fn new(bytes_per_sec: u64) -> Self {
-        Pacer {
-            bytes_per_sec: bytes_per_sec.max(1),
-            free_at: None,
-        }
-    }
-
-    /// The link speed, bytes/s.
-    pub fn bytes_per_sec(&self) -> u64 {
-        self.bytes_per_sec
-    }
-
-    /// Waits until the link is free, then books it for `bytes`.
-    pub fn pace(&mut self, bytes: usize) {
-        let now = Instant::now();
-        let start = match self.free_at {
-            Some(free) if free > now => {
-                std::thread::sleep(free - now);
-                free
-            }
-            _ => now,
-        };
-        let busy = bytes as u128 * 1_000_000_000 / u128::from(self.bytes_per_sec);
-        self.free_at = Some(start + Duration::from_nanos(busy as u64));
-    }
 }
 
 /// A bandwidth cap shared by the sender threads of a multi-stream migration: a token
@@ -118,23 +82,67 @@ impl TokenBucket {
     }
 }
 
+/// A rate-limited link: any [`Transport`](crate::engine::Transport) whose sends take
+/// their bytes from a [`TokenBucket`] first (shared with other links to cap them
+/// together). Receives are not limited.
+///
+/// ```
+/// use precopy::engine::{MemoryTransport, Transport};
+/// use precopy::runtime::pacer::{RateLimited, TokenBucket};
+/// let bucket = TokenBucket::new(125_000_000, 64 << 10); // 1 Gbit/s, 64 KiB burst
+/// let mut link = RateLimited::new(MemoryTransport::new(4096), &bucket);
+/// link.send(&[0u8; 4096]).unwrap();
+/// assert_eq!(link.get_ref().pending(), 4096);
+/// ```
+#[derive(Debug)]
+pub struct RateLimited<'a, T> {
+    inner: T,
+    bucket: &'a TokenBucket,
+}
+
+impl<'a, T> RateLimited<'a, T> {
+    /// `inner`, its sends paced by `bucket`.
+    pub fn new(inner: T, bucket: &'a TokenBucket) -> Self {
+        RateLimited { inner, bucket }
+    }
+
+    /// The transport underneath.
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
+    /// The transport underneath, mutably.
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.inner
+    }
+
+    /// The transport underneath.
+    pub fn into_inner(self) -> T {
+        self.inner
+    }
+}
+
+impl<T: crate::engine::Transport> crate::engine::Transport for RateLimited<'_, T> {
+    type Error = T::Error;
+
+    fn send(&mut self, bytes: &[u8]) -> Result<(), T::Error> {
+        self.bucket.take(bytes.len());
+        self.inner.send(bytes)
+    }
+
+    fn recv(&mut self, buf: &mut [u8]) -> Result<usize, T::Error> {
+        self.inner.recv(buf)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn paces_to_the_link_speed() {
+    fn links_are_named() {
         assert_eq!(link_speed("10GbE"), Some(1_250_000_000));
         assert_eq!(link_speed("token-ring"), None);
-        // 4 MB at 100 MB/s: at least 40 ms (the first send goes at once, the last
-        // one's time is booked but not waited for).
-        let mut p = Pacer::new(100_000_000);
-        let start = Instant::now();
-        for _ in 0..5 {
-            p.pace(1_000_000);
-        }
-        let took = start.elapsed();
-        assert!(took >= Duration::from_millis(39), "{took:?}");
     }
 
     #[test]
@@ -151,5 +159,22 @@ mod tests {
         });
         let took = start.elapsed();
         assert!(took >= Duration::from_millis(59), "{took:?}");
+    }
+
+    #[test]
+    fn a_rate_limited_link_passes_every_byte_at_the_rate() {
+        use crate::engine::{MemoryTransport, Transport};
+        // 2 MB at 100 MB/s with no burst: at least 20 ms minus the last send's debt.
+        let bucket = TokenBucket::new(100_000_000, 0);
+        let mut link = RateLimited::new(MemoryTransport::new(1 << 20), &bucket);
+        let start = Instant::now();
+        for _ in 0..8 {
+            link.send(&[7u8; 250_000]).unwrap();
+        }
+        assert!(start.elapsed() >= Duration::from_micros(17_400));
+        assert_eq!(link.get_ref().pending(), 2_000_000);
+        let mut buf = std::vec![0u8; 16];
+        assert_eq!(link.recv(&mut buf), Ok(16));
+        assert_eq!(buf, [7u8; 16]);
     }
 }
