@@ -4,14 +4,16 @@ use std::time::Instant;
 use std::vec;
 use std::vec::Vec;
 
-use crate::memory::{PageMemory, VecMemory};
+use crate::memory::PageMemory;
+use crate::wire::MemoryDigest;
 
 /// Estimated time, ns, for the end-to-end digest the final round computes over all of
-/// `memory` (once on the source, reading guest memory through [`PageMemory`], once on
-/// the destination, over its plain memory; both with the guest paused), extrapolated
-/// from hashing up to `sample_pages` pages now both ways, the way the digest does
-/// ([`PageMemory::hash_pages`], in parallel where the memory supports it). This is
-/// part of the downtime that is not the dirty pages: add it to the policy's
+/// `memory` with the guest paused: on the source, hashing every page read through
+/// [`PageMemory::hash_pages`] (in parallel where the memory supports it); on the
+/// destination, folding the page hashes it kept as it wrote them
+/// ([`StreamMemory::assume_zero`](crate::memory::StreamMemory::assume_zero)).
+/// Extrapolated from doing both for up to `sample_pages` pages now. This is part of
+/// the downtime that is not the dirty pages: add it to the policy's
 /// `non_memory_downtime_ns` so the prediction counts it.
 pub fn digest_downtime_ns<M: PageMemory + ?Sized>(memory: &M, sample_pages: u64) -> u64 {
     let total = memory.total_pages();
@@ -37,14 +39,14 @@ pub fn digest_downtime_ns<M: PageMemory + ?Sized>(memory: &M, sample_pages: u64)
     else {
         return 0;
     };
-    // Destination side: the same pages as plain (and mapped) memory.
-    let mut copy = VecMemory::new(page_size, sample);
-    for page in 0..sample {
-        let _ = memory.read_page(page, &mut scratch);
-        let _ = copy.write_page(page, &scratch);
-    }
-    let destination_ns =
-        best(&mut || copy.hash_pages(0, &mut hashes, &mut scratch).is_ok()).unwrap_or(0.0);
+    // Destination side: folding kept hashes.
+    let destination_ns = best(&mut || {
+        let mut digest = MemoryDigest::new();
+        hashes.iter().for_each(|&h| digest.update_hash(h));
+        std::hint::black_box(digest.finish());
+        true
+    })
+    .unwrap_or(0.0);
     ((source_ns + destination_ns) * total as f64 / sample as f64) as u64
 }
 

@@ -97,6 +97,14 @@ impl Shard {
         (page < total).then_some(page)
     }
 
+    /// Where page `page` (one of this stream's) stands among the stream's pages: 0 for
+    /// its first page, up to [`pages`](Self::pages) - 1 for its last. For a table
+    /// with one entry per page of the stream.
+    pub const fn local_index(self, page: u64) -> u64 {
+        let chunk = Self::chunk(page);
+        (chunk / self.count as u64) * SHARD_CHUNK_PAGES + page % SHARD_CHUNK_PAGES
+    }
+
     /// Pages of `0..total` on this stream.
     pub fn pages(self, total: u64) -> u64 {
         let n = u64::from(self.count);
@@ -136,6 +144,12 @@ mod tests {
                     let by_pages = (0..total).filter(|&p| s.owns(p)).count() as u64;
                     assert_eq!(by_ranges, by_pages);
                     assert_eq!(s.pages(total), by_pages, "count {count} total {total}");
+                    // Local indices number the stream's pages 0, 1, 2, ... in order.
+                    let local: alloc::vec::Vec<u64> = (0..total)
+                        .filter(|&p| s.owns(p))
+                        .map(|p| s.local_index(p))
+                        .collect();
+                    assert!(local.iter().enumerate().all(|(i, &l)| l == i as u64));
                     owned_total += by_pages;
                     // next_owned agrees with owns.
                     for from in (0..total + 3).step_by(97) {
