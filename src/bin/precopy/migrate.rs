@@ -142,7 +142,7 @@ impl MigrationArgs {
         };
         policy.validate().map_err(|e| e.to_string())?;
         let guest = SyntheticGuest::new(layout, workload);
-        // The final round digests all memory on both sides: predict that too.
+        // The final round ends with the end-to-end digest: predict that too.
         let digest_ns = precopy::runtime::calibrate::digest_downtime_ns(&**guest.memory(), 16384);
         let policy = Policy {
             non_memory_downtime_ns: policy.non_memory_downtime_ns + digest_ns,
@@ -151,7 +151,7 @@ impl MigrationArgs {
         if policy.non_memory_downtime_ns >= policy.downtime_limit_ns {
             return Err(format!(
                 "--downtime-ms {} is too short for this guest: verifying {} MiB end to end \
-                 (a digest of all memory on both sides, with the guest paused) takes about {} ms \
+                 (a digest of all memory, with the guest paused) takes about {} ms \
                  here; raise --downtime-ms above {} or migrate a smaller guest",
                 self.downtime_ms,
                 self.memory >> 20,
