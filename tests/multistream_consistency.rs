@@ -7,6 +7,7 @@
 //! Streams crossed at the destination never complete.
 
 use std::cell::{Cell, RefCell};
+use std::sync::atomic::AtomicU64;
 
 use precopy::bitmap::{AtomicDirtyBitmap, GuestLayout};
 use precopy::engine::{Applier, ApplyError, Progress, SourceConfig, SourceEngine, SourceEvent};
@@ -70,17 +71,7 @@ fn migrate(
         script: RefCell::new(script.into()),
         paused: Cell::new(false),
     };
-    let mut engines: Vec<_> = (0..n)
-        .map(|i| {
-            let config = SourceConfig {
-                stream: Shard::new(i, n).unwrap(),
-                external_decisions: true,
-                policy,
-                ..SourceConfig::new(PAGE)
-            };
-            SourceEngine::new(&bitmap, config, 0).unwrap()
-        })
-        .collect();
+    let mut engines = stream_engines(&bitmap, n, policy);
     let mut scheduler = Scheduler::new(policy, pages, PAGE as u64, 0).unwrap();
     let n = usize::from(n);
     let mut streams = vec![Vec::new(); n];
@@ -265,6 +256,26 @@ fn bytes_of(memory: &AtomicMemory) -> Vec<u8> {
         memory.read_page(p as u64, page).unwrap();
     }
     out
+}
+
+/// One engine per stream of an `n`-stream migration of `bitmap`'s guest, each leaving
+/// its decisions to the caller's scheduler.
+fn stream_engines(
+    bitmap: &Bitmap,
+    n: u8,
+    policy: Policy,
+) -> Vec<SourceEngine<'_, Box<[AtomicU64]>>> {
+    (0..n)
+        .map(|i| {
+            let config = SourceConfig {
+                stream: Shard::new(i, n).unwrap(),
+                external_decisions: true,
+                policy,
+                ..SourceConfig::new(PAGE)
+            };
+            SourceEngine::new(bitmap, config, 0).unwrap()
+        })
+        .collect()
 }
 
 proptest! {
@@ -469,17 +480,7 @@ fn a_failed_multi_stream_migration_loses_no_dirty_page() {
         on_limit: OnLimit::Fail,
         ..Policy::default()
     };
-    let mut engines: Vec<_> = (0..3)
-        .map(|i| {
-            let config = SourceConfig {
-                stream: Shard::new(i, 3).unwrap(),
-                external_decisions: true,
-                policy,
-                ..SourceConfig::new(PAGE)
-            };
-            SourceEngine::new(&bitmap, config, 0).unwrap()
-        })
-        .collect();
+    let mut engines = stream_engines(&bitmap, 3, policy);
     let mut scheduler = Scheduler::new(policy, pages, PAGE as u64, 0).unwrap();
     let mut streams = vec![Vec::new(); 3];
     let mut measured = [None; 3];

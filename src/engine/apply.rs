@@ -144,6 +144,18 @@ pub struct ApplyStats {
     pub rounds: u64,
 }
 
+impl ApplyStats {
+    /// Adds another stream's counts (a multi-stream total): pages add up, rounds are
+    /// the most any stream ended.
+    pub fn add(&mut self, other: &ApplyStats) {
+        self.zero_pages += other.zero_pages;
+        self.raw_pages += other.raw_pages;
+        self.lz4_pages += other.lz4_pages;
+        self.delta_pages += other.delta_pages;
+        self.rounds = self.rounds.max(other.rounds);
+    }
+}
+
 /// Applies a precopy stream to guest memory.
 ///
 /// Feed it the stream in pieces of any size with [`feed`](Self::feed); it decodes

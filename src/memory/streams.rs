@@ -55,14 +55,13 @@ unsafe impl Send for StreamMemory<'_> {}
 impl VecMemory {
     /// One view of all of this memory (a single-stream migration's).
     pub fn whole(&mut self) -> StreamMemory<'_> {
-        StreamMemory {
-            base: self.as_bytes_mut().as_mut_ptr(),
-            page_size: self.page_size(),
-            total: self.total_pages(),
-            shard: Shard::WHOLE,
-            tracked: None,
-            _memory: PhantomData,
-        }
+        let (page_size, total) = (self.page_size(), self.total_pages());
+        StreamMemory::over(
+            self.as_bytes_mut().as_mut_ptr(),
+            page_size,
+            total,
+            Shard::WHOLE,
+        )
     }
 
     /// Cuts this memory into `count` views, one per stream of a multi-stream migration
@@ -73,15 +72,28 @@ impl VecMemory {
         let (page_size, total) = (self.page_size(), self.total_pages());
         let base = self.as_bytes_mut().as_mut_ptr();
         (0..count)
-            .map(|i| StreamMemory {
-                base,
-                page_size,
-                total,
-                shard: Shard::new(i, count).unwrap_or(Shard::WHOLE),
-                tracked: None,
-                _memory: PhantomData,
+            .map(|i| {
+                let shard = Shard::new(i, count).unwrap_or(Shard::WHOLE);
+                // Each view takes the memory's base pointer; their streams differ, so
+                // no two reach the same page (see the `Send` impl).
+                StreamMemory::over(base, page_size, total, shard)
             })
             .collect()
+    }
+}
+
+impl StreamMemory<'_> {
+    /// The view of `shard`'s pages of the memory at `base` (`total` pages of
+    /// `page_size`), for the lifetime of the caller's borrow of that memory.
+    fn over(base: *mut u8, page_size: usize, total: u64, shard: Shard) -> Self {
+        StreamMemory {
+            base,
+            page_size,
+            total,
+            shard,
+            tracked: None,
+            _memory: PhantomData,
+        }
     }
 }
 
@@ -201,15 +213,18 @@ impl PageMemory for StreamMemory<'_> {
     }
 
     fn hash_pages(&self, first: u64, hashes: &mut [u64], _: &mut [u8]) -> Result<(), MemoryError> {
-        let bytes = self.pages(first, hashes.len() as u64)?;
         match &self.tracked {
             // The hashes kept as the pages were written: no page is read.
             Some(t) => {
+                self.byte_range(first, hashes.len() as u64)?;
                 for (page, hash) in (first..).zip(hashes.iter_mut()) {
                     *hash = t.hashes[self.shard.local_index(page) as usize];
                 }
             }
-            None => hash_chunks(bytes, self.page_size, hashes),
+            None => {
+                let bytes = self.pages(first, hashes.len() as u64)?;
+                hash_chunks(bytes, self.page_size, hashes);
+            }
         }
         Ok(())
     }

@@ -126,11 +126,7 @@ pub fn receive_streams(
     };
     for r in results {
         let (stats, bytes, digest) = r?;
-        received.stats.zero_pages += stats.zero_pages;
-        received.stats.raw_pages += stats.raw_pages;
-        received.stats.lz4_pages += stats.lz4_pages;
-        received.stats.delta_pages += stats.delta_pages;
-        received.stats.rounds = received.stats.rounds.max(stats.rounds);
+        received.stats.add(&stats);
         received.stream_bytes += bytes;
         received.digests.push(digest);
     }

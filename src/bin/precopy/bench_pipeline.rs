@@ -64,47 +64,39 @@ fn cpu_time() -> Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
-/// A copy of 256 MiB into memory never touched before, GB/s (best of 3): what a
-/// destination pays to fault in and zero its fresh guest memory, which on a virtual
-/// machine can cost more than the copy itself.
-fn fresh_copy_gbps() -> f64 {
-    let chunk = 256usize << 20;
-    let src: Vec<u8> = (0..chunk).map(|i| (i * 31 % 251) as u8).collect();
+/// GB/s of copying `len` bytes of written memory, best of three runs: into a buffer
+/// already written (`fresh` false: memcpy), or into one allocated for each run and
+/// never touched before (`fresh`: what a destination pays to fault in and zero its
+/// fresh guest memory, which on a virtual machine can cost more than the copy).
+fn copy_gbps(len: usize, fresh: bool) -> f64 {
+    let src: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+    let mut written = vec![1u8; if fresh { 0 } else { len }];
     let best = (0..3)
         .map(|_| {
             let t = Instant::now();
-            let mut dst = vec![0u8; chunk];
+            let mut new = Vec::new();
+            let dst = if fresh {
+                new = vec![0u8; len];
+                &mut new
+            } else {
+                &mut written
+            };
             dst.copy_from_slice(std::hint::black_box(&src));
             std::hint::black_box(&dst);
             let took = t.elapsed();
-            drop(dst);
+            drop(new);
             took
         })
         .min()
         .expect("three runs");
-    chunk as f64 / best.as_secs_f64() / 1e9
-}
-
-/// memcpy of `bytes` of written memory, GB/s (best of 3 over a 256 MiB buffer).
-fn memcpy_gbps(bytes: u64) -> f64 {
-    let chunk = (256u64 << 20).min(bytes) as usize;
-    let src: Vec<u8> = (0..chunk).map(|i| (i * 31 % 251) as u8).collect();
-    let mut dst = vec![1u8; chunk];
-    let best = (0..3)
-        .map(|_| {
-            let t = Instant::now();
-            dst.copy_from_slice(std::hint::black_box(&src));
-            std::hint::black_box(&dst);
-            t.elapsed()
-        })
-        .min()
-        .expect("three runs");
-    chunk as f64 / best.as_secs_f64() / 1e9
+    len as f64 / best.as_secs_f64() / 1e9
 }
 
 pub fn run(args: &Args) -> Result<(), String> {
-    let baseline = memcpy_gbps(args.memory);
-    let fresh = fresh_copy_gbps();
+    // 256 MiB buffers (or the guest's size, if smaller).
+    let chunk = (256u64 << 20).min(args.memory) as usize;
+    let baseline = copy_gbps(chunk, false);
+    let fresh = copy_gbps(chunk, true);
     if !args.json {
         println!(
             "precopy bench pipeline: {} MiB guests over loopback TCP, source and destination in one process; \
