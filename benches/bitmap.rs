@@ -7,7 +7,8 @@ use std::num::NonZeroUsize;
 use std::sync::atomic::AtomicU64;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use precopy::bitmap::{AtomicDirtyBitmap, DirtyPages, GuestLayout};
+use precopy::bitmap::{AtomicDirtyBitmap, DirtyPages};
+use precopy::layout::GuestLayout;
 use vm_memory::bitmap::AtomicBitmap;
 
 const GUEST: u64 = 64 << 30;

@@ -10,9 +10,10 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use precopy::bitmap::{AtomicDirtyBitmap, GuestLayout};
+use precopy::bitmap::AtomicDirtyBitmap;
 use precopy::codec::is_zero_page;
 use precopy::engine::{SourceConfig, SourceEngine, SourceEvent};
+use precopy::layout::GuestLayout;
 use precopy::memory::{MemoryError, PageMemory};
 use precopy::schedule::{Policy, RoundMeasurement, Scheduler};
 

@@ -8,16 +8,18 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use crate::bitmap::GuestLayout;
 use crate::codec::{
     decode_page, delta_apply, delta_encode, is_zero_page, lz4_decompress_page, lz4_max_output_len,
     EncoderConfig, Encoding, Lz4Compressor, PageEncoder,
 };
 use crate::engine::{Applier, Progress};
+use crate::layout::GuestLayout;
+use crate::layout::Shard;
+use crate::memory::digest_stream;
 use crate::memory::{PageMemory, VecMemory};
 use crate::wire::{
-    digest_stream, seal_page_frame, Decoder, Event, Features, Frame, Shard, StreamHeader,
-    WireError, MAX_HEADER_LEN, PAGE_PAYLOAD_OFFSET,
+    seal_page_frame, Decoder, Event, Features, Frame, StreamHeader, WireError, MAX_HEADER_LEN,
+    PAGE_PAYLOAD_OFFSET,
 };
 
 /// Page size of the guest that [`apply_stream`] applies to.
@@ -204,7 +206,7 @@ pub fn decode_in_pieces(
     stream: &[u8],
     cuts: impl IntoIterator<Item = usize>,
 ) -> (Vec<EventPrint>, Result<(), WireError>) {
-    let mut decoder = Decoder::with_max_page_size(crate::codec::MAX_PAGE_SIZE);
+    let mut decoder = Decoder::with_max_page_size(crate::layout::MAX_PAGE_SIZE);
     let mut events = Vec::new();
     let mut rest = stream;
     let mut cuts = cuts.into_iter();

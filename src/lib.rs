@@ -9,7 +9,8 @@
 //! `std` the runtime, and `vm-memory` the rust-vmm integration.
 //!
 //! ```
-//! use precopy::bitmap::{AtomicDirtyBitmap, GuestLayout};
+//! use precopy::bitmap::AtomicDirtyBitmap;
+//! use precopy::layout::GuestLayout;
 //!
 //! let bitmap = AtomicDirtyBitmap::new(GuestLayout::flat(4096, 1 << 30).unwrap());
 //! bitmap.mark_range(0x1000, 0x2001).unwrap(); // pages 1, 2, 3
@@ -30,6 +31,7 @@ pub mod engine;
 #[cfg(feature = "alloc")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod layout;
 pub mod memory;
 #[cfg(feature = "std")]
 pub mod runtime;

@@ -1,12 +1,13 @@
 //! The destination applier: deltas only onto their base, completion only on a
 //! matching digest, layout checks, and the `apply_stream` fuzz body.
 
-use precopy::bitmap::GuestLayout;
 use precopy::codec::{base_hash, delta_encode};
 use precopy::engine::{Applier, ApplyError, Progress};
 use precopy::fuzzing::{apply_stream, StreamBuilder, APPLY_PAGES, APPLY_PAGE_SIZE};
+use precopy::layout::GuestLayout;
+use precopy::memory::digest_memory;
 use precopy::memory::{PageMemory, VecMemory};
-use precopy::wire::{digest_memory, Features, Frame, StreamHeader};
+use precopy::wire::{Features, Frame, StreamHeader};
 use proptest::prelude::*;
 
 const PAGE: usize = 1024;
@@ -16,7 +17,7 @@ fn header(pages: u64) -> StreamHeader {
         features: Features::ALL,
         session_id: [2; 16],
         layout: GuestLayout::flat(PAGE as u64, pages * PAGE as u64).unwrap(),
-        stream: precopy::wire::Shard::WHOLE,
+        stream: precopy::layout::Shard::WHOLE,
     }
 }
 

@@ -5,7 +5,8 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::AtomicU64;
 
-use precopy::bitmap::{words_for_pages, AtomicDirtyBitmap, BitmapError, GuestLayout};
+use precopy::bitmap::{words_for_pages, AtomicDirtyBitmap, BitmapError};
+use precopy::layout::{GuestLayout, LayoutError};
 use proptest::prelude::*;
 
 /// One operation on the bitmap; numbers are reduced modulo the layout's size.
@@ -31,11 +32,12 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 /// Layouts with holes, odd region sizes (not multiples of 64 pages) and several page
-/// sizes, built from (gap, pages) pairs.
+/// sizes, built from (gap, pages) pairs; up to 11 regions, so both region lookups
+/// (a scan up to 8 regions, a binary search above) are exercised.
 fn layout() -> impl Strategy<Value = GuestLayout> {
     (
-        prop_oneof![Just(512u64), Just(4096), Just(2 << 20)],
-        prop::collection::vec((0u64..5, 1u64..200), 1..5),
+        prop_oneof![Just(512u64), Just(4096), Just(64 << 10)],
+        prop::collection::vec((0u64..5, 1u64..200), 1..12),
     )
         .prop_map(|(page_size, parts)| {
             let mut addr = 0;
@@ -243,27 +245,37 @@ fn boundaries_first_last_page_words_regions_and_holes() {
 }
 
 #[test]
-fn huge_pages_and_layout_errors() {
-    let huge = 2 << 20;
-    let layout = GuestLayout::new(huge, &[(0, 1 << 30), (4 << 30, 1 << 30)]).unwrap();
-    assert_eq!(layout.total_pages(), 1024);
+fn page_sizes_and_layout_errors() {
+    // The largest page size: 64 KiB.
+    let big = 64 << 10;
+    let layout = GuestLayout::new(big, &[(0, 1 << 30), (4 << 30, 1 << 30)]).unwrap();
+    assert_eq!(layout.total_pages(), 32768);
     let bm = AtomicDirtyBitmap::new(layout);
-    bm.mark_range((4 << 30) + huge - 1, 2).unwrap();
-    assert_eq!(bm.harvest().pages().collect::<Vec<_>>(), [512, 513]);
-    assert_eq!(layout.addr_of(513).unwrap(), (4 << 30) + huge);
-    assert!(layout.addr_of(1024).is_err());
+    bm.mark_range((4 << 30) + big - 1, 2).unwrap();
+    assert_eq!(bm.harvest().pages().collect::<Vec<_>>(), [16384, 16385]);
+    assert_eq!(layout.addr_of(16385).unwrap(), (4 << 30) + big);
+    assert!(layout.addr_of(32768).is_err());
 
-    assert_eq!(
-        GuestLayout::new(3000, &[(0, 3000)]),
-        Err(BitmapError::BadPageSize { page_size: 3000 })
-    );
+    // One rule for page sizes: a power of two from 512 B to 64 KiB. 2 MiB huge pages
+    // are refused with the way out in the message.
+    for bad in [0, 256, 3000, 128 << 10, 2 << 20] {
+        assert_eq!(
+            GuestLayout::new(bad, &[(0, 4 << 20)]),
+            Err(LayoutError::BadPageSize { page_size: bad }),
+            "{bad}"
+        );
+    }
+    let huge = GuestLayout::new(2 << 20, &[(0, 4 << 20)])
+        .unwrap_err()
+        .to_string();
+    assert!(huge.contains("in 4096-byte pages"), "{huge}");
     assert!(GuestLayout::new(4096, &[(0, 4095)]).is_err());
     assert!(GuestLayout::new(4096, &[(1, 4096)]).is_err());
     assert!(GuestLayout::new(4096, &[(0, 0)]).is_err());
     assert!(GuestLayout::new(4096, &[(u64::MAX - 4095, 8192)]).is_err());
     assert_eq!(
         GuestLayout::new(4096, &[(8192, 8192), (0, 12288)]),
-        Err(BitmapError::OverlappingRegions {
+        Err(LayoutError::OverlappingRegions {
             first: 0,
             second: 8192
         })
@@ -271,18 +283,18 @@ fn huge_pages_and_layout_errors() {
     let many: Vec<(u64, u64)> = (0..65).map(|i| (i * 8192, 4096)).collect();
     assert!(matches!(
         GuestLayout::new(4096, &many),
-        Err(BitmapError::TooManyRegions { count: 65 })
+        Err(LayoutError::TooManyRegions { count: 65 })
     ));
     // Unsorted input is sorted; holes take no page numbers.
     let l = GuestLayout::new(4096, &[(1 << 20, 4096), (0, 8192)]).unwrap();
     assert_eq!(l.page_of(1 << 20).unwrap(), 2);
 
-    let small: Vec<AtomicU64> = (0..15).map(|_| AtomicU64::new(0)).collect();
+    let small: Vec<AtomicU64> = (0..511).map(|_| AtomicU64::new(0)).collect();
     assert_eq!(
         AtomicDirtyBitmap::from_words(layout, &small).unwrap_err(),
         BitmapError::StorageTooSmall {
-            needed: 16,
-            provided: 15
+            needed: 512,
+            provided: 511
         }
     );
 }

@@ -6,7 +6,8 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use precopy::bitmap::{AtomicDirtyBitmap, DirtyPages, GuestLayout};
+use precopy::bitmap::{AtomicDirtyBitmap, DirtyPages};
+use precopy::layout::GuestLayout;
 
 const PAGES: u64 = 8192;
 const WRITERS: u64 = 3;

@@ -5,7 +5,8 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use precopy::bitmap::{guest_memory_mmap, AtomicDirtyBitmap, GuestLayout};
+use precopy::bitmap::{guest_memory_mmap, AtomicDirtyBitmap};
+use precopy::layout::GuestLayout;
 use vm_memory::bitmap::Bitmap;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 

@@ -586,11 +586,12 @@ fn three_streams_migrate_and_both_sides_agree_on_the_digest() {
 
 /// The header of stream `index` of `count` of a 16 MiB guest's migration `session`.
 fn stream_header(session: u8, index: u8, count: u8) -> Vec<u8> {
-    use precopy::wire::{Features, Shard, StreamHeader};
+    use precopy::layout::Shard;
+    use precopy::wire::{Features, StreamHeader};
     let header = StreamHeader {
         features: Features::ALL,
         session_id: [session; 16],
-        layout: precopy::bitmap::GuestLayout::flat(4096, 16 << 20).unwrap(),
+        layout: precopy::layout::GuestLayout::flat(4096, 16 << 20).unwrap(),
         stream: Shard::new(index, count).unwrap(),
     };
     let mut bytes = vec![0u8; header.encoded_len()];

@@ -1,10 +1,9 @@
 //! Property tests of every codec: roundtrips on generated page pairs, and the
 //! `codec_roundtrip` fuzz body on arbitrary bytes.
 
-use precopy::codec::{
-    delta_encode, CodecError, EncoderConfig, Encoding, PageEncoder, MAX_PAGE_SIZE, MIN_PAGE_SIZE,
-};
+use precopy::codec::{delta_encode, CodecError, EncoderConfig, Encoding, PageEncoder};
 use precopy::fuzzing::{check_codecs, check_stream, codec_roundtrip};
+use precopy::layout::{MAX_PAGE_SIZE, MIN_PAGE_SIZE};
 use proptest::prelude::*;
 
 const PAGE: usize = 4096;

@@ -7,9 +7,10 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 
-use precopy::bitmap::{AtomicDirtyBitmap, GuestLayout};
+use precopy::bitmap::AtomicDirtyBitmap;
 use precopy::codec::EncoderConfig;
 use precopy::engine::{Applier, EngineError, Progress, SourceConfig, SourceEngine, SourceEvent};
+use precopy::layout::GuestLayout;
 use precopy::memory::{AtomicMemory, PageMemory, VecMemory};
 use precopy::schedule::Policy;
 use proptest::prelude::*;

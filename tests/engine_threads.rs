@@ -5,10 +5,11 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use precopy::bitmap::{AtomicDirtyBitmap, GuestLayout};
+use precopy::bitmap::AtomicDirtyBitmap;
 use precopy::engine::{
     Applier, MemoryTransport, Progress, SourceConfig, SourceEngine, SourceEvent, Transport,
 };
+use precopy::layout::GuestLayout;
 use precopy::memory::{AtomicMemory, PageMemory, VecMemory};
 use precopy::schedule::{OnLimit, Policy};
 

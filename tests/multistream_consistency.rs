@@ -9,11 +9,14 @@
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::AtomicU64;
 
-use precopy::bitmap::{AtomicDirtyBitmap, GuestLayout};
+use precopy::bitmap::AtomicDirtyBitmap;
 use precopy::engine::{Applier, ApplyError, Progress, SourceConfig, SourceEngine, SourceEvent};
+use precopy::layout::GuestLayout;
+use precopy::layout::{Shard, SHARD_CHUNK_PAGES};
+use precopy::memory::digest_stream;
 use precopy::memory::{AtomicMemory, PageMemory};
 use precopy::schedule::{Decision, OnLimit, Policy, RoundMeasurement, Scheduler};
-use precopy::wire::{digest_stream, Shard, WireErrorKind, SHARD_CHUNK_PAGES};
+use precopy::wire::WireErrorKind;
 use proptest::prelude::*;
 
 #[path = "common/scripted_guest.rs"]

@@ -5,11 +5,11 @@
 
 use std::path::PathBuf;
 
-use precopy::bitmap::GuestLayout;
 use precopy::engine::{Applier, Progress};
 use precopy::fuzzing::{StreamBuilder, APPLY_PAGES, APPLY_PAGE_SIZE};
+use precopy::layout::GuestLayout;
+use precopy::layout::Shard;
 use precopy::memory::{PageMemory, VecMemory};
-use precopy::wire::Shard;
 
 /// A valid stream over the fuzz guest: `kinds` picks each page's content.
 fn stream(kinds: &[u8], edits: &[(usize, u8)]) -> (VecMemory, Vec<u8>) {

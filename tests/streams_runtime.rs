@@ -5,8 +5,8 @@
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use precopy::bitmap::GuestLayout;
 use precopy::engine::{SourceConfig, Transport};
+use precopy::layout::GuestLayout;
 use precopy::memory::PageMemory;
 use precopy::runtime::pacer::TokenBucket;
 use precopy::runtime::{

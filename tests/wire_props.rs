@@ -1,12 +1,13 @@
 //! Property tests of the stream format: split independence, corruption and truncation
 //! detection, typed errors with locations, and the `wire_decode` fuzz body.
 
-use precopy::bitmap::GuestLayout;
 use precopy::engine::{Applier, Progress};
 use precopy::fuzzing::{decode_in_pieces, wire_decode, StreamBuilder};
+use precopy::layout::GuestLayout;
+use precopy::layout::Shard;
 use precopy::memory::{PageMemory, VecMemory};
 use precopy::wire::{
-    Features, Frame, Location, Shard, StreamHeader, WireError, WireErrorKind, FORMAT_VERSION,
+    Features, Frame, Location, StreamHeader, WireError, WireErrorKind, FORMAT_VERSION,
 };
 use proptest::prelude::*;
 
@@ -785,7 +786,7 @@ fn built_streams_of_every_shard_rebuild_a_guest_on_shared_memory() {
             let mut applier = Applier::with_memory(&dest);
             assert_eq!(applier.feed(&bytes), Ok(Progress::Complete));
             let mut scratch = vec![0u8; PAGE];
-            let digest = precopy::wire::digest_stream(&source, shard, &mut scratch).unwrap();
+            let digest = precopy::memory::digest_stream(&source, shard, &mut scratch).unwrap();
             assert_eq!(applier.digest(), Some(digest));
             digests.push(digest);
         }

@@ -10,12 +10,12 @@ use core::ffi::c_int;
 use core::sync::atomic::AtomicU64;
 
 use core_precopy::bitmap::{
-    words_for_pages, AtomicDirtyBitmap, GuestLayout, KvmDirtyGfn, KvmSlotTable, MAX_KVM_SLOTS,
-    MAX_REGIONS,
+    words_for_pages, AtomicDirtyBitmap, KvmDirtyGfn, KvmSlotTable, MAX_KVM_SLOTS,
 };
+use core_precopy::layout::{GuestLayout, MAX_REGIONS};
 
 use crate::error::{
-    bitmap_code, status, PRECOPY_ERR_BAD_LENGTH, PRECOPY_ERR_BUFFER_TOO_SMALL,
+    bitmap_code, layout_code, status, PRECOPY_ERR_BAD_LENGTH, PRECOPY_ERR_BUFFER_TOO_SMALL,
     PRECOPY_ERR_PAGE_OUT_OF_RANGE, PRECOPY_ERR_TOO_MANY_REGIONS, PRECOPY_MORE, PRECOPY_OK,
 };
 use crate::ffi::{as_mut, as_slice, as_slice_mut, assert_fits, write_opt, Blob};
@@ -109,7 +109,7 @@ unsafe fn layout(
     for (dst, r) in ranges.iter_mut().zip(regions) {
         *dst = (r.guest_addr, r.len);
     }
-    GuestLayout::new(page_size, &ranges[..nregions]).map_err(bitmap_code)
+    GuestLayout::new(page_size, &ranges[..nregions]).map_err(layout_code)
 }
 
 /// Computes the bitmap storage a guest layout needs: `*words_out` gets the number of

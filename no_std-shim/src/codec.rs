@@ -9,9 +9,9 @@ use core::ffi::c_int;
 
 use core_precopy::codec::{
     base_hash, check_page_size, decode_page, delta_apply, delta_encode, is_zero_page,
-    lz4_decompress_page, lz4_max_output_len, CodecError, Encoding, Lz4Compressor, MAX_PAGE_SIZE,
-    MIN_PAGE_SIZE,
+    lz4_decompress_page, lz4_max_output_len, CodecError, Encoding, Lz4Compressor,
 };
+use core_precopy::layout::{MAX_PAGE_SIZE, MIN_PAGE_SIZE};
 
 use crate::error::{
     codec_code, status, PRECOPY_ERR_BAD_ARGUMENT, PRECOPY_ERR_BAD_LENGTH, PRECOPY_OK,

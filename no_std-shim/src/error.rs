@@ -5,6 +5,7 @@ use core::ffi::{c_char, c_int, CStr};
 
 use core_precopy::bitmap::BitmapError;
 use core_precopy::codec::CodecError;
+use core_precopy::layout::LayoutError;
 use core_precopy::schedule::ScheduleError;
 use core_precopy::wire::{Location, WireErrorKind};
 
@@ -116,13 +117,21 @@ pub extern "C" fn precopy_strerror(code: c_int) -> *const c_char {
     message(code).as_ptr()
 }
 
+/// The code for a layout-layer error.
+pub(crate) fn layout_code(e: LayoutError) -> c_int {
+    match e {
+        LayoutError::BadPageSize { .. } => PRECOPY_ERR_BAD_PAGE_SIZE,
+        LayoutError::BadRegion { .. } => PRECOPY_ERR_BAD_REGION,
+        LayoutError::OverlappingRegions { .. } => PRECOPY_ERR_OVERLAPPING_REGIONS,
+        LayoutError::TooManyRegions { .. } => PRECOPY_ERR_TOO_MANY_REGIONS,
+        LayoutError::PageOutOfRange { .. } => PRECOPY_ERR_PAGE_OUT_OF_RANGE,
+        LayoutError::AddressOutOfRange { .. } => PRECOPY_ERR_ADDRESS_OUT_OF_RANGE,
+    }
+}
+
 /// The code for a bitmap-layer error.
 pub(crate) fn bitmap_code(e: BitmapError) -> c_int {
     match e {
-        BitmapError::BadPageSize { .. } => PRECOPY_ERR_BAD_PAGE_SIZE,
-        BitmapError::BadRegion { .. } => PRECOPY_ERR_BAD_REGION,
-        BitmapError::OverlappingRegions { .. } => PRECOPY_ERR_OVERLAPPING_REGIONS,
-        BitmapError::TooManyRegions { .. } => PRECOPY_ERR_TOO_MANY_REGIONS,
         BitmapError::PageOutOfRange { .. } => PRECOPY_ERR_PAGE_OUT_OF_RANGE,
         BitmapError::AddressOutOfRange { .. } => PRECOPY_ERR_ADDRESS_OUT_OF_RANGE,
         BitmapError::StorageTooSmall { .. } => PRECOPY_ERR_BUFFER_TOO_SMALL,

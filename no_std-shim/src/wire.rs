@@ -8,17 +8,19 @@
 
 use core::ffi::{c_char, c_int};
 
-use core_precopy::bitmap::{GuestLayout, MAX_REGIONS};
-use core_precopy::codec::MIN_PAGE_SIZE;
+use core_precopy::layout::Shard;
+use core_precopy::layout::MIN_PAGE_SIZE;
+use core_precopy::layout::{GuestLayout, MAX_REGIONS};
+use core_precopy::memory::MemoryDigest;
 use core_precopy::wire::{
-    decoder_buffer_len, max_frame_len, Decoder, Event, Features, Frame, Location, MemoryDigest,
-    Shard, StreamHeader, WireErrorKind, MAX_HEADER_LEN,
+    decoder_buffer_len, max_frame_len, Decoder, Event, Features, Frame, Location, StreamHeader,
+    WireErrorKind, MAX_HEADER_LEN,
 };
 
 use crate::bitmap::{PrecopyRegion, PRECOPY_MAX_REGIONS};
 use crate::codec::supported;
 use crate::error::{
-    bitmap_code, status, wire_code, wire_code_at, PRECOPY_ERR_BAD_ARGUMENT, PRECOPY_ERR_BAD_LENGTH,
+    layout_code, status, wire_code, wire_code_at, PRECOPY_ERR_BAD_ARGUMENT, PRECOPY_ERR_BAD_LENGTH,
     PRECOPY_ERR_BUFFER_TOO_SMALL, PRECOPY_ERR_TOO_MANY_REGIONS, PRECOPY_ERR_TRUNCATED,
     PRECOPY_MORE, PRECOPY_OK,
 };
@@ -38,7 +40,7 @@ pub const PRECOPY_DECODER_SIZE: usize = 1856;
 /// Pages per chunk of the stream split: chunk `c` travels on stream `c % count`.
 pub const PRECOPY_STREAM_CHUNK_PAGES: u64 = 512;
 
-const _: () = assert!(PRECOPY_STREAM_CHUNK_PAGES == core_precopy::wire::SHARD_CHUNK_PAGES);
+const _: () = assert!(PRECOPY_STREAM_CHUNK_PAGES == core_precopy::layout::SHARD_CHUNK_PAGES);
 
 /// Decoder event: the stream header (read it with `precopy_decoder_header`).
 pub const PRECOPY_EVENT_HEADER: u32 = 1;
@@ -190,7 +192,7 @@ pub unsafe extern "C" fn precopy_stream_header_encode(
         for (dst, r) in ranges.iter_mut().zip(&h.regions[..n]) {
             *dst = (r.guest_addr, r.len);
         }
-        let layout = GuestLayout::new(page_size as u64, &ranges[..n]).map_err(bitmap_code)?;
+        let layout = GuestLayout::new(page_size as u64, &ranges[..n]).map_err(layout_code)?;
         let header = StreamHeader {
             features: Features(h.features),
             session_id: h.session_id,

@@ -4,7 +4,8 @@ use core::ops::{Deref, Range};
 use core::sync::atomic::{fence, AtomicU64, Ordering};
 
 use super::iter::WordBits;
-use super::{words_for_pages, BitmapError, GuestLayout};
+use super::{words_for_pages, BitmapError};
+use crate::layout::GuestLayout;
 
 /// A lock-free dirty-page bitmap over a [`GuestLayout`]: one bit per page in `AtomicU64`
 /// words held by `W` (`Box<[AtomicU64]>` when owned, `&[AtomicU64]` over caller memory).

@@ -6,30 +6,6 @@ use core::fmt;
 /// operator can find it in the VMM's configuration or logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BitmapError {
-    /// The page size is not a power of two.
-    BadPageSize {
-        /// The page size given.
-        page_size: u64,
-    },
-    /// A region is empty, not page-aligned, or wraps past the top of the address space.
-    BadRegion {
-        /// Its guest address.
-        addr: u64,
-        /// Its length in bytes.
-        len: u64,
-    },
-    /// Two regions overlap.
-    OverlappingRegions {
-        /// Guest address of the lower region.
-        first: u64,
-        /// Guest address of the region that starts inside it.
-        second: u64,
-    },
-    /// More regions than [`super::MAX_REGIONS`].
-    TooManyRegions {
-        /// How many were given.
-        count: usize,
-    },
     /// A page index past the end of the layout.
     PageOutOfRange {
         /// The page index given.
@@ -84,21 +60,6 @@ pub enum BitmapError {
 impl fmt::Display for BitmapError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            BitmapError::BadPageSize { page_size } => {
-                write!(f, "page size {page_size} is not a power of two")
-            }
-            BitmapError::BadRegion { addr, len } => write!(
-                f,
-                "region at {addr:#x} of {len:#x} bytes is empty, not page-aligned or wraps the address space"
-            ),
-            BitmapError::OverlappingRegions { first, second } => {
-                write!(f, "region at {second:#x} overlaps the region at {first:#x}")
-            }
-            BitmapError::TooManyRegions { count } => write!(
-                f,
-                "{count} regions given, at most {} supported",
-                super::MAX_REGIONS
-            ),
             BitmapError::PageOutOfRange { page, total } => {
                 write!(f, "page {page} is out of range (guest has {total} pages)")
             }
@@ -136,5 +97,4 @@ impl fmt::Display for BitmapError {
     }
 }
 
-#[cfg(feature = "std")]
-impl std::error::Error for BitmapError {}
+impl core::error::Error for BitmapError {}

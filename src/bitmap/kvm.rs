@@ -4,7 +4,8 @@
 use core::ops::Deref;
 use core::sync::atomic::AtomicU64;
 
-use super::{words_for_pages, AtomicDirtyBitmap, BitmapError, GuestLayout};
+use super::{words_for_pages, AtomicDirtyBitmap, BitmapError};
+use crate::layout::GuestLayout;
 
 /// The most memory slots a [`KvmSlotTable`] holds (fixed, so no allocator is needed).
 pub const MAX_KVM_SLOTS: usize = 128;

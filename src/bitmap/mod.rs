@@ -5,8 +5,8 @@
 //! pages with fetch-and-clear, a word at a time. The bitmap can own its words (feature
 //! `alloc`) or live in memory the caller provides (a C host, a bare-metal monitor).
 //!
-//! Pages are numbered densely over a [`GuestLayout`]: regions with holes, any
-//! power-of-two page size. KVM's dirty log words and dirty-ring entries are imported
+//! Pages are numbered densely over a [`GuestLayout`](crate::layout::GuestLayout):
+//! regions with holes, any page size the layout takes. KVM's dirty log words and dirty-ring entries are imported
 //! through [`AtomicDirtyBitmap::import_kvm_dirty_log`] and a [`KvmSlotTable`].
 //!
 //! # The ordering contract (no lost write)
@@ -21,7 +21,8 @@
 //! and sets it again, or the harvester sees the written bytes).
 //!
 //! ```
-//! use precopy::bitmap::{AtomicDirtyBitmap, GuestLayout};
+//! use precopy::bitmap::AtomicDirtyBitmap;
+//! use precopy::layout::GuestLayout;
 //!
 //! // 1 GiB guest in two regions with a hole, 4 KiB pages.
 //! let layout = GuestLayout::new(4096, &[(0, 512 << 20), (1 << 32, 512 << 20)]).unwrap();
@@ -44,7 +45,6 @@ mod dirty_set;
 mod error;
 mod iter;
 mod kvm;
-mod layout;
 #[cfg(feature = "vm-memory")]
 mod vm_memory;
 
@@ -54,7 +54,6 @@ pub use dirty_set::DirtySet;
 pub use error::BitmapError;
 pub use iter::{DirtyPages, DirtyRuns};
 pub use kvm::{KvmDirtyGfn, KvmSlot, KvmSlotTable, MAX_KVM_SLOTS};
-pub use layout::{GuestLayout, Region, DEFAULT_PAGE_SIZE, MAX_REGIONS};
 #[cfg(feature = "vm-memory")]
 pub use vm_memory::{guest_memory_mmap, RegionBitmap};
 

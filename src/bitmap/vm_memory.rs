@@ -18,7 +18,8 @@ use vm_memory::bitmap::{Bitmap, NewBitmap, RefSlice, WithBitmapSlice};
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
-use super::{AtomicDirtyBitmap, GuestLayout, DEFAULT_PAGE_SIZE};
+use super::AtomicDirtyBitmap;
+use crate::layout::{GuestLayout, DEFAULT_PAGE_SIZE};
 
 /// An owned bitmap, as vm-memory stores one per region.
 type OwnedBitmap = AtomicDirtyBitmap<Box<[AtomicU64]>>;
@@ -115,7 +116,8 @@ impl Bitmap for RegionBitmap {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use precopy::bitmap::{guest_memory_mmap, AtomicDirtyBitmap, GuestLayout};
+/// use precopy::bitmap::{guest_memory_mmap, AtomicDirtyBitmap};
+/// use precopy::layout::GuestLayout;
 /// use vm_memory::{Bytes, GuestAddress};
 ///
 /// let layout = GuestLayout::new(4096, &[(0, 1 << 20), (1 << 30, 1 << 20)]).unwrap();

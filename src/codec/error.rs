@@ -6,7 +6,7 @@ use core::fmt;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CodecError {
     /// The page size is not a power of two in
-    /// [`MIN_PAGE_SIZE`](super::MIN_PAGE_SIZE)..=[`MAX_PAGE_SIZE`](super::MAX_PAGE_SIZE).
+    /// [`MIN_PAGE_SIZE`](crate::layout::MIN_PAGE_SIZE)..=[`MAX_PAGE_SIZE`](crate::layout::MAX_PAGE_SIZE).
     BadPageSize {
         /// The page size given.
         page_size: usize,
@@ -89,8 +89,8 @@ impl fmt::Display for CodecError {
             CodecError::BadPageSize { page_size } => write!(
                 f,
                 "page size {page_size} is not supported (use a power of two from {} to {})",
-                super::MIN_PAGE_SIZE,
-                super::MAX_PAGE_SIZE
+                crate::layout::MIN_PAGE_SIZE,
+                crate::layout::MAX_PAGE_SIZE
             ),
             CodecError::BadPageLength { len, page_size } => {
                 write!(
@@ -122,5 +122,4 @@ impl fmt::Display for CodecError {
     }
 }
 
-#[cfg(feature = "std")]
-impl std::error::Error for CodecError {}
+impl core::error::Error for CodecError {}

@@ -35,19 +35,12 @@ pub use lz4::{lz4_decompress_page, lz4_max_output_len, Lz4Compressor};
 pub use stats::{Clock, CodecCounters, CodecStats, Encoding, NoClock};
 pub use zero::is_zero_page;
 
-/// Smallest page size the codecs and the stream format accept.
-pub const MIN_PAGE_SIZE: usize = 512;
-/// Largest page size the codecs and the stream format accept (larger pages, such as
-/// 2 MiB huge pages, are sent as 64 KiB pieces by the engine).
-pub const MAX_PAGE_SIZE: usize = 64 * 1024;
-
-/// Checks that `page_size` is a power of two in `MIN_PAGE_SIZE..=MAX_PAGE_SIZE`.
+/// Checks a page size by the one rule ([`PageSize`](crate::layout::PageSize): a
+/// power of two from 512 B to 64 KiB), as a codec error.
 pub fn check_page_size(page_size: usize) -> Result<(), CodecError> {
-    if page_size.is_power_of_two() && (MIN_PAGE_SIZE..=MAX_PAGE_SIZE).contains(&page_size) {
-        Ok(())
-    } else {
-        Err(CodecError::BadPageSize { page_size })
-    }
+    crate::layout::PageSize::new(page_size as u64)
+        .map(drop)
+        .map_err(|_| CodecError::BadPageSize { page_size })
 }
 
 /// The hash that names a delta base (XXH3, 64 bits): a delta frame carries the hash

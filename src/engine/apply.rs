@@ -4,10 +4,10 @@
 use core::fmt;
 
 use crate::codec::{base_hash, delta_apply, lz4_decompress_page, CodecError};
+use crate::layout::Shard;
+use crate::memory::digest_stream;
 use crate::memory::{MemoryError, PageMemory};
-use crate::wire::{
-    digest_stream, Decoder, Event, Frame, Location, Shard, WireError, WireErrorKind,
-};
+use crate::wire::{Decoder, Event, Frame, Location, WireError, WireErrorKind};
 
 /// Why the destination stopped applying a stream. Guest memory is never written with
 /// bytes that failed a check: a failed page is left as it was.

@@ -66,8 +66,7 @@ impl fmt::Display for EngineError {
     }
 }
 
-#[cfg(feature = "std")]
-impl std::error::Error for EngineError {}
+impl core::error::Error for EngineError {}
 
 macro_rules! from_error {
     ($($t:ty => $v:ident),*) => {$(

@@ -8,12 +8,13 @@ use core::sync::atomic::AtomicU64;
 use super::EngineError;
 use crate::bitmap::{AtomicDirtyBitmap, DirtySet};
 use crate::codec::{CodecStats, EncoderConfig, PageEncoder};
+use crate::layout::{Shard, SHARD_CHUNK_PAGES};
 use crate::memory::PageMemory;
 use crate::schedule::{
     Decision, DowntimeReport, Policy, RoundMeasurement, RoundOutcome, Scheduler,
 };
 use crate::wire::header::header_len;
-use crate::wire::{max_frame_len, Features, Frame, Shard, StreamHeader, SHARD_CHUNK_PAGES};
+use crate::wire::{max_frame_len, Features, Frame, StreamHeader};
 
 /// How a [`SourceEngine`] migrates.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -659,7 +660,7 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
     }
 
     fn digest_memory<M: PageMemory + ?Sized>(&mut self, memory: &M) -> Result<u128, EngineError> {
-        Ok(crate::wire::digest_stream(
+        Ok(crate::memory::digest_stream(
             memory,
             self.config.stream,
             &mut self.page_buf,

@@ -2,7 +2,7 @@
 //!
 //! The VMM implements [`PageMemory`] over its mapping of guest RAM; tests implement it
 //! over a `Vec<u8>` ([`VecMemory`]). Pages are numbered densely as in
-//! [`crate::bitmap::GuestLayout`].
+//! [`crate::layout::GuestLayout`].
 
 use core::fmt;
 
@@ -52,11 +52,12 @@ impl fmt::Display for MemoryError {
     }
 }
 
-#[cfg(feature = "std")]
-impl std::error::Error for MemoryError {}
+impl core::error::Error for MemoryError {}
 
+mod digest;
 #[cfg(feature = "alloc")]
 mod streams;
+pub use digest::{digest_memory, digest_stream, migration_digest, MemoryDigest};
 #[cfg(feature = "alloc")]
 pub use streams::StreamMemory;
 
@@ -132,6 +133,7 @@ fn hash_chunks(bytes: &[u8], page_size: usize, hashes: &mut [u64]) {
 /// [`crate::codec::base_hash`] of `page`, taking a short cut for zero pages (most of
 /// a fresh guest): the zero check runs at memory speed, the hash of a zero page is
 /// computed once per page size.
+#[cfg(feature = "alloc")]
 fn page_hash(page: &[u8]) -> u64 {
     if page.len() <= ZERO_PAGE.len() && crate::codec::is_zero_page(page) {
         zero_page_hash(page.len())
@@ -142,6 +144,7 @@ fn page_hash(page: &[u8]) -> u64 {
 
 /// The hash ([`crate::codec::base_hash`]) of a zero page of `len` bytes, computed
 /// once per power-of-two length.
+#[cfg(feature = "alloc")]
 pub(crate) fn zero_page_hash(len: usize) -> u64 {
     use core::sync::atomic::{AtomicU64, Ordering};
     // Slot k holds the hash for 2^k bytes, 0 while not computed yet.

@@ -4,7 +4,7 @@
 use core::marker::PhantomData;
 
 use super::{check_page_access, hash_chunks, MemoryError, PageMemory, VecMemory};
-use crate::wire::Shard;
+use crate::layout::Shard;
 
 /// Stream `shard`'s share of a [`VecMemory`]: reads and writes only the pages that
 /// travel on that stream (any other page is [`MemoryError::OtherStream`]), so the

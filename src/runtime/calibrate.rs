@@ -4,8 +4,8 @@ use std::time::Instant;
 use std::vec;
 use std::vec::Vec;
 
+use crate::memory::MemoryDigest;
 use crate::memory::PageMemory;
-use crate::wire::MemoryDigest;
 
 /// Estimated time, ns, for the end-to-end digest the final round computes over all of
 /// `memory` with the guest paused: on the source, hashing every page read through

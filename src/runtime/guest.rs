@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use std::vec::Vec;
 
 use super::RuntimeError;
-use crate::bitmap::{AtomicDirtyBitmap, GuestLayout};
+use crate::bitmap::AtomicDirtyBitmap;
+use crate::layout::GuestLayout;
 use crate::memory::AtomicMemory;
 
 /// An owned, shareable dirty bitmap.

@@ -26,8 +26,8 @@ use std::vec;
 use std::vec::Vec;
 
 use super::RuntimeError;
-use crate::bitmap::GuestLayout;
 use crate::engine::{Applier, ApplyError, ApplyStats, Progress, Transport};
+use crate::layout::GuestLayout;
 use crate::memory::VecMemory;
 use crate::wire::header::HEADER_PREFIX_LEN;
 use crate::wire::{HeaderPrefix, Location, StreamHeader, WireErrorKind};
@@ -541,7 +541,7 @@ mod tests {
             features: crate::wire::Features::ALL,
             session_id: [0; 16],
             layout: GuestLayout::flat(4096, len).unwrap(),
-            stream: crate::wire::Shard::WHOLE,
+            stream: crate::layout::Shard::WHOLE,
         };
         let limits = Limits {
             max_memory: 1 << 20,

@@ -36,9 +36,9 @@ use super::{CompressionChoice, RuntimeError};
 use crate::bitmap::AtomicDirtyBitmap;
 use crate::codec::CodecStats;
 use crate::engine::{SourceConfig, SourceEngine, SourceEvent, StreamRound, Transport};
+use crate::layout::Shard;
 use crate::memory::PageMemory;
 use crate::schedule::{Decision, RoundMeasurement, RoundOutcome, Scheduler};
-use crate::wire::Shard;
 
 /// How the streams run.
 #[derive(Clone, Debug)]
@@ -189,10 +189,10 @@ where
         result: Ok(()),
     };
     let n = links.len();
-    if n == 0 || n > usize::from(crate::wire::MAX_STREAMS) {
+    if n == 0 || n > usize::from(crate::layout::MAX_STREAMS) {
         report.result = Err(RuntimeError::Peer(std::format!(
             "a migration needs 1 to {} streams, not {n}",
-            crate::wire::MAX_STREAMS
+            crate::layout::MAX_STREAMS
         )));
         return report;
     }

@@ -72,5 +72,4 @@ impl fmt::Display for ScheduleError {
     }
 }
 
-#[cfg(feature = "std")]
-impl std::error::Error for ScheduleError {}
+impl core::error::Error for ScheduleError {}

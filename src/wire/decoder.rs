@@ -146,7 +146,7 @@ fn other_stream(first: u64, header: &StreamHeader) -> WireErrorKind {
     let s = header.stream;
     let page = if s.owns(first) {
         // A zero run that leaves its chunk: the first page past it.
-        (first / super::SHARD_CHUNK_PAGES + 1) * super::SHARD_CHUNK_PAGES
+        (first / crate::layout::SHARD_CHUNK_PAGES + 1) * crate::layout::SHARD_CHUNK_PAGES
     } else {
         first
     };
@@ -165,14 +165,14 @@ fn other_stream(first: u64, header: &StreamHeader) -> WireErrorKind {
 /// final: the decoder returns it again on every later call.
 ///
 /// ```
-/// use precopy::bitmap::GuestLayout;
+/// use precopy::layout::GuestLayout;
 /// use precopy::wire::{Decoder, Event, Features, Frame, StreamHeader};
 ///
 /// let header = StreamHeader {
 ///     features: Features::ALL,
 ///     session_id: [7; 16],
 ///     layout: GuestLayout::flat(4096, 1 << 20).unwrap(),
-///     stream: precopy::wire::Shard::WHOLE,
+///     stream: precopy::layout::Shard::WHOLE,
 /// };
 /// let mut stream = vec![0u8; 4096];
 /// let mut n = header.emit(&mut stream).unwrap();

@@ -2,7 +2,7 @@
 
 use core::fmt;
 
-use crate::bitmap::BitmapError;
+use crate::layout::LayoutError;
 
 /// Where in the stream a [`WireError`] was found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,7 +66,7 @@ pub enum WireErrorKind {
         page_size: u64,
     },
     /// The guest layout (regions) is invalid.
-    BadLayout(BitmapError),
+    BadLayout(LayoutError),
     /// A reserved field is not zero.
     ReservedNotZero,
     /// The header's stream index is not below its stream count (or the count is 0).
@@ -77,7 +77,7 @@ pub enum WireErrorKind {
         count: u8,
     },
     /// A page frame or zero run names a page that travels on another stream of a
-    /// multi-stream migration ([`Shard`](super::Shard)).
+    /// multi-stream migration ([`Shard`](crate::layout::Shard)).
     PageOnOtherStream {
         /// The first such page.
         page: u64,
@@ -233,8 +233,8 @@ impl fmt::Display for WireErrorKind {
             BadPageSize { page_size } => write!(
                 f,
                 "page size {page_size} is not supported (a power of two from {} to {})",
-                crate::codec::MIN_PAGE_SIZE,
-                crate::codec::MAX_PAGE_SIZE
+                crate::layout::MIN_PAGE_SIZE,
+                crate::layout::MAX_PAGE_SIZE
             ),
             BadLayout(e) => write!(f, "invalid guest layout: {e}"),
             ReservedNotZero => f.write_str("a reserved field is not zero (corrupt stream)"),
@@ -326,8 +326,7 @@ impl fmt::Display for WireErrorKind {
     }
 }
 
-#[cfg(feature = "std")]
-impl std::error::Error for WireError {}
+impl core::error::Error for WireError {}
 
 impl WireErrorKind {
     /// This error at `location`.

@@ -16,10 +16,8 @@
 //!  40+16N    4  CRC-32 (IEEE) of all bytes before it
 //! ```
 
-use crate::bitmap::{GuestLayout, MAX_REGIONS};
-use crate::codec::check_page_size;
+use crate::layout::{GuestLayout, PageSize, Shard, MAX_REGIONS};
 
-use super::shard::Shard;
 use super::{crc32, get_u16, get_u32, get_u64, WireErrorKind, FORMAT_VERSION};
 
 /// The stream's first eight bytes.
@@ -148,7 +146,7 @@ impl StreamHeader {
             });
         }
         let page_size = get_u32(bytes, 16);
-        check_page_size(page_size as usize).map_err(|_| WireErrorKind::BadPageSize {
+        PageSize::new(page_size.into()).map_err(|_| WireErrorKind::BadPageSize {
             page_size: page_size.into(),
         })?;
         let mut session_id = [0u8; 16];
@@ -171,7 +169,7 @@ impl StreamHeader {
             let len = pages
                 .checked_mul(page_size.into())
                 .ok_or(WireErrorKind::BadLayout(
-                    crate::bitmap::BitmapError::BadRegion {
+                    crate::layout::LayoutError::BadRegion {
                         addr,
                         len: u64::MAX,
                     },
@@ -195,7 +193,7 @@ impl StreamHeader {
         let out = out
             .get_mut(..len)
             .ok_or(WireErrorKind::OutputTooSmall { needed: len, got })?;
-        check_page_size(self.page_size()).map_err(|_| WireErrorKind::BadPageSize {
+        PageSize::new(self.layout.page_size()).map_err(|_| WireErrorKind::BadPageSize {
             page_size: self.layout.page_size(),
         })?;
         out[..8].copy_from_slice(&MAGIC);

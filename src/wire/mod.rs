@@ -5,8 +5,9 @@
 //! and [`frame`]). Every header and frame carries its length and a CRC-32 (IEEE,
 //! which catches every single-bit error and every burst up to 32 bits); lengths are
 //! bounded by the header's page size and checked before anything is buffered. Guest
-//! memory as a whole is summed up by [`MemoryDigest`] (XXH3-128 over per-page XXH3-64) in the completion
-//! frame; a delta frame names its base by XXH3-64 ([`crate::codec::base_hash`]).
+//! memory as a whole is summed up by a digest
+//! ([`MemoryDigest`](crate::memory::MemoryDigest): XXH3-128 over per-page XXH3-64)
+//! that the completion frame carries; a delta frame names its base by XXH3-64 ([`crate::codec::base_hash`]).
 //!
 //! Encoding writes into caller buffers ([`StreamHeader::emit`], [`Frame::emit`]);
 //! decoding is [`Decoder`], which takes the stream in pieces of any size and returns
@@ -16,11 +17,11 @@
 //! A whole migration of a small guest, source to destination:
 //!
 //! ```
-//! use precopy::bitmap::GuestLayout;
 //! use precopy::codec::{EncoderConfig, PageEncoder};
 //! use precopy::engine::{Applier, Progress};
-//! use precopy::memory::{PageMemory, VecMemory};
-//! use precopy::wire::{digest_memory, Features, Frame, Shard, StreamHeader};
+//! use precopy::layout::{GuestLayout, Shard};
+//! use precopy::memory::{digest_memory, PageMemory, VecMemory};
+//! use precopy::wire::{Features, Frame, StreamHeader};
 //!
 //! const PAGE: usize = 4096;
 //! let mut source = VecMemory::new(PAGE, 4);
@@ -60,21 +61,17 @@
 //! ```
 
 mod decoder;
-mod digest;
 mod error;
 pub mod frame;
 pub mod header;
-mod shard;
 
 pub use decoder::{decoder_buffer_len, Decoder, Event};
-pub use digest::{digest_memory, digest_stream, migration_digest, MemoryDigest};
 pub use error::{Location, WireError, WireErrorKind};
 pub use frame::{
     max_frame_len, seal_page_frame, Frame, FrameHeaderView, FrameKind, FRAME_HEADER_LEN,
     PAGE_PAYLOAD_OFFSET,
 };
 pub use header::{Features, HeaderPrefix, StreamHeader, MAGIC, MAX_HEADER_LEN};
-pub use shard::{Shard, MAX_STREAMS, SHARD_CHUNK_PAGES};
 
 /// The stream format version this precopy writes and the newest it reads.
 ///

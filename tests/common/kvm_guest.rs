@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use kvm_bindings::{kvm_enable_cap, kvm_segment, kvm_userspace_memory_region};
 use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
-use precopy::bitmap::{GuestLayout, KvmDirtyGfn, KvmSlotTable};
+use precopy::bitmap::{KvmDirtyGfn, KvmSlotTable};
+use precopy::layout::GuestLayout;
 
 /// Guest page size (x86 base pages; KVM logs at this granularity).
 pub const PAGE: u64 = 4096;

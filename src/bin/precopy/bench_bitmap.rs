@@ -5,7 +5,8 @@ use std::cell::RefCell;
 use std::num::NonZeroUsize;
 use std::sync::atomic::AtomicU64;
 
-use precopy::bitmap::{AtomicDirtyBitmap, DirtyPages, GuestLayout};
+use precopy::bitmap::{AtomicDirtyBitmap, DirtyPages};
+use precopy::layout::GuestLayout;
 use vm_memory::bitmap::AtomicBitmap;
 
 use crate::report::{best_of_with_setup, CaseResult, SplitMix64};

@@ -3,16 +3,16 @@
 
 use std::time::{Duration, Instant};
 
-use precopy::bitmap::GuestLayout;
 use precopy::codec::{CodecStats, EncoderConfig, Encoding};
 use precopy::engine::{SourceConfig, Transport};
+use precopy::layout::GuestLayout;
+use precopy::memory::migration_digest;
 use precopy::runtime::pacer::TokenBucket;
 use precopy::runtime::{
     migrate_streams, RuntimeError, SourceControl, StreamOptions, StreamsFinal, StreamsRound,
     SyntheticGuest, Workload,
 };
 use precopy::schedule::{OnLimit, Policy};
-use precopy::wire::migration_digest;
 
 /// The options of a migration's source (`precopy demo`, `precopy send`).
 #[derive(clap::Args, Debug)]

@@ -9,10 +9,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::ArgGroup;
-use precopy::bitmap::GuestLayout;
 use precopy::engine::{ApplyError, ApplyStats};
+use precopy::layout::GuestLayout;
+use precopy::memory::migration_digest;
 use precopy::runtime::{receive, receive_streams, Limits, RuntimeError, Size};
-use precopy::wire::{migration_digest, StreamHeader, WireError, WireErrorKind};
+use precopy::wire::{StreamHeader, WireError, WireErrorKind};
 
 use crate::migrate::{json_string, parse_size};
 use crate::send::hex;

@@ -19,7 +19,7 @@ pub const MAX_STREAMS: u8 = 255;
 /// Stream `index` of `count`: the pages of the chunks `c` with `c % count == index`.
 ///
 /// ```
-/// use precopy::wire::Shard;
+/// use precopy::layout::Shard;
 /// let s = Shard::new(1, 2).unwrap();
 /// assert!(!s.owns(0) && s.owns(512) && !s.owns(1024));
 /// assert_eq!(s.next_owned(3, 2000), Some(512));

@@ -1,13 +1,10 @@
 //! Guest-physical layout: regions with holes, mapped onto a dense page index.
 
-use super::BitmapError;
+use super::{LayoutError, PageSize};
 
 /// The most regions a [`GuestLayout`] holds. Fixed so the layout needs no allocator
 /// (a C host or a bare-metal monitor can build one on its stack).
 pub const MAX_REGIONS: usize = 64;
-
-/// Default page size: 4 KiB.
-pub const DEFAULT_PAGE_SIZE: u64 = 4096;
 
 /// One contiguous guest-physical range of memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -29,12 +26,12 @@ impl Region {
     }
 }
 
-/// The guest's memory map as the bitmap sees it: a page size (a power of two) and up to
+/// The guest's memory map: a [`PageSize`] and up to
 /// [`MAX_REGIONS`] non-overlapping regions. Pages are numbered densely from 0 in guest
 /// address order; holes between regions take no page numbers and no bitmap bits.
 ///
 /// ```
-/// use precopy::bitmap::GuestLayout;
+/// use precopy::layout::GuestLayout;
 /// // 3 GiB below the PCI hole, 1 GiB above 4 GiB, 4 KiB pages.
 /// let layout = GuestLayout::new(4096, &[(0, 3 << 30), (4 << 30, 1 << 30)]).unwrap();
 /// assert_eq!(layout.total_pages(), 1 << 20);
@@ -53,15 +50,14 @@ pub struct GuestLayout {
 impl GuestLayout {
     /// Builds a layout from `(guest_addr, len_bytes)` ranges in any order.
     ///
-    /// Errors: page size not a power of two, a range not page-aligned, empty, wrapping
+    /// Errors: a page size other than a power of two from 512 B to 64 KiB
+    /// ([`PageSize`]), a range not page-aligned, empty, wrapping
     /// past the end of the address space or overlapping another, or more than
     /// [`MAX_REGIONS`] ranges.
-    pub fn new(page_size: u64, ranges: &[(u64, u64)]) -> Result<Self, BitmapError> {
-        if !page_size.is_power_of_two() {
-            return Err(BitmapError::BadPageSize { page_size });
-        }
+    pub fn new(page_size: u64, ranges: &[(u64, u64)]) -> Result<Self, LayoutError> {
+        let page_size = PageSize::new(page_size)?.bytes() as u64;
         if ranges.len() > MAX_REGIONS {
-            return Err(BitmapError::TooManyRegions {
+            return Err(LayoutError::TooManyRegions {
                 count: ranges.len(),
             });
         }
@@ -74,10 +70,10 @@ impl GuestLayout {
         };
         for &(addr, len) in ranges {
             if len == 0 || addr % page_size != 0 || len % page_size != 0 {
-                return Err(BitmapError::BadRegion { addr, len });
+                return Err(LayoutError::BadRegion { addr, len });
             }
             if addr.checked_add(len).is_none() {
-                return Err(BitmapError::BadRegion { addr, len });
+                return Err(LayoutError::BadRegion { addr, len });
             }
             // Insertion sort by address: at most MAX_REGIONS entries, no allocator.
             let mut at = layout.count;
@@ -98,7 +94,7 @@ impl GuestLayout {
                 let prev = layout.regions[i - 1];
                 if prev.end_addr(page_shift) > layout.regions[i].guest_addr {
                     let r = layout.regions[i];
-                    return Err(BitmapError::OverlappingRegions {
+                    return Err(LayoutError::OverlappingRegions {
                         first: prev.guest_addr,
                         second: r.guest_addr,
                     });
@@ -112,13 +108,26 @@ impl GuestLayout {
     }
 
     /// A layout of one region of `len` bytes at guest address 0.
-    pub fn flat(page_size: u64, len: u64) -> Result<Self, BitmapError> {
+    pub fn flat(page_size: u64, len: u64) -> Result<Self, LayoutError> {
         Self::new(page_size, &[(0, len)])
     }
 
     /// Page size in bytes.
     #[inline]
     pub fn page_size(&self) -> u64 {
+        1 << self.page_shift
+    }
+
+    /// The page size, as validated.
+    #[inline]
+    pub fn page(&self) -> PageSize {
+        // Validated by `new`, the only constructor.
+        PageSize::new(self.page_size()).unwrap_or_default()
+    }
+
+    /// Page size in bytes, as a `usize` (buffers).
+    #[inline]
+    pub fn page_bytes(&self) -> usize {
         1 << self.page_shift
     }
 
@@ -171,23 +180,23 @@ impl GuestLayout {
 
     /// Dense page index of the page holding guest address `addr`.
     #[inline]
-    pub fn page_of(&self, addr: u64) -> Result<u64, BitmapError> {
+    pub fn page_of(&self, addr: u64) -> Result<u64, LayoutError> {
         let r = self
             .region_of(addr)
-            .ok_or(BitmapError::AddressOutOfRange { addr })?;
+            .ok_or(LayoutError::AddressOutOfRange { addr })?;
         Ok(r.first_page + ((addr - r.guest_addr) >> self.page_shift))
     }
 
     /// Guest address of the first byte of page `page`.
     #[inline]
-    pub fn addr_of(&self, page: u64) -> Result<u64, BitmapError> {
+    pub fn addr_of(&self, page: u64) -> Result<u64, LayoutError> {
         let regions = self.regions();
         let idx = regions.partition_point(|r| r.first_page <= page);
         let r = idx
             .checked_sub(1)
             .and_then(|i| regions.get(i))
             .filter(|r| page < r.first_page + r.pages)
-            .ok_or(BitmapError::PageOutOfRange {
+            .ok_or(LayoutError::PageOutOfRange {
                 page,
                 total: self.total_pages,
             })?;

@@ -2,8 +2,8 @@
 
 use xxhash_rust::xxh3::Xxh3;
 
-use super::Shard;
-use crate::memory::{MemoryError, PageMemory};
+use super::{MemoryError, PageMemory};
+use crate::layout::Shard;
 
 /// The digest of guest memory: XXH3-128 over the XXH3-64 of every page, in page order
 /// (little-endian). Hashing pages one by one lets memory hash them in parallel
@@ -12,7 +12,7 @@ use crate::memory::{MemoryError, PageMemory};
 /// the source and the destination must agree on the result.
 ///
 /// ```
-/// use precopy::wire::MemoryDigest;
+/// use precopy::memory::MemoryDigest;
 /// let mut a = MemoryDigest::new();
 /// a.update(&[0u8; 512]);
 /// let mut b = MemoryDigest::new();
