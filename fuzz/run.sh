@@ -10,7 +10,7 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz || exit 1
 fi
 status=0
-for target in wire_decode codec_roundtrip apply_stream; do
+for target in wire_decode codec_roundtrip apply_stream migrate_interleaved; do
   # Fuzz into a scratch copy so the committed seeds stay small.
   work="$(mktemp -d)"
   cp -r "corpus/$target/." "$work/" 2>/dev/null || true

@@ -5,6 +5,9 @@
 //! bounded random inputs. Every function panics exactly when a property fails.
 //! Not part of the public API.
 
+mod migrate;
+pub use migrate::{migrate_interleaved, MigrateOutcome, MIGRATE_PAGE_SIZE};
+
 use alloc::vec;
 use alloc::vec::Vec;
 

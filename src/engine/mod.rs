@@ -9,6 +9,7 @@ mod error;
 #[cfg(feature = "alloc")]
 mod source;
 mod transport;
+mod undelivered;
 
 pub use apply::{Applier, ApplyError, ApplyStats, Progress};
 pub use error::EngineError;
@@ -19,3 +20,4 @@ pub use source::{
 pub use transport::Transport;
 #[cfg(feature = "alloc")]
 pub use transport::{MemoryTransport, TransportClosed};
+pub use undelivered::put_back_undelivered;

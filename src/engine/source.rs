@@ -366,8 +366,11 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
     }
 
     /// Abandons the migration (a transport error, an operator's cancel): pages
-    /// harvested but not sent go back into the bitmap, so a later attempt or another
-    /// consumer loses nothing. Guest memory was never written.
+    /// harvested but not sent go back into the bitmap (in the bulk round, every page
+    /// it did not reach), so a later attempt or another consumer loses nothing. Pages
+    /// in bytes already returned but not delivered are the caller's to put back
+    /// ([`put_back_undelivered`](super::put_back_undelivered)). Guest memory was
+    /// never written.
     pub fn abort(mut self) {
         self.fail();
     }
@@ -376,8 +379,25 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
         if matches!(self.phase, Phase::Failed | Phase::Done) {
             return;
         }
-        // Pages of this round not sent yet: the set from the cursor on. (In the bulk
-        // round the set is empty; the bulk round sends every page regardless.)
+        if let Phase::Round {
+            round: 0,
+            fin: false,
+        }
+        | Phase::Header = self.phase
+        {
+            // The bulk round sends every page, so the engine took every mark out of
+            // the bitmap when it started: the pages it did not reach are unsent.
+            let (stream, total) = (self.config.stream, self.bitmap.total_pages());
+            for pages in stream.ranges(total) {
+                let from = pages.start.max(self.cursor);
+                if from < pages.end {
+                    let _ = self.bitmap.mark_page_range(from..pages.end);
+                }
+            }
+            self.phase = Phase::Failed;
+            return;
+        }
+        // Pages of this round not sent yet: the set from the cursor on.
         let words = self.set.words();
         let first = (self.cursor / 64) as usize;
         if let Some(&w) = words.get(first) {

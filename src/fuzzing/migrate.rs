@@ -1,0 +1,250 @@
+//! Fuzz target `migrate_interleaved`: the real source engine and the real destination
+//! applier, with the guest's writes, the engine's polls, the delivery of the stream in
+//! pieces, the passing of time and link failures interleaved as the input says.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use crate::bitmap::AtomicDirtyBitmap;
+use crate::engine::{put_back_undelivered, Applier, Progress, SourceConfig, SourceEngine};
+use crate::engine::{SourceEvent, Transmit};
+use crate::layout::GuestLayout;
+use crate::memory::{PageMemory, VecMemory};
+use crate::schedule::{OnLimit, Policy};
+
+/// Page size of the guests [`migrate_interleaved`] migrates (the smallest: more pages
+/// per input byte).
+pub const MIGRATE_PAGE_SIZE: usize = 512;
+
+/// Reads the input a byte at a time; past its end, every byte is 0.
+struct Input<'a>(&'a [u8]);
+
+impl Input<'_> {
+    fn byte(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((&b, rest)) => {
+                self.0 = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// How a [`migrate_interleaved`] run ended, for tests that want to see that the
+/// inputs reach every path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MigrateOutcome {
+    /// Live rounds the engine's scheduler saw.
+    pub rounds: u32,
+    /// Guest writes made.
+    pub writes: u64,
+    /// The link failed and the migration was abandoned (then checked for lost marks).
+    pub failed: bool,
+    /// The destination verified the stream (then checked page by page).
+    pub completed: bool,
+}
+
+/// Fuzz target `migrate_interleaved`: a guest of 1 to 256 pages of
+/// [`MIGRATE_PAGE_SIZE`] migrates through the real [`SourceEngine`] (delta cache of 0
+/// to 64 pages, deferral of redirtied pages on or off, a round limit after which it
+/// switches over, a fewest-rounds rule and a downtime limit from the input) to a real [`Applier`] over fresh
+/// destination memory, while the input interleaves: guest writes (write memory, then
+/// mark the page: the bitmap's contract) of zero pages, whole new pages and one-word
+/// changes (deltas); polls with buffers of varied size; delivery of the pending stream
+/// in pieces of any size; time passing; and a link failure.
+///
+/// Panics exactly when a property fails:
+/// - a completed migration leaves the destination's memory equal to the source's,
+///   byte for byte, with both sides' digests equal;
+/// - after a link failure (undelivered buffers put back with
+///   [`put_back_undelivered`], the engine aborted) every page where the destination
+///   differs from the source is marked dirty: no write is lost;
+/// - no call returns an error on a well-behaved run.
+pub fn migrate_interleaved(data: &[u8]) -> MigrateOutcome {
+    let mut input = Input(data);
+    let pages = 1 + u64::from(input.byte());
+    let layout = GuestLayout::flat(MIGRATE_PAGE_SIZE as u64, pages * MIGRATE_PAGE_SIZE as u64)
+        .expect("valid layout");
+    let bitmap = AtomicDirtyBitmap::new(layout);
+    let mut source = VecMemory::new(MIGRATE_PAGE_SIZE, pages);
+    let mut outcome = MigrateOutcome::default();
+    // Memory the guest wrote before the migration.
+    for _ in 0..input.byte() % 32 {
+        guest_write(&mut input, &mut source, &bitmap, &mut outcome);
+    }
+    let mut config = SourceConfig::new(MIGRATE_PAGE_SIZE);
+    config.encoder.cache_bytes = usize::from(input.byte() % 65) * MIGRATE_PAGE_SIZE;
+    config.defer_redirtied = input.byte() & 1 == 1;
+    let max_rounds = 2 + u32::from(input.byte() % 40);
+    config.policy = Policy {
+        downtime_limit_ns: 1_000_000 * (1 + u64::from(input.byte())),
+        non_memory_downtime_ns: 0,
+        // Up to every round: long migrations whatever the rates measured.
+        min_rounds: 1 + u32::from(input.byte()) % max_rounds,
+        max_rounds,
+        on_limit: OnLimit::SwitchOver,
+        ..Policy::default()
+    };
+    let mut now = 1_000_000u64;
+    let mut engine = SourceEngine::new(&bitmap, config, now).expect("valid configuration");
+    let min_buf = engine.min_buffer_len();
+    let mut destination = VecMemory::new(MIGRATE_PAGE_SIZE, pages);
+    let mut applier = Applier::with_memory(destination.whole().assume_zero());
+    // Poll outputs not yet wholly delivered, oldest first, and how much of the first
+    // was delivered.
+    let mut pending: Vec<Vec<u8>> = Vec::new();
+    let mut delivered_of_first = 0usize;
+    let mut paused = false;
+    let mut source_digest = None;
+    let mut steps = 0u32;
+    let failed = loop {
+        steps += 1;
+        assert!(steps < 1_000_000, "the migration does not end");
+        // Past the input: poll and deliver until done.
+        let op = if input.is_empty() {
+            if source_digest.is_some() {
+                break false;
+            }
+            1
+        } else {
+            input.byte() % 8
+        };
+        match op {
+            0 | 5 if !paused => guest_write(&mut input, &mut source, &bitmap, &mut outcome),
+            1 | 6 if source_digest.is_none() => {
+                let extra = usize::from(input.byte()) * 64;
+                let mut buf = vec![0u8; min_buf + extra];
+                now += 1_000;
+                let Transmit { len, event } = engine
+                    .poll_transmit(&source, now, &mut buf)
+                    .expect("the engine fails on a well-behaved run");
+                buf.truncate(len);
+                if len > 0 {
+                    pending.push(buf);
+                }
+                match event {
+                    SourceEvent::PauseGuest { .. } => {
+                        paused = true;
+                        engine.guest_paused(now).expect("pause when asked");
+                    }
+                    SourceEvent::Complete { digest, .. } => source_digest = Some(digest),
+                    SourceEvent::RoundDone(_) => outcome.rounds += 1,
+                    SourceEvent::None | SourceEvent::RoundMeasured(_) => {}
+                }
+            }
+            2 | 7 => {
+                let mut budget = usize::from(input.byte()) * 97 + 1;
+                if input.is_empty() {
+                    budget = usize::MAX;
+                }
+                deliver(&mut pending, &mut delivered_of_first, budget, &mut applier);
+            }
+            3 => now += u64::from(input.byte()) * 250_000,
+            4 if source_digest.is_none() && input.byte() < 16 => break true,
+            _ => {}
+        }
+    };
+    if failed {
+        // The link died: what was not wholly handed over goes back into the bitmap.
+        for buf in &pending {
+            put_back_undelivered(&bitmap, buf).expect("engine output parses");
+        }
+        engine.abort();
+        drop(applier);
+        let mut a = vec![0u8; MIGRATE_PAGE_SIZE];
+        let mut b = vec![0u8; MIGRATE_PAGE_SIZE];
+        for page in 0..pages {
+            source.read_page(page, &mut a).expect("in range");
+            destination.read_page(page, &mut b).expect("in range");
+            assert!(
+                a == b || bitmap.is_dirty(page),
+                "page {page} differs at the destination but is not marked: a lost write"
+            );
+        }
+        outcome.failed = true;
+        return outcome;
+    }
+    deliver(
+        &mut pending,
+        &mut delivered_of_first,
+        usize::MAX,
+        &mut applier,
+    );
+    assert!(applier.is_complete(), "all bytes delivered, not complete");
+    assert_eq!(applier.finish(), Ok(()));
+    assert_eq!(applier.digest(), source_digest, "digests differ");
+    drop(applier);
+    assert!(
+        destination.as_bytes() == source.as_bytes(),
+        "destination memory differs from the source's"
+    );
+    outcome.completed = true;
+    outcome
+}
+
+/// One guest write chosen by the input: memory first, then the mark.
+fn guest_write<W: core::ops::Deref<Target = [core::sync::atomic::AtomicU64]>>(
+    input: &mut Input<'_>,
+    memory: &mut VecMemory,
+    bitmap: &AtomicDirtyBitmap<W>,
+    outcome: &mut MigrateOutcome,
+) {
+    let pages = memory.total_pages();
+    // Half the writes go to a hot set of four pages, and contents come from a small
+    // alphabet: a page often returns to a version sent before (a delta base that must
+    // still be right) after being zero or different in between.
+    let pick = input.byte();
+    let page = if pick & 1 == 0 {
+        u64::from(pick >> 1) % pages.min(4)
+    } else {
+        u64::from(pick >> 1) % pages
+    };
+    let kind = input.byte();
+    let value = input.byte() % 4;
+    let start = page as usize * MIGRATE_PAGE_SIZE;
+    let bytes = &mut memory.as_bytes_mut()[start..start + MIGRATE_PAGE_SIZE];
+    match kind % 4 {
+        0 => bytes.fill(0),
+        1 => bytes
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = (i as u8).wrapping_mul(value | 1) ^ kind),
+        // One word changes: a delta against the last version sent.
+        _ => {
+            let at = usize::from(kind) * 8 % MIGRATE_PAGE_SIZE;
+            bytes[at..at + 8].copy_from_slice(&u64::from(value).wrapping_add(1).to_le_bytes());
+        }
+    }
+    bitmap.mark(page).expect("in range");
+    outcome.writes += 1;
+}
+
+/// Feeds up to `budget` pending bytes to the destination.
+fn deliver<M: PageMemory>(
+    pending: &mut Vec<Vec<u8>>,
+    delivered_of_first: &mut usize,
+    mut budget: usize,
+    applier: &mut Applier<M, Vec<u8>, Vec<u8>>,
+) {
+    while budget > 0 && !pending.is_empty() {
+        let first = &pending[0];
+        let n = (first.len() - *delivered_of_first).min(budget);
+        let progress = applier
+            .feed(&first[*delivered_of_first..*delivered_of_first + n])
+            .expect("the destination refuses the engine's stream");
+        budget -= n;
+        *delivered_of_first += n;
+        if *delivered_of_first == first.len() {
+            pending.remove(0);
+            *delivered_of_first = 0;
+        }
+        if progress == Progress::Complete {
+            assert!(pending.is_empty(), "complete with bytes still to come");
+        }
+    }
+}
