@@ -6,6 +6,7 @@
 //! pause of a multi-stream migration over N source engines.
 
 mod apply;
+pub mod compression;
 #[cfg(feature = "alloc")]
 mod coordinator;
 mod error;
@@ -14,6 +15,7 @@ mod source;
 mod transport;
 
 pub use apply::{Applier, ApplyError, ApplyStats, Progress};
+pub use compression::{Compression, CompressionChoice, UnknownCompression};
 #[cfg(feature = "alloc")]
 pub use coordinator::{
     Coordinator, CoordinatorConfig, CoordinatorError, CoordinatorEvent, CoordinatorReport,
