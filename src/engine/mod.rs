@@ -8,7 +8,7 @@
 mod apply;
 pub mod compression;
 #[cfg(feature = "alloc")]
-mod coordinator;
+pub mod coordinator;
 mod error;
 #[cfg(feature = "alloc")]
 mod source;
