@@ -2,9 +2,13 @@
 //! memory into stream bytes, [`Applier`] (the destination engine) turns stream bytes
 //! into guest memory and reports success only when the digests agree. Neither does
 //! I/O nor reads a clock: the caller moves the bytes over any [`Transport`] and
-//! passes the time.
+//! passes the time. [`Coordinator`] runs the one scheduler, the round barrier and the
+//! pause of a multi-stream migration over N source engines.
 
 mod apply;
+pub mod compression;
+#[cfg(feature = "alloc")]
+pub mod coordinator;
 mod error;
 #[cfg(feature = "alloc")]
 mod source;
@@ -12,6 +16,12 @@ mod transport;
 mod undelivered;
 
 pub use apply::{Applier, ApplyError, ApplyStats, Progress};
+pub use compression::{Compression, CompressionChoice, UnknownCompression};
+#[cfg(feature = "alloc")]
+pub use coordinator::{
+    Coordinator, CoordinatorConfig, CoordinatorError, CoordinatorEvent, CoordinatorReport,
+    StreamsRound,
+};
 pub use error::EngineError;
 #[cfg(feature = "alloc")]
 pub use source::{

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::string::String;
 
-use crate::engine::{ApplyError, EngineError};
+use crate::engine::{ApplyError, CoordinatorError, EngineError};
 
 /// Why a migration run by the runtime failed. The source guest keeps running.
 #[derive(Debug)]
@@ -39,6 +39,9 @@ pub enum RuntimeError {
         /// The destination's cap, bytes.
         max_memory: u64,
     },
+    /// The multi-stream coordinator refused a stream's report (a runtime bug) or a
+    /// stream failed without a reason of its own.
+    Coordinator(CoordinatorError),
 }
 
 impl RuntimeError {
@@ -73,6 +76,7 @@ impl fmt::Display for RuntimeError {
                 Size(pages.saturating_mul(*page_size)),
                 Size(*max_memory)
             ),
+            RuntimeError::Coordinator(e) => write!(f, "source: {e}"),
         }
     }
 }

@@ -3,7 +3,6 @@
 //! that move an engine's bytes between them.
 
 pub mod calibrate;
-mod compression;
 mod dest;
 mod error;
 pub mod file;
@@ -14,7 +13,6 @@ pub mod session;
 pub mod streams;
 pub mod tcp;
 
-pub use compression::CompressionChoice;
 pub use dest::{receive_streams, ReceivedStreams};
 pub use error::{RuntimeError, Size};
 pub use file::FileSink;

@@ -1,25 +1,9 @@
-//! A link speed for a transport that has none of its own (loopback), and bandwidth
-//! caps: a [`TokenBucket`] shared by the streams of a migration, and [`RateLimited`],
-//! any transport paced by one.
+//! Bandwidth caps: a [`TokenBucket`] shared by the streams of a migration, and
+//! [`RateLimited`], any transport paced by one (a link speed for a transport that has
+//! none of its own, such as loopback; the presets are in
+//! [`schedule::links`](crate::schedule::links)).
 
 use std::time::{Duration, Instant};
-
-/// Well-known link speeds, by name, in bytes per second.
-pub const LINKS: [(&str, u64); 5] = [
-    ("1gbe", 125_000_000),
-    ("10gbe", 1_250_000_000),
-    ("25gbe", 3_125_000_000),
-    ("40gbe", 5_000_000_000),
-    ("100gbe", 12_500_000_000),
-];
-
-/// The link speed named `name` (`1gbe`, `10gbe`, `25gbe`, `40gbe`, `100gbe`), bytes/s.
-pub fn link_speed(name: &str) -> Option<u64> {
-    LINKS
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|&(_, speed)| speed)
-}
 
 /// A bandwidth cap shared by the sender threads of a multi-stream migration: a token
 /// bucket that fills at `bytes_per_sec` up to `burst` bytes. A send takes its bytes
@@ -138,12 +122,6 @@ impl<T: crate::engine::Transport> crate::engine::Transport for RateLimited<'_, T
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn links_are_named() {
-        assert_eq!(link_speed("10GbE"), Some(1_250_000_000));
-        assert_eq!(link_speed("token-ring"), None);
-    }
 
     #[test]
     fn token_bucket_caps_threads_together() {

@@ -14,16 +14,18 @@
 //!   bounded channel blocks it. The pages an encoder gets out per second, blocked time
 //!   included, is what its compression choice measures ([`CompressionChoice`]).
 //! - **Rounds** end together: an encoder reports its round's end through its sender,
-//!   after the round's last bytes were handed to the transport, and waits; when every
-//!   stream has reported, the scheduler sees the sum (pages, bytes, dirty pages) at
-//!   that moment and decides for all. A page's versions all travel on one stream, so
+//!   after the round's last bytes were handed to the transport, and waits; the
+//!   coordinator thread forwards every report to the core's [`Coordinator`], which
+//!   holds the round barrier and the one scheduler: when every stream has reported,
+//!   the scheduler sees the sum (pages, bytes, dirty pages) at that moment and decides
+//!   for all. A page's versions all travel on one stream, so
 //!   no version overtakes another.
 //! - **Switchover**: when every encoder asks for the pause, the guest is paused once,
 //!   each engine harvests its last pages, and each stream ends with its own digest.
 //! - **Failure** anywhere stops every stream; each engine puts the pages it harvested
 //!   but did not send back into the bitmap, and the guest keeps running.
 
-use std::string::{String, ToString};
+use std::string::ToString;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use std::vec;
@@ -32,19 +34,23 @@ use std::vec::Vec;
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
 
 use super::pacer::TokenBucket;
-use super::{CompressionChoice, RuntimeError};
+use super::RuntimeError;
 use crate::bitmap::AtomicDirtyBitmap;
 use crate::codec::CodecStats;
-use crate::engine::{SourceConfig, SourceEngine, SourceEvent, StreamRound, Transport};
+pub use crate::engine::StreamsRound;
+use crate::engine::{
+    Compression, CompressionChoice, Coordinator, CoordinatorConfig, CoordinatorError,
+    CoordinatorEvent, FinalRound, SourceConfig, SourceEngine, SourceEvent, StreamRound, Transport,
+};
 use crate::layout::Shard;
 use crate::memory::PageMemory;
-use crate::schedule::{Decision, RoundMeasurement, RoundOutcome, Scheduler};
+use crate::schedule::Decision;
 
 /// How the streams run.
 #[derive(Clone, Debug)]
 pub struct StreamOptions {
-    /// LZ4: `"auto"` (follow the bottleneck, per stream), `"on"` or `"off"`.
-    pub compression: String,
+    /// LZ4: follow the bottleneck per stream ([`Compression::Auto`]), or forced.
+    pub compression: Compression,
     /// Bytes per buffer an encoder fills (at least the engine's minimum).
     pub buffer_bytes: usize,
     /// Filled buffers that may wait for a sender (the back-pressure bound).
@@ -55,24 +61,11 @@ impl Default for StreamOptions {
     /// Adaptive compression, 256 KiB buffers, 4 of them queued per stream.
     fn default() -> Self {
         StreamOptions {
-            compression: "auto".to_string(),
+            compression: Compression::Auto,
             buffer_bytes: 256 << 10,
             queue_depth: 4,
         }
     }
-}
-
-/// A live round over all streams.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct StreamsRound {
-    /// The scheduler's view of the summed round.
-    pub outcome: RoundOutcome,
-    /// Pages per codec, all streams.
-    pub codecs: CodecStats,
-    /// Pages skipped because the guest dirtied them again, all streams.
-    pub deferred_pages: u64,
-    /// Streams that had LZ4 on at the round's end.
-    pub lz4_streams: u8,
 }
 
 /// The final round over all streams.
@@ -197,15 +190,23 @@ where
         return report;
     }
     let layout = *bitmap.layout();
-    let mut scheduler = match Scheduler::new(
-        config.policy,
-        layout.total_pages(),
-        layout.page_size(),
+    let coordinator = Coordinator::new(
+        CoordinatorConfig {
+            policy: config.policy,
+            total_pages: layout.total_pages(),
+            page_size: layout.page_size(),
+            streams: n,
+        },
         now(),
-    ) {
-        Ok(s) => s,
-        Err(e) => {
+    );
+    let mut coordinator = match coordinator {
+        Ok(c) => c,
+        Err(CoordinatorError::Schedule(e)) => {
             report.result = Err(RuntimeError::Engine(e.into()));
+            return report;
+        }
+        Err(e) => {
+            report.result = Err(RuntimeError::Coordinator(e));
             return report;
         }
     };
@@ -268,7 +269,7 @@ where
             &stop,
             &note_rx,
             &command_txs,
-            &mut scheduler,
+            &mut coordinator,
             control,
             &progress,
             &mut report.paused_at,
@@ -281,36 +282,28 @@ where
         // Encoders waiting for a command see the channel close and stop.
         command_txs.clear();
     });
-    report.rounds = scheduler.rounds();
-    report.predicted_downtime_ns = scheduler.predicted_downtime_ns();
+    report.rounds = coordinator.scheduler().rounds();
+    report.predicted_downtime_ns = coordinator.scheduler().predicted_downtime_ns();
     report.wire_bytes = sent_bytes.load(Ordering::Relaxed);
     report
 }
 
-/// The coordinator: collects the streams' notes, runs the scheduler, pauses the guest.
+/// The coordinator loop: forwards the streams' notes into the core's [`Coordinator`]
+/// (the one scheduler, the round barrier, the pause once, the final sums) and carries
+/// out what it says: decisions and the pause to the encoders, throttling, the pause
+/// and the tables to `control`. No round or pause logic lives here.
 #[allow(clippy::too_many_arguments)]
 fn coordinate(
     stop: &AtomicBool,
     notes: &Receiver<(usize, Note)>,
     commands: &[Sender<Command>],
-    scheduler: &mut Scheduler,
+    coordinator: &mut Coordinator,
     control: &mut dyn SourceControl,
     progress: &[Progress],
     paused_at: &mut Option<Instant>,
     digests_out: &mut Option<Vec<u128>>,
     now: impl Fn() -> u64,
 ) -> Result<(), RuntimeError> {
-    let n = commands.len();
-    let mut rounds: Vec<Option<(StreamRound, bool)>> = vec![None; n];
-    let mut pause_wanted = 0;
-    let mut digests: Vec<Option<u128>> = vec![None; n];
-    let mut fin = StreamsFinal {
-        round: 0,
-        pages_sent: 0,
-        wire_bytes: 0,
-        codecs: CodecStats::default(),
-    };
-    let mut verified = 0;
     let broadcast = |c: &dyn Fn() -> Command| {
         for tx in commands {
             let _ = tx.send(c());
@@ -338,72 +331,69 @@ fn coordinate(
                 ))
             }
         };
-        match note {
-            Note::Round(r, lz4) => {
-                rounds[i] = Some((r, lz4));
-                if rounds.iter().any(Option::is_none) {
-                    continue;
-                }
-                let mut m = RoundMeasurement {
-                    now_ns: now(),
-                    pages_sent: 0,
-                    wire_bytes: 0,
-                    dirty_pages: 0,
-                };
-                let (mut codecs, mut deferred_pages, mut lz4_streams) =
-                    (CodecStats::default(), 0, 0);
-                for (r, lz4) in rounds.iter_mut().filter_map(Option::take) {
-                    m.pages_sent += r.pages_sent;
-                    m.wire_bytes += r.wire_bytes;
-                    m.dirty_pages += r.dirty_pages;
-                    codecs.add(&r.codecs);
-                    deferred_pages += r.deferred_pages;
-                    lz4_streams += u8::from(lz4);
-                }
-                let sum = StreamsRound {
-                    outcome: scheduler.round_done(m),
-                    codecs,
-                    deferred_pages,
-                    lz4_streams,
-                };
-                let decision = sum.outcome.decision;
-                control.round_done(&sum);
-                if let Decision::Continue { throttle_percent } = decision {
-                    control.throttle(throttle_percent);
-                }
-                if let Decision::Fail(e) = decision {
-                    return Err(RuntimeError::Engine(e.into()));
-                }
-                broadcast(&|| Command::Decide(decision));
+        // The runtime's own reason, when a stream failed: richer than the core's.
+        let mut cause = None;
+        let handled = match note {
+            Note::Round(r, lz4) => coordinator.handle_round_measured(i, r, lz4, now()),
+            Note::PauseWanted => coordinator.handle_pause_wanted(i),
+            Note::Complete(digest, f) => coordinator.handle_complete(
+                i,
+                digest,
+                FinalRound {
+                    round: f.round,
+                    pages_sent: f.pages_sent,
+                    wire_bytes: f.wire_bytes,
+                    codecs: f.codecs,
+                    // The coordinator's prediction is the one that counts.
+                    predicted_downtime_ns: 0,
+                },
+            ),
+            Note::Verdict(Ok(())) => coordinator.handle_verdict(i, true),
+            Note::Verdict(Err(e)) => {
+                cause = Some(e);
+                coordinator.handle_verdict(i, false)
             }
-            Note::PauseWanted => {
-                pause_wanted += 1;
-                if pause_wanted == n {
+            Note::Failed(e) => {
+                cause = Some(e);
+                coordinator.handle_failure(i)
+            }
+        };
+        if let Err(e) = handled {
+            stop.store(true, Ordering::Relaxed);
+            return Err(cause.unwrap_or(RuntimeError::Coordinator(e)));
+        }
+        while let Some(event) = coordinator.poll_event() {
+            match event {
+                CoordinatorEvent::RoundDone(sum) => control.round_done(&sum),
+                CoordinatorEvent::Throttle(percent) => control.throttle(percent),
+                CoordinatorEvent::Decide(decision) => broadcast(&|| Command::Decide(decision)),
+                CoordinatorEvent::PauseGuest { .. } => {
                     control.pause();
                     *paused_at = Some(Instant::now());
-                    broadcast(&|| Command::Paused);
+                    if let Err(e) = coordinator.handle_guest_paused(now()) {
+                        stop.store(true, Ordering::Relaxed);
+                        return Err(RuntimeError::Coordinator(e));
+                    }
                 }
-            }
-            Note::Complete(digest, f) => {
-                digests[i] = Some(digest);
-                fin.round = f.round;
-                fin.pages_sent += f.pages_sent;
-                fin.wire_bytes += f.wire_bytes;
-                fin.codecs.add(&f.codecs);
-                if digests.iter().all(Option::is_some) {
-                    control.final_round(&fin);
-                    *digests_out = Some(digests.iter().map(|d| d.unwrap_or(0)).collect());
+                CoordinatorEvent::GuestPaused => broadcast(&|| Command::Paused),
+                CoordinatorEvent::FinalRound(f) => {
+                    control.final_round(&StreamsFinal {
+                        round: f.round,
+                        pages_sent: f.pages_sent,
+                        wire_bytes: f.wire_bytes,
+                        codecs: f.codecs,
+                    });
+                    *digests_out = coordinator.digests();
                 }
-            }
-            Note::Verdict(Ok(())) => {
-                verified += 1;
-                if verified == n {
-                    return Ok(());
+                CoordinatorEvent::Done(_) => return Ok(()),
+                CoordinatorEvent::Failed(e) => {
+                    stop.store(true, Ordering::Relaxed);
+                    return Err(match (cause, e) {
+                        (Some(cause), _) => most_telling(cause, notes),
+                        (None, CoordinatorError::Schedule(e)) => RuntimeError::Engine(e.into()),
+                        (None, e) => RuntimeError::Coordinator(e),
+                    });
                 }
-            }
-            Note::Verdict(Err(e)) | Note::Failed(e) => {
-                stop.store(true, Ordering::Relaxed);
-                return Err(most_telling(e, notes));
             }
         }
     }
@@ -471,7 +461,7 @@ impl Encoder<'_> {
         let stopped = || RuntimeError::Peer("stopped: another stream failed".to_string());
         let buffer_len = engine.min_buffer_len().max(options.buffer_bytes);
         let mut fresh_buffers = options.queue_depth.max(1) + 1;
-        let mut choice = CompressionChoice::new(&options.compression);
+        let mut choice = CompressionChoice::new(options.compression);
         engine.set_lz4(choice.lz4());
         let mut last_encoded = 0u64;
         // The wall time of each poll, from the end of the last one: waiting for a free

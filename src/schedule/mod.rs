@@ -33,6 +33,7 @@
 
 mod error;
 mod estimator;
+pub mod links;
 mod policy;
 mod scheduler;
 

@@ -120,7 +120,7 @@ pub fn run(args: &Args) -> Result<(), String> {
                 link: None,
                 streams: Some(streams),
                 max_bandwidth: None,
-                compression: "auto".to_string(),
+                compression: precopy::engine::Compression::Auto,
                 json: false,
             };
             let mut source = migration.source(*b"precopy-bench-pl")?;

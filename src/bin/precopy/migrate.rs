@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use precopy::codec::{CodecStats, EncoderConfig, Encoding};
-use precopy::engine::{SourceConfig, Transport};
+use precopy::engine::{Compression, SourceConfig, Transport};
 use precopy::layout::GuestLayout;
 use precopy::memory::migration_digest;
 use precopy::runtime::pacer::TokenBucket;
@@ -59,8 +59,8 @@ pub struct MigrationArgs {
     /// LZ4 compression: `auto` measures each stream's page rate raw and with LZ4 (a
     /// probe now and then) and compresses only where LZ4 is clearly faster (a slow
     /// link); `on` and `off` force it.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
-    pub compression: String,
+    #[arg(long, default_value = "auto", value_parser = parse_compression)]
+    pub compression: Compression,
     /// Print JSON lines instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -68,10 +68,19 @@ pub struct MigrationArgs {
 
 /// Parses a link name into bytes per second.
 pub fn parse_link(s: &str) -> Result<u64, String> {
-    precopy::runtime::pacer::link_speed(s).ok_or_else(|| {
-        let names: Vec<&str> = precopy::runtime::pacer::LINKS.iter().map(|l| l.0).collect();
+    precopy::schedule::links::link_speed(s).ok_or_else(|| {
+        let names: Vec<&str> = precopy::schedule::links::LINKS
+            .iter()
+            .map(|l| l.0)
+            .collect();
         format!("unknown link '{s}' (one of {})", names.join(", "))
     })
+}
+
+/// Parses a compression mode: `auto`, `on` or `off`.
+pub fn parse_compression(s: &str) -> Result<Compression, String> {
+    s.parse()
+        .map_err(|e: precopy::engine::UnknownCompression| format!("'{s}': {e}"))
 }
 
 /// Parses a byte size with an optional K/M/G suffix.
@@ -100,8 +109,8 @@ pub struct Source {
     pub layout: GuestLayout,
     /// The workload the writers run.
     pub workload: Workload,
-    /// LZ4 choice: `auto`, `on` or `off`.
-    pub compression: String,
+    /// LZ4 choice.
+    pub compression: Compression,
     /// Print no per-round rows (benchmarks).
     pub quiet: bool,
     /// Streams (connections) to migrate over.
@@ -171,7 +180,7 @@ impl MigrationArgs {
         Ok(Source {
             streams: self.streams.unwrap_or(2),
             quiet: false,
-            compression: self.compression.clone(),
+            compression: self.compression,
             guest,
             config,
             layout,
@@ -204,7 +213,8 @@ pub fn print_table_header(json: bool) {
 /// How a source's migration went.
 #[derive(Debug)]
 pub struct SourceReport {
-    /// Live rounds the scheduler saw.
+    /// Rounds sent, the bulk round being round 1 and the final round (guest paused)
+    /// counted once it was produced: the final round's number, as in the table.
     pub rounds: u32,
     /// From the engine's start until the verdict (or the failure), ns.
     pub total_ns: u64,
@@ -372,7 +382,7 @@ where
         .bandwidth_cap
         .map(|rate| TokenBucket::new(rate, (256 << 10) * links.len() as u64));
     let options = StreamOptions {
-        compression: source.compression.clone(),
+        compression: source.compression,
         ..StreamOptions::default()
     };
     let mut control = CliControl {
@@ -399,7 +409,8 @@ where
     let guest = control.guest;
     let total_ns = start.elapsed().as_nanos() as u64;
     let mut report = SourceReport {
-        rounds: r.rounds,
+        // Live rounds, and the final one once every stream produced it.
+        rounds: r.rounds + u32::from(r.digests.is_some()),
         total_ns,
         downtime_ns: r
             .paused_at

@@ -1,4 +1,68 @@
 //! When to compress: LZ4 pays where the link, not the encoder, is the bottleneck.
+//!
+//! A sans-IO policy: [`CompressionChoice`] is fed what a stream measured (pages, bytes,
+//! nanoseconds of the caller's clock, real or virtual) and answers whether the next
+//! poll compresses. It reads no clock itself, so the threaded runtime and a simulator
+//! run the same choice.
+
+use core::fmt;
+use core::str::FromStr;
+
+/// LZ4 compression of a migration's pages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Compression {
+    /// Follow the bottleneck, per stream: measure the page rate raw and with LZ4 and
+    /// keep the clearly faster one ([`CompressionChoice`]).
+    #[default]
+    Auto,
+    /// Always LZ4 (where it makes a page smaller).
+    On,
+    /// Never LZ4.
+    Off,
+}
+
+impl Compression {
+    /// The name [`FromStr`] accepts: `auto`, `on` or `off`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::Auto => "auto",
+            Compression::On => "on",
+            Compression::Off => "off",
+        }
+    }
+}
+
+impl fmt::Display for Compression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A compression mode other than `auto`, `on` or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnknownCompression;
+
+impl fmt::Display for UnknownCompression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("compression must be auto, on or off")
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for UnknownCompression {}
+
+impl FromStr for Compression {
+    type Err = UnknownCompression;
+
+    /// `auto`, `on` or `off` (any case); anything else is refused, never taken as
+    /// auto.
+    fn from_str(s: &str) -> Result<Self, UnknownCompression> {
+        [Compression::Auto, Compression::On, Compression::Off]
+            .into_iter()
+            .find(|c| c.name().eq_ignore_ascii_case(s))
+            .ok_or(UnknownCompression)
+    }
+}
 
 /// Whether a stream compresses with LZ4, chosen by measuring both modes.
 ///
@@ -49,13 +113,13 @@ const PROBE_EVERY: u32 = 32;
 const FIRST_PROBE_AFTER: u32 = 1;
 
 impl CompressionChoice {
-    /// `auto`, `on` or `off`. Auto starts uncompressed and first probes LZ4 after one
-    /// measured window.
-    pub fn new(mode: &str) -> Self {
+    /// A choice in `mode`. Auto starts uncompressed and first probes LZ4 after one
+    /// measured window; on and off never change.
+    pub fn new(mode: Compression) -> Self {
         let forced = match mode {
-            "on" => Some(true),
-            "off" => Some(false),
-            _ => None,
+            Compression::On => Some(true),
+            Compression::Off => Some(false),
+            Compression::Auto => None,
         };
         CompressionChoice {
             forced,
@@ -169,7 +233,7 @@ mod tests {
     fn compression_follows_the_measured_rate() {
         let polls = |windows: u32| windows * POLLS;
         // Loopback: raw gets 200 pages/ms out, LZ4 60. Raw, apart from the probes.
-        let mut auto = CompressionChoice::new("auto");
+        let mut auto = CompressionChoice::new(Compression::Auto);
         assert!(!auto.lz4(), "auto starts uncompressed");
         let lz4 = run(&mut auto, 100, 200, 60);
         assert!(lz4 > 0 && lz4 < polls(100) / 10, "{lz4} of {}", polls(100));
@@ -178,7 +242,7 @@ mod tests {
         let lz4 = run(&mut auto, 100, 30, 55);
         assert!(lz4 > polls(100) * 9 / 10, "{lz4} of {}", polls(100));
         // LZ4 only a third better: not worth switching to from raw.
-        let mut close = CompressionChoice::new("auto");
+        let mut close = CompressionChoice::new(Compression::Auto);
         let lz4 = run(&mut close, 100, 45, 60);
         assert!(lz4 < polls(100) / 10, "{lz4} of {}", polls(100));
         let lz4 = run(&mut auto, 100, 30, 55);
@@ -190,15 +254,27 @@ mod tests {
         run(&mut auto, PROBE_EVERY + 2, 200, 60);
         let lz4 = run(&mut auto, 100, 200, 60);
         assert!(lz4 < polls(100) / 10, "{lz4} of {}", polls(100));
-        let mut on = CompressionChoice::new("on");
+        let mut on = CompressionChoice::new(Compression::On);
         assert_eq!(run(&mut on, 10, 200, 1), polls(10));
-        let mut off = CompressionChoice::new("off");
+        let mut off = CompressionChoice::new(Compression::Off);
         assert_eq!(run(&mut off, 10, 1, 200), 0);
     }
 
     #[test]
+    fn modes_parse_and_unknown_ones_are_refused() {
+        assert_eq!("auto".parse(), Ok(Compression::Auto));
+        assert_eq!("ON".parse(), Ok(Compression::On));
+        assert_eq!("off".parse(), Ok(Compression::Off));
+        assert_eq!("lz4".parse::<Compression>(), Err(UnknownCompression));
+        assert_eq!("".parse::<Compression>(), Err(UnknownCompression));
+        for c in [Compression::Auto, Compression::On, Compression::Off] {
+            assert_eq!(c.name().parse(), Ok(c));
+        }
+    }
+
+    #[test]
     fn a_window_of_zero_pages_measures_nothing() {
-        let mut auto = CompressionChoice::new("auto");
+        let mut auto = CompressionChoice::new(Compression::Auto);
         for _ in 0..10 * POLLS {
             auto.observe(0, 256 << 10, 1_000_000);
         }
