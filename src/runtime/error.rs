@@ -4,6 +4,7 @@ use std::fmt;
 use std::string::String;
 
 use crate::engine::{ApplyError, EngineError};
+use crate::memory::MemoryError;
 
 /// Why a migration run by the runtime failed. The source guest keeps running.
 #[derive(Debug)]
@@ -39,6 +40,16 @@ pub enum RuntimeError {
         /// The destination's cap, bytes.
         max_memory: u64,
     },
+    /// The destination's guest memory could not be made or used.
+    Memory(MemoryError),
+    /// A multi-stream destination was given a number of memory views other than the
+    /// migration's stream count.
+    WrongViewCount {
+        /// Views given.
+        views: usize,
+        /// Streams of the migration.
+        streams: u8,
+    },
 }
 
 impl RuntimeError {
@@ -72,6 +83,12 @@ impl fmt::Display for RuntimeError {
                  this destination's limit of {} (raise --max-memory)",
                 Size(pages.saturating_mul(*page_size)),
                 Size(*max_memory)
+            ),
+            RuntimeError::Memory(e) => write!(f, "destination guest memory: {e}"),
+            RuntimeError::WrongViewCount { views, streams } => write!(
+                f,
+                "the migration has {streams} streams but the destination gave {views} views \
+                 of its guest memory (one per stream is needed)"
             ),
         }
     }

@@ -6,6 +6,7 @@ pub mod calibrate;
 mod compression;
 mod dest;
 mod error;
+mod hash;
 pub mod file;
 pub mod guest;
 pub mod huge_pages;
@@ -15,11 +16,12 @@ pub mod streams;
 pub mod tcp;
 
 pub use compression::CompressionChoice;
-pub use dest::{receive_streams, ReceivedStreams};
+pub use dest::{accept_streams, receive_streams, AppliedStreams, IncomingStreams, ReceivedStreams};
 pub use error::{RuntimeError, Size};
 pub use file::FileSink;
 pub use guest::{SyntheticGuest, Workload};
-pub use session::{receive, Limits, Received, Reply, SourceLink};
+pub use hash::{digest_parallel, hash_pages_parallel, ParallelHash};
+pub use session::{accept, receive, Applied, Incoming, Limits, Received, Reply, SourceLink};
 pub use streams::{
     migrate_streams, SourceControl, StreamOptions, StreamsFinal, StreamsReport, StreamsRound,
 };
