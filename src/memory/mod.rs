@@ -142,7 +142,8 @@ pub trait PageMemory {
                 len: ZERO_PAGE.len(),
                 page_size,
             })?;
-        for page in first..first.saturating_add(count) {
+        check_pages(first, count, self.total_pages())?;
+        for page in first..first + count {
             self.write_page(page, zero)?;
         }
         Ok(())
@@ -197,6 +198,17 @@ pub(crate) fn zero_page_hash(len: usize) -> u64 {
         s.store(hash, Ordering::Relaxed);
     }
     hash
+}
+
+/// Checks that pages `first..first + count` exist in memory of `total` pages.
+fn check_pages(first: u64, count: u64, total: u64) -> Result<(), MemoryError> {
+    if first.checked_add(count).is_none_or(|end| end > total) {
+        return Err(MemoryError::PageOutOfRange {
+            page: first.saturating_add(count).saturating_sub(1).max(first),
+            total,
+        });
+    }
+    Ok(())
 }
 
 /// Checks an access to page `page` with a buffer of `len` bytes against memory of
@@ -294,7 +306,8 @@ impl PageMemory for VecMemory {
     }
 
     fn zero_pages(&mut self, first: u64, count: u64) -> Result<(), MemoryError> {
-        for page in first..first.saturating_add(count) {
+        check_pages(first, count, self.total_pages())?;
+        for page in first..first + count {
             let r = self.range(page, self.page_size)?;
             let bytes = &mut self.bytes[r];
             // Reading a never-written page of a zeroed allocation maps the shared zero
@@ -372,13 +385,7 @@ impl AtomicMemory {
     /// only words that are not zero already: pages never written stay untouched (and,
     /// in a fresh allocation, unbacked).
     pub fn clear_pages(&self, first: u64, count: u64) -> Result<(), MemoryError> {
-        let total = self.total_pages();
-        if first.checked_add(count).is_none_or(|end| end > total) {
-            return Err(MemoryError::PageOutOfRange {
-                page: first.saturating_add(count).saturating_sub(1),
-                total,
-            });
-        }
+        check_pages(first, count, self.total_pages())?;
         let per_page = self.page_size / 8;
         let start = first as usize * per_page;
         for w in &self.words[start..start + count as usize * per_page] {

@@ -133,13 +133,7 @@ where
     /// page of fresh anonymous memory never written stays unbacked.
     fn zero(&self, first: u64, count: u64) -> Result<(), MemoryError> {
         const PIECE: usize = 512;
-        let total = self.layout.total_pages();
-        if first.checked_add(count).is_none_or(|end| end > total) {
-            return Err(MemoryError::PageOutOfRange {
-                page: first.saturating_add(count).saturating_sub(1),
-                total,
-            });
-        }
+        super::check_pages(first, count, self.layout.total_pages())?;
         let mut piece = [0u8; PIECE];
         for page in first..first + count {
             let addr = self.addr(page, self.page_size)?;
