@@ -93,7 +93,12 @@ fn conformance<M: PageMemory>(name: &str, m: &mut M, page_size: usize, p: Pages)
         let mut page = vec![0u8; page_size];
         for (i, &h) in hashes.iter().enumerate() {
             m.read_page(first + i as u64, &mut page).unwrap();
-            assert_eq!(h, base_hash(&page), "{}", at(&format!("hash of page {}", first + i as u64)));
+            assert_eq!(
+                h,
+                base_hash(&page),
+                "{}",
+                at(&format!("hash of page {}", first + i as u64))
+            );
         }
     };
     check_hashes(m, p.a, 2, &mut scratch);
@@ -121,7 +126,11 @@ fn conformance<M: PageMemory>(name: &str, m: &mut M, page_size: usize, p: Pages)
     // Zeroing a zero page and a range of one page keeps them zero; the neighbour is kept.
     m.zero_pages(p.a, 1).unwrap();
     m.read_page(p.a + 1, &mut buf).unwrap();
-    assert!(buf == pattern(page_size, 2), "{}", at("zero_pages reached past its range"));
+    assert!(
+        buf == pattern(page_size, 2),
+        "{}",
+        at("zero_pages reached past its range")
+    );
     // Written again after being zeroed: no longer zero.
     m.write_page(p.a, &page_with(page_size, page_size - 1..page_size, 9))
         .unwrap();
@@ -132,19 +141,36 @@ fn conformance<M: PageMemory>(name: &str, m: &mut M, page_size: usize, p: Pages)
         page: TOTAL,
         total: TOTAL,
     };
-    assert_eq!(m.read_page(TOTAL, &mut buf), Err(out), "{}", at("read past the end"));
-    assert_eq!(m.write_page(TOTAL, &buf), Err(out), "{}", at("write past the end"));
+    assert_eq!(
+        m.read_page(TOTAL, &mut buf),
+        Err(out),
+        "{}",
+        at("read past the end")
+    );
+    assert_eq!(
+        m.write_page(TOTAL, &buf),
+        Err(out),
+        "{}",
+        at("write past the end")
+    );
     assert!(
         m.read_page(u64::MAX, &mut buf).is_err(),
         "{}",
         at("read at u64::MAX")
     );
     assert!(
-        matches!(m.zero_pages(TOTAL, 1), Err(MemoryError::PageOutOfRange { .. })),
+        matches!(
+            m.zero_pages(TOTAL, 1),
+            Err(MemoryError::PageOutOfRange { .. })
+        ),
         "{}",
         at("zero past the end")
     );
-    assert!(m.zero_pages(u64::MAX, 2).is_err(), "{}", at("zero wrapping"));
+    assert!(
+        m.zero_pages(u64::MAX, 2).is_err(),
+        "{}",
+        at("zero wrapping")
+    );
     assert!(
         m.hash_pages(TOTAL - 1, &mut [0; 2], &mut scratch).is_err(),
         "{}",
@@ -154,11 +180,24 @@ fn conformance<M: PageMemory>(name: &str, m: &mut M, page_size: usize, p: Pages)
         len: page_size - 1,
         page_size,
     };
-    assert_eq!(m.read_page(p.a, &mut buf[1..]), Err(short), "{}", at("short read"));
-    assert_eq!(m.write_page(p.a, &buf[1..]), Err(short), "{}", at("short write"));
+    assert_eq!(
+        m.read_page(p.a, &mut buf[1..]),
+        Err(short),
+        "{}",
+        at("short read")
+    );
+    assert_eq!(
+        m.write_page(p.a, &buf[1..]),
+        Err(short),
+        "{}",
+        at("short write")
+    );
     let long = vec![1u8; page_size + 1];
     assert!(
-        matches!(m.write_page(p.a, &long), Err(MemoryError::BadBufferLength { .. })),
+        matches!(
+            m.write_page(p.a, &long),
+            Err(MemoryError::BadBufferLength { .. })
+        ),
         "{}",
         at("long write")
     );
@@ -169,11 +208,19 @@ fn conformance<M: PageMemory>(name: &str, m: &mut M, page_size: usize, p: Pages)
             "{}",
             at("another stream's page")
         );
-        assert!(m.read_page(f, &mut buf).is_err(), "{}", at("another stream's read"));
+        assert!(
+            m.read_page(f, &mut buf).is_err(),
+            "{}",
+            at("another stream's read")
+        );
     }
     // The failed writes changed nothing.
     m.read_page(p.a, &mut buf).unwrap();
-    assert!(buf.iter().all(|&x| x == 0), "{}", at("a refused write wrote"));
+    assert!(
+        buf.iter().all(|&x| x == 0),
+        "{}",
+        at("a refused write wrote")
+    );
     [
         vec![0; page_size],
         pattern(page_size, 2),
@@ -216,7 +263,13 @@ fn stream_memory_whole_and_per_stream() {
             wants.push(conformance("VecMemory::streams", view, ps, stream_pages(i)));
         }
         for (i, want) in wants.iter().enumerate() {
-            check_bytes("VecMemory::streams", m.as_bytes(), ps, stream_pages(i), want);
+            check_bytes(
+                "VecMemory::streams",
+                m.as_bytes(),
+                ps,
+                stream_pages(i),
+                want,
+            );
         }
     }
 }
@@ -242,7 +295,13 @@ fn fresh_memory_and_its_tracked_views() {
             wants.push(conformance("FreshMemory::views", view, ps, stream_pages(i)));
         }
         for (i, want) in wants.iter().enumerate() {
-            check_bytes("FreshMemory::views", m.as_bytes(), ps, stream_pages(i), want);
+            check_bytes(
+                "FreshMemory::views",
+                m.as_bytes(),
+                ps,
+                stream_pages(i),
+                want,
+            );
         }
         // What the views kept is what the memory holds: the fresh memory's digest equals
         // the digest of a plain copy of its bytes.

@@ -273,7 +273,10 @@ mod tests {
         let mut buf = [0u8; 4096];
         assert_eq!(
             memory.read_page(12, &mut buf),
-            Err(MemoryError::PageOutOfRange { page: 12, total: 12 })
+            Err(MemoryError::PageOutOfRange {
+                page: 12,
+                total: 12
+            })
         );
         // Pages misaligned to the regions are refused.
         assert!(VmMemory::new(&guest, 1 << 16).is_err());

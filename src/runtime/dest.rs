@@ -164,38 +164,33 @@ impl IncomingStreams {
                 .map_err(|e| RuntimeError::io(format!("answering the source {}", s.peer), e))?;
         }
         let first_error: Mutex<Option<String>> = Mutex::new(None);
-        let results: Vec<Result<(ApplyStats, u64, u128), RuntimeError>> =
-            std::thread::scope(|s| {
-                let handles: Vec<_> = streams
-                    .iter()
-                    .zip(views)
-                    .map(|(stream, view)| {
-                        let (streams, first_error) = (&streams, &first_error);
-                        s.spawn(move || {
-                            let mut applier = Applier::with_memory(view);
-                            let result = apply_from(
-                                &mut &stream.conn,
-                                &mut applier,
-                                &stream.header_bytes,
-                                true,
-                            )
-                            .map(|(bytes, digest)| (applier.stats(), bytes, digest));
-                            if let Err(e) = &result {
-                                fail_all(streams, first_error, e);
-                            }
-                            result
-                        })
+        let results: Vec<Result<(ApplyStats, u64, u128), RuntimeError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = streams
+                .iter()
+                .zip(views)
+                .map(|(stream, view)| {
+                    let (streams, first_error) = (&streams, &first_error);
+                    s.spawn(move || {
+                        let mut applier = Applier::with_memory(view);
+                        let result =
+                            apply_from(&mut &stream.conn, &mut applier, &stream.header_bytes, true)
+                                .map(|(bytes, digest)| (applier.stats(), bytes, digest));
+                        if let Err(e) = &result {
+                            fail_all(streams, first_error, e);
+                        }
+                        result
                     })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(RuntimeError::Peer("a stream's thread panicked".to_string()))
-                        })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(RuntimeError::Peer("a stream's thread panicked".to_string()))
                     })
-                    .collect()
-            });
+                })
+                .collect()
+        });
         if let Some(reason) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
             // The first error, not the echo of it on the streams shut down after it.
             let e = results

@@ -9,9 +9,9 @@ use std::vec::Vec;
 use rayon::prelude::*;
 
 use crate::memory::{MemoryError, PageMemory};
-use crate::wire::{MemoryDigest, Shard};
 #[cfg(doc)]
 use crate::wire::digest_stream;
+use crate::wire::{MemoryDigest, Shard};
 
 /// Pages each thread hashes per task: large enough that a task costs far more than
 /// rayon's hand-off, small enough that two cores share a 1024-page batch.
@@ -140,7 +140,10 @@ mod tests {
         // A range past the end is the memory's own error.
         let mut hashes = vec![0u64; 300];
         let e = ParallelHash(&memory).hash_pages(4800, &mut hashes, &mut scratch);
-        assert!(matches!(e, Err(MemoryError::PageOutOfRange { .. })), "{e:?}");
+        assert!(
+            matches!(e, Err(MemoryError::PageOutOfRange { .. })),
+            "{e:?}"
+        );
         let v = VecMemory::new(512, 10);
         assert!(ParallelHash(&mut v.clone())
             .hash_pages(0, &mut [0; 10], &mut [0; 512])
