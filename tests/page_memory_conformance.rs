@@ -285,7 +285,6 @@ fn fresh_memory_and_its_tracked_views() {
         let mut view = m.whole();
         assert!(view.is_tracked());
         let want = conformance("FreshMemory::whole", &mut view, ps, WHOLE);
-        drop(view);
         check_bytes("FreshMemory::whole", m.as_bytes(), ps, WHOLE, &want);
 
         let mut m = FreshMemory::new(ps, TOTAL).unwrap();

@@ -530,7 +530,7 @@ mod tests {
         let mut buf = [0u8; 512];
         memory.whole().read_page(600, &mut buf).unwrap();
         assert_eq!(buf, [3; 512]);
-        let mut views = memory.views(3);
+        let views = memory.views(3);
         views[1].read_page(600, &mut buf).unwrap();
         assert_eq!(buf, [3; 512]);
         drop(views);

@@ -103,7 +103,7 @@ pub fn digest_parallel<M: PageMemory + Sync + ?Sized>(
     let mut digest = MemoryDigest::new();
     let total = memory.total_pages();
     let ranges: Vec<Range<u64>> = if stream == Shard::WHOLE {
-        vec![0..total]
+        core::iter::once(0..total).collect()
     } else {
         stream.ranges(total).collect()
     };
