@@ -18,7 +18,7 @@ use crate::wire::{MemoryDigest, Shard};
 const PAGES_PER_TASK: usize = 64;
 
 /// `memory` with [`PageMemory::hash_pages`] spread over rayon's thread pool: each
-/// range of [`PAGES_PER_TASK`] pages is hashed by the memory's own `hash_pages` on
+/// range of 64 pages is hashed by the memory's own `hash_pages` on
 /// some thread. Every other method, and every hash, is the memory's own, so digests
 /// ([`digest_stream`]) come out the same, only sooner.
 ///
@@ -67,7 +67,7 @@ impl<M: PageMemory + Sync> PageMemory for ParallelHash<M> {
 }
 
 /// [`PageMemory::hash_pages`] of `memory` for `first..first + hashes.len()`, ranges of
-/// [`PAGES_PER_TASK`] pages hashed on rayon's threads (`scratch` for a short run on
+/// 64 pages hashed on rayon's threads (`scratch` for a short run on
 /// the caller's thread).
 pub fn hash_pages_parallel<M: PageMemory + Sync + ?Sized>(
     memory: &M,
