@@ -252,3 +252,20 @@ proptest! {
         apply_stream(&s);
     }
 }
+
+#[test]
+fn a_page_written_then_zeroed_comes_out_zero_on_the_fresh_destination() {
+    // Round 1 sends data (non-zero only in its last 8 bytes, or everywhere), later
+    // rounds send zero pages over it: the production destination (fresh memory that
+    // knows its zero pages) must clear the bytes, not only its knowledge of them;
+    // `check_stream` compares the destination's bytes with the source's.
+    for page_size in [4096usize, 64 << 10] {
+        let zero = vec![0u8; page_size];
+        let mut tail = vec![0u8; page_size];
+        tail[page_size - 8..].fill(0xa5);
+        let full: Vec<u8> = (0..page_size).map(|i| i as u8 | 1).collect();
+        for old in [&tail, &full] {
+            precopy::fuzzing::check_stream(page_size, old, &zero);
+        }
+    }
+}

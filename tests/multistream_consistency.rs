@@ -2,8 +2,11 @@
 //! engines, one per [`Shard`], share one dirty bitmap and one guest memory; one
 //! scheduler decides for all of them at a round barrier (every stream measured its
 //! round); each stream is applied by its own [`Applier`] onto one shared destination
-//! memory, the streams' bytes interleaved in any order. At completion every applier
-//! verified its stream's digest and the destination equals the source page by page.
+//! memory, the streams' bytes interleaved in any order. The destination is the
+//! production one: a [`FreshMemory`] written through one view per stream, which knows
+//! its zero pages and verifies digests from the page hashes it kept. At completion every
+//! applier verified its stream's digest and the destination's bytes (not its kept
+//! hashes) equal the source page by page.
 //! Streams crossed at the destination never complete.
 
 use std::cell::{Cell, RefCell};
@@ -14,7 +17,7 @@ use precopy::engine::{Applier, ApplyError, Progress, SourceConfig, SourceEngine,
 use precopy::layout::GuestLayout;
 use precopy::layout::{Shard, SHARD_CHUNK_PAGES};
 use precopy::memory::digest_stream;
-use precopy::memory::{AtomicMemory, PageMemory};
+use precopy::memory::{AtomicMemory, FreshMemory, PageMemory, VecMemory};
 use precopy::schedule::{Decision, OnLimit, Policy, RoundMeasurement, Scheduler};
 use precopy::wire::WireErrorKind;
 use proptest::prelude::*;
@@ -171,17 +174,19 @@ fn migrate(
     }
 }
 
-/// Feeds each stream to its own applier on one shared destination memory, in pieces
-/// interleaved across the streams as `pieces` gives (stream pick, piece length).
-/// Returns the destination and each applier's outcome.
+/// Feeds each stream to its own applier on its view of one fresh destination memory
+/// (the production destination, [`FreshMemory::views`]), in pieces interleaved across
+/// the streams as `pieces` gives (stream pick, piece length). Returns the destination
+/// and each applier's outcome.
 fn apply_interleaved(
     source: &Source,
     pieces: &[(u8, u16)],
-) -> (AtomicMemory, Vec<Result<u128, ApplyError>>) {
-    let dest = AtomicMemory::new(PAGE, source.memory.total_pages());
+) -> (FreshMemory, Vec<Result<u128, ApplyError>>) {
+    let mut dest = FreshMemory::new(PAGE, source.memory.total_pages()).unwrap();
     let n = source.streams.len();
     let results = {
-        let mut appliers: Vec<_> = (0..n).map(|_| Applier::with_memory(&dest)).collect();
+        let views = dest.views(n as u8);
+        let mut appliers: Vec<_> = views.into_iter().map(Applier::with_memory).collect();
         let mut rest: Vec<&[u8]> = source.streams.iter().map(Vec::as_slice).collect();
         let mut results: Vec<Option<Result<Progress, ApplyError>>> = vec![None; n];
         let mut k = 0;
@@ -252,6 +257,13 @@ fn guest() -> impl Strategy<Value = (Vec<u8>, Vec<Vec<Write>>)> {
     })
 }
 
+/// A plain copy of `bytes` (hashes what it holds, knows nothing).
+fn plain(bytes: &[u8]) -> VecMemory {
+    let mut m = VecMemory::new(PAGE, (bytes.len() / PAGE) as u64);
+    m.as_bytes_mut().copy_from_slice(bytes);
+    m
+}
+
 /// The source memory's bytes.
 fn bytes_of(memory: &AtomicMemory) -> Vec<u8> {
     let mut out = vec![0u8; PAGE * memory.total_pages() as usize];
@@ -306,8 +318,11 @@ proptest! {
             let want = digest_stream(&source.memory, shard, &mut scratch).unwrap();
             prop_assert_eq!(source.digests[i], want, "stream {} of {}", i, n);
             prop_assert_eq!(digest_stream(&dest, shard, &mut scratch).unwrap(), want);
+            // The kept hashes agree with the bytes the destination holds.
+            let held = plain(dest.as_bytes());
+            prop_assert_eq!(digest_stream(&held, shard, &mut scratch).unwrap(), want);
         }
-        let (src, dst) = (bytes_of(&source.memory), bytes_of(&dest));
+        let (src, dst) = (bytes_of(&source.memory), dest.as_bytes().to_vec());
         for p in 0..pages as usize {
             let range = p * PAGE..(p + 1) * PAGE;
             prop_assert!(
@@ -354,7 +369,7 @@ fn three_streams_complete_and_rebuild_the_source() {
     for (i, r) in results.into_iter().enumerate() {
         assert_eq!(r.unwrap(), source.digests[i], "stream {i}");
     }
-    assert!(bytes_of(&dest) == bytes_of(&source.memory));
+    assert!(dest.as_bytes() == bytes_of(&source.memory));
     // Each stream carries a digest of its own pages: three different values.
     assert_ne!(source.digests[0], source.digests[1]);
     assert_ne!(source.digests[1], source.digests[2]);
@@ -426,16 +441,16 @@ fn appliers_on_their_own_threads_rebuild_the_source() {
     // The streams of a migration are independent: each applier on its own thread,
     // writing its own pages of one shared destination memory at the same time.
     let source = three_streams(1500);
-    let dest = AtomicMemory::new(PAGE, 1500);
+    let mut dest = FreshMemory::new(PAGE, 1500).unwrap();
     let digests: Vec<u128> = std::thread::scope(|scope| {
         let handles: Vec<_> = source
             .streams
             .iter()
+            .zip(dest.views(3))
             .enumerate()
-            .map(|(i, stream)| {
-                let dest = &dest;
+            .map(|(i, (stream, view))| {
                 scope.spawn(move || {
-                    let mut applier = Applier::with_memory(dest);
+                    let mut applier = Applier::with_memory(view);
                     let mut progress = Progress::InProgress;
                     for piece in stream.chunks(97 + 300 * i) {
                         progress = applier.feed(piece).unwrap();
@@ -449,7 +464,7 @@ fn appliers_on_their_own_threads_rebuild_the_source() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert_eq!(digests, source.digests);
-    assert!(bytes_of(&dest) == bytes_of(&source.memory));
+    assert!(dest.as_bytes() == bytes_of(&source.memory));
 }
 
 #[test]

@@ -28,6 +28,26 @@ pub enum MemoryError {
         /// The page asked for.
         page: u64,
     },
+    /// A page size that is not a power of two.
+    BadPageSize {
+        /// The page size asked for, bytes.
+        page_size: usize,
+    },
+    /// Memory of this size cannot be allocated on this machine.
+    TooLarge {
+        /// The page size, bytes.
+        page_size: usize,
+        /// Pages asked for.
+        pages: u64,
+    },
+    /// The backing memory refused an access to a page in range (e.g. a vm-memory
+    /// region that no longer maps the address).
+    Inaccessible {
+        /// The page.
+        page: u64,
+        /// Its guest-physical address.
+        addr: u64,
+    },
 }
 
 impl fmt::Display for MemoryError {
@@ -48,6 +68,19 @@ impl fmt::Display for MemoryError {
             MemoryError::OtherStream { page } => {
                 write!(f, "page {page} belongs to another stream of the migration")
             }
+            MemoryError::BadPageSize { page_size } => {
+                write!(f, "page size {page_size} is not a power of two")
+            }
+            MemoryError::TooLarge { page_size, pages } => write!(
+                f,
+                "guest memory of {pages} pages of {page_size} bytes does not fit this \
+                 machine's address space"
+            ),
+            MemoryError::Inaccessible { page, addr } => write!(
+                f,
+                "page {page} (guest address {addr:#x}) is not accessible in the guest \
+                 memory map"
+            ),
         }
     }
 }
@@ -59,7 +92,11 @@ mod digest;
 mod streams;
 pub use digest::{digest_memory, digest_stream, migration_digest, MemoryDigest};
 #[cfg(feature = "alloc")]
-pub use streams::StreamMemory;
+pub use streams::{FreshMemory, StreamMemory};
+#[cfg(feature = "vm-memory")]
+mod vm_memory;
+#[cfg(feature = "vm-memory")]
+pub use vm_memory::VmMemory;
 
 /// Page-granular access to guest memory.
 pub trait PageMemory {
@@ -78,9 +115,11 @@ pub trait PageMemory {
 
     /// Writes the XXH3-64 ([`crate::codec::base_hash`]) of each page of
     /// `first..first + hashes.len()` into `hashes`, reading pages through `scratch`
-    /// (one page long). The default reads and hashes one page at a time; memory that
-    /// can share the work across threads overrides it (the end-to-end digest runs
-    /// with the guest paused, so its speed is downtime).
+    /// (one page long). The default reads and hashes one page at a time, on the
+    /// caller's thread (the core spawns no thread); memory that knows its pages'
+    /// hashes without reading them ([`FreshMemory`]) overrides it. To spread a large
+    /// digest over threads, the std runtime calls this per range from a thread pool
+    /// (`runtime::ParallelHash`).
     fn hash_pages(
         &self,
         first: u64,
@@ -105,26 +144,17 @@ pub trait PageMemory {
                 len: ZERO_PAGE.len(),
                 page_size,
             })?;
-        for page in first..first.saturating_add(count) {
+        check_pages(first, count, self.total_pages())?;
+        for page in first..first + count {
             self.write_page(page, zero)?;
         }
         Ok(())
     }
 }
 
-/// XXH3-64 of each `page_size` chunk of `bytes` into `hashes` (in parallel with `std`).
+/// XXH3-64 of each `page_size` chunk of `bytes` into `hashes`, in order.
 #[cfg(feature = "alloc")]
 fn hash_chunks(bytes: &[u8], page_size: usize, hashes: &mut [u64]) {
-    #[cfg(feature = "std")]
-    {
-        use rayon::prelude::*;
-        bytes
-            .par_chunks(page_size)
-            .zip(hashes.par_iter_mut())
-            .with_min_len(64)
-            .for_each(|(page, hash)| *hash = page_hash(page));
-    }
-    #[cfg(not(feature = "std"))]
     for (page, hash) in bytes.chunks_exact(page_size).zip(hashes.iter_mut()) {
         *hash = page_hash(page);
     }
@@ -172,6 +202,17 @@ pub(crate) fn zero_page_hash(len: usize) -> u64 {
         s.store(hash, Ordering::Relaxed);
     }
     hash
+}
+
+/// Checks that pages `first..first + count` exist in memory of `total` pages.
+fn check_pages(first: u64, count: u64, total: u64) -> Result<(), MemoryError> {
+    if first.checked_add(count).is_none_or(|end| end > total) {
+        return Err(MemoryError::PageOutOfRange {
+            page: first.saturating_add(count).saturating_sub(1).max(first),
+            total,
+        });
+    }
+    Ok(())
 }
 
 /// Checks an access to page `page` with a buffer of `len` bytes against memory of
@@ -269,7 +310,8 @@ impl PageMemory for VecMemory {
     }
 
     fn zero_pages(&mut self, first: u64, count: u64) -> Result<(), MemoryError> {
-        for page in first..first.saturating_add(count) {
+        check_pages(first, count, self.total_pages())?;
+        for page in first..first + count {
             let r = self.range(page, self.page_size)?;
             let bytes = &mut self.bytes[r];
             // Reading a never-written page of a zeroed allocation maps the shared zero
@@ -347,13 +389,7 @@ impl AtomicMemory {
     /// only words that are not zero already: pages never written stay untouched (and,
     /// in a fresh allocation, unbacked).
     pub fn clear_pages(&self, first: u64, count: u64) -> Result<(), MemoryError> {
-        let total = self.total_pages();
-        if first.checked_add(count).is_none_or(|end| end > total) {
-            return Err(MemoryError::PageOutOfRange {
-                page: first.saturating_add(count).saturating_sub(1),
-                total,
-            });
-        }
+        check_pages(first, count, self.total_pages())?;
         let per_page = self.page_size / 8;
         let start = first as usize * per_page;
         for w in &self.words[start..start + count as usize * per_page] {
@@ -424,23 +460,16 @@ impl PageMemory for AtomicMemory {
         self.clear_pages(first, count)
     }
 
-    #[cfg(feature = "std")]
-    fn hash_pages(&self, first: u64, hashes: &mut [u64], _: &mut [u8]) -> Result<(), MemoryError> {
-        use rayon::prelude::*;
-        if let Some(last) = (hashes.len() as u64).checked_sub(1) {
-            self.page_words(first.saturating_add(last), self.page_size)?;
+    fn hash_pages(
+        &self,
+        first: u64,
+        hashes: &mut [u64],
+        scratch: &mut [u8],
+    ) -> Result<(), MemoryError> {
+        for (page, hash) in (first..).zip(hashes.iter_mut()) {
+            self.read_page(page, scratch)?;
+            *hash = page_hash(scratch);
         }
-        hashes.par_chunks_mut(64).enumerate().for_each_init(
-            || alloc::vec![0u8; self.page_size],
-            |buf, (chunk, out)| {
-                let base = first + chunk as u64 * 64;
-                for (page, hash) in (base..).zip(out.iter_mut()) {
-                    // In range: the last page was checked above.
-                    let _ = self.read_page(page, buf);
-                    *hash = page_hash(buf);
-                }
-            },
-        );
         Ok(())
     }
 }
@@ -476,6 +505,38 @@ impl PageMemory for &AtomicMemory {
 
     fn zero_pages(&mut self, first: u64, count: u64) -> Result<(), MemoryError> {
         self.clear_pages(first, count)
+    }
+}
+
+/// Memory lent for a while: a destination applies into `&mut memory` and keeps it.
+impl<M: PageMemory + ?Sized> PageMemory for &mut M {
+    fn page_size(&self) -> usize {
+        (**self).page_size()
+    }
+
+    fn total_pages(&self) -> u64 {
+        (**self).total_pages()
+    }
+
+    fn read_page(&self, page: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        (**self).read_page(page, buf)
+    }
+
+    fn write_page(&mut self, page: u64, data: &[u8]) -> Result<(), MemoryError> {
+        (**self).write_page(page, data)
+    }
+
+    fn hash_pages(
+        &self,
+        first: u64,
+        hashes: &mut [u64],
+        scratch: &mut [u8],
+    ) -> Result<(), MemoryError> {
+        (**self).hash_pages(first, hashes, scratch)
+    }
+
+    fn zero_pages(&mut self, first: u64, count: u64) -> Result<(), MemoryError> {
+        (**self).zero_pages(first, count)
     }
 }
 

@@ -11,7 +11,7 @@ use crate::memory::PageMemory;
 /// `memory` with the guest paused: on the source, hashing every page read through
 /// [`PageMemory::hash_pages`] (in parallel where the memory supports it); on the
 /// destination, folding the page hashes it kept as it wrote them
-/// ([`StreamMemory::assume_zero`](crate::memory::StreamMemory::assume_zero)).
+/// ([`FreshMemory`](crate::memory::FreshMemory)).
 /// Extrapolated from doing both for up to `sample_pages` pages now. This is part of
 /// the downtime that is not the dirty pages: add it to the policy's
 /// `non_memory_downtime_ns` so the prediction counts it.

@@ -1,8 +1,9 @@
 //! The destination of a migration over TCP, with one or more streams: the first
 //! connection's header says how many streams the migration has; the others must
 //! follow with the same session id and layout and the remaining stream indices. Each
-//! stream is applied on its own thread onto one shared guest memory; the migration is
-//! verified only when every stream's digest matched.
+//! stream is applied on its own thread onto its view of one guest memory (the caller's,
+//! [`IncomingStreams::apply_into`], or a fresh one, [`receive_streams`]); the migration
+//! is verified only when every stream's digest matched.
 
 use std::format;
 use std::io::ErrorKind;
@@ -12,10 +13,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use std::vec::Vec;
 
-use super::session::{apply_from, read_header, write_reply, Limits, Reply};
+use super::session::{apply_from, check_memory, read_header, write_reply, Limits, Reply};
 use super::RuntimeError;
 use crate::engine::{Applier, ApplyStats};
-use crate::memory::{StreamMemory, VecMemory};
+use crate::memory::{FreshMemory, PageMemory, VecMemory};
 use crate::wire::StreamHeader;
 
 /// A migration the destination received and verified on every stream.
@@ -33,6 +34,20 @@ pub struct ReceivedStreams {
     pub digests: Vec<u128>,
 }
 
+/// A multi-stream migration applied into the caller's memory and verified on every
+/// stream ([`IncomingStreams::apply_into`]).
+#[derive(Clone, Debug)]
+pub struct AppliedStreams {
+    /// The first stream's header (session id, layout, stream count).
+    pub header: StreamHeader,
+    /// What was applied, all streams.
+    pub stats: ApplyStats,
+    /// Stream bytes received, all streams.
+    pub stream_bytes: u64,
+    /// Each stream's verified digest, in stream order.
+    pub digests: Vec<u128>,
+}
+
 /// One stream's connection, its header and the header's bytes.
 struct Stream {
     conn: TcpStream,
@@ -40,18 +55,42 @@ struct Stream {
     header_bytes: Vec<u8>,
 }
 
+/// A multi-stream migration whose every stream connected with a header that was
+/// checked (against the destination's [`Limits`], and the first stream's session,
+/// layout and stream count); nothing answered yet and no guest memory taken. Made by
+/// [`accept_streams`]; the destination now finds memory for
+/// [`header`](Self::header)'s layout and calls [`apply_into`](Self::apply_into) with
+/// one view of it per stream, or [`refuse`](Self::refuse)s.
+pub struct IncomingStreams {
+    header: StreamHeader,
+    /// In stream order.
+    streams: Vec<Stream>,
+}
+
+impl core::fmt::Debug for IncomingStreams {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("IncomingStreams")
+            .field("header", &self.header)
+            .field(
+                "peers",
+                &self.streams.iter().map(|s| &s.peer).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
 /// Takes a migration whose first connection is `first` (from `peer`): reads its
-/// header, checks it against `limits`, accepts the migration's other streams on
-/// `listener` (waiting at most `timeout` for each), then applies every stream on its
-/// own thread and answers each with the verdict (see [`super::session`]). Every
-/// connection gets `timeout` as its read and write timeout.
-pub fn receive_streams(
+/// header, checks it against `limits`, and accepts the migration's other streams on
+/// `listener` (waiting at most `timeout` for each). Every connection gets `timeout` as
+/// its read and write timeout. A refusal is sent to every connection with the error's
+/// text; acceptance waits for [`IncomingStreams::apply_into`].
+pub fn accept_streams(
     listener: &TcpListener,
     first: TcpStream,
     peer: &str,
     limits: &Limits,
     timeout: Duration,
-) -> Result<ReceivedStreams, RuntimeError> {
+) -> Result<IncomingStreams, RuntimeError> {
     let (header, header_bytes) = match read_header_from(&first, timeout) {
         Ok(h) => h,
         Err(e) => return Err(refuse(&first, e)),
@@ -72,73 +111,147 @@ pub fn receive_streams(
         }
         return Err(e);
     }
-    let streams: Vec<Stream> = streams.into_iter().flatten().collect();
-    for s in &streams {
-        write_reply(&mut &s.conn, &Reply::Ok)
-            .map_err(|e| RuntimeError::io(format!("answering the source {}", s.peer), e))?;
+    Ok(IncomingStreams {
+        header,
+        streams: streams.into_iter().flatten().collect(),
+    })
+}
+
+impl IncomingStreams {
+    /// The first stream's validated header: the guest layout the memory must have,
+    /// and the stream count (the views [`apply_into`](Self::apply_into) needs).
+    pub fn header(&self) -> &StreamHeader {
+        &self.header
     }
-    let mut memory = VecMemory::new(header.page_size(), header.layout.total_pages());
-    let first_error: Mutex<Option<String>> = Mutex::new(None);
+
+    /// Tells every stream's source why this destination does not take the migration.
+    pub fn refuse(self, reason: &RuntimeError) {
+        for s in &self.streams {
+            let _ = write_reply(&mut &s.conn, &Reply::Refused(reason.to_string()));
+        }
+    }
+
+    /// Applies every stream on its own thread into its view of the destination's
+    /// memory and verifies every stream's digest: `views[i]` takes stream `i` (e.g.
+    /// [`FreshMemory::views`], copies of a `&`[`VmMemory`](crate::memory::VmMemory) or
+    /// of a `&AtomicMemory`); each must have the header's page size and page count,
+    /// and there must be one per stream, else every source is refused. The memory is
+    /// written only through the views. The first failure of any stream ends all of
+    /// them; on error the memory holds a partial migration.
+    pub fn apply_into<M: PageMemory + Send>(
+        self,
+        views: Vec<M>,
+    ) -> Result<AppliedStreams, RuntimeError> {
+        let streams = self.streams;
+        let header = self.header;
+        let refuse_all = |e: RuntimeError| {
+            for s in &streams {
+                let _ = write_reply(&mut &s.conn, &Reply::Refused(e.to_string()));
+            }
+            e
+        };
+        if views.len() != streams.len() {
+            return Err(refuse_all(RuntimeError::WrongViewCount {
+                views: views.len(),
+                streams: header.stream.count(),
+            }));
+        }
+        if let Some(e) = views.iter().find_map(|v| check_memory(&header, v).err()) {
+            return Err(refuse_all(e));
+        }
+        for s in &streams {
+            write_reply(&mut &s.conn, &Reply::Ok)
+                .map_err(|e| RuntimeError::io(format!("answering the source {}", s.peer), e))?;
+        }
+        let first_error: Mutex<Option<String>> = Mutex::new(None);
+        let results: Vec<Result<(ApplyStats, u64, u128), RuntimeError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = streams
+                .iter()
+                .zip(views)
+                .map(|(stream, view)| {
+                    let (streams, first_error) = (&streams, &first_error);
+                    s.spawn(move || {
+                        let mut applier = Applier::with_memory(view);
+                        let result =
+                            apply_from(&mut &stream.conn, &mut applier, &stream.header_bytes, true)
+                                .map(|(bytes, digest)| (applier.stats(), bytes, digest));
+                        if let Err(e) = &result {
+                            fail_all(streams, first_error, e);
+                        }
+                        result
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(RuntimeError::Peer("a stream's thread panicked".to_string()))
+                    })
+                })
+                .collect()
+        });
+        if let Some(reason) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            // The first error, not the echo of it on the streams shut down after it.
+            let e = results
+                .into_iter()
+                .find_map(|r| r.err().filter(|e| e.to_string() == reason));
+            return Err(e.unwrap_or(RuntimeError::Peer(reason)));
+        }
+        let mut applied = AppliedStreams {
+            header,
+            stats: ApplyStats::default(),
+            stream_bytes: 0,
+            digests: Vec::with_capacity(streams.len()),
+        };
+        for r in results {
+            let (stats, bytes, digest) = r?;
+            applied.stats.add(&stats);
+            applied.stream_bytes += bytes;
+            applied.digests.push(digest);
+        }
+        for s in &streams {
+            write_reply(&mut &s.conn, &Reply::Ok).map_err(|e| {
+                RuntimeError::io(
+                    format!("telling the source {} the memory is verified", s.peer),
+                    e,
+                )
+            })?;
+        }
+        Ok(applied)
+    }
+}
+
+/// The destination of a multi-stream migration into fresh memory: [`accept_streams`],
+/// then a [`FreshMemory`] allocated for the validated layout (never for an unchecked
+/// one), applied into through one view per stream ([`IncomingStreams::apply_into`]).
+pub fn receive_streams(
+    listener: &TcpListener,
+    first: TcpStream,
+    peer: &str,
+    limits: &Limits,
+    timeout: Duration,
+) -> Result<ReceivedStreams, RuntimeError> {
+    let incoming = accept_streams(listener, first, peer, limits, timeout)?;
+    let header = *incoming.header();
+    let mut memory = match FreshMemory::new(header.page_size(), header.layout.total_pages()) {
+        Ok(m) => m,
+        Err(e) => {
+            let e = RuntimeError::Memory(e);
+            incoming.refuse(&e);
+            return Err(e);
+        }
+    };
     // Fresh memory: the views know every page is zero until they write it, so a
     // guest's zero memory is never faulted in, not even to be checked or hashed.
-    let views = memory.streams(header.stream.count());
-    let views = views.into_iter().map(StreamMemory::assume_zero);
-    let results: Vec<Result<(ApplyStats, u64, u128), RuntimeError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = streams
-            .iter()
-            .zip(views)
-            .map(|(stream, view)| {
-                let (streams, first_error) = (&streams, &first_error);
-                s.spawn(move || {
-                    let mut applier = Applier::with_memory(view);
-                    let result =
-                        apply_from(&mut &stream.conn, &mut applier, &stream.header_bytes, true)
-                            .map(|(bytes, digest)| (applier.stats(), bytes, digest));
-                    if let Err(e) = &result {
-                        fail_all(streams, first_error, e);
-                    }
-                    result
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(RuntimeError::Peer("a stream's thread panicked".to_string()))
-                })
-            })
-            .collect()
-    });
-    if let Some(reason) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        // The first error, not the echo of it on the streams shut down after it.
-        let e = results
-            .into_iter()
-            .find_map(|r| r.err().filter(|e| e.to_string() == reason));
-        return Err(e.unwrap_or(RuntimeError::Peer(reason)));
-    }
-    let mut received = ReceivedStreams {
-        header,
-        memory,
-        stats: ApplyStats::default(),
-        stream_bytes: 0,
-        digests: Vec::with_capacity(count),
-    };
-    for r in results {
-        let (stats, bytes, digest) = r?;
-        received.stats.add(&stats);
-        received.stream_bytes += bytes;
-        received.digests.push(digest);
-    }
-    for s in &streams {
-        write_reply(&mut &s.conn, &Reply::Ok).map_err(|e| {
-            RuntimeError::io(
-                format!("telling the source {} the memory is verified", s.peer),
-                e,
-            )
-        })?;
-    }
-    Ok(received)
+    let applied = incoming.apply_into(memory.views(header.stream.count()))?;
+    Ok(ReceivedStreams {
+        header: applied.header,
+        memory: memory.into_memory(),
+        stats: applied.stats,
+        stream_bytes: applied.stream_bytes,
+        digests: applied.digests,
+    })
 }
 
 /// The first failure of any stream: every source connection is told why (a source

@@ -4,6 +4,7 @@ use std::fmt;
 use std::string::String;
 
 use crate::engine::{ApplyError, CoordinatorError, EngineError};
+use crate::memory::MemoryError;
 
 /// Why a migration run by the runtime failed. The source guest keeps running.
 #[derive(Debug)]
@@ -42,6 +43,16 @@ pub enum RuntimeError {
     /// The multi-stream coordinator refused a stream's report (a runtime bug) or a
     /// stream failed without a reason of its own.
     Coordinator(CoordinatorError),
+    /// The destination's guest memory could not be made or used.
+    Memory(MemoryError),
+    /// A multi-stream destination was given a number of memory views other than the
+    /// migration's stream count.
+    WrongViewCount {
+        /// Views given.
+        views: usize,
+        /// Streams of the migration.
+        streams: u8,
+    },
 }
 
 impl RuntimeError {
@@ -77,6 +88,12 @@ impl fmt::Display for RuntimeError {
                 Size(*max_memory)
             ),
             RuntimeError::Coordinator(e) => write!(f, "source: {e}"),
+            RuntimeError::Memory(e) => write!(f, "destination guest memory: {e}"),
+            RuntimeError::WrongViewCount { views, streams } => write!(
+                f,
+                "the migration has {streams} streams but the destination gave {views} views \
+                 of its guest memory (one per stream is needed)"
+            ),
         }
     }
 }

@@ -7,17 +7,19 @@ mod dest;
 mod error;
 pub mod file;
 pub mod guest;
+mod hash;
 pub mod huge_pages;
 pub mod pacer;
 pub mod session;
 pub mod streams;
 pub mod tcp;
 
-pub use dest::{receive_streams, ReceivedStreams};
+pub use dest::{accept_streams, receive_streams, AppliedStreams, IncomingStreams, ReceivedStreams};
 pub use error::{RuntimeError, Size};
 pub use file::FileSink;
 pub use guest::{SyntheticGuest, Workload};
-pub use session::{receive, Limits, Received, Reply, SourceLink};
+pub use hash::{digest_parallel, hash_pages_parallel, ParallelHash};
+pub use session::{accept, receive, Applied, Incoming, Limits, Received, Reply, SourceLink};
 pub use streams::{
     migrate_streams, SourceControl, StreamOptions, StreamsFinal, StreamsReport, StreamsRound,
 };

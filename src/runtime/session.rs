@@ -1,6 +1,10 @@
 //! Migration sessions over byte streams (a TCP connection, a file): the source's link
 //! with its handshake, and the destination's side of a migration.
 //!
+//! A destination that receives into its own guest memory splits the session: [`accept`]
+//! reads and validates the header, then [`Incoming::apply_into`] applies into the memory
+//! the caller gives; [`receive`] does both into a [`FreshMemory`].
+//!
 //! The stream header already carries what a handshake needs (magic, format version,
 //! features, session id, guest layout), so a session adds only the destination's
 //! replies, which let a source report *why* a destination refused it:
@@ -28,7 +32,7 @@ use std::vec::Vec;
 use super::RuntimeError;
 use crate::engine::{Applier, ApplyError, ApplyStats, Progress, Transport};
 use crate::layout::GuestLayout;
-use crate::memory::VecMemory;
+use crate::memory::{FreshMemory, PageMemory, VecMemory};
 use crate::wire::header::HEADER_PREFIX_LEN;
 use crate::wire::{HeaderPrefix, Location, StreamHeader, WireErrorKind};
 
@@ -246,9 +250,149 @@ pub struct Received {
     pub digest: u128,
 }
 
-/// The destination's side of a migration: reads the header, checks it against
-/// `limits`, allocates memory for the validated layout, applies the stream and
-/// verifies the digest.
+/// A stream applied into the caller's memory and verified ([`Incoming::apply_into`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Applied {
+    /// The stream header (session id, layout).
+    pub header: StreamHeader,
+    /// What was applied.
+    pub stats: ApplyStats,
+    /// Stream bytes received.
+    pub stream_bytes: u64,
+    /// The memory digest both sides agreed on.
+    pub digest: u128,
+}
+
+/// A migration whose stream header was read and checked against the destination's
+/// [`Limits`]; nothing answered yet and no guest memory taken. Made by [`accept`]; the
+/// destination now finds memory for [`header`](Self::header)'s layout (its own guest
+/// RAM, or a [`FreshMemory`] sized from the validated header) and calls
+/// [`apply_into`](Self::apply_into), or [`refuse`](Self::refuse)s.
+pub struct Incoming<'a, R: ?Sized> {
+    input: &'a mut R,
+    replies: Option<&'a mut dyn Write>,
+    header: StreamHeader,
+    header_bytes: Vec<u8>,
+}
+
+impl<R: ?Sized> core::fmt::Debug for Incoming<'_, R> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Incoming")
+            .field("header", &self.header)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The destination's first step: reads the stream header from `input` and checks it
+/// against `limits`. With `replies` (a connection) a refusal is sent to the source
+/// with the error's text; the acceptance is sent by [`Incoming::apply_into`], once the
+/// memory is there.
+pub fn accept<'a, R: Read + ?Sized>(
+    input: &'a mut R,
+    mut replies: Option<&'a mut dyn Write>,
+    limits: &Limits,
+) -> Result<Incoming<'a, R>, RuntimeError> {
+    let checked = read_header(input).and_then(|(header, bytes)| {
+        limits.check(&header)?;
+        Ok((header, bytes))
+    });
+    match checked {
+        Ok((header, header_bytes)) => Ok(Incoming {
+            input,
+            replies,
+            header,
+            header_bytes,
+        }),
+        Err(e) => {
+            if let Some(w) = replies.as_mut() {
+                let _ = write_reply(w, &Reply::Refused(e.to_string()));
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Refuses, with `e`'s text, a destination memory whose layout differs from the
+/// header's.
+pub(crate) fn check_memory<M: PageMemory + ?Sized>(
+    header: &StreamHeader,
+    memory: &M,
+) -> Result<(), RuntimeError> {
+    let (page_size, pages) = (header.layout.page_size(), header.layout.total_pages());
+    let (memory_page_size, memory_pages) = (memory.page_size() as u64, memory.total_pages());
+    if (page_size, pages) != (memory_page_size, memory_pages) {
+        return Err(RuntimeError::Apply(ApplyError::LayoutMismatch {
+            stream_page_size: page_size,
+            stream_pages: pages,
+            memory_page_size,
+            memory_pages,
+        }));
+    }
+    Ok(())
+}
+
+impl<R: Read + ?Sized> Incoming<'_, R> {
+    /// The validated stream header: the guest layout the memory must have.
+    pub fn header(&self) -> &StreamHeader {
+        &self.header
+    }
+
+    /// Tells the source why this destination does not take the migration.
+    pub fn refuse(mut self, reason: &RuntimeError) {
+        if let Some(w) = self.replies.as_mut() {
+            let _ = write_reply(w, &Reply::Refused(reason.to_string()));
+        }
+    }
+
+    /// Applies the stream into `memory` (the caller's guest RAM, e.g. a
+    /// [`VmMemory`](crate::memory::VmMemory), or `&mut` any [`PageMemory`]) and
+    /// verifies the digest: accepts the header (memory of another page size or page
+    /// count is refused), applies every frame, and answers the verdict.
+    ///
+    /// With replies (a connection) it stops reading after the completion frame; without
+    /// (a file) it reads the input to its end, so bytes after the completion frame are
+    /// an error. On error the memory holds a partial migration.
+    pub fn apply_into<M: PageMemory>(mut self, memory: M) -> Result<Applied, RuntimeError> {
+        let result = self.apply_inner(memory);
+        if let Some(w) = self.replies.as_mut() {
+            let reply = match &result {
+                Ok(_) => Reply::Ok,
+                Err(e) => Reply::Refused(e.to_string()),
+            };
+            let answered = write_reply(w, &reply);
+            if result.is_ok() {
+                answered.map_err(|e| {
+                    RuntimeError::io("telling the source the memory is verified", e)
+                })?;
+            }
+        }
+        result
+    }
+
+    fn apply_inner<M: PageMemory>(&mut self, memory: M) -> Result<Applied, RuntimeError> {
+        check_memory(&self.header, &memory)?;
+        if let Some(w) = self.replies.as_mut() {
+            write_reply(w, &Reply::Ok).map_err(|e| RuntimeError::io("answering the source", e))?;
+        }
+        let mut applier = Applier::with_memory(memory);
+        let (stream_bytes, digest) = apply_from(
+            self.input,
+            &mut applier,
+            &self.header_bytes,
+            self.replies.is_some(),
+        )?;
+        Ok(Applied {
+            header: self.header,
+            stats: applier.stats(),
+            stream_bytes,
+            digest,
+        })
+    }
+}
+
+/// The destination's side of a migration into fresh memory: [`accept`]s the header,
+/// allocates a [`FreshMemory`] for the validated layout (never for an unchecked one),
+/// applies the stream and verifies the digest ([`Incoming::apply_into`]).
 ///
 /// With `replies` (a connection) it answers the header and then the whole stream (see
 /// the module docs), a refusal carrying the error's text, and stops reading after the
@@ -256,46 +400,30 @@ pub struct Received {
 /// completion frame are an error.
 pub fn receive<R: Read + ?Sized>(
     input: &mut R,
-    mut replies: Option<&mut dyn Write>,
+    replies: Option<&mut dyn Write>,
     limits: &Limits,
 ) -> Result<Received, RuntimeError> {
-    let result = receive_inner(input, &mut replies, limits);
-    if let Some(w) = replies {
-        let reply = match &result {
-            Ok(_) => Reply::Ok,
-            Err(e) => Reply::Refused(e.to_string()),
-        };
-        let answered = write_reply(w, &reply);
-        if result.is_ok() {
-            answered
-                .map_err(|e| RuntimeError::io("telling the source the memory is verified", e))?;
+    // The writer's object lifetime shortened to the input's (a coercion, per element).
+    let replies = replies.map(|w| -> &mut dyn Write { w });
+    let incoming = accept(input, replies, limits)?;
+    let header = *incoming.header();
+    let mut memory = match FreshMemory::new(header.page_size(), header.layout.total_pages()) {
+        Ok(m) => m,
+        Err(e) => {
+            let e = RuntimeError::Memory(e);
+            incoming.refuse(&e);
+            return Err(e);
         }
-    }
-    result
-}
-
-fn receive_inner<R: Read + ?Sized>(
-    input: &mut R,
-    replies: &mut Option<&mut dyn Write>,
-    limits: &Limits,
-) -> Result<Received, RuntimeError> {
-    let (header, header_bytes) = read_header(input)?;
-    limits.check(&header)?;
-    if let Some(w) = replies.as_mut() {
-        write_reply(w, &Reply::Ok).map_err(|e| RuntimeError::io("answering the source", e))?;
-    }
-    let mut memory = VecMemory::new(header.page_size(), header.layout.total_pages());
-    // Fresh memory: pages stay untouched until written (see `StreamMemory`).
-    let mut applier = Applier::with_memory(memory.whole().assume_zero());
-    let (stream_bytes, digest) = apply_from(input, &mut applier, &header_bytes, replies.is_some())?;
-    let stats = applier.stats();
-    drop(applier);
+    };
+    // Fresh memory: pages stay untouched until written, and the digest folds the
+    // hashes kept as pages were written.
+    let applied = incoming.apply_into(memory.whole())?;
     Ok(Received {
         header,
-        memory,
-        stats,
-        stream_bytes,
-        digest,
+        memory: memory.into_memory(),
+        stats: applied.stats,
+        stream_bytes: applied.stream_bytes,
+        digest: applied.digest,
     })
 }
 
