@@ -42,6 +42,16 @@ pub enum Workload {
         /// Working set, bytes.
         set: u64,
     },
+    /// Every page of memory filled with non-zero data before the migration starts,
+    /// then a dirtying loop like [`Continuous`](Self::Continuous)
+    /// (`fill:rate=50k,set=256M`): a fully written guest, nothing for zero-page
+    /// elision to skip, so whatever costs per page of memory shows.
+    Fill {
+        /// Pages written per second.
+        rate: u64,
+        /// Working set of the writes, bytes.
+        set: u64,
+    },
     /// Zipf-skewed writes over all memory (`hotspot:rate=50k,skew=1.1`).
     Hotspot {
         /// Pages written per second.
@@ -58,6 +68,7 @@ impl Workload {
             Workload::Idle { rate }
             | Workload::Once { rate }
             | Workload::Continuous { rate, .. }
+            | Workload::Fill { rate, .. }
             | Workload::Hotspot { rate, .. } => rate,
         }
     }
@@ -140,6 +151,13 @@ impl FromStr for Workload {
                     set: set.unwrap_or(256 << 20),
                 }
             }
+            "fill" => {
+                allowed(&["set"])?;
+                Workload::Fill {
+                    rate: rate.unwrap_or(50_000),
+                    set: set.unwrap_or(256 << 20),
+                }
+            }
             "hotspot" => {
                 allowed(&["skew"])?;
                 Workload::Hotspot {
@@ -149,7 +167,7 @@ impl FromStr for Workload {
             }
             _ => {
                 return Err(err(format!(
-                    "unknown workload '{name}' (idle, once, continuous, hotspot)"
+                    "unknown workload '{name}' (idle, once, continuous, fill, hotspot)"
                 )))
             }
         };
@@ -179,7 +197,7 @@ pub struct SyntheticGuest {
 impl SyntheticGuest {
     /// A guest of `layout`'s size. Memory starts as a booted guest's would: the
     /// continuous workload's working set and all of a hotspot guest hold data, the
-    /// rest is zero.
+    /// rest is zero; a fill guest's every page holds data (written in parallel).
     pub fn new(layout: GuestLayout, workload: Workload) -> Self {
         let page_size = layout.page_size() as usize;
         let memory = Arc::new(AtomicMemory::new(page_size, layout.total_pages()));
@@ -187,12 +205,20 @@ impl SyntheticGuest {
         let bitmap = Arc::new(AtomicDirtyBitmap::new(layout));
         let prefill = match workload {
             Workload::Continuous { set, .. } => set / layout.page_size(),
-            Workload::Hotspot { .. } => layout.total_pages(),
+            Workload::Hotspot { .. } | Workload::Fill { .. } => layout.total_pages(),
             Workload::Idle { .. } | Workload::Once { .. } => 0,
         }
         .min(layout.total_pages());
-        for page in 0..prefill {
-            write_page_content(&memory, page, page);
+        {
+            use rayon::prelude::*;
+            // Ranges of 256 pages: a task of 1 MiB of 4 KiB pages.
+            (0..prefill.div_ceil(256))
+                .into_par_iter()
+                .for_each(|chunk| {
+                    for page in chunk * 256..((chunk + 1) * 256).min(prefill) {
+                        write_page_content(&memory, page, page);
+                    }
+                });
         }
         SyntheticGuest {
             memory,
@@ -216,6 +242,20 @@ impl SyntheticGuest {
     /// Page writes so far.
     pub fn writes(&self) -> u64 {
         self.control.writes.load(Ordering::Relaxed)
+    }
+
+    /// A test hook: changes page `page` (its first word) without marking it dirty,
+    /// the write a broken dirty log would miss. A migration that already sent the
+    /// page never sends the new content: the destination ends with a stale copy, and
+    /// only a check of the source's memory against what was sent can tell.
+    pub fn write_unmarked(&self, page: u64) -> Result<(), RuntimeError> {
+        let mut buf = std::vec![0u8; memory_words(&self.memory) * 8];
+        let fail = |e: crate::memory::MemoryError| RuntimeError::Engine(e.into());
+        crate::memory::PageMemory::read_page(&*self.memory, page, &mut buf).map_err(fail)?;
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&buf[..8]);
+        let changed = !u64::from_le_bytes(word);
+        self.memory.store_word(page, 0, changed).map_err(fail)
     }
 
     /// Starts `threads` writer threads (the vCPUs).
@@ -309,7 +349,9 @@ fn writer(
     };
     // Once: this thread's share of pages in order; continuous: its share of the set.
     let (mut cursor, span) = match workload {
-        Workload::Continuous { set, .. } => (index as u64, (set / (words * 8)).clamp(1, pages)),
+        Workload::Continuous { set, .. } | Workload::Fill { set, .. } => {
+            (index as u64, (set / (words * 8)).clamp(1, pages))
+        }
         _ => (index as u64, pages),
     };
     let per_thread = workload.rate() as f64 / threads as f64;
@@ -342,7 +384,7 @@ fn writer(
                     cursor += threads as u64;
                     p
                 }
-                Workload::Continuous { .. } => {
+                Workload::Continuous { .. } | Workload::Fill { .. } => {
                     let p = cursor % span;
                     cursor += threads as u64;
                     p
@@ -387,6 +429,7 @@ impl core::fmt::Display for Workload {
             Workload::Idle { rate } => write!(f, "idle:rate={rate}"),
             Workload::Once { rate } => write!(f, "once:rate={rate}"),
             Workload::Continuous { rate, set } => write!(f, "continuous:rate={rate},set={set}"),
+            Workload::Fill { rate, set } => write!(f, "fill:rate={rate},set={set}"),
             Workload::Hotspot { rate, skew } => write!(f, "hotspot:rate={rate},skew={skew}"),
         }
     }
@@ -411,7 +454,16 @@ mod tests {
             Workload::Idle { rate: 100 }
         );
         let e = |s: &str| s.parse::<Workload>().unwrap_err().to_string();
+        assert_eq!(
+            "fill:rate=10k".parse::<Workload>().unwrap(),
+            Workload::Fill {
+                rate: 10_000,
+                set: 256 << 20
+            }
+        );
         assert!(e("busy").contains("unknown workload 'busy'"));
+        assert!(e("busy").contains("fill"), "{}", e("busy"));
+        assert!(e("fill:skew=2").contains("'skew' does not apply to fill"));
         assert!(e("idle:set=1M").contains("'set' does not apply to idle"));
         assert!(e("once:rate=fast").contains("rate=fast"));
         assert!(e("once:rate=1.5").contains("rate=1.5: not a number"));
@@ -429,6 +481,26 @@ mod tests {
         assert!(low > 500, "{low}");
         assert_eq!(zipf(10, 1.0, (1 << 53) - 1), 9);
         assert_eq!(zipf(10, 2.0, 0), 0);
+    }
+
+    #[test]
+    fn a_fill_guest_starts_with_every_page_written() {
+        use crate::memory::PageMemory;
+        let layout = GuestLayout::flat(4096, 1100 * 4096).unwrap();
+        let guest = SyntheticGuest::new(layout, "fill".parse().unwrap());
+        let mut page = [0u8; 4096];
+        for p in 0..1100 {
+            guest.memory().read_page(p, &mut page).unwrap();
+            assert!(!crate::codec::is_zero_page(&page), "page {p} is zero");
+        }
+        assert_eq!(guest.bitmap().dirty_pages(), 0, "prefill marks nothing");
+        // The hook changes a page and marks nothing.
+        let before = page;
+        guest.write_unmarked(1099).unwrap();
+        guest.memory().read_page(1099, &mut page).unwrap();
+        assert_ne!(page, before);
+        assert_eq!(guest.bitmap().dirty_pages(), 0);
+        assert!(guest.write_unmarked(1100).is_err());
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub use file::FileSink;
 pub use guest::{SyntheticGuest, Workload};
 pub use session::{receive, Limits, Received, Reply, SourceLink};
 pub use streams::{
-    migrate_streams, SourceControl, StreamOptions, StreamsFinal, StreamsReport, StreamsRound,
+    check_source, migrate_streams, SourceCheck, SourceControl, StreamOptions, StreamsFinal,
+    StreamsReport, StreamsRound,
 };
 pub use tcp::TcpTransport;
