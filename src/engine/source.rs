@@ -603,10 +603,11 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
             .encoder
             .encode(page, &self.page_buf, &mut self.payload_buf)?;
         // What the destination will hold for this page: the private copy just encoded.
-        let hash = if encoded.encoding == crate::codec::Encoding::Zero {
-            crate::memory::zero_page_hash(self.page_buf.len())
-        } else {
-            crate::codec::base_hash(&self.page_buf)
+        let hash = match (encoded.encoding, encoded.page_hash) {
+            (crate::codec::Encoding::Zero, _) => crate::memory::zero_page_hash(self.page_buf.len()),
+            // Hashed already, to store it as the next delta base.
+            (_, Some(hash)) => hash,
+            (_, None) => crate::codec::base_hash(&self.page_buf),
         };
         let slot = self
             .sent_hashes
