@@ -6,7 +6,7 @@ use std::format;
 use std::str::FromStr;
 use std::string::String;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use std::vec::Vec;
@@ -182,6 +182,28 @@ struct Control {
     parked: AtomicUsize,
     throttle: AtomicU8,
     writes: AtomicU64,
+    /// Wakes writers sleeping between ticks or parked (pause, resume, stop), and
+    /// the pauser waiting for them to park: no thread polls while the guest is
+    /// paused, so the migration's threads have the CPUs during the downtime.
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+impl Control {
+    /// Wakes every thread waiting on `wake` (after a flag changed).
+    fn notify(&self) {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.wake.notify_all();
+    }
+
+    /// Waits on `wake` while `cond` holds, at most `timeout`.
+    fn wait_while(&self, timeout: Duration, cond: impl Fn() -> bool) {
+        let guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self
+            .wake
+            .wait_timeout_while(guard, timeout, |_| cond())
+            .unwrap_or_else(|p| p.into_inner());
+    }
 }
 
 /// A guest of real memory and writer threads; see the module docs.
@@ -276,17 +298,25 @@ impl SyntheticGuest {
 
     /// Pauses the writers and waits until every one has stopped writing (a paused VM).
     pub fn pause(&self) {
-        self.control.pause.store(true, Ordering::Release);
-        while self.control.parked.load(Ordering::Acquire) < self.writers.len() {
-            std::thread::sleep(Duration::from_micros(50));
+        let c = &self.control;
+        c.pause.store(true, Ordering::Release);
+        c.notify();
+        while c.parked.load(Ordering::Acquire) < self.writers.len() {
+            c.wait_while(Duration::from_millis(1), || {
+                c.parked.load(Ordering::Acquire) < self.writers.len()
+            });
         }
     }
 
     /// Lets paused writers run again (a migration that failed: the guest goes on).
     pub fn resume(&self) {
-        self.control.pause.store(false, Ordering::Release);
-        while self.control.parked.load(Ordering::Acquire) > 0 {
-            std::thread::sleep(Duration::from_micros(50));
+        let c = &self.control;
+        c.pause.store(false, Ordering::Release);
+        c.notify();
+        while c.parked.load(Ordering::Acquire) > 0 {
+            c.wait_while(Duration::from_millis(1), || {
+                c.parked.load(Ordering::Acquire) > 0
+            });
         }
     }
 
@@ -300,6 +330,7 @@ impl SyntheticGuest {
     /// Stops and joins the writers.
     pub fn stop(&mut self) {
         self.control.stop.store(true, Ordering::Release);
+        self.control.notify();
         for w in self.writers.drain(..) {
             let _ = w.join();
         }
@@ -362,10 +393,15 @@ fn writer(
     while !control.stop.load(Ordering::Acquire) {
         if control.pause.load(Ordering::Acquire) {
             control.parked.fetch_add(1, Ordering::AcqRel);
-            while control.pause.load(Ordering::Acquire) && !control.stop.load(Ordering::Acquire) {
-                std::thread::sleep(Duration::from_micros(100));
+            control.notify();
+            let paused =
+                || control.pause.load(Ordering::Acquire) && !control.stop.load(Ordering::Acquire);
+            // Asleep until resumed or stopped (the timeout only bounds a missed wake).
+            while paused() {
+                control.wait_while(Duration::from_millis(100), paused);
             }
             control.parked.fetch_sub(1, Ordering::AcqRel);
+            control.notify();
             deadline = Instant::now();
             continue;
         }
@@ -400,7 +436,10 @@ fn writer(
         deadline += tick;
         let now = Instant::now();
         if deadline > now {
-            std::thread::sleep(deadline - now);
+            // Until the next tick, or a pause or stop.
+            control.wait_while(deadline - now, || {
+                !control.pause.load(Ordering::Acquire) && !control.stop.load(Ordering::Acquire)
+            });
         } else if now - deadline > 10 * tick {
             deadline = now; // fell behind (a slow machine): don't burst to catch up
         }
