@@ -201,8 +201,8 @@ impl MigrationArgs {
         if policy.non_memory_downtime_ns >= policy.downtime_limit_ns {
             let what = match self.verify {
                 VerifyMode::Full => {
-                    "re-reading and hashing all memory with the guest paused \
-                                     (--verify full)"
+                    "--verify full: re-reading and hashing all memory with the \
+                                     guest paused"
                 }
                 VerifyMode::After => "folding the hashes of all pages sent with the guest paused",
             };
