@@ -142,7 +142,7 @@ pub struct StreamsReport {
     /// Verification inside the downtime, ns: the longest of the streams' polls that
     /// made the completion digest (the streams make theirs at the same time). That
     /// poll does nothing else (see
-    /// [`SourceEvent::Complete`](crate::engine::SourceEvent::Complete)): with
+    /// [`SourceEvent::Complete`]): with
     /// [`Verify::AfterResume`] it folds 8 bytes per page, with [`Verify::InDowntime`]
     /// it re-reads and hashes all of memory. `None` if no stream got that far.
     pub verify_in_downtime_ns: Option<u64>,
