@@ -648,3 +648,77 @@ fn a_stream_file_takes_one_stream() {
     assert!(!path.exists());
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `precopy demo` of the small test guest, with `args`.
+fn demo(args: &[&str]) -> (ExitStatus, Vec<String>, String) {
+    let mut all = vec!["demo"];
+    all.extend(args);
+    all.extend(GUEST);
+    run(&all)
+}
+
+#[test]
+fn a_lost_write_is_caught_by_the_source_check_and_fails_the_demo() {
+    let (status, out, err) = demo(&["--inject-lost-write", "--json"]);
+    assert_fails_with(status, &err, "lost write");
+    let s = summary(&out);
+    assert!(s.contains("\"verified\":false"), "{s}");
+    assert!(s.contains("\"source_check\":\"mismatch\""), "{s}");
+    assert_eq!(json_num(s, "differing_pages"), 1, "{s}");
+    // The last page of the 16 MiB guest: the one the hook changed.
+    assert!(s.contains("\"first_differing_pages\":[4095]"), "{s}");
+    // The destination had verified (its fold matched what was sent): downtime ended
+    // there; the guest runs on at the source.
+    assert!(!s.contains("\"downtime_ms\":null"), "{s}");
+    assert!(json_num(s, "writes_after_failure") > 0, "{s}");
+    // And in text: never "verified: yes".
+    let (status, out, err) = demo(&["--inject-lost-write"]);
+    assert_fails_with(status, &err, "lost write");
+    let text = out.join("\n");
+    assert!(text.contains("verified: no"), "{text}");
+    assert!(!text.contains("verified: yes"), "{text}");
+    assert!(text.contains("DIFFER"), "{text}");
+}
+
+#[test]
+fn a_lost_write_with_verify_full_is_refused_by_the_destination() {
+    let (status, out, err) = demo(&["--inject-lost-write", "--verify", "full", "--json"]);
+    assert_fails_with(status, &err, "digest");
+    let s = summary(&out);
+    assert!(s.contains("\"verified\":false"), "{s}");
+    assert!(s.contains("\"source_check\":\"not_run\""), "{s}");
+}
+
+#[test]
+fn demo_verifies_in_both_modes_and_reports_where_verification_ran() {
+    let (status, out, err) = demo(&["--json"]);
+    assert!(status.success(), "demo: {err}");
+    let s = summary(&out);
+    assert!(s.contains("\"verified\":true"), "{s}");
+    assert!(s.contains("\"verify\":\"after\""), "{s}");
+    assert!(s.contains("\"source_check\":\"matched\""), "{s}");
+    assert!(!s.contains("\"verify_after_ms\":null"), "{s}");
+    assert!(!s.contains("\"verify_in_downtime_ms\":null"), "{s}");
+    let (status, out, err) = demo(&["--json", "--verify", "full"]);
+    assert!(status.success(), "demo --verify full: {err}");
+    let s = summary(&out);
+    assert!(s.contains("\"verified\":true"), "{s}");
+    assert!(s.contains("\"verify\":\"full\""), "{s}");
+    assert!(s.contains("\"source_check\":\"in_downtime\""), "{s}");
+    assert!(s.contains("\"verify_after_ms\":null"), "{s}");
+    let (status, out, err) = demo(&["--verify", "full"]);
+    assert!(status.success(), "demo --verify full: {err}");
+    let text = out.join("\n");
+    assert!(text.contains("verified: yes"), "{text}");
+    assert!(
+        text.contains("re-reading all memory with the guest paused"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_unknown_verify_mode_is_refused_with_the_choices() {
+    let (status, _, err) = run(&["demo", "--verify", "sometimes"]);
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("after") && err.contains("full"), "{err}");
+}

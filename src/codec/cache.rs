@@ -167,10 +167,12 @@ impl PageCache {
 
     /// Stores `data` (one page) as the version last sent of `page`, replacing and
     /// heating an existing entry or taking a free or evicted slot. Does nothing when
-    /// the capacity is zero or `data` is not one page long.
-    pub fn store(&mut self, page: u64, data: &[u8]) {
+    /// the capacity is zero or `data` is not one page long. Returns the
+    /// [`base_hash`] of `data` when it stored it (computed anyway for the entry), so
+    /// a caller that also needs it does not hash the page twice.
+    pub fn store(&mut self, page: u64, data: &[u8]) -> Option<u64> {
         if self.slots.is_empty() || data.len() != self.page_size {
-            return;
+            return None;
         }
         self.stats.stores += 1;
         let slot = match self.find(page) {
@@ -194,9 +196,11 @@ impl PageCache {
                 slot
             }
         };
-        self.slots[slot].hash = base_hash(data);
+        let hash = base_hash(data);
+        self.slots[slot].hash = hash;
         let start = slot * self.page_size;
         self.data[start..start + self.page_size].copy_from_slice(data);
+        Some(hash)
     }
 
     /// Drops `page` if cached: call it whenever the page is sent in a form the

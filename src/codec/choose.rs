@@ -42,6 +42,10 @@ pub struct EncodedPage {
     pub len: usize,
     /// For a delta, [`base_hash`](super::base_hash) of the base it was made against.
     pub base_hash: u64,
+    /// [`base_hash`](super::base_hash) of the page itself when the encoder computed
+    /// it anyway (storing the page as the next delta base); `None` otherwise (zero
+    /// pages, no delta cache).
+    pub page_hash: Option<u64>,
 }
 
 /// Chooses a codec per page and keeps the delta cache in step with what was sent.
@@ -164,7 +168,7 @@ impl<C: Clock> PageEncoder<C> {
         let mut t = self.charge(Encoding::Zero, t);
         if zero {
             self.cache.drop_page(page);
-            return Ok(self.sent(Encoding::Zero, 0, 0));
+            return Ok(self.sent(Encoding::Zero, 0, 0, None));
         }
 
         if let Some(base) = self.cache.lookup(page) {
@@ -173,24 +177,25 @@ impl<C: Clock> PageEncoder<C> {
             let delta = delta_encode(base.bytes, data, &mut out[..limit])?;
             t = self.charge(Encoding::Delta, t);
             if let Some(len) = delta {
-                self.cache.store(page, data);
-                return Ok(self.sent(Encoding::Delta, len, hash));
+                let page_hash = self.cache.store(page, data);
+                return Ok(self.sent(Encoding::Delta, len, hash, page_hash));
             }
         }
 
+        let page_hash;
         if self.lz4_enabled {
             let len = self.lz4.compress(data, out)?;
             self.charge(Encoding::Lz4, t);
-            self.cache.store(page, data);
+            page_hash = self.cache.store(page, data);
             if len <= self.config.lz4_max {
-                return Ok(self.sent(Encoding::Lz4, len, 0));
+                return Ok(self.sent(Encoding::Lz4, len, 0, page_hash));
             }
         } else {
             // Raw is sent: it becomes the base all the same.
-            self.cache.store(page, data);
+            page_hash = self.cache.store(page, data);
         }
         out[..page_size].copy_from_slice(data);
-        Ok(self.sent(Encoding::Raw, page_size, 0))
+        Ok(self.sent(Encoding::Raw, page_size, 0, page_hash))
     }
 
     /// Counts an attempt of `encoding` that started at `since`; returns the time now.
@@ -202,7 +207,13 @@ impl<C: Clock> PageEncoder<C> {
         now
     }
 
-    fn sent(&mut self, encoding: Encoding, len: usize, base_hash: u64) -> EncodedPage {
+    fn sent(
+        &mut self,
+        encoding: Encoding,
+        len: usize,
+        base_hash: u64,
+        page_hash: Option<u64>,
+    ) -> EncodedPage {
         let c = self.stats.get_mut(encoding);
         c.pages += 1;
         c.bytes_in += self.config.page_size as u64;
@@ -211,6 +222,7 @@ impl<C: Clock> PageEncoder<C> {
             encoding,
             len,
             base_hash,
+            page_hash,
         }
     }
 }

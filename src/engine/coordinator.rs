@@ -313,6 +313,8 @@ impl Coordinator {
                 wire_bytes: 0,
                 codecs: CodecStats::default(),
                 predicted_downtime_ns: 0,
+                digest_pages_read: 0,
+                digest_pages_folded: 0,
             },
             completed: 0,
             verified: 0,
@@ -525,6 +527,8 @@ impl Coordinator {
         self.fin.pages_sent += round.pages_sent;
         self.fin.wire_bytes += round.wire_bytes;
         self.fin.codecs.add(&round.codecs);
+        self.fin.digest_pages_read += round.digest_pages_read;
+        self.fin.digest_pages_folded += round.digest_pages_folded;
         self.completed += 1;
         if self.completed == self.streams.len() {
             self.events

@@ -25,7 +25,7 @@ pub use coordinator::{
 pub use error::EngineError;
 #[cfg(feature = "alloc")]
 pub use source::{
-    FinalRound, SourceConfig, SourceEngine, SourceEvent, SourceRound, StreamRound, Transmit,
+    FinalRound, SourceConfig, SourceEngine, SourceEvent, SourceRound, StreamRound, Transmit, Verify,
 };
 pub use transport::Transport;
 #[cfg(feature = "alloc")]

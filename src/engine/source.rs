@@ -9,12 +9,38 @@ use super::EngineError;
 use crate::bitmap::{AtomicDirtyBitmap, DirtySet};
 use crate::codec::{CodecStats, EncoderConfig, PageEncoder};
 use crate::layout::{Shard, SHARD_CHUNK_PAGES};
+use crate::memory::MemoryDigest;
 use crate::memory::PageMemory;
 use crate::schedule::{
     Decision, DowntimeReport, Policy, RoundMeasurement, RoundOutcome, Scheduler,
 };
 use crate::wire::header::header_len;
 use crate::wire::{max_frame_len, Features, Frame, StreamHeader};
+
+/// Where the source's half of the end-to-end check runs.
+///
+/// Either way the completion frame carries a digest of the stream's pages that the
+/// destination compares with its own (a fold of the hashes it kept as it wrote the
+/// pages): that catches any page lost or corrupted between the two. What differs is
+/// how the source's digest is made, and so what it catches and what it costs with
+/// the guest paused.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Verify {
+    /// The digest folds the XXH3-64 of every page as it was sent (kept per page,
+    /// updated on every send): with the guest paused this costs the final round's
+    /// pages plus 8 bytes per page of memory, whatever the memory size. A write the
+    /// dirty log missed (the source's memory differs from what it sent) is caught by
+    /// re-reading the source's frozen memory after the destination took over and
+    /// comparing it with the kept hashes ([`SourceEngine::sent_hashes`]): the caller
+    /// (the runtime) does that while it still holds the paused source, so it can fail
+    /// back. The default.
+    #[default]
+    AfterResume,
+    /// The digest re-reads and hashes all of the stream's memory with the guest
+    /// paused (a lost write makes the destination refuse the migration before it
+    /// resumes): downtime grows with memory size. For tests and the paranoid.
+    InDowntime,
+}
 
 /// How a [`SourceEngine`] migrates.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -35,6 +61,9 @@ pub struct SourceConfig {
     /// [`SourceEngine::decide`]) instead of the engine's own scheduler: one scheduler
     /// over all the streams of a multi-stream migration. Off by default.
     pub external_decisions: bool,
+    /// How the completion frame's digest is made (see [`Verify`]):
+    /// [`Verify::AfterResume`] by default.
+    pub verify: Verify,
 }
 
 impl SourceConfig {
@@ -47,6 +76,7 @@ impl SourceConfig {
             defer_redirtied: true,
             stream: Shard::WHOLE,
             external_decisions: false,
+            verify: Verify::AfterResume,
         }
     }
 }
@@ -97,8 +127,12 @@ pub enum SourceEvent {
         /// The downtime the scheduler expects, ns.
         predicted_downtime_ns: u64,
     },
-    /// The final round and the completion frame are in the bytes returned: once they
-    /// reach the destination and it reports success, the migration is done.
+    /// The completion frame is in the bytes returned (the final round's pages were
+    /// in earlier ones): once they reach the destination and it reports success, the
+    /// migration is done. The poll that returns this does nothing but make the
+    /// digest and emit the completion frame, so a caller that times that poll
+    /// measures what verification cost with the guest paused (the core reads no
+    /// clock).
     Complete {
         /// Digest of the source's memory (the destination must match it).
         digest: u128,
@@ -121,6 +155,12 @@ pub struct FinalRound {
     pub codecs: CodecStats,
     /// The downtime the scheduler predicted for it, ns.
     pub predicted_downtime_ns: u64,
+    /// Pages the completion digest read from guest memory: none with
+    /// [`Verify::AfterResume`] (it folds the kept hashes), every page of the stream
+    /// with [`Verify::InDowntime`].
+    pub digest_pages_read: u64,
+    /// Page hashes the completion digest folded (every page of the stream).
+    pub digest_pages_folded: u64,
 }
 
 /// Bytes produced by one [`SourceEngine::poll_transmit`] call, and what happened.
@@ -141,6 +181,10 @@ enum Phase {
         fin: bool,
     },
     AwaitPause,
+    /// The final round `round` is out; the next poll makes the digest.
+    Digest {
+        round: u32,
+    },
     /// Live round `round` ended; the caller decides what follows.
     AwaitDecision {
         round: u32,
@@ -185,6 +229,9 @@ pub struct SourceEngine<'b, W: Deref<Target = [AtomicU64]>> {
     next_round: u32,
     /// With external decisions: the prediction of the caller's switchover.
     decided_downtime_ns: Option<u64>,
+    /// Per page of the stream (by [`Shard::local_index`]): XXH3-64 of the version
+    /// last sent.
+    sent_hashes: Vec<u64>,
 }
 
 impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
@@ -215,6 +262,10 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
         // Only this stream's pages: the other streams' engines may already be sending.
         harvest_stream(bitmap, config.stream, &mut set)?;
         set.clear();
+        // Every page is sent in the bulk round, which overwrites these; until then a
+        // page stands as zero, as on a destination's fresh memory.
+        let stream_pages = config.stream.pages(layout.total_pages());
+        let sent_hashes = vec![crate::memory::zero_page_hash(page_size); stream_pages as usize];
         Ok(SourceEngine {
             bitmap,
             config,
@@ -235,7 +286,28 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
             announce_round: false,
             next_round: 1,
             decided_downtime_ns: None,
+            sent_hashes,
         })
+    }
+
+    /// Per page of this engine's stream, in page order (index with
+    /// [`Shard::local_index`]): the XXH3-64 ([`crate::codec::base_hash`]) of the
+    /// version last sent, as the engine read it into its private copy and encoded it
+    /// (zero pages included). Once [complete](Self::is_complete) the destination holds
+    /// exactly these pages, so the source's memory, still paused, should hash the same
+    /// page for page: a page that does not was written without being marked dirty (a
+    /// lost write). With [`Verify::AfterResume`] the completion digest is the fold of
+    /// these.
+    pub fn sent_hashes(&self) -> &[u64] {
+        &self.sent_hashes
+    }
+
+    /// Takes the kept hashes out (see [`sent_hashes`](Self::sent_hashes)) once the
+    /// migration is complete, for a check of the source's memory that outlives the
+    /// engine; `None` before the completion frame was produced.
+    pub fn take_sent_hashes(&mut self) -> Option<Vec<u64>> {
+        self.is_complete()
+            .then(|| core::mem::take(&mut self.sent_hashes))
     }
 
     /// The smallest buffer [`poll_transmit`](Self::poll_transmit) accepts.
@@ -468,7 +540,7 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
                         Some(page) => len += self.send_page(memory, page, &mut out[len..])?,
                         None => {
                             let (written, event) =
-                                self.end_round(memory, round, fin, now_ns, &mut out[len..])?;
+                                self.end_round(round, fin, now_ns, &mut out[len..])?;
                             return Ok(Transmit {
                                 len: len + written,
                                 event,
@@ -483,6 +555,13 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
                             predicted_downtime_ns: self.predicted_downtime_ns(),
                         },
                     })
+                }
+                Phase::Digest { round } => {
+                    let (written, event) = self.complete(memory, round, &mut out[len..])?;
+                    return Ok(Transmit {
+                        len: len + written,
+                        event,
+                    });
                 }
                 Phase::Done | Phase::AwaitDecision { .. } => {
                     return Ok(Transmit {
@@ -543,6 +622,20 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
         let encoded = self
             .encoder
             .encode(page, &self.page_buf, &mut self.payload_buf)?;
+        // What the destination will hold for this page: the private copy just encoded.
+        let hash = match (encoded.encoding, encoded.page_hash) {
+            (crate::codec::Encoding::Zero, _) => crate::memory::zero_page_hash(self.page_buf.len()),
+            // Hashed already, to store it as the next delta base.
+            (_, Some(hash)) => hash,
+            (_, None) => crate::codec::base_hash(&self.page_buf),
+        };
+        let slot = self
+            .sent_hashes
+            .get_mut(self.config.stream.local_index(page) as usize)
+            .ok_or(EngineError::OutOfOrder {
+                what: "a page outside this engine's stream",
+            })?;
+        *slot = hash;
         // Sent (or about to be, in these bytes): no longer pending for this round.
         self.cursor = page + 1;
         self.round_pages += 1;
@@ -587,9 +680,8 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
     }
 
     /// Closes round `round`: emits its end, harvests, asks the scheduler.
-    fn end_round<M: PageMemory + ?Sized>(
+    fn end_round(
         &mut self,
-        memory: &M,
         round: u32,
         fin: bool,
         now_ns: u64,
@@ -605,29 +697,10 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
         )?;
         let codecs = self.encoder.stats().since(&self.round_codecs_start);
         if fin {
-            // The guest is paused and every dirty page is out: sum up memory.
-            let digest = self.digest_memory(memory)?;
-            len += self.emit(
-                Frame::Complete {
-                    total_pages: self.bitmap.total_pages(),
-                    digest,
-                },
-                &mut out[len..],
-            )?;
-            self.phase = Phase::Done;
-            return Ok((
-                len,
-                SourceEvent::Complete {
-                    digest,
-                    round: FinalRound {
-                        round: round + 1,
-                        pages_sent: self.round_pages,
-                        wire_bytes: self.round_wire_bytes,
-                        codecs,
-                        predicted_downtime_ns: self.predicted_downtime_ns(),
-                    },
-                },
-            ));
+            // Every dirty page is out; the next poll makes the digest alone, so that
+            // a caller timing it sees what verification costs.
+            self.phase = Phase::Digest { round };
+            return Ok((len, SourceEvent::None));
         }
         self.set.clear();
         harvest_stream(self.bitmap, self.config.stream, &mut self.set)?;
@@ -679,12 +752,50 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
         ))
     }
 
-    fn digest_memory<M: PageMemory + ?Sized>(&mut self, memory: &M) -> Result<u128, EngineError> {
-        Ok(crate::memory::digest_stream(
-            memory,
-            self.config.stream,
-            &mut self.page_buf,
-        )?)
+    /// Makes the stream's digest (with the guest paused, after the final round) and
+    /// emits the completion frame.
+    fn complete<M: PageMemory + ?Sized>(
+        &mut self,
+        memory: &M,
+        round: u32,
+        out: &mut [u8],
+    ) -> Result<(usize, SourceEvent), EngineError> {
+        let stream_pages = self.sent_hashes.len() as u64;
+        let (digest, digest_pages_read) = match self.config.verify {
+            Verify::AfterResume => {
+                let mut digest = MemoryDigest::new();
+                digest.update_hashes(&self.sent_hashes);
+                (digest.finish(), 0)
+            }
+            Verify::InDowntime => (
+                crate::memory::digest_stream(memory, self.config.stream, &mut self.page_buf)?,
+                stream_pages,
+            ),
+        };
+        let codecs = self.encoder.stats().since(&self.round_codecs_start);
+        let len = self.emit(
+            Frame::Complete {
+                total_pages: self.bitmap.total_pages(),
+                digest,
+            },
+            out,
+        )?;
+        self.phase = Phase::Done;
+        Ok((
+            len,
+            SourceEvent::Complete {
+                digest,
+                round: FinalRound {
+                    round: round + 1,
+                    pages_sent: self.round_pages,
+                    wire_bytes: self.round_wire_bytes,
+                    codecs,
+                    predicted_downtime_ns: self.predicted_downtime_ns(),
+                    digest_pages_read,
+                    digest_pages_folded: stream_pages,
+                },
+            },
+        ))
     }
 }
 

@@ -4,18 +4,30 @@ use std::time::Instant;
 use std::vec;
 use std::vec::Vec;
 
+use crate::engine::Verify;
 use crate::memory::MemoryDigest;
 use crate::memory::PageMemory;
 
-/// Estimated time, ns, for the end-to-end digest the final round computes over all of
-/// `memory` with the guest paused: on the source, hashing every page read through
-/// [`PageMemory::hash_pages`] (in parallel where the memory supports it); on the
-/// destination, folding the page hashes it kept as it wrote them
-/// ([`FreshMemory`](crate::memory::FreshMemory)).
-/// Extrapolated from doing both for up to `sample_pages` pages now. This is part of
+/// Estimated time, ns, for the end-to-end check that runs with the guest paused, after
+/// the final round's pages, in mode `verify`:
+///
+/// - [`Verify::AfterResume`]: the source folds the page hashes it kept as it sent
+///   ([`MemoryDigest::update_hashes`]), the destination folds those it kept as it
+///   wrote ([`FreshMemory`](crate::memory::FreshMemory));
+///   no memory is read. The source's re-read of its memory runs after the
+///   destination resumed and is not counted.
+/// - [`Verify::InDowntime`]: the source hashes every page read through
+///   [`PageMemory::hash_pages`] (in parallel where the memory supports it), then the
+///   destination folds.
+///
+/// Extrapolated from doing that for up to `sample_pages` pages now. This is part of
 /// the downtime that is not the dirty pages: add it to the policy's
 /// `non_memory_downtime_ns` so the prediction counts it.
-pub fn digest_downtime_ns<M: PageMemory + ?Sized>(memory: &M, sample_pages: u64) -> u64 {
+pub fn digest_downtime_ns<M: PageMemory + ?Sized>(
+    memory: &M,
+    sample_pages: u64,
+    verify: Verify,
+) -> u64 {
     let total = memory.total_pages();
     let page_size = memory.page_size();
     let sample = sample_pages.clamp(1, total.max(1)).min(total);
@@ -34,10 +46,21 @@ pub fn digest_downtime_ns<M: PageMemory + ?Sized>(memory: &M, sample_pages: u64)
             .collect::<Option<Vec<f64>>>()
             .map(|t| t.into_iter().fold(f64::MAX, f64::min))
     };
-    // Source side.
-    let Some(source_ns) = best(&mut || memory.hash_pages(0, &mut hashes, &mut scratch).is_ok())
-    else {
-        return 0;
+    // Source side: a re-read, or a fold of the kept hashes.
+    let source_ns = match verify {
+        Verify::InDowntime => {
+            match best(&mut || memory.hash_pages(0, &mut hashes, &mut scratch).is_ok()) {
+                Some(ns) => ns,
+                None => return 0,
+            }
+        }
+        Verify::AfterResume => best(&mut || {
+            let mut digest = MemoryDigest::new();
+            digest.update_hashes(&hashes);
+            std::hint::black_box(digest.finish());
+            true
+        })
+        .unwrap_or(0.0),
     };
     // Destination side: folding kept hashes.
     let destination_ns = best(&mut || {
@@ -57,8 +80,10 @@ mod tests {
 
     #[test]
     fn grows_with_memory_size() {
-        let small = digest_downtime_ns(&VecMemory::new(4096, 256), 256);
-        let large = digest_downtime_ns(&VecMemory::new(4096, 256 * 64), 256);
+        let full =
+            |pages| digest_downtime_ns(&VecMemory::new(4096, pages), 256, Verify::InDowntime);
+        let small = full(256);
+        let large = full(256 * 64);
         assert!(small > 0);
         assert!(large > 8 * small, "{small} ns vs {large} ns");
     }

@@ -31,6 +31,16 @@ pub enum RuntimeError {
         /// The reason it sent.
         reason: String,
     },
+    /// After every destination stream verified, the source's re-read of its paused
+    /// memory found pages that differ from what was sent: written without being
+    /// marked dirty (a lost write). The destination's copy is stale; the source still
+    /// holds the paused guest and can resume it.
+    LostWrites {
+        /// Pages that differ.
+        differing: u64,
+        /// The first of them, in page order.
+        first: std::vec::Vec<u64>,
+    },
     /// The stream's guest is larger than the destination allows.
     GuestTooLarge {
         /// Pages in the stream's layout.
@@ -75,6 +85,22 @@ impl fmt::Display for RuntimeError {
             RuntimeError::Peer(e) => f.write_str(e),
             RuntimeError::Refused { peer, reason } => {
                 write!(f, "{peer} refused the migration: {reason}")
+            }
+            RuntimeError::LostWrites { differing, first } => {
+                write!(
+                    f,
+                    "the source's memory differs from what was migrated on {differing} page(s) \
+                     (first: "
+                )?;
+                for (i, p) in first.iter().enumerate() {
+                    write!(f, "{}{p}", if i == 0 { "" } else { ", " })?;
+                }
+                write!(
+                    f,
+                    "): written without being marked dirty (a lost write), so the \
+                     destination's copy is stale; keep the guest on the source (it is \
+                     paused and intact) and do not resume the destination"
+                )
             }
             RuntimeError::GuestTooLarge {
                 pages,

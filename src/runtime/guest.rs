@@ -6,7 +6,7 @@ use std::format;
 use std::str::FromStr;
 use std::string::String;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use std::vec::Vec;
@@ -43,6 +43,16 @@ pub enum Workload {
         /// Working set, bytes.
         set: u64,
     },
+    /// Every page of memory filled with non-zero data before the migration starts,
+    /// then a dirtying loop like [`Continuous`](Self::Continuous)
+    /// (`fill:rate=50k,set=256M`): a fully written guest, nothing for zero-page
+    /// elision to skip, so whatever costs per page of memory shows.
+    Fill {
+        /// Pages written per second.
+        rate: u64,
+        /// Working set of the writes, bytes.
+        set: u64,
+    },
     /// Zipf-skewed writes over all memory (`hotspot:rate=50k,skew=1.1`).
     Hotspot {
         /// Pages written per second.
@@ -59,6 +69,7 @@ impl Workload {
             Workload::Idle { rate }
             | Workload::Once { rate }
             | Workload::Continuous { rate, .. }
+            | Workload::Fill { rate, .. }
             | Workload::Hotspot { rate, .. } => rate,
         }
     }
@@ -141,6 +152,13 @@ impl FromStr for Workload {
                     set: set.unwrap_or(256 << 20),
                 }
             }
+            "fill" => {
+                allowed(&["set"])?;
+                Workload::Fill {
+                    rate: rate.unwrap_or(50_000),
+                    set: set.unwrap_or(256 << 20),
+                }
+            }
             "hotspot" => {
                 allowed(&["skew"])?;
                 Workload::Hotspot {
@@ -150,7 +168,7 @@ impl FromStr for Workload {
             }
             _ => {
                 return Err(err(format!(
-                    "unknown workload '{name}' (idle, once, continuous, hotspot)"
+                    "unknown workload '{name}' (idle, once, continuous, fill, hotspot)"
                 )))
             }
         };
@@ -165,6 +183,28 @@ struct Control {
     parked: AtomicUsize,
     throttle: AtomicU8,
     writes: AtomicU64,
+    /// Wakes writers sleeping between ticks or parked (pause, resume, stop), and
+    /// the pauser waiting for them to park: no thread polls while the guest is
+    /// paused, so the migration's threads have the CPUs during the downtime.
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+impl Control {
+    /// Wakes every thread waiting on `wake` (after a flag changed).
+    fn notify(&self) {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.wake.notify_all();
+    }
+
+    /// Waits on `wake` while `cond` holds, at most `timeout`.
+    fn wait_while(&self, timeout: Duration, cond: impl Fn() -> bool) {
+        let guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self
+            .wake
+            .wait_timeout_while(guard, timeout, |_| cond())
+            .unwrap_or_else(|p| p.into_inner());
+    }
 }
 
 /// A guest of real memory and writer threads; see the module docs.
@@ -180,7 +220,7 @@ pub struct SyntheticGuest {
 impl SyntheticGuest {
     /// A guest of `layout`'s size. Memory starts as a booted guest's would: the
     /// continuous workload's working set and all of a hotspot guest hold data, the
-    /// rest is zero.
+    /// rest is zero; a fill guest's every page holds data (written in parallel).
     pub fn new(layout: GuestLayout, workload: Workload) -> Self {
         let page_size = layout.page_size() as usize;
         let memory = Arc::new(AtomicMemory::new(page_size, layout.total_pages()));
@@ -188,12 +228,20 @@ impl SyntheticGuest {
         let bitmap = Arc::new(AtomicDirtyBitmap::new(layout));
         let prefill = match workload {
             Workload::Continuous { set, .. } => set / layout.page_size(),
-            Workload::Hotspot { .. } => layout.total_pages(),
+            Workload::Hotspot { .. } | Workload::Fill { .. } => layout.total_pages(),
             Workload::Idle { .. } | Workload::Once { .. } => 0,
         }
         .min(layout.total_pages());
-        for page in 0..prefill {
-            write_page_content(&memory, page, page);
+        {
+            use rayon::prelude::*;
+            // Ranges of 256 pages: a task of 1 MiB of 4 KiB pages.
+            (0..prefill.div_ceil(256))
+                .into_par_iter()
+                .for_each(|chunk| {
+                    for page in chunk * 256..((chunk + 1) * 256).min(prefill) {
+                        write_page_content(&memory, page, page);
+                    }
+                });
         }
         SyntheticGuest {
             memory,
@@ -219,6 +267,20 @@ impl SyntheticGuest {
         self.control.writes.load(Ordering::Relaxed)
     }
 
+    /// A test hook: changes page `page` (its first word) without marking it dirty,
+    /// the write a broken dirty log would miss. A migration that already sent the
+    /// page never sends the new content: the destination ends with a stale copy, and
+    /// only a check of the source's memory against what was sent can tell.
+    pub fn write_unmarked(&self, page: u64) -> Result<(), RuntimeError> {
+        let mut buf = std::vec![0u8; memory_words(&self.memory) * 8];
+        let fail = |e: crate::memory::MemoryError| RuntimeError::Engine(e.into());
+        crate::memory::PageMemory::read_page(&*self.memory, page, &mut buf).map_err(fail)?;
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&buf[..8]);
+        let changed = !u64::from_le_bytes(word);
+        self.memory.store_word(page, 0, changed).map_err(fail)
+    }
+
     /// Starts `threads` writer threads (the vCPUs).
     pub fn start(&mut self, threads: usize) {
         let threads = threads.max(1);
@@ -237,17 +299,25 @@ impl SyntheticGuest {
 
     /// Pauses the writers and waits until every one has stopped writing (a paused VM).
     pub fn pause(&self) {
-        self.control.pause.store(true, Ordering::Release);
-        while self.control.parked.load(Ordering::Acquire) < self.writers.len() {
-            std::thread::sleep(Duration::from_micros(50));
+        let c = &self.control;
+        c.pause.store(true, Ordering::Release);
+        c.notify();
+        while c.parked.load(Ordering::Acquire) < self.writers.len() {
+            c.wait_while(Duration::from_millis(1), || {
+                c.parked.load(Ordering::Acquire) < self.writers.len()
+            });
         }
     }
 
     /// Lets paused writers run again (a migration that failed: the guest goes on).
     pub fn resume(&self) {
-        self.control.pause.store(false, Ordering::Release);
-        while self.control.parked.load(Ordering::Acquire) > 0 {
-            std::thread::sleep(Duration::from_micros(50));
+        let c = &self.control;
+        c.pause.store(false, Ordering::Release);
+        c.notify();
+        while c.parked.load(Ordering::Acquire) > 0 {
+            c.wait_while(Duration::from_millis(1), || {
+                c.parked.load(Ordering::Acquire) > 0
+            });
         }
     }
 
@@ -261,6 +331,7 @@ impl SyntheticGuest {
     /// Stops and joins the writers.
     pub fn stop(&mut self) {
         self.control.stop.store(true, Ordering::Release);
+        self.control.notify();
         for w in self.writers.drain(..) {
             let _ = w.join();
         }
@@ -310,7 +381,9 @@ fn writer(
     };
     // Once: this thread's share of pages in order; continuous: its share of the set.
     let (mut cursor, span) = match workload {
-        Workload::Continuous { set, .. } => (index as u64, (set / (words * 8)).clamp(1, pages)),
+        Workload::Continuous { set, .. } | Workload::Fill { set, .. } => {
+            (index as u64, (set / (words * 8)).clamp(1, pages))
+        }
         _ => (index as u64, pages),
     };
     let per_thread = workload.rate() as f64 / threads as f64;
@@ -321,10 +394,15 @@ fn writer(
     while !control.stop.load(Ordering::Acquire) {
         if control.pause.load(Ordering::Acquire) {
             control.parked.fetch_add(1, Ordering::AcqRel);
-            while control.pause.load(Ordering::Acquire) && !control.stop.load(Ordering::Acquire) {
-                std::thread::sleep(Duration::from_micros(100));
+            control.notify();
+            let paused =
+                || control.pause.load(Ordering::Acquire) && !control.stop.load(Ordering::Acquire);
+            // Asleep until resumed or stopped (the timeout only bounds a missed wake).
+            while paused() {
+                control.wait_while(Duration::from_millis(100), paused);
             }
             control.parked.fetch_sub(1, Ordering::AcqRel);
+            control.notify();
             deadline = Instant::now();
             continue;
         }
@@ -343,7 +421,7 @@ fn writer(
                     cursor += threads as u64;
                     p
                 }
-                Workload::Continuous { .. } => {
+                Workload::Continuous { .. } | Workload::Fill { .. } => {
                     let p = cursor % span;
                     cursor += threads as u64;
                     p
@@ -359,7 +437,10 @@ fn writer(
         deadline += tick;
         let now = Instant::now();
         if deadline > now {
-            std::thread::sleep(deadline - now);
+            // Until the next tick, or a pause or stop.
+            control.wait_while(deadline - now, || {
+                !control.pause.load(Ordering::Acquire) && !control.stop.load(Ordering::Acquire)
+            });
         } else if now - deadline > 10 * tick {
             deadline = now; // fell behind (a slow machine): don't burst to catch up
         }
@@ -388,6 +469,7 @@ impl core::fmt::Display for Workload {
             Workload::Idle { rate } => write!(f, "idle:rate={rate}"),
             Workload::Once { rate } => write!(f, "once:rate={rate}"),
             Workload::Continuous { rate, set } => write!(f, "continuous:rate={rate},set={set}"),
+            Workload::Fill { rate, set } => write!(f, "fill:rate={rate},set={set}"),
             Workload::Hotspot { rate, skew } => write!(f, "hotspot:rate={rate},skew={skew}"),
         }
     }
@@ -412,7 +494,16 @@ mod tests {
             Workload::Idle { rate: 100 }
         );
         let e = |s: &str| s.parse::<Workload>().unwrap_err().to_string();
+        assert_eq!(
+            "fill:rate=10k".parse::<Workload>().unwrap(),
+            Workload::Fill {
+                rate: 10_000,
+                set: 256 << 20
+            }
+        );
         assert!(e("busy").contains("unknown workload 'busy'"));
+        assert!(e("busy").contains("fill"), "{}", e("busy"));
+        assert!(e("fill:skew=2").contains("'skew' does not apply to fill"));
         assert!(e("idle:set=1M").contains("'set' does not apply to idle"));
         assert!(e("once:rate=fast").contains("rate=fast"));
         assert!(e("once:rate=1.5").contains("rate=1.5: not a number"));
@@ -430,6 +521,26 @@ mod tests {
         assert!(low > 500, "{low}");
         assert_eq!(zipf(10, 1.0, (1 << 53) - 1), 9);
         assert_eq!(zipf(10, 2.0, 0), 0);
+    }
+
+    #[test]
+    fn a_fill_guest_starts_with_every_page_written() {
+        use crate::memory::PageMemory;
+        let layout = GuestLayout::flat(4096, 1100 * 4096).unwrap();
+        let guest = SyntheticGuest::new(layout, "fill".parse().unwrap());
+        let mut page = [0u8; 4096];
+        for p in 0..1100 {
+            guest.memory().read_page(p, &mut page).unwrap();
+            assert!(!crate::codec::is_zero_page(&page), "page {p} is zero");
+        }
+        assert_eq!(guest.bitmap().dirty_pages(), 0, "prefill marks nothing");
+        // The hook changes a page and marks nothing.
+        let before = page;
+        guest.write_unmarked(1099).unwrap();
+        guest.memory().read_page(1099, &mut page).unwrap();
+        assert_ne!(page, before);
+        assert_eq!(guest.bitmap().dirty_pages(), 0);
+        assert!(guest.write_unmarked(1100).is_err());
     }
 
     #[test]

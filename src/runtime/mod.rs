@@ -21,6 +21,7 @@ pub use guest::{SyntheticGuest, Workload};
 pub use hash::{digest_parallel, hash_pages_parallel, ParallelHash};
 pub use session::{accept, receive, Applied, Incoming, Limits, Received, Reply, SourceLink};
 pub use streams::{
-    migrate_streams, SourceControl, StreamOptions, StreamsFinal, StreamsReport, StreamsRound,
+    check_source, migrate_streams, SourceCheck, SourceControl, StreamOptions, StreamsFinal,
+    StreamsReport, StreamsRound,
 };
 pub use tcp::TcpTransport;

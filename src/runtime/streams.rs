@@ -22,11 +22,21 @@
 //!   no version overtakes another.
 //! - **Switchover**: when every encoder asks for the pause, the guest is paused once,
 //!   each engine harvests its last pages, and each stream ends with its own digest.
+//! - **Verification**: with [`Verify::AfterResume`] (the default) each stream's
+//!   completion digest folds the hashes of the pages it sent, so the guest is paused
+//!   only for the final round's pages and that fold. Once every destination stream
+//!   verified (the destination may resume the guest: downtime ends), the source
+//!   re-reads its still paused memory in parallel and compares every page with the
+//!   hash of what was sent ([`SourceCheck`]): a page that differs was written without
+//!   being marked dirty (a lost write), and the migration fails while the source can
+//!   still take the guest back. With [`Verify::InDowntime`] the digest re-reads memory
+//!   with the guest paused instead, and the check after is not needed.
 //! - **Failure** anywhere stops every stream; each engine puts the pages it harvested
 //!   but did not send back into the bitmap, and the guest keeps running.
 
 use std::string::ToString;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use std::vec;
 use std::vec::Vec;
@@ -40,7 +50,8 @@ use crate::codec::CodecStats;
 pub use crate::engine::StreamsRound;
 use crate::engine::{
     Compression, CompressionChoice, Coordinator, CoordinatorConfig, CoordinatorError,
-    CoordinatorEvent, FinalRound, SourceConfig, SourceEngine, SourceEvent, StreamRound, Transport,
+    CoordinatorEvent, EngineError, FinalRound, SourceConfig, SourceEngine, SourceEvent,
+    StreamRound, Transport, Verify,
 };
 use crate::layout::Shard;
 use crate::memory::PageMemory;
@@ -114,8 +125,77 @@ pub struct StreamsReport {
     pub wire_bytes: u64,
     /// Each stream's digest, in stream order (once every final round was produced).
     pub digests: Option<Vec<u128>>,
-    /// `Ok` only when every destination stream verified its pages.
+    /// How the digests were made ([`SourceConfig::verify`]).
+    pub verify: Verify,
+    /// When every destination stream had verified its pages (`None`: not all did):
+    /// the destination may resume the guest from here, so the downtime ends here,
+    /// and the source's check ([`source_check`](Self::source_check)) runs after it.
+    pub verified_at: Option<Instant>,
+    /// Verification inside the downtime, ns: the longest of the streams' polls that
+    /// made the completion digest (the streams make theirs at the same time). That
+    /// poll does nothing else (see
+    /// [`SourceEvent::Complete`]): with
+    /// [`Verify::AfterResume`] it folds 8 bytes per page, with [`Verify::InDowntime`]
+    /// it re-reads and hashes all of memory. `None` if no stream got that far.
+    pub verify_in_downtime_ns: Option<u64>,
+    /// Pages the completion digests read from memory with the guest paused (0 with
+    /// [`Verify::AfterResume`]).
+    pub digest_pages_read: u64,
+    /// The source's re-read of its paused memory against the hashes of what was sent.
+    pub source_check: SourceCheck,
+    /// How long [`source_check`](Self::source_check) took, ns (`None`: not run).
+    pub verify_after_ns: Option<u64>,
+    /// `Ok` only when every destination stream verified its pages and the source's
+    /// check found no page that differs.
     pub result: Result<(), RuntimeError>,
+}
+
+/// The verdict of the source's check after the switchover: its paused memory re-read
+/// and every page's XXH3-64 compared with that of the version it sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceCheck {
+    /// Not run: the migration did not get as far as every destination verifying.
+    NotRun,
+    /// Not needed: the completion digests re-read memory with the guest paused
+    /// ([`Verify::InDowntime`]) and the destination matched them.
+    InDowntime,
+    /// Every page of memory is what was sent.
+    Matched {
+        /// Pages compared.
+        pages: u64,
+    },
+    /// Pages whose content differs from the version sent: written without being
+    /// marked dirty (a lost write). The destination holds stale copies of them; the
+    /// source, still paused, holds the guest.
+    Mismatch {
+        /// Pages compared.
+        pages: u64,
+        /// Pages that differ.
+        differing: u64,
+        /// The first of them, in page order (at most [`SourceCheck::FIRST_PAGES`]).
+        first: Vec<u64>,
+    },
+}
+
+impl SourceCheck {
+    /// How many differing pages a [`SourceCheck::Mismatch`] names.
+    pub const FIRST_PAGES: usize = 8;
+
+    /// Whether the check ran and every page matched, or it was not needed.
+    pub fn passed(&self) -> bool {
+        matches!(self, SourceCheck::Matched { .. } | SourceCheck::InDowntime)
+    }
+}
+
+/// What a stream's encoder leaves for the check after the switchover.
+#[derive(Default)]
+struct StreamEnd {
+    /// The engine's kept page hashes ([`SourceEngine::take_sent_hashes`]).
+    hashes: Vec<u64>,
+    /// The time of the poll that made the completion digest, ns.
+    digest_ns: u64,
+    /// Pages that digest read from memory.
+    pages_read: u64,
 }
 
 /// What an encoder or sender tells the coordinator.
@@ -179,6 +259,12 @@ where
         paused_at: None,
         wire_bytes: 0,
         digests: None,
+        verify: config.verify,
+        verified_at: None,
+        verify_in_downtime_ns: None,
+        digest_pages_read: 0,
+        source_check: SourceCheck::NotRun,
+        verify_after_ns: None,
         result: Ok(()),
     };
     let n = links.len();
@@ -213,6 +299,7 @@ where
     let stop = AtomicBool::new(false);
     let sent_bytes = AtomicU64::new(0);
     let progress: Vec<Progress> = (0..n).map(|_| Progress::default()).collect();
+    let ends: Vec<Mutex<Option<StreamEnd>>> = (0..n).map(|_| Mutex::new(None)).collect();
     let (note_tx, note_rx) = unbounded::<(usize, Note)>();
     let mut command_txs = Vec::with_capacity(n);
     std::thread::scope(|scope| {
@@ -232,8 +319,8 @@ where
                 },
                 ..config
             };
-            let (stop, progress, sent_bytes, verdict) =
-                (&stop, &progress[i], &sent_bytes, &verdict);
+            let (stop, progress, sent_bytes, verdict, end) =
+                (&stop, &progress[i], &sent_bytes, &verdict, &ends[i]);
             let note = note_tx.clone();
             scope.spawn(move || {
                 let encoder = Encoder {
@@ -242,6 +329,7 @@ where
                     command_rx,
                     stop,
                     progress,
+                    end,
                 };
                 if let Err(e) = encoder.run(bitmap, memory, config, options, now) {
                     // Only the first failure is reported; the others are its echo.
@@ -278,6 +366,8 @@ where
         );
         if report.result.is_err() {
             stop.store(true, Ordering::Relaxed);
+        } else {
+            report.verified_at = Some(Instant::now());
         }
         // Encoders waiting for a command see the channel close and stop.
         command_txs.clear();
@@ -285,7 +375,117 @@ where
     report.rounds = coordinator.scheduler().rounds();
     report.predicted_downtime_ns = coordinator.scheduler().predicted_downtime_ns();
     report.wire_bytes = sent_bytes.load(Ordering::Relaxed);
+    let ends: Vec<Option<StreamEnd>> = ends
+        .into_iter()
+        .map(|e| e.into_inner().unwrap_or_else(|p| p.into_inner()))
+        .collect();
+    report.verify_in_downtime_ns = ends.iter().flatten().map(|e| e.digest_ns).max();
+    report.digest_pages_read = ends.iter().flatten().map(|e| e.pages_read).sum();
+    if report.result.is_ok() {
+        match config.verify {
+            Verify::InDowntime => report.source_check = SourceCheck::InDowntime,
+            Verify::AfterResume => {
+                let check_start = Instant::now();
+                let hashes: Vec<&[u64]> = ends
+                    .iter()
+                    .map(|e| e.as_ref().map_or(&[][..], |e| &e.hashes[..]))
+                    .collect();
+                match check_source(memory, &hashes) {
+                    Ok(check) => {
+                        report.verify_after_ns = Some(check_start.elapsed().as_nanos() as u64);
+                        if let SourceCheck::Mismatch {
+                            differing, first, ..
+                        } = &check
+                        {
+                            report.result = Err(RuntimeError::LostWrites {
+                                differing: *differing,
+                                first: first.clone(),
+                            });
+                        }
+                        report.source_check = check;
+                    }
+                    Err(e) => report.result = Err(e),
+                }
+            }
+        }
+    }
     report
+}
+
+/// The source's check after the switchover: re-reads `memory` (paused) in parallel,
+/// 512-page chunks spread over rayon's threads, and compares every page's XXH3-64
+/// ([`PageMemory::hash_pages`]) with the one kept for it: `kept[i]` holds stream
+/// `i`'s hashes by [`Shard::local_index`] (of `kept.len()` streams).
+pub fn check_source<M: PageMemory + Sync + ?Sized>(
+    memory: &M,
+    kept: &[&[u64]],
+) -> Result<SourceCheck, RuntimeError> {
+    use rayon::prelude::*;
+    let total = memory.total_pages();
+    let page_size = memory.page_size();
+    let count = u8::try_from(kept.len())
+        .ok()
+        .filter(|&c| c >= 1)
+        .ok_or_else(|| {
+            RuntimeError::Peer(std::format!(
+                "the source's check needs the hashes of 1 to 255 streams, not {}",
+                kept.len()
+            ))
+        })?;
+    let mut chunks = Vec::new();
+    for (i, hashes) in kept.iter().enumerate() {
+        let shard = Shard::new(i as u8, count).unwrap_or(Shard::WHOLE);
+        if hashes.len() as u64 != shard.pages(total) {
+            return Err(RuntimeError::Peer(std::format!(
+                "stream {i} kept {} page hashes for its {} pages: it did not complete",
+                hashes.len(),
+                shard.pages(total)
+            )));
+        }
+        chunks.extend(shard.ranges(total).map(|r| (shard, *hashes, r)));
+    }
+    // Per chunk: pages that differ (the first few) and how many.
+    let found = chunks
+        .par_iter()
+        .map_init(
+            || {
+                (
+                    vec![0u8; page_size],
+                    vec![0u64; crate::layout::SHARD_CHUNK_PAGES as usize],
+                )
+            },
+            |(scratch, now), (shard, kept, range)| {
+                let len = (range.end - range.start) as usize;
+                let now = &mut now[..len];
+                memory.hash_pages(range.start, now, scratch)?;
+                let from = shard.local_index(range.start) as usize;
+                let mut differing = 0u64;
+                let mut first = Vec::new();
+                for ((page, a), b) in range.clone().zip(now.iter()).zip(&kept[from..from + len]) {
+                    if a != b {
+                        differing += 1;
+                        if first.len() < SourceCheck::FIRST_PAGES {
+                            first.push(page);
+                        }
+                    }
+                }
+                Ok((differing, first))
+            },
+        )
+        .collect::<Result<Vec<(u64, Vec<u64>)>, crate::memory::MemoryError>>()
+        .map_err(|e| RuntimeError::Engine(EngineError::Memory(e)))?;
+    let differing: u64 = found.iter().map(|f| f.0).sum();
+    if differing == 0 {
+        return Ok(SourceCheck::Matched { pages: total });
+    }
+    let mut first: Vec<u64> = found.into_iter().flat_map(|f| f.1).collect();
+    first.sort_unstable();
+    first.truncate(SourceCheck::FIRST_PAGES);
+    Ok(SourceCheck::Mismatch {
+        pages: total,
+        differing,
+        first,
+    })
 }
 
 /// The coordinator loop: forwards the streams' notes into the core's [`Coordinator`]
@@ -344,8 +544,11 @@ fn coordinate(
                     pages_sent: f.pages_sent,
                     wire_bytes: f.wire_bytes,
                     codecs: f.codecs,
-                    // The coordinator's prediction is the one that counts.
+                    // The coordinator's prediction is the one that counts; the digest's
+                    // page counts travel in the stream's end slot.
                     predicted_downtime_ns: 0,
+                    digest_pages_read: 0,
+                    digest_pages_folded: 0,
                 },
             ),
             Note::Verdict(Ok(())) => coordinator.handle_verdict(i, true),
@@ -423,6 +626,7 @@ struct Encoder<'a> {
     command_rx: Receiver<Command>,
     stop: &'a AtomicBool,
     progress: &'a Progress,
+    end: &'a Mutex<Option<StreamEnd>>,
 }
 
 impl Encoder<'_> {
@@ -479,7 +683,9 @@ impl Encoder<'_> {
                 }
                 Err(_) => self.free_rx.recv().map_err(|_| stopped())?,
             };
-            let t = engine.poll_transmit(memory, now(), &mut buf)?;
+            let poll_begin = now();
+            let t = engine.poll_transmit(memory, poll_begin, &mut buf)?;
+            let poll_ns = now().saturating_sub(poll_begin);
             self.data_tx
                 .send(Chunk::Bytes(buf, t.len))
                 .map_err(|_| stopped())?;
@@ -519,6 +725,14 @@ impl Encoder<'_> {
                     poll_start = now();
                 }
                 SourceEvent::Complete { digest, round } => {
+                    // That poll made the digest and nothing else: its time is the
+                    // verification inside the downtime.
+                    let end = StreamEnd {
+                        hashes: engine.take_sent_hashes().unwrap_or_default(),
+                        digest_ns: poll_ns,
+                        pages_read: round.digest_pages_read,
+                    };
+                    *self.end.lock().unwrap_or_else(|p| p.into_inner()) = Some(end);
                     let fin = StreamsFinal {
                         round: round.round,
                         pages_sent: round.pages_sent,

@@ -121,6 +121,8 @@ pub fn run(args: &Args) -> Result<(), String> {
                 streams: Some(streams),
                 max_bandwidth: None,
                 compression: precopy::engine::Compression::Auto,
+                verify: migrate::VerifyMode::After,
+                inject_lost_write: false,
                 json: false,
             };
             let mut source = migration.source(*b"precopy-bench-pl")?;

@@ -4,13 +4,13 @@
 use std::time::{Duration, Instant};
 
 use precopy::codec::{CodecStats, EncoderConfig, Encoding};
-use precopy::engine::{Compression, SourceConfig, Transport};
+use precopy::engine::{Compression, SourceConfig, Transport, Verify};
 use precopy::layout::GuestLayout;
 use precopy::memory::migration_digest;
 use precopy::runtime::pacer::TokenBucket;
 use precopy::runtime::{
-    migrate_streams, RuntimeError, SourceControl, StreamOptions, StreamsFinal, StreamsRound,
-    SyntheticGuest, Workload,
+    migrate_streams, RuntimeError, SourceCheck, SourceControl, StreamOptions, StreamsFinal,
+    StreamsRound, SyntheticGuest, Workload,
 };
 use precopy::schedule::{OnLimit, Policy};
 
@@ -21,7 +21,8 @@ pub struct MigrationArgs {
     #[arg(long, default_value = "1G", value_parser = parse_size)]
     pub memory: u64,
     /// Guest workload: NAME[:key=value,...] with NAME one of idle, once, continuous,
-    /// hotspot (keys: rate=pages/s, set=bytes, skew).
+    /// fill (every page written before the migration, then like continuous), hotspot
+    /// (keys: rate=pages/s, set=bytes, skew).
     #[arg(long, default_value = "continuous:rate=50k,set=256M")]
     pub workload: String,
     /// Writer threads (the guest's vCPUs).
@@ -61,9 +62,51 @@ pub struct MigrationArgs {
     /// link); `on` and `off` force it.
     #[arg(long, default_value = "auto", value_parser = parse_compression)]
     pub compression: Compression,
+    /// How the end-to-end check runs. `after`: each stream's completion digest folds
+    /// the hashes of the pages as they were sent (8 bytes per page with the guest
+    /// paused, whatever the memory size); once the destination verified, the source
+    /// re-reads its still paused memory and compares every page with what it sent,
+    /// which catches a write the dirty log missed while the guest can still stay on
+    /// the source. `full`: the digest re-reads and hashes all memory with the guest
+    /// paused (downtime grows with memory size; the destination refuses on a lost
+    /// write).
+    #[arg(long, value_enum, default_value_t = VerifyMode::After)]
+    pub verify: VerifyMode,
+    /// Test hook: after the bulk round, the guest changes its last page without
+    /// marking it dirty (a lost write), which the check must catch.
+    #[arg(long, hide = true)]
+    pub inject_lost_write: bool,
     /// Print JSON lines instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--verify`: where the end-to-end check runs.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerifyMode {
+    /// Fold kept page hashes in the downtime; re-read the source after the
+    /// destination verified.
+    After,
+    /// Re-read and hash all memory with the guest paused.
+    Full,
+}
+
+impl VerifyMode {
+    /// The engine's mode.
+    pub fn engine(self) -> Verify {
+        match self {
+            VerifyMode::After => Verify::AfterResume,
+            VerifyMode::Full => Verify::InDowntime,
+        }
+    }
+
+    /// The name `--verify` takes, for JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            VerifyMode::After => "after",
+            VerifyMode::Full => "full",
+        }
+    }
 }
 
 /// Parses a link name into bytes per second.
@@ -115,6 +158,10 @@ pub struct Source {
     pub quiet: bool,
     /// Streams (connections) to migrate over.
     pub streams: u8,
+    /// Test hook: the guest writes a page without marking it after the bulk round.
+    pub inject_lost_write: bool,
+    /// `--verify`.
+    pub verify: VerifyMode,
 }
 
 impl MigrationArgs {
@@ -151,17 +198,34 @@ impl MigrationArgs {
         };
         policy.validate().map_err(|e| e.to_string())?;
         let guest = SyntheticGuest::new(layout, workload);
-        // The final round ends with the end-to-end digest: predict that too.
-        let digest_ns = precopy::runtime::calibrate::digest_downtime_ns(&**guest.memory(), 16384);
+        // The final round ends with the part of the end-to-end check that runs with
+        // the guest paused: predict that too.
+        let verify = self.verify.engine();
+        let digest_ns =
+            precopy::runtime::calibrate::digest_downtime_ns(&**guest.memory(), 16384, verify);
         let policy = Policy {
             non_memory_downtime_ns: policy.non_memory_downtime_ns + digest_ns,
             ..policy
         };
         if policy.non_memory_downtime_ns >= policy.downtime_limit_ns {
+            let what = match self.verify {
+                VerifyMode::Full => {
+                    "--verify full: re-reading and hashing all memory with the \
+                                     guest paused"
+                }
+                VerifyMode::After => "folding the hashes of all pages sent with the guest paused",
+            };
+            let hint = match self.verify {
+                VerifyMode::Full => {
+                    ", use --verify after (the re-read then runs once the \
+                                     destination has the guest)"
+                }
+                VerifyMode::After => "",
+            };
             return Err(format!(
                 "--downtime-ms {} is too short for this guest: verifying {} MiB end to end \
-                 (a digest of all memory, with the guest paused) takes about {} ms \
-                 here; raise --downtime-ms above {} or migrate a smaller guest",
+                 ({what}) takes about {} ms here, besides the device state; raise \
+                 --downtime-ms above {}{hint} or migrate a smaller guest",
                 self.downtime_ms,
                 self.memory >> 20,
                 digest_ns / 1_000_000,
@@ -172,6 +236,7 @@ impl MigrationArgs {
             encoder,
             policy,
             session_id,
+            verify,
             ..SourceConfig::new(page_size)
         };
         if self.max_bandwidth == Some(0) {
@@ -179,6 +244,8 @@ impl MigrationArgs {
         }
         Ok(Source {
             streams: self.streams.unwrap_or(2),
+            inject_lost_write: self.inject_lost_write,
+            verify: self.verify,
             quiet: false,
             compression: self.compression,
             guest,
@@ -218,8 +285,19 @@ pub struct SourceReport {
     pub rounds: u32,
     /// From the engine's start until the verdict (or the failure), ns.
     pub total_ns: u64,
-    /// From the pause until the verdict, ns (`None` if the guest was never paused).
+    /// From the pause until every destination stream verified (the destination may
+    /// resume the guest), or until the failure, ns (`None` if the guest was never
+    /// paused).
     pub downtime_ns: Option<u64>,
+    /// `--verify`.
+    pub verify: VerifyMode,
+    /// Of the downtime, the source's part of the end-to-end check, ns: the longest
+    /// stream's digest (a fold of kept hashes, or with `--verify full` a re-read).
+    pub verify_in_downtime_ns: Option<u64>,
+    /// The source's re-read of its paused memory after the destination verified, ns.
+    pub verify_after_ns: Option<u64>,
+    /// The verdict of that re-read.
+    pub source_check: SourceCheck,
     /// The scheduler's last downtime prediction, ns (`u64::MAX`: none).
     pub predicted_ns: u64,
     /// Stream bytes handed to the transport.
@@ -238,9 +316,54 @@ pub struct SourceReport {
 }
 
 impl SourceReport {
-    /// Whether the destination verified the memory.
+    /// Whether the destination verified the memory and the source's check passed.
     pub fn verified(&self) -> bool {
-        self.error.is_none()
+        self.error.is_none() && self.source_check.passed()
+    }
+
+    /// The source check's verdict as a JSON name.
+    fn check_name(&self) -> &'static str {
+        match self.source_check {
+            SourceCheck::NotRun => "not_run",
+            SourceCheck::InDowntime => "in_downtime",
+            SourceCheck::Matched { .. } => "matched",
+            SourceCheck::Mismatch { .. } => "mismatch",
+        }
+    }
+
+    /// The verification line of the text summary.
+    fn verification_line(&self) -> String {
+        let ms = |ns: u64| format!("{:.1} ms", ns as f64 / 1e6);
+        let inside = match (self.verify, self.verify_in_downtime_ns) {
+            (_, None) => "not reached".to_string(),
+            (VerifyMode::After, Some(ns)) => {
+                format!(
+                    "{} of the downtime (folding the hashes of the pages sent)",
+                    ms(ns)
+                )
+            }
+            (VerifyMode::Full, Some(ns)) => format!(
+                "{} of the downtime (re-reading all memory with the guest paused)",
+                ms(ns)
+            ),
+        };
+        let after = match &self.source_check {
+            SourceCheck::NotRun => "source re-read not run".to_string(),
+            SourceCheck::InDowntime => "no re-read after (done in the downtime)".to_string(),
+            SourceCheck::Matched { pages } => format!(
+                "source re-read after the destination verified: {pages} pages match what was sent ({})",
+                self.verify_after_ns.map_or("-".to_string(), ms)
+            ),
+            SourceCheck::Mismatch {
+                pages,
+                differing,
+                first,
+            } => format!(
+                "source re-read after the destination verified: {differing} of {pages} pages DIFFER from what was sent (first: {first:?}; a lost write) ({})",
+                self.verify_after_ns.map_or("-".to_string(), ms)
+            ),
+        };
+        format!("verification: {inside}; {after}")
     }
 
     /// Prints the summary line (text or JSON); `extra` is added to the JSON object
@@ -251,16 +374,28 @@ impl SourceReport {
         let predicted = (self.predicted_ns != u64::MAX).then_some(self.predicted_ns);
         if json {
             let mut line = format!(
-                "{{\"kind\":\"summary\",\"verified\":{},\"rounds\":{},\"total_ms\":{},\"downtime_ms\":{},\"predicted_downtime_ms\":{},\"wire_bytes\":{},\"memory_bytes\":{},\"wire_over_memory\":{ratio:.3},\"guest_writes\":{}",
+                "{{\"kind\":\"summary\",\"verified\":{},\"rounds\":{},\"total_ms\":{},\"downtime_ms\":{},\"predicted_downtime_ms\":{},\"verify\":\"{}\",\"verify_in_downtime_ms\":{},\"verify_after_ms\":{},\"source_check\":\"{}\",\"wire_bytes\":{},\"memory_bytes\":{},\"wire_over_memory\":{ratio:.3},\"guest_writes\":{}",
                 self.verified(),
                 self.rounds,
                 ms(self.total_ns),
                 self.downtime_ns.map_or("null".to_string(), ms),
                 predicted.map_or("null".to_string(), ms),
+                self.verify.name(),
+                self.verify_in_downtime_ns.map_or("null".to_string(), ms),
+                self.verify_after_ns.map_or("null".to_string(), ms),
+                self.check_name(),
                 self.wire_bytes,
                 self.memory_bytes,
                 self.writes
             );
+            if let SourceCheck::Mismatch {
+                differing, first, ..
+            } = &self.source_check
+            {
+                line += &format!(
+                    ",\"differing_pages\":{differing},\"first_differing_pages\":{first:?}"
+                );
+            }
             if let Some(d) = self.digest {
                 line += &format!(",\"digest\":\"{d:#034x}\"");
             }
@@ -281,6 +416,7 @@ impl SourceReport {
                 self.writes,
                 if self.verified() { "yes" } else { "no" }
             );
+            println!("{}", self.verification_line());
             if let Some(w) = self.writes_after_failure {
                 println!("the migration failed; the guest's writers were let go again: {w} page writes in the 200 ms after");
             }
@@ -308,6 +444,8 @@ pub fn json_string(s: &str) -> String {
 /// [`SourceControl`].
 struct CliControl<'a> {
     guest: &'a mut SyntheticGuest,
+    /// Test hook: make a lost write after the bulk round.
+    inject_lost_write: bool,
     json: bool,
     quiet: bool,
     bar: Option<indicatif::ProgressBar>,
@@ -325,6 +463,14 @@ impl SourceControl for CliControl<'_> {
 
     fn round_done(&mut self, r: &StreamsRound) {
         self.rounds_seen += 1;
+        if self.inject_lost_write && self.rounds_seen == 1 {
+            // The bulk round sent every page; the last one (outside the working sets
+            // of the workloads that have one) now changes unmarked.
+            let last = self.guest.bitmap().total_pages().saturating_sub(1);
+            if let Err(e) = self.guest.write_unmarked(last) {
+                eprintln!("precopy: --inject-lost-write: {e}");
+            }
+        }
         let json = self.json;
         match &self.bar {
             Some(bar) => bar.suspend(|| print_round(r, json)),
@@ -387,6 +533,7 @@ where
     };
     let mut control = CliControl {
         guest,
+        inject_lost_write: source.inject_lost_write,
         json,
         quiet: source.quiet,
         bar: progress_bar(json || source.quiet),
@@ -412,9 +559,16 @@ where
         // Live rounds, and the final one once every stream produced it.
         rounds: r.rounds + u32::from(r.digests.is_some()),
         total_ns,
-        downtime_ns: r
-            .paused_at
-            .map(|p| total_ns.saturating_sub(p.duration_since(start).as_nanos() as u64)),
+        // The downtime ends when the destination has verified every stream: it may
+        // resume the guest then, while the source's re-read runs.
+        downtime_ns: r.paused_at.map(|p| match r.verified_at {
+            Some(v) => v.duration_since(p).as_nanos() as u64,
+            None => total_ns.saturating_sub(p.duration_since(start).as_nanos() as u64),
+        }),
+        verify: source.verify,
+        verify_in_downtime_ns: r.verify_in_downtime_ns,
+        verify_after_ns: r.verify_after_ns,
+        source_check: r.source_check,
         predicted_ns: r.predicted_downtime_ns,
         wire_bytes: r.wire_bytes,
         memory_bytes: source.layout.total_bytes(),

@@ -530,6 +530,8 @@ fn fin(round: u32) -> FinalRound {
         wire_bytes: 100,
         codecs: CodecStats::default(),
         predicted_downtime_ns: 0,
+        digest_pages_read: 0,
+        digest_pages_folded: 0,
     }
 }
 
