@@ -104,7 +104,7 @@ pub fn digest_stream<M: PageMemory + ?Sized>(
         while first < range.end {
             let n = (range.end - first).min(hashes.len() as u64) as usize;
             memory.hash_pages(first, &mut hashes[..n], scratch)?;
-            hashes[..n].iter().for_each(|&h| digest.update_hash(h));
+            digest.update_hashes(&hashes[..n]);
             first += n as u64;
         }
     }

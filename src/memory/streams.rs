@@ -151,16 +151,6 @@ impl StreamMemory<'_> {
         })
     }
 
-    /// The kept hash of page `page` (checked to be this stream's), for a tracked view.
-    fn kept_hash(&self, t: Tracked, page: u64) -> u64 {
-        if self.known_zero(page) {
-            zero_page_hash(self.page_size)
-        } else {
-            // SAFETY: as in `known_zero`; the hash table has an entry per page.
-            unsafe { *t.hashes.add(page as usize) }
-        }
-    }
-
     /// Records that page `page` (checked to be this stream's) now holds content with
     /// `hash`, or zero content (`None`).
     fn track(&mut self, page: u64, hash: Option<u64>) {
@@ -255,8 +245,17 @@ impl PageMemory for StreamMemory<'_> {
             // The hashes kept as the pages were written: no page is read.
             Some(t) => {
                 self.byte_range(first, hashes.len() as u64)?;
+                // The hash of a zero page once, not per page: a fresh guest's memory is
+                // mostly never-written pages, and this runs with the guest paused.
+                let zero = zero_page_hash(self.page_size);
                 for (page, hash) in (first..).zip(hashes.iter_mut()) {
-                    *hash = self.kept_hash(t, page);
+                    *hash = if self.known_zero(page) {
+                        zero
+                    } else {
+                        // SAFETY: as in `known_zero` (the range was checked above);
+                        // the hash table has an entry per page.
+                        unsafe { *t.hashes.add(page as usize) }
+                    };
                 }
             }
             None => {

@@ -168,26 +168,35 @@ impl IncomingStreams {
             let handles: Vec<_> = streams
                 .iter()
                 .zip(views)
-                .map(|(stream, view)| {
+                .enumerate()
+                .map(|(i, (stream, view))| {
                     let (streams, first_error) = (&streams, &first_error);
-                    s.spawn(move || {
-                        let mut applier = Applier::with_memory(view);
-                        let result =
-                            apply_from(&mut &stream.conn, &mut applier, &stream.header_bytes, true)
-                                .map(|(bytes, digest)| (applier.stats(), bytes, digest));
-                        if let Err(e) = &result {
-                            fail_all(streams, first_error, e);
-                        }
-                        result
-                    })
+                    let name = format!("precopy-recv{i}");
+                    std::thread::Builder::new()
+                        .name(name)
+                        .spawn_scoped(s, move || {
+                            let mut applier = Applier::with_memory(view);
+                            let result = apply_from(
+                                &mut &stream.conn,
+                                &mut applier,
+                                &stream.header_bytes,
+                                true,
+                            )
+                            .map(|(bytes, digest)| (applier.stats(), bytes, digest));
+                            if let Err(e) = &result {
+                                fail_all(streams, first_error, e);
+                            }
+                            result
+                        })
                 })
                 .collect();
             handles
                 .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
+                .map(|h| match h {
+                    Ok(h) => h.join().unwrap_or_else(|_| {
                         Err(RuntimeError::Peer("a stream's thread panicked".to_string()))
-                    })
+                    }),
+                    Err(e) => Err(RuntimeError::io("starting a stream's thread", e)),
                 })
                 .collect()
         });

@@ -291,9 +291,13 @@ impl SyntheticGuest {
                 Arc::clone(&self.control),
             );
             let workload = self.workload;
-            self.writers.push(std::thread::spawn(move || {
-                writer(&memory, &bitmap, &control, workload, t, threads)
-            }));
+            // A writer the OS refuses to start is a guest with fewer vCPUs.
+            if let Ok(handle) = std::thread::Builder::new()
+                .name(std::format!("guest-vcpu{t}"))
+                .spawn(move || writer(&memory, &bitmap, &control, workload, t, threads))
+            {
+                self.writers.push(handle);
+            }
         }
     }
 

@@ -322,7 +322,8 @@ where
             let (stop, progress, sent_bytes, verdict, end) =
                 (&stop, &progress[i], &sent_bytes, &verdict, &ends[i]);
             let note = note_tx.clone();
-            scope.spawn(move || {
+            let name = std::format!("precopy-enc{i}");
+            spawn_named(scope, name, i, &note_tx, move || {
                 let encoder = Encoder {
                     data_tx,
                     free_rx,
@@ -341,7 +342,8 @@ where
                 }
             });
             let note = note_tx.clone();
-            scope.spawn(move || {
+            let name = std::format!("precopy-send{i}");
+            spawn_named(scope, name, i, &note_tx, move || {
                 let shared = SenderShared {
                     index: i,
                     notes: &note,
@@ -647,6 +649,11 @@ impl Encoder<'_> {
         if result.is_err() {
             // Pages harvested but not sent go back into the bitmap.
             engine.abort();
+        } else {
+            // Freeing the engine (its delta cache: tens of MiB) costs milliseconds of
+            // CPU, which right after the final round would be taken from the
+            // downtime: hold it until the coordinator hangs up, after the verdicts.
+            let _ = self.command_rx.recv();
         }
         result
     }
@@ -806,5 +813,27 @@ impl SenderShared<'_> {
                 }
             }
         }
+    }
+}
+
+/// Spawns `f` on a thread named `name` (names show in `top -H`, `perf` and
+/// debuggers). A thread the OS refuses to start fails stream `index`'s migration.
+fn spawn_named<'scope, 'env, F>(
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    name: std::string::String,
+    index: usize,
+    notes: &Sender<(usize, Note)>,
+    f: F,
+) where
+    F: FnOnce() + Send + 'scope,
+{
+    if let Err(e) = std::thread::Builder::new()
+        .name(name)
+        .spawn_scoped(scope, f)
+    {
+        let _ = notes.send((
+            index,
+            Note::Failed(RuntimeError::io("starting a thread", e)),
+        ));
     }
 }
