@@ -25,13 +25,11 @@ const _: () = assert!(SHARD_CHUNK_PAGES % 64 == 0);
 /// let mut memory = VecMemory::new(4096, 1024);
 /// let mut views = memory.streams(2);
 /// let (mut a, mut b) = (views.remove(0), views.remove(0));
-/// std::thread::scope(|s| {
-///     s.spawn(move || a.write_page(0, &[1; 4096]).unwrap());
-///     s.spawn(move || {
-///         b.write_page(512, &[2; 4096]).unwrap();
-///         assert!(b.write_page(0, &[2; 4096]).is_err(), "stream 0's page");
-///     });
-/// });
+/// // Views are `Send`: each stream's applier can write from a thread of its own.
+/// a.write_page(0, &[1; 4096]).unwrap();
+/// b.write_page(512, &[2; 4096]).unwrap();
+/// assert!(b.write_page(0, &[2; 4096]).is_err(), "stream 0's page");
+/// drop((a, b));
 /// assert_eq!(memory.as_bytes()[0], 1);
 /// assert_eq!(memory.as_bytes()[512 * 4096], 2);
 /// ```

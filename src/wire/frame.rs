@@ -190,7 +190,7 @@ pub enum Frame<'a> {
     Complete {
         /// Pages in guest memory.
         total_pages: u64,
-        /// [`MemoryDigest`](crate::memory::MemoryDigest) of all guest memory: XXH3-128 over the
+        /// The memory digest (`memory::MemoryDigest`) of all guest memory: XXH3-128 over the
         /// XXH3-64 of each page, in page order.
         digest: u128,
     },

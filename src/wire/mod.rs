@@ -6,7 +6,7 @@
 //! which catches every single-bit error and every burst up to 32 bits); lengths are
 //! bounded by the header's page size and checked before anything is buffered. Guest
 //! memory as a whole is summed up by a digest
-//! ([`MemoryDigest`](crate::memory::MemoryDigest): XXH3-128 over per-page XXH3-64)
+//! (`memory::MemoryDigest`: XXH3-128 over per-page XXH3-64)
 //! that the completion frame carries; a delta frame names its base by XXH3-64 ([`crate::codec::base_hash`]).
 //!
 //! Encoding writes into caller buffers ([`StreamHeader::emit`], [`Frame::emit`]);
