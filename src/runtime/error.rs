@@ -99,7 +99,10 @@ pub enum RuntimeError {
 
 impl RuntimeError {
     /// A guest's error while doing `what`.
-    pub fn guest(what: &'static str, error: impl std::error::Error + Send + Sync + 'static) -> Self {
+    pub fn guest(
+        what: &'static str,
+        error: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
         RuntimeError::Guest {
             what,
             error: std::boxed::Box::new(error),

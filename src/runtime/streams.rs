@@ -48,9 +48,9 @@ use crate::bitmap::AtomicDirtyBitmap;
 use crate::codec::CodecStats;
 pub use crate::engine::StreamsRound;
 use crate::engine::{
-    put_back_undelivered, Compression, CompressionChoice, Guest, Coordinator, CoordinatorConfig, CoordinatorError,
-    CoordinatorEvent, EngineError, FinalRound, SourceConfig, SourceEngine, SourceEvent,
-    StreamRound, Transport, Verify,
+    put_back_undelivered, Compression, CompressionChoice, Coordinator, CoordinatorConfig,
+    CoordinatorError, CoordinatorEvent, EngineError, FinalRound, Guest, SourceConfig, SourceEngine,
+    SourceEvent, StreamRound, Transport, Verify,
 };
 use crate::layout::Shard;
 use crate::memory::PageMemory;
@@ -481,12 +481,13 @@ pub fn check_source<M: PageMemory + Sync + ?Sized>(
     use rayon::prelude::*;
     let total = memory.total_pages();
     let page_size = memory.page_size();
-    let count = u8::try_from(kept.len())
-        .ok()
-        .filter(|&c| c >= 1)
-        .ok_or(RuntimeError::StreamCount {
-            streams: kept.len(),
-        })?;
+    let count =
+        u8::try_from(kept.len())
+            .ok()
+            .filter(|&c| c >= 1)
+            .ok_or(RuntimeError::StreamCount {
+                streams: kept.len(),
+            })?;
     let mut chunks = Vec::new();
     for (i, hashes) in kept.iter().enumerate() {
         let shard = Shard::new(i as u8, count).unwrap_or(Shard::WHOLE);

@@ -7,7 +7,7 @@ use std::vec::Vec;
 
 use super::Rng;
 
-/// Kinds of page in [`realistic_mix`].
+/// Kinds of page in the realistic mix ([`mix_kind`], [`pages`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PageKind {
     /// Words from a small vocabulary: page cache of text files, logs.

@@ -11,8 +11,8 @@ use precopy::runtime::{
     migrate_streams, MigrationOptions, MigrationReport, Observer, RuntimeError, SourceCheck,
     StreamsFinal, StreamsRound,
 };
-use precopy::workload::{SyntheticGuest, Workload, WorkloadError};
 use precopy::schedule::{OnLimit, Policy};
+use precopy::workload::{SyntheticGuest, Workload, WorkloadError};
 
 /// The options of a migration's source (`precopy demo`, `precopy send`).
 #[derive(clap::Args, Debug)]
