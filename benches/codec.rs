@@ -8,9 +8,7 @@ use precopy::codec::{
     delta_apply, delta_encode, is_zero_page, lz4_decompress_page, lz4_max_output_len, Lz4Compressor,
 };
 
-#[path = "../src/bin/precopy/page_mix.rs"]
-#[allow(dead_code)]
-mod page_mix;
+use precopy::workload::pages as page_mix;
 
 const PAGE: usize = 4096;
 /// 2 MiB of pages: cache-resident, so this measures the codecs themselves; `precopy

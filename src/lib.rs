@@ -37,6 +37,8 @@ pub mod memory;
 pub mod runtime;
 pub mod schedule;
 pub mod wire;
+#[cfg(feature = "std")]
+pub mod workload;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

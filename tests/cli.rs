@@ -379,7 +379,7 @@ fn layout_mismatch_and_memory_cap_are_refused_and_the_source_runs_on() {
         ),
         (
             &["--max-memory", "8M"][..],
-            "refused the migration: the stream's guest of 16 MiB (4096 pages of 4096 bytes) is larger than this destination's limit of 8 MiB (raise --max-memory)",
+            "refused the migration: the stream's guest of 16 MiB (4096 pages of 4096 bytes) is larger than this destination's limit of 8 MiB (raise the destination's memory limit)",
         ),
     ] {
         let (recv, addr) = listening_recv(recv_args);

@@ -15,9 +15,8 @@ use precopy::memory::{AtomicMemory, PageMemory, VecMemory};
 use precopy::schedule::Policy;
 use proptest::prelude::*;
 
-#[path = "common/scripted_guest.rs"]
-mod scripted_guest;
-use scripted_guest::{fill, ScriptedGuest, Write};
+mod common;
+use common::scripted_guest::{fill, ScriptedGuest, Write};
 
 const PAGE: usize = 512;
 

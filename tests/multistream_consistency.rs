@@ -22,9 +22,8 @@ use precopy::schedule::{Decision, OnLimit, Policy, RoundMeasurement, Scheduler};
 use precopy::wire::WireErrorKind;
 use proptest::prelude::*;
 
-#[path = "common/scripted_guest.rs"]
-mod scripted_guest;
-use scripted_guest::{fill, Bitmap, ScriptedGuest, Write};
+mod common;
+use common::scripted_guest::{fill, Bitmap, ScriptedGuest, Write};
 
 const PAGE: usize = 512;
 

@@ -1,39 +1,68 @@
 //! The std runtime's multi-stream migration as a VMM uses it: `migrate_streams` over
 //! real TCP connections with real writer threads dirtying the guest, against
-//! `receive_streams` on another thread.
+//! `receive_streams` on another thread; and links that fail mid-round, after which
+//! every page whose latest content did not reach the destination is still marked.
 
 use std::net::{TcpListener, TcpStream};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use precopy::engine::{SourceConfig, Transport};
-use precopy::layout::GuestLayout;
-use precopy::memory::PageMemory;
-use precopy::runtime::pacer::TokenBucket;
+use precopy::bitmap::AtomicDirtyBitmap;
+use precopy::codec::EncoderConfig;
+use precopy::engine::{Applier, Compression, Guest, SourceConfig, Transport};
+use precopy::layout::{GuestLayout, Shard};
+use precopy::memory::{AtomicMemory, PageMemory, VecMemory};
 use precopy::runtime::{
-    migrate_streams, receive_streams, Limits, ReceivedStreams, RuntimeError, SourceControl,
-    SourceLink, StreamOptions, StreamsRound, SyntheticGuest,
+    migrate_streams, receive_streams, Limits, MigrationOptions, MigrationReport, Observer,
+    ReceivedStreams, RuntimeError, SourceLink, StreamsRound,
 };
-use precopy::schedule::Policy;
+use precopy::schedule::{OnLimit, Policy};
+use precopy::workload::SyntheticGuest;
 
 const PAGE: usize = 4096;
 
-/// The synthetic guest as the runtime's `SourceControl`, counting what it was asked.
-struct Control<'a> {
+/// The synthetic guest, counting the pauses the runtime asks for.
+struct Counted<'a> {
     guest: &'a SyntheticGuest,
-    rounds: Vec<StreamsRound>,
-    pauses: u32,
+    pauses: AtomicU32,
 }
 
-impl SourceControl for Control<'_> {
-    fn throttle(&mut self, percent: u8) {
-        self.guest.set_throttle(percent);
+impl Guest for Counted<'_> {
+    type Memory = AtomicMemory;
+    type Words = Box<[std::sync::atomic::AtomicU64]>;
+    type Error = std::convert::Infallible;
+    fn memory(&self) -> &AtomicMemory {
+        Guest::memory(self.guest)
     }
-    fn pause(&mut self) {
-        self.pauses += 1;
-        self.guest.pause();
+    fn bitmap(&self) -> &AtomicDirtyBitmap<Self::Words> {
+        Guest::bitmap(self.guest)
     }
+    fn pause(&self) -> Result<(), Self::Error> {
+        self.pauses.fetch_add(1, Ordering::Relaxed);
+        Guest::pause(self.guest)
+    }
+    fn resume(&self) {
+        Guest::resume(self.guest)
+    }
+    fn throttle(&self, percent: u8) {
+        Guest::throttle(self.guest, percent)
+    }
+}
+
+/// Keeps the rounds and the final report.
+#[derive(Default)]
+struct Seen {
+    rounds: Vec<StreamsRound>,
+    report: Option<MigrationReport>,
+}
+
+impl Observer for Seen {
     fn round_done(&mut self, round: &StreamsRound) {
         self.rounds.push(*round);
+    }
+    fn ended(&mut self, report: &MigrationReport) {
+        self.report = Some(report.clone());
     }
 }
 
@@ -91,25 +120,22 @@ fn three_streams_with_writers_running_end_with_equal_memory() {
     let mut guest = SyntheticGuest::new(layout, workload);
     let (addr, dest) = destination(layout);
     guest.start(2);
-    let (memory, bitmap) = (guest.memory().clone(), guest.bitmap().clone());
-    let mut control = Control {
+    let memory = guest.memory().clone();
+    let counted = Counted {
         guest: &guest,
-        rounds: Vec::new(),
-        pauses: 0,
+        pauses: AtomicU32::new(0),
     };
+    let mut seen = Seen::default();
     let report = migrate_streams(
-        &*bitmap,
-        &*memory,
-        config(None),
+        &counted,
         links(&addr, 3),
         |l| l.finish(),
-        None,
-        &StreamOptions::default(),
-        &mut control,
-        Instant::now(),
-    );
-    let (rounds, pauses) = (control.rounds.len(), control.pauses);
-    report.result.unwrap();
+        &MigrationOptions::new(config(None)),
+        &mut seen,
+    )
+    .unwrap();
+    let (rounds, pauses) = (seen.rounds.len(), counted.pauses.load(Ordering::Relaxed));
+    assert_eq!(seen.report.unwrap().digests, report.digests);
     let received = dest.join().unwrap().unwrap();
     // The guest stays paused after a successful migration: compare every page.
     let (mut a, mut b) = (vec![0u8; PAGE], vec![0u8; PAGE]);
@@ -129,6 +155,13 @@ fn three_streams_with_writers_running_end_with_equal_memory() {
     guest.stop();
 }
 
+fn cut() -> RuntimeError {
+    RuntimeError::io(
+        "sending",
+        std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the cable was cut"),
+    )
+}
+
 /// A link that fails after `budget` bytes.
 struct Failing<T> {
     inner: T,
@@ -139,7 +172,7 @@ impl<T: Transport<Error = RuntimeError>> Transport for Failing<T> {
     type Error = RuntimeError;
     fn send(&mut self, bytes: &[u8]) -> Result<(), RuntimeError> {
         if bytes.len() > self.budget {
-            return Err(RuntimeError::Peer("the cable was cut".to_string()));
+            return Err(cut());
         }
         self.budget -= bytes.len();
         self.inner.send(bytes)
@@ -156,7 +189,6 @@ fn a_stream_failing_mid_migration_stops_all_and_the_guest_runs_on() {
     let mut guest = SyntheticGuest::new(layout, workload);
     let (addr, dest) = destination(layout);
     guest.start(1);
-    let (memory, bitmap) = (guest.memory().clone(), guest.bitmap().clone());
     let links: Vec<Failing<_>> = links(&addr, 2)
         .into_iter()
         .enumerate()
@@ -165,32 +197,22 @@ fn a_stream_failing_mid_migration_stops_all_and_the_guest_runs_on() {
             budget: if i == 1 { 1 << 20 } else { usize::MAX },
         })
         .collect();
-    let mut control = Control {
-        guest: &guest,
-        rounds: Vec::new(),
-        pauses: 0,
-    };
-    // Paced to 100 MB/s so the 1 MiB budget runs out in the bulk round.
-    let cap = TokenBucket::new(100_000_000, 256 << 10);
-    let start = Instant::now();
-    let report = migrate_streams(
-        &*bitmap,
-        &*memory,
-        config(Some(100_000_000)),
+    let mut seen = Seen::default();
+    // Paced to 100 MB/s (the policy's cap) so the 1 MiB budget runs out in the bulk
+    // round.
+    let e = migrate_streams(
+        &guest,
         links,
         |l| l.inner.finish(),
-        Some(&cap),
-        &StreamOptions::default(),
-        &mut control,
-        start,
-    );
-    let e = report.result.unwrap_err().to_string();
+        &MigrationOptions::new(config(Some(100_000_000))),
+        &mut seen,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("the cable was cut"), "{e}");
+    let report = seen.report.expect("the observer hears how far it got");
     assert!(report.paused_at.is_none(), "never paused");
-    assert!(
-        start.elapsed() < Duration::from_secs(15),
-        "stopped promptly"
-    );
+    assert!(report.wire_bytes > 0);
     // The destination saw its streams end early and verified nothing.
     assert!(dest.join().unwrap().is_err());
     // The guest was never paused and keeps writing.
@@ -198,4 +220,119 @@ fn a_stream_failing_mid_migration_stops_all_and_the_guest_runs_on() {
     std::thread::sleep(Duration::from_millis(100));
     assert!(guest.writes() > before);
     guest.stop();
+}
+
+/// An in-memory link that keeps the bytes it took and fails once `budget` bytes went
+/// through: the send that crosses it delivers its first part only (a socket that took
+/// half a buffer), then reports the cut.
+struct Cut {
+    delivered: Arc<Mutex<Vec<u8>>>,
+    budget: usize,
+}
+
+impl Transport for Cut {
+    type Error = RuntimeError;
+    fn send(&mut self, bytes: &[u8]) -> Result<(), RuntimeError> {
+        let mut delivered = self.delivered.lock().unwrap();
+        if bytes.len() > self.budget {
+            delivered.extend_from_slice(&bytes[..self.budget]);
+            self.budget = 0;
+            return Err(cut());
+        }
+        self.budget -= bytes.len();
+        delivered.extend_from_slice(bytes);
+        Ok(())
+    }
+    fn recv(&mut self, _: &mut [u8]) -> Result<usize, RuntimeError> {
+        Ok(0)
+    }
+}
+
+/// Two streams of a fully written 32 MiB guest whose writer sweeps all of memory
+/// (each page rewritten only every ~400 ms), raw pages (no LZ4, no delta) paced to
+/// 100 MB/s so the senders fall behind their encoders and buffers queue up; stream
+/// `cut_stream` is cut after `budget` bytes. Afterwards (writer stopped), every page
+/// whose latest content did not reach the destination (the delivered bytes applied
+/// to fresh memory, compared with the source's) must still be marked dirty. Returns
+/// the live rounds that ended before the cut and the pages the senders put back.
+fn cut_link_keeps_undelivered_pages_marked(cut_stream: usize, budget: usize) -> (usize, u64) {
+    const STREAMS: usize = 2;
+    let layout = GuestLayout::flat(PAGE as u64, 32 << 20).unwrap();
+    let mut guest = SyntheticGuest::new(layout, "fill:rate=20k,set=32M".parse().unwrap());
+    guest.start(1);
+    let delivered: Vec<Arc<Mutex<Vec<u8>>>> = (0..STREAMS).map(|_| Arc::default()).collect();
+    let links: Vec<Cut> = (0..STREAMS)
+        .map(|i| Cut {
+            delivered: Arc::clone(&delivered[i]),
+            budget: if i == cut_stream { budget } else { usize::MAX },
+        })
+        .collect();
+    let source = SourceConfig {
+        encoder: EncoderConfig {
+            cache_bytes: 0,
+            ..EncoderConfig::new(PAGE)
+        },
+        policy: Policy {
+            // 50 ms at 100 MB/s is about 1200 pages: far fewer than the writer dirties
+            // in a round, so the migration is still live at the cut.
+            downtime_limit_ns: 50_000_000,
+            bandwidth_cap: Some(100_000_000),
+            on_limit: OnLimit::Fail,
+            ..Policy::default()
+        },
+        ..SourceConfig::new(PAGE)
+    };
+    let options = MigrationOptions {
+        compression: Compression::Off,
+        ..MigrationOptions::new(source)
+    };
+    let mut seen = Seen::default();
+    let e = migrate_streams(&guest, links, |_| Ok(()), &options, &mut seen)
+        .unwrap_err()
+        .to_string();
+    guest.stop();
+    assert!(e.contains("the cable was cut"), "{e}");
+    let report = seen.report.expect("the observer hears how far it got");
+    assert!(report.paused_at.is_none(), "cut before the switchover");
+
+    let (memory, bitmap) = (guest.memory(), guest.bitmap());
+    let (mut src, mut dst) = (vec![0u8; PAGE], vec![0u8; PAGE]);
+    let mut stale = 0u64;
+    for (i, bytes) in delivered.iter().enumerate() {
+        let mut applier = Applier::with_memory(VecMemory::new(PAGE, layout.total_pages()));
+        // The cut may tear the last frame: the applier keeps it pending.
+        applier.feed(&bytes.lock().unwrap()).unwrap();
+        let shard = Shard::new(i as u8, STREAMS as u8).unwrap();
+        for page in (0..layout.total_pages()).filter(|&p| shard.owns_range(p, 1)) {
+            memory.read_page(page, &mut src).unwrap();
+            applier.memory().read_page(page, &mut dst).unwrap();
+            if src != dst {
+                stale += 1;
+                assert!(
+                    bitmap.is_dirty(page),
+                    "stream {i}, page {page}: its latest content never reached the \
+                     destination and it is not marked dirty (a lost write)"
+                );
+            }
+        }
+    }
+    assert!(stale > 0, "the cut left pages behind");
+    (seen.rounds.len(), report.pages_put_back)
+}
+
+#[test]
+fn a_link_cut_in_the_bulk_round_leaves_every_undelivered_page_marked() {
+    // Stream 1 of 2 carries 4096 raw pages (about 16.8 MB) in the bulk round.
+    let (rounds, put_back) = cut_link_keeps_undelivered_pages_marked(1, 4 << 20);
+    assert_eq!(rounds, 0, "cut in the bulk round");
+    assert!(put_back > 0, "queued buffers were put back");
+}
+
+#[test]
+fn a_link_cut_in_a_later_round_leaves_every_undelivered_page_marked() {
+    // Past stream 0's bulk round (about 16.8 MB), into the second round, which
+    // carries the pages the writer rewrote during the bulk round.
+    let (rounds, put_back) = cut_link_keeps_undelivered_pages_marked(0, 18 << 20);
+    assert!(rounds >= 1, "cut after the bulk round");
+    assert!(put_back > 0, "queued buffers were put back");
 }

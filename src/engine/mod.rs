@@ -10,6 +10,7 @@ pub mod compression;
 #[cfg(feature = "alloc")]
 pub mod coordinator;
 mod error;
+mod guest;
 #[cfg(feature = "alloc")]
 mod source;
 mod transport;
@@ -23,6 +24,7 @@ pub use coordinator::{
     StreamsRound,
 };
 pub use error::EngineError;
+pub use guest::Guest;
 #[cfg(feature = "alloc")]
 pub use source::{
     FinalRound, SourceConfig, SourceEngine, SourceEvent, SourceRound, StreamRound, Transmit, Verify,

@@ -192,9 +192,12 @@ impl IncomingStreams {
                 .collect();
             handles
                 .into_iter()
-                .map(|h| match h {
+                .enumerate()
+                .map(|(i, h)| match h {
                     Ok(h) => h.join().unwrap_or_else(|_| {
-                        Err(RuntimeError::Peer("a stream's thread panicked".to_string()))
+                        Err(RuntimeError::ThreadPanicked {
+                            thread: format!("the thread receiving stream {i}"),
+                        })
                     }),
                     Err(e) => Err(RuntimeError::io("starting a stream's thread", e)),
                 })

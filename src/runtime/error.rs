@@ -20,10 +20,42 @@ pub enum RuntimeError {
     Engine(EngineError),
     /// The destination refused the stream (the message names frame and byte).
     Apply(ApplyError),
-    /// A workload specification could not be parsed.
-    Workload(String),
     /// The peer broke the protocol or closed early (the message names the peer).
     Peer(String),
+    /// This stream stopped because another stream of the migration failed (that
+    /// stream's error is the one a migration reports).
+    Stopped,
+    /// A migration was given a number of streams (links, or kept hash tables) outside
+    /// 1 to [`MAX_STREAMS`](crate::layout::MAX_STREAMS).
+    StreamCount {
+        /// Streams given.
+        streams: usize,
+    },
+    /// The source's check was given a stream's page hashes that do not cover the
+    /// stream's pages: the stream did not complete.
+    IncompleteHashes {
+        /// The stream.
+        stream: usize,
+        /// Hashes kept.
+        kept: u64,
+        /// Pages of the stream.
+        pages: u64,
+    },
+    /// Every stream's threads ended without one saying why (a runtime bug).
+    StreamsVanished,
+    /// A thread of the runtime panicked (a bug); the migration failed.
+    ThreadPanicked {
+        /// Which thread.
+        thread: String,
+    },
+    /// The guest could not do what the migration asked ([`Guest`](crate::engine::Guest)):
+    /// pause, or bring in its dirty pages.
+    Guest {
+        /// What was asked.
+        what: &'static str,
+        /// The guest's error.
+        error: std::boxed::Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The destination refused the migration.
     Refused {
         /// The destination (its address).
@@ -66,6 +98,17 @@ pub enum RuntimeError {
 }
 
 impl RuntimeError {
+    /// A guest's error while doing `what`.
+    pub fn guest(
+        what: &'static str,
+        error: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        RuntimeError::Guest {
+            what,
+            error: std::boxed::Box::new(error),
+        }
+    }
+
     /// An I/O error while doing `what`.
     pub fn io(what: impl Into<String>, error: std::io::Error) -> Self {
         RuntimeError::Io {
@@ -81,8 +124,33 @@ impl fmt::Display for RuntimeError {
             RuntimeError::Io { what, error } => write!(f, "{what}: {error}"),
             RuntimeError::Engine(e) => write!(f, "source: {e}"),
             RuntimeError::Apply(e) => e.fmt(f),
-            RuntimeError::Workload(e) => write!(f, "workload: {e}"),
             RuntimeError::Peer(e) => f.write_str(e),
+            RuntimeError::Stopped => {
+                f.write_str("stopped because another stream of the migration failed")
+            }
+            RuntimeError::StreamCount { streams } => write!(
+                f,
+                "a migration has 1 to {} streams (one per link), not {streams}",
+                crate::layout::MAX_STREAMS
+            ),
+            RuntimeError::IncompleteHashes {
+                stream,
+                kept,
+                pages,
+            } => write!(
+                f,
+                "stream {stream} kept {kept} page hashes for its {pages} pages: it did not \
+                 complete, so the source's memory cannot be checked against what it sent"
+            ),
+            RuntimeError::StreamsVanished => f.write_str(
+                "every stream stopped before the migration completed, none saying why \
+                 (a bug in precopy's runtime); the guest runs on at the source",
+            ),
+            RuntimeError::ThreadPanicked { thread } => write!(
+                f,
+                "{thread} panicked (a bug in precopy); the migration failed"
+            ),
+            RuntimeError::Guest { what, error } => write!(f, "{what}: {error}"),
             RuntimeError::Refused { peer, reason } => {
                 write!(f, "{peer} refused the migration: {reason}")
             }
@@ -109,7 +177,7 @@ impl fmt::Display for RuntimeError {
             } => write!(
                 f,
                 "the stream's guest of {} ({pages} pages of {page_size} bytes) is larger than \
-                 this destination's limit of {} (raise --max-memory)",
+                 this destination's limit of {} (raise the destination's memory limit)",
                 Size(pages.saturating_mul(*page_size)),
                 Size(*max_memory)
             ),

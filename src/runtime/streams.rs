@@ -34,7 +34,6 @@
 //! - **Failure** anywhere stops every stream; each engine puts the pages it harvested
 //!   but did not send back into the bitmap, and the guest keeps running.
 
-use std::string::ToString;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -49,29 +48,44 @@ use crate::bitmap::AtomicDirtyBitmap;
 use crate::codec::CodecStats;
 pub use crate::engine::StreamsRound;
 use crate::engine::{
-    Compression, CompressionChoice, Coordinator, CoordinatorConfig, CoordinatorError,
-    CoordinatorEvent, EngineError, FinalRound, SourceConfig, SourceEngine, SourceEvent,
-    StreamRound, Transport, Verify,
+    put_back_undelivered, Compression, CompressionChoice, Coordinator, CoordinatorConfig,
+    CoordinatorError, CoordinatorEvent, EngineError, FinalRound, Guest, SourceConfig, SourceEngine,
+    SourceEvent, StreamRound, Transport, Verify,
 };
 use crate::layout::Shard;
 use crate::memory::PageMemory;
 use crate::schedule::Decision;
 
-/// How the streams run.
+/// How a multi-stream migration runs: every stream's engine configuration, and how
+/// the runtime moves its bytes.
+///
+/// The bandwidth cap is the policy's
+/// ([`source.policy.bandwidth_cap`](crate::schedule::Policy::bandwidth_cap)): the
+/// scheduler plans with it, and the runtime paces all streams together to it (a token
+/// bucket shared by the senders, with a burst of one buffer per stream). To pace one
+/// transport of your own, wrap it in [`RateLimited`](super::pacer::RateLimited).
 #[derive(Clone, Debug)]
-pub struct StreamOptions {
+pub struct MigrationOptions {
+    /// Every stream's engine configuration (codecs, delta cache budget for the whole
+    /// migration, policy, session id, verification).
+    /// [`stream`](SourceConfig::stream) and
+    /// [`external_decisions`](SourceConfig::external_decisions) are set per stream by
+    /// the runtime; each stream gets its share of the delta cache budget.
+    pub source: SourceConfig,
     /// LZ4: follow the bottleneck per stream ([`Compression::Auto`]), or forced.
     pub compression: Compression,
     /// Bytes per buffer an encoder fills (at least the engine's minimum).
     pub buffer_bytes: usize,
-    /// Filled buffers that may wait for a sender (the back-pressure bound).
+    /// Filled buffers that may wait for a sender (the back-pressure bound, at least 1).
     pub queue_depth: usize,
 }
 
-impl Default for StreamOptions {
-    /// Adaptive compression, 256 KiB buffers, 4 of them queued per stream.
-    fn default() -> Self {
-        StreamOptions {
+impl MigrationOptions {
+    /// `source`, with adaptive compression and 256 KiB buffers, 4 of them queued per
+    /// stream.
+    pub fn new(source: SourceConfig) -> Self {
+        MigrationOptions {
+            source,
             compression: Compression::Auto,
             buffer_bytes: 256 << 10,
             queue_depth: 4,
@@ -92,13 +106,11 @@ pub struct StreamsFinal {
     pub codecs: CodecStats,
 }
 
-/// What the VMM does when the migration asks (the synthetic guest, a real VMM).
-pub trait SourceControl {
-    /// Take `percent` of the vCPUs' time away (0: stop throttling).
-    fn throttle(&mut self, percent: u8);
-    /// Pause the guest: after this returns, it writes no memory.
-    fn pause(&mut self);
-    /// A live round ended.
+/// What a migration reports while it runs, for a progress display or a log: the
+/// guest itself is driven through [`Guest`]. Every method has a default that ignores
+/// it; `()` ignores everything.
+pub trait Observer {
+    /// A live round ended on every stream (the coordinator's sum).
     fn round_done(&mut self, round: &StreamsRound) {
         let _ = round;
     }
@@ -106,15 +118,26 @@ pub trait SourceControl {
     fn final_round(&mut self, round: &StreamsFinal) {
         let _ = round;
     }
-    /// Called about every 100 ms while a round is sent: pages sent and planned.
+    /// Called about every 100 ms while a round is sent: pages sent and planned in the
+    /// round, streams with LZ4 on.
     fn progress(&mut self, sent: u64, planned: u64, lz4_streams: u8) {
         let _ = (sent, planned, lz4_streams);
     }
+    /// The migration ended, well or not: how far it got. Called once, before
+    /// [`migrate_streams`] returns; after a failure this is where the figures are
+    /// (rounds, bytes, when the guest was paused), since the error carries none.
+    fn ended(&mut self, report: &MigrationReport) {
+        let _ = report;
+    }
 }
 
-/// How a multi-stream migration went.
-#[derive(Debug)]
-pub struct StreamsReport {
+/// Observes nothing.
+impl Observer for () {}
+
+/// How a multi-stream migration went: returned on success, and passed to
+/// [`Observer::ended`] whatever the outcome (after a failure, as far as it got).
+#[derive(Clone, Debug)]
+pub struct MigrationReport {
     /// Live rounds the scheduler saw.
     pub rounds: u32,
     /// The scheduler's last downtime prediction, ns (`u64::MAX`: none).
@@ -145,9 +168,10 @@ pub struct StreamsReport {
     pub source_check: SourceCheck,
     /// How long [`source_check`](Self::source_check) took, ns (`None`: not run).
     pub verify_after_ns: Option<u64>,
-    /// `Ok` only when every destination stream verified its pages and the source's
-    /// check found no page that differs.
-    pub result: Result<(), RuntimeError>,
+    /// Pages put back into the bitmap because the buffers carrying them never
+    /// reached a transport whole (the migration failed with them queued, or in the
+    /// send that failed); 0 after a success.
+    pub pages_put_back: u64,
 }
 
 /// The verdict of the source's check after the switchover: its paused memory re-read
@@ -219,7 +243,7 @@ enum Command {
     Paused,
 }
 
-/// Per-stream progress the coordinator reads for [`SourceControl::progress`].
+/// Per-stream progress the coordinator reads for [`Observer::progress`].
 #[derive(Default)]
 struct Progress {
     sent: AtomicU64,
@@ -227,56 +251,90 @@ struct Progress {
     lz4: AtomicBool,
 }
 
-/// Migrates `memory` (tracked by `bitmap`) over `links`, one stream per link, each
-/// with `config` for its pages ([`SourceConfig::stream`] and
-/// [`SourceConfig::external_decisions`] are set here, and each stream gets its share
-/// of the delta cache budget). `verdict` waits for a
-/// destination stream's answer after its completion frame; `cap` limits all streams
-/// together. Times are measured from `start`.
-#[allow(clippy::too_many_arguments)]
-pub fn migrate_streams<T, M, W, V>(
-    bitmap: &AtomicDirtyBitmap<W>,
-    memory: &M,
-    config: SourceConfig,
+/// Migrates `guest` over `links`, one stream per link (1 to
+/// [`MAX_STREAMS`](crate::layout::MAX_STREAMS)), each stream's engine configured by
+/// `options` for its share of the pages. `verdict` waits for a destination stream's
+/// answer after its completion frame (e.g. [`SourceLink::finish`](super::SourceLink::finish)).
+/// Progress goes to `observer`; the guest is throttled, paused and asked to
+/// [`sync_dirty`](Guest::sync_dirty) through its [`Guest`] methods, from the thread
+/// that called this.
+///
+/// `Ok` only when every destination stream verified its pages and the source's check
+/// found no page that differs; the guest then stays paused (it lives on at the
+/// destination). On any failure every stream stops, every page harvested but not
+/// handed whole to a transport is marked dirty again, a guest this call paused is
+/// resumed and its throttling lifted, and the error says why; the figures of the
+/// failed migration went to [`Observer::ended`].
+pub fn migrate_streams<G, T, V>(
+    guest: &G,
     links: Vec<T>,
     verdict: V,
-    cap: Option<&TokenBucket>,
-    options: &StreamOptions,
-    control: &mut dyn SourceControl,
-    start: Instant,
-) -> StreamsReport
+    options: &MigrationOptions,
+    observer: &mut dyn Observer,
+) -> Result<MigrationReport, RuntimeError>
 where
+    G: Guest + Sync + ?Sized,
+    G::Memory: Sync,
+    G::Words: Sync,
     T: Transport + Send,
     T::Error: Into<RuntimeError>,
-    M: PageMemory + Sync + ?Sized,
-    W: core::ops::Deref<Target = [core::sync::atomic::AtomicU64]> + Sync,
     V: Fn(&mut T) -> Result<(), RuntimeError> + Sync,
 {
+    let start = Instant::now();
     let now = || start.elapsed().as_nanos() as u64;
-    let mut report = StreamsReport {
+    let mut report = MigrationReport {
         rounds: 0,
         predicted_downtime_ns: u64::MAX,
         paused_at: None,
         wire_bytes: 0,
         digests: None,
-        verify: config.verify,
+        verify: options.source.verify,
         verified_at: None,
         verify_in_downtime_ns: None,
         digest_pages_read: 0,
         source_check: SourceCheck::NotRun,
         verify_after_ns: None,
-        result: Ok(()),
+        pages_put_back: 0,
     };
+    let result = run_streams(guest, links, &verdict, options, observer, &mut report, &now);
+    if result.is_err() {
+        // The guest goes on at the source.
+        guest.throttle(0);
+        if report.paused_at.is_some() {
+            guest.resume();
+        }
+    }
+    observer.ended(&report);
+    result.map(|()| report)
+}
+
+/// Runs the streams and, with [`Verify::AfterResume`], the source's check; fills
+/// `report` as it goes.
+fn run_streams<G, T, V>(
+    guest: &G,
+    links: Vec<T>,
+    verdict: &V,
+    options: &MigrationOptions,
+    observer: &mut dyn Observer,
+    report: &mut MigrationReport,
+    now: &(dyn Fn() -> u64 + Sync),
+) -> Result<(), RuntimeError>
+where
+    G: Guest + Sync + ?Sized,
+    G::Memory: Sync,
+    G::Words: Sync,
+    T: Transport + Send,
+    T::Error: Into<RuntimeError>,
+    V: Fn(&mut T) -> Result<(), RuntimeError> + Sync,
+{
+    let (bitmap, memory) = (guest.bitmap(), guest.memory());
+    let config = options.source;
     let n = links.len();
     if n == 0 || n > usize::from(crate::layout::MAX_STREAMS) {
-        report.result = Err(RuntimeError::Peer(std::format!(
-            "a migration needs 1 to {} streams, not {n}",
-            crate::layout::MAX_STREAMS
-        )));
-        return report;
+        return Err(RuntimeError::StreamCount { streams: n });
     }
     let layout = *bitmap.layout();
-    let coordinator = Coordinator::new(
+    let mut coordinator = Coordinator::new(
         CoordinatorConfig {
             policy: config.policy,
             total_pages: layout.total_pages(),
@@ -284,24 +342,24 @@ where
             streams: n,
         },
         now(),
-    );
-    let mut coordinator = match coordinator {
-        Ok(c) => c,
-        Err(CoordinatorError::Schedule(e)) => {
-            report.result = Err(RuntimeError::Engine(e.into()));
-            return report;
-        }
-        Err(e) => {
-            report.result = Err(RuntimeError::Coordinator(e));
-            return report;
-        }
-    };
+    )
+    .map_err(|e| match e {
+        CoordinatorError::Schedule(e) => RuntimeError::Engine(e.into()),
+        e => RuntimeError::Coordinator(e),
+    })?;
+    // The policy's cap paces every stream's sends together.
+    let cap = config
+        .policy
+        .bandwidth_cap
+        .map(|rate| TokenBucket::new(rate, options.buffer_bytes.max(1) as u64 * n as u64));
     let stop = AtomicBool::new(false);
     let sent_bytes = AtomicU64::new(0);
+    let put_back = AtomicU64::new(0);
     let progress: Vec<Progress> = (0..n).map(|_| Progress::default()).collect();
     let ends: Vec<Mutex<Option<StreamEnd>>> = (0..n).map(|_| Mutex::new(None)).collect();
     let (note_tx, note_rx) = unbounded::<(usize, Note)>();
     let mut command_txs = Vec::with_capacity(n);
+    let mut result = Ok(());
     std::thread::scope(|scope| {
         for (i, link) in links.into_iter().enumerate() {
             let (command_tx, command_rx) = unbounded::<Command>();
@@ -319,8 +377,7 @@ where
                 },
                 ..config
             };
-            let (stop, progress, sent_bytes, verdict, end) =
-                (&stop, &progress[i], &sent_bytes, &verdict, &ends[i]);
+            let (stop, progress, end) = (&stop, &progress[i], &ends[i]);
             let note = note_tx.clone();
             let name = std::format!("precopy-enc{i}");
             spawn_named(scope, name, i, &note_tx, move || {
@@ -343,30 +400,31 @@ where
             });
             let note = note_tx.clone();
             let name = std::format!("precopy-send{i}");
+            let shared = SenderShared {
+                index: i,
+                notes: note,
+                cap: cap.as_ref(),
+                stop,
+                sent_bytes: &sent_bytes,
+                put_back: &put_back,
+            };
             spawn_named(scope, name, i, &note_tx, move || {
-                let shared = SenderShared {
-                    index: i,
-                    notes: &note,
-                    cap,
-                    stop,
-                    sent_bytes,
-                };
-                shared.send_loop(link, data_rx, free_tx, verdict)
+                shared.send_loop(link, bitmap, data_rx, free_tx, verdict)
             });
         }
         drop(note_tx);
-        report.result = coordinate(
+        result = coordinate(
             &stop,
             &note_rx,
             &command_txs,
             &mut coordinator,
-            control,
+            guest,
+            observer,
             &progress,
-            &mut report.paused_at,
-            &mut report.digests,
+            report,
             now,
         );
-        if report.result.is_err() {
+        if result.is_err() {
             stop.store(true, Ordering::Relaxed);
         } else {
             report.verified_at = Some(Instant::now());
@@ -377,41 +435,39 @@ where
     report.rounds = coordinator.scheduler().rounds();
     report.predicted_downtime_ns = coordinator.scheduler().predicted_downtime_ns();
     report.wire_bytes = sent_bytes.load(Ordering::Relaxed);
+    report.pages_put_back = put_back.load(Ordering::Relaxed);
     let ends: Vec<Option<StreamEnd>> = ends
         .into_iter()
         .map(|e| e.into_inner().unwrap_or_else(|p| p.into_inner()))
         .collect();
     report.verify_in_downtime_ns = ends.iter().flatten().map(|e| e.digest_ns).max();
     report.digest_pages_read = ends.iter().flatten().map(|e| e.pages_read).sum();
-    if report.result.is_ok() {
-        match config.verify {
-            Verify::InDowntime => report.source_check = SourceCheck::InDowntime,
-            Verify::AfterResume => {
-                let check_start = Instant::now();
-                let hashes: Vec<&[u64]> = ends
-                    .iter()
-                    .map(|e| e.as_ref().map_or(&[][..], |e| &e.hashes[..]))
-                    .collect();
-                match check_source(memory, &hashes) {
-                    Ok(check) => {
-                        report.verify_after_ns = Some(check_start.elapsed().as_nanos() as u64);
-                        if let SourceCheck::Mismatch {
-                            differing, first, ..
-                        } = &check
-                        {
-                            report.result = Err(RuntimeError::LostWrites {
-                                differing: *differing,
-                                first: first.clone(),
-                            });
-                        }
-                        report.source_check = check;
-                    }
-                    Err(e) => report.result = Err(e),
-                }
-            }
+    result?;
+    if let Verify::InDowntime = config.verify {
+        report.source_check = SourceCheck::InDowntime;
+    } else {
+        let check_start = Instant::now();
+        let hashes: Vec<&[u64]> = ends
+            .iter()
+            .map(|e| e.as_ref().map_or(&[][..], |e| &e.hashes[..]))
+            .collect();
+        let check = check_source(memory, &hashes)?;
+        report.verify_after_ns = Some(check_start.elapsed().as_nanos() as u64);
+        let mismatch = match &check {
+            SourceCheck::Mismatch {
+                differing, first, ..
+            } => Some(RuntimeError::LostWrites {
+                differing: *differing,
+                first: first.clone(),
+            }),
+            _ => None,
+        };
+        report.source_check = check;
+        if let Some(e) = mismatch {
+            return Err(e);
         }
     }
-    report
+    Ok(())
 }
 
 /// The source's check after the switchover: re-reads `memory` (paused) in parallel,
@@ -425,24 +481,22 @@ pub fn check_source<M: PageMemory + Sync + ?Sized>(
     use rayon::prelude::*;
     let total = memory.total_pages();
     let page_size = memory.page_size();
-    let count = u8::try_from(kept.len())
-        .ok()
-        .filter(|&c| c >= 1)
-        .ok_or_else(|| {
-            RuntimeError::Peer(std::format!(
-                "the source's check needs the hashes of 1 to 255 streams, not {}",
-                kept.len()
-            ))
-        })?;
+    let count =
+        u8::try_from(kept.len())
+            .ok()
+            .filter(|&c| c >= 1)
+            .ok_or(RuntimeError::StreamCount {
+                streams: kept.len(),
+            })?;
     let mut chunks = Vec::new();
     for (i, hashes) in kept.iter().enumerate() {
         let shard = Shard::new(i as u8, count).unwrap_or(Shard::WHOLE);
         if hashes.len() as u64 != shard.pages(total) {
-            return Err(RuntimeError::Peer(std::format!(
-                "stream {i} kept {} page hashes for its {} pages: it did not complete",
-                hashes.len(),
-                shard.pages(total)
-            )));
+            return Err(RuntimeError::IncompleteHashes {
+                stream: i,
+                kept: hashes.len() as u64,
+                pages: shard.pages(total),
+            });
         }
         chunks.extend(shard.ranges(total).map(|r| (shard, *hashes, r)));
     }
@@ -493,23 +547,28 @@ pub fn check_source<M: PageMemory + Sync + ?Sized>(
 /// The coordinator loop: forwards the streams' notes into the core's [`Coordinator`]
 /// (the one scheduler, the round barrier, the pause once, the final sums) and carries
 /// out what it says: decisions and the pause to the encoders, throttling, the pause
-/// and the tables to `control`. No round or pause logic lives here.
+/// and dirty syncs to `guest`, the tables to `observer`. No round or pause logic
+/// lives here.
 #[allow(clippy::too_many_arguments)]
-fn coordinate(
+fn coordinate<G: Guest + ?Sized>(
     stop: &AtomicBool,
     notes: &Receiver<(usize, Note)>,
     commands: &[Sender<Command>],
     coordinator: &mut Coordinator,
-    control: &mut dyn SourceControl,
+    guest: &G,
+    observer: &mut dyn Observer,
     progress: &[Progress],
-    paused_at: &mut Option<Instant>,
-    digests_out: &mut Option<Vec<u128>>,
+    report: &mut MigrationReport,
     now: impl Fn() -> u64,
 ) -> Result<(), RuntimeError> {
     let broadcast = |c: &dyn Fn() -> Command| {
         for tx in commands {
             let _ = tx.send(c());
         }
+    };
+    let fail = |e: RuntimeError| {
+        stop.store(true, Ordering::Relaxed);
+        Err(e)
     };
     loop {
         let (i, note) = match notes.recv_timeout(Duration::from_millis(100)) {
@@ -520,18 +579,14 @@ fn coordinate(
                     .iter()
                     .filter(|p| p.lz4.load(Ordering::Relaxed))
                     .count();
-                control.progress(
+                observer.progress(
                     sum(&|p| p.sent.load(Ordering::Relaxed)),
                     sum(&|p| p.planned.load(Ordering::Relaxed)),
                     lz4 as u8,
                 );
                 continue;
             }
-            Err(RecvTimeoutError::Disconnected) => {
-                return Err(RuntimeError::Peer(
-                    "every stream stopped before the migration completed".to_string(),
-                ))
-            }
+            Err(RecvTimeoutError::Disconnected) => return fail(RuntimeError::StreamsVanished),
         };
         // The runtime's own reason, when a stream failed: richer than the core's.
         let mut cause = None;
@@ -564,36 +619,51 @@ fn coordinate(
             }
         };
         if let Err(e) = handled {
-            stop.store(true, Ordering::Relaxed);
-            return Err(cause.unwrap_or(RuntimeError::Coordinator(e)));
+            return fail(cause.unwrap_or(RuntimeError::Coordinator(e)));
         }
         while let Some(event) = coordinator.poll_event() {
             match event {
-                CoordinatorEvent::RoundDone(sum) => control.round_done(&sum),
-                CoordinatorEvent::Throttle(percent) => control.throttle(percent),
-                CoordinatorEvent::Decide(decision) => broadcast(&|| Command::Decide(decision)),
+                CoordinatorEvent::RoundDone(sum) => observer.round_done(&sum),
+                CoordinatorEvent::Throttle(percent) => guest.throttle(percent),
+                CoordinatorEvent::Decide(decision) => {
+                    // Dirty pages tracked outside the bitmap (a KVM dirty log) come
+                    // in before the engines go on: the next round's harvest has them.
+                    if let Err(e) = guest.sync_dirty() {
+                        return fail(RuntimeError::guest("pulling the guest's dirty pages", e));
+                    }
+                    broadcast(&|| Command::Decide(decision))
+                }
                 CoordinatorEvent::PauseGuest { .. } => {
-                    control.pause();
-                    *paused_at = Some(Instant::now());
+                    if let Err(e) = guest.pause() {
+                        return fail(RuntimeError::guest("pausing the guest", e));
+                    }
+                    report.paused_at = Some(Instant::now());
+                    // The last writes tracked outside the bitmap, before the engines'
+                    // final harvest.
+                    if let Err(e) = guest.sync_dirty() {
+                        return fail(RuntimeError::guest(
+                            "pulling the paused guest's dirty pages",
+                            e,
+                        ));
+                    }
                     if let Err(e) = coordinator.handle_guest_paused(now()) {
-                        stop.store(true, Ordering::Relaxed);
-                        return Err(RuntimeError::Coordinator(e));
+                        return fail(RuntimeError::Coordinator(e));
                     }
                 }
                 CoordinatorEvent::GuestPaused => broadcast(&|| Command::Paused),
                 CoordinatorEvent::FinalRound(f) => {
-                    control.final_round(&StreamsFinal {
+                    observer.final_round(&StreamsFinal {
                         round: f.round,
                         pages_sent: f.pages_sent,
                         wire_bytes: f.wire_bytes,
                         codecs: f.codecs,
                     });
-                    *digests_out = coordinator.digests();
+                    report.digests = coordinator.digests();
                 }
                 CoordinatorEvent::Done(_) => return Ok(()),
                 CoordinatorEvent::Failed(e) => {
                     stop.store(true, Ordering::Relaxed);
-                    return Err(match (cause, e) {
+                    return fail(match (cause, e) {
                         (Some(cause), _) => most_telling(cause, notes),
                         (None, CoordinatorError::Schedule(e)) => RuntimeError::Engine(e.into()),
                         (None, e) => RuntimeError::Coordinator(e),
@@ -637,7 +707,7 @@ impl Encoder<'_> {
         bitmap: &AtomicDirtyBitmap<W>,
         memory: &M,
         config: SourceConfig,
-        options: &StreamOptions,
+        options: &MigrationOptions,
         now: impl Fn() -> u64,
     ) -> Result<(), RuntimeError>
     where
@@ -662,14 +732,14 @@ impl Encoder<'_> {
         &self,
         engine: &mut SourceEngine<'_, W>,
         memory: &M,
-        options: &StreamOptions,
+        options: &MigrationOptions,
         now: &impl Fn() -> u64,
     ) -> Result<(), RuntimeError>
     where
         M: PageMemory + ?Sized,
         W: core::ops::Deref<Target = [core::sync::atomic::AtomicU64]>,
     {
-        let stopped = || RuntimeError::Peer("stopped: another stream failed".to_string());
+        let stopped = || RuntimeError::Stopped;
         let buffer_len = engine.min_buffer_len().max(options.buffer_bytes);
         let mut fresh_buffers = options.queue_depth.max(1) + 1;
         let mut choice = CompressionChoice::new(options.compression);
@@ -759,19 +829,29 @@ impl Encoder<'_> {
 /// What a stream's sender shares with the rest.
 struct SenderShared<'a> {
     index: usize,
-    notes: &'a Sender<(usize, Note)>,
+    notes: Sender<(usize, Note)>,
     cap: Option<&'a TokenBucket>,
     stop: &'a AtomicBool,
     sent_bytes: &'a AtomicU64,
+    /// Pages put back into the bitmap, all streams.
+    put_back: &'a AtomicU64,
 }
 
 impl SenderShared<'_> {
     /// One stream's sender: writes the encoder's buffers to the link (within the cap),
     /// passes notes on after the bytes before them, and after the completion waits for
     /// the destination's verdict.
-    fn send_loop<T, V>(
+    ///
+    /// A page counts as delivered once the buffer carrying it was handed whole to the
+    /// transport. Once the migration stops (this link failed, or another stream did),
+    /// every buffer not handed over whole (the one whose send failed, and each still
+    /// queued or yet to come from the encoder, until it hangs up) has its pages marked
+    /// dirty again ([`put_back_undelivered`]): the guest's latest write to them
+    /// reached neither the destination nor a later harvest.
+    fn send_loop<T, V, W>(
         &self,
         mut link: T,
+        bitmap: &AtomicDirtyBitmap<W>,
         data: Receiver<Chunk>,
         free: Sender<Vec<u8>>,
         verdict: &V,
@@ -779,30 +859,40 @@ impl SenderShared<'_> {
         T: Transport,
         T::Error: Into<RuntimeError>,
         V: Fn(&mut T) -> Result<(), RuntimeError>,
+        W: core::ops::Deref<Target = [core::sync::atomic::AtomicU64]>,
     {
         let i = self.index;
+        let mut stopped = false;
+        // Until the encoder hangs up: after a stop, it may still hand over what it
+        // encoded.
         for chunk in data.iter() {
-            if self.stop.load(Ordering::Relaxed) {
-                return;
-            }
+            stopped = stopped || self.stop.load(Ordering::Relaxed);
             match chunk {
                 Chunk::Bytes(buf, len) => {
-                    if len > 0 {
+                    if stopped {
+                        self.put_back(bitmap, &buf[..len]);
+                    } else if len > 0 {
                         if let Some(cap) = self.cap {
                             cap.take(len);
                         }
                         if let Err(e) = link.send(&buf[..len]) {
+                            // Whatever part of it the link took, the rest did not
+                            // arrive: the whole buffer goes back.
+                            self.put_back(bitmap, &buf[..len]);
                             // Every sender's failure is reported: the coordinator
                             // prefers a destination's stated reason to the resets of
                             // the other connections that follow it.
                             self.stop.store(true, Ordering::Relaxed);
                             let _ = self.notes.send((i, Note::Failed(e.into())));
-                            return;
+                            stopped = true;
+                        } else {
+                            self.sent_bytes.fetch_add(len as u64, Ordering::Relaxed);
                         }
-                        self.sent_bytes.fetch_add(len as u64, Ordering::Relaxed);
                     }
+                    // An encoder waiting for a buffer must get one to see the stop.
                     let _ = free.send(buf);
                 }
+                Chunk::Note(_) if stopped => {}
                 Chunk::Note(note) => {
                     let complete = matches!(note, Note::Complete(..));
                     let _ = self.notes.send((i, note));
@@ -812,6 +902,18 @@ impl SenderShared<'_> {
                     }
                 }
             }
+        }
+    }
+
+    /// Marks again the pages of `bytes`, a buffer that never reached the transport
+    /// whole. A buffer that does not parse would be an engine bug: its stream already
+    /// failed, and the engine's own put-back ([`SourceEngine::abort`]) still runs.
+    fn put_back<W>(&self, bitmap: &AtomicDirtyBitmap<W>, bytes: &[u8])
+    where
+        W: core::ops::Deref<Target = [core::sync::atomic::AtomicU64]>,
+    {
+        if let Ok(pages) = put_back_undelivered(bitmap, bytes) {
+            self.put_back.fetch_add(pages, Ordering::Relaxed);
         }
     }
 }

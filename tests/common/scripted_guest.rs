@@ -1,7 +1,6 @@
 //! A guest for the consistency property tests: its writes follow a script and run
 //! inside the engines' page reads. Shared by `tests/engine_consistency.rs` and
 //! `tests/multistream_consistency.rs`.
-#![allow(dead_code)]
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;

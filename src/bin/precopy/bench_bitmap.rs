@@ -9,7 +9,8 @@ use precopy::bitmap::{AtomicDirtyBitmap, DirtyPages};
 use precopy::layout::GuestLayout;
 use vm_memory::bitmap::AtomicBitmap;
 
-use crate::report::{best_of_with_setup, CaseResult, SplitMix64};
+use crate::report::{best_of_with_setup, CaseResult};
+use precopy::workload::Rng;
 
 /// Options of `precopy bench bitmap`.
 #[derive(clap::Args, Debug)]
@@ -46,7 +47,7 @@ pub fn run(args: &Args) -> Result<(), String> {
     let peer = AtomicBitmap::new(bytes as usize, page_size);
     let reps = args.reps;
 
-    let mut rng = SplitMix64(0x5eed);
+    let mut rng = Rng::new(0x5eed);
     let random_pages: Vec<u64> = (0..MARKS).map(|_| rng.below(pages)).collect();
     // Two vCPUs dirtying the same 256 hot pages (4 words in one cache line).
     let hot_pages: Vec<u64> = (0..MARKS).map(|_| 4096 + rng.below(256)).collect();
@@ -138,7 +139,7 @@ fn harvest_case(
     one_in: u64,
     reps: usize,
 ) -> CaseResult {
-    let mut rng = SplitMix64(one_in);
+    let mut rng = Rng::new(one_in);
     let dirty: Vec<u64> = (0..pages).filter(|_| rng.below(one_in) == 0).collect();
     let list = RefCell::new(vec![0u64; dirty.len()]);
     let ours_time = best_of_with_setup(

@@ -8,8 +8,8 @@ use precopy::codec::{
 };
 use precopy::wire::{seal_page_frame, PAGE_PAYLOAD_OFFSET};
 
-use crate::page_mix::{self, PageKind, MIX_DESCRIPTION};
 use crate::report::best_of_with_setup;
+use precopy::workload::pages::{self as page_mix, PageKind, MIX_DESCRIPTION};
 
 /// Options of `precopy bench codec`.
 #[derive(clap::Args, Debug)]

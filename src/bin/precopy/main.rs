@@ -9,7 +9,6 @@ mod bench_codec;
 mod bench_pipeline;
 mod demo;
 mod migrate;
-mod page_mix;
 mod recv;
 mod report;
 mod send;

@@ -7,12 +7,12 @@ use precopy::codec::{CodecStats, EncoderConfig, Encoding};
 use precopy::engine::{Compression, SourceConfig, Transport, Verify};
 use precopy::layout::GuestLayout;
 use precopy::memory::migration_digest;
-use precopy::runtime::pacer::TokenBucket;
 use precopy::runtime::{
-    migrate_streams, RuntimeError, SourceCheck, SourceControl, StreamOptions, StreamsFinal,
-    StreamsRound, SyntheticGuest, Workload,
+    migrate_streams, MigrationOptions, MigrationReport, Observer, RuntimeError, SourceCheck,
+    StreamsFinal, StreamsRound,
 };
 use precopy::schedule::{OnLimit, Policy};
+use precopy::workload::{SyntheticGuest, Workload, WorkloadError};
 
 /// The options of a migration's source (`precopy demo`, `precopy send`).
 #[derive(clap::Args, Debug)]
@@ -170,7 +170,7 @@ impl MigrationArgs {
         let workload: Workload = self
             .workload
             .parse()
-            .map_err(|e: RuntimeError| e.to_string())?;
+            .map_err(|e: WorkloadError| e.to_string())?;
         let layout = GuestLayout::flat(self.page_size, self.memory).map_err(|e| {
             format!(
                 "--memory {} with --page-size {}: {e}",
@@ -440,27 +440,20 @@ pub fn json_string(s: &str) -> String {
     out
 }
 
-/// The synthetic guest and the terminal, as the multi-stream runtime's
-/// [`SourceControl`].
-struct CliControl<'a> {
-    guest: &'a mut SyntheticGuest,
+/// The terminal (and the lost-write test hook), as the multi-stream runtime's
+/// [`Observer`]; it keeps the report of how far the migration got.
+struct CliObserver<'a> {
+    guest: &'a SyntheticGuest,
     /// Test hook: make a lost write after the bulk round.
     inject_lost_write: bool,
     json: bool,
     quiet: bool,
     bar: Option<indicatif::ProgressBar>,
     rounds_seen: u32,
+    report: Option<MigrationReport>,
 }
 
-impl SourceControl for CliControl<'_> {
-    fn throttle(&mut self, percent: u8) {
-        self.guest.set_throttle(percent);
-    }
-
-    fn pause(&mut self) {
-        self.guest.pause();
-    }
-
+impl Observer for CliObserver<'_> {
     fn round_done(&mut self, r: &StreamsRound) {
         self.rounds_seen += 1;
         if self.inject_lost_write && self.rounds_seen == 1 {
@@ -499,6 +492,10 @@ impl SourceControl for CliControl<'_> {
             ));
         }
     }
+
+    fn ended(&mut self, report: &MigrationReport) {
+        self.report = Some(report.clone());
+    }
 }
 
 /// Runs a migration's source: starts the writers, migrates over `links` (one stream
@@ -518,42 +515,29 @@ where
     T::Error: Into<RuntimeError>,
 {
     let start = Instant::now();
-    let guest = &mut source.guest;
-    guest.start(writers);
-    let memory = std::sync::Arc::clone(guest.memory());
-    let bitmap = std::sync::Arc::clone(guest.bitmap());
-    let cap = source
-        .config
-        .policy
-        .bandwidth_cap
-        .map(|rate| TokenBucket::new(rate, (256 << 10) * links.len() as u64));
-    let options = StreamOptions {
+    source.guest.start(writers);
+    let guest = &source.guest;
+    let options = MigrationOptions {
         compression: source.compression,
-        ..StreamOptions::default()
+        ..MigrationOptions::new(source.config)
     };
-    let mut control = CliControl {
+    let mut observer = CliObserver {
         guest,
         inject_lost_write: source.inject_lost_write,
         json,
         quiet: source.quiet,
         bar: progress_bar(json || source.quiet),
         rounds_seen: 0,
+        report: None,
     };
-    let r = migrate_streams(
-        &bitmap,
-        &*memory,
-        source.config,
-        links,
-        verdict,
-        cap.as_ref(),
-        &options,
-        &mut control,
-        start,
-    );
-    if let Some(bar) = &control.bar {
+    let result = migrate_streams(guest, links, verdict, &options, &mut observer);
+    if let Some(bar) = &observer.bar {
         bar.finish_and_clear();
     }
-    let guest = control.guest;
+    // The figures, whether the migration succeeded or not.
+    let Some(r) = observer.report.take() else {
+        unreachable!("migrate_streams reports to its observer before it returns")
+    };
     let total_ns = start.elapsed().as_nanos() as u64;
     let mut report = SourceReport {
         // Live rounds, and the final one once every stream produced it.
@@ -577,8 +561,8 @@ where
         error: None,
         writes_after_failure: None,
     };
-    if let Err(e) = r.result {
-        // The migration failed: the guest keeps running on the source.
+    if let Err(e) = result {
+        // The migration failed: the runtime let the guest go on at the source.
         guest.resume();
         let before = guest.writes();
         std::thread::sleep(Duration::from_millis(200));
@@ -586,7 +570,7 @@ where
         report.error = Some(e.to_string());
     }
     report.writes = guest.writes();
-    guest.stop();
+    source.guest.stop();
     report
 }
 

@@ -1,30 +1,13 @@
-//! Synthetic guest pages for the codec benchmarks (shared by `precopy bench codec` and
-//! `benches/codec.rs`). Deterministic: the same seed gives the same pages.
+//! Page contents for the codec benchmarks (shared by `precopy bench codec` and
+//! `benches/codec.rs`): text-like, structured, mostly-zero and random pages, and edits
+//! of them. Deterministic: the same seed gives the same pages.
 
-/// A small reproducible generator (xorshift64*).
-pub struct Rng(u64);
+use std::vec;
+use std::vec::Vec;
 
-impl Rng {
-    /// A generator from `seed`.
-    pub fn new(seed: u64) -> Self {
-        Rng(seed | 1)
-    }
+use super::Rng;
 
-    /// 64 random bits.
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// A value in `0..n`.
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
-/// Kinds of page in [`realistic_mix`].
+/// Kinds of page in the realistic mix ([`mix_kind`], [`pages`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PageKind {
     /// Words from a small vocabulary: page cache of text files, logs.
@@ -65,18 +48,18 @@ pub fn fill(page: &mut [u8], kind: PageKind, rng: &mut Rng) {
         PageKind::Text => {
             let mut at = 0;
             while at < page.len() {
-                let w = WORDS[rng.below(WORDS.len())].as_bytes();
+                let w = WORDS[rng.index(WORDS.len())].as_bytes();
                 let n = w.len().min(page.len() - at);
                 page[at..at + n].copy_from_slice(&w[..n]);
                 at += n;
             }
         }
         PageKind::Structured => {
-            let base = 0x7f3a_0000_0000u64 + ((rng.next() & 0xffff) << 12);
+            let base = 0x7f3a_0000_0000u64 + ((rng.next_u64() & 0xffff) << 12);
             for (i, w) in page.chunks_exact_mut(8).enumerate() {
                 let v = match i % 4 {
-                    0 => base + (rng.next() & 0xfff8),
-                    1 => rng.next() & 0xff,
+                    0 => base + (rng.next_u64() & 0xfff8),
+                    1 => rng.next_u64() & 0xff,
                     2 => i as u64,
                     _ => 0,
                 };
@@ -86,13 +69,13 @@ pub fn fill(page: &mut [u8], kind: PageKind, rng: &mut Rng) {
         PageKind::MostlyZero => {
             page.fill(0);
             for _ in 0..4 {
-                let at = rng.below(page.len() / 8) * 8;
-                page[at..at + 8].copy_from_slice(&rng.next().to_le_bytes());
+                let at = rng.index(page.len() / 8) * 8;
+                page[at..at + 8].copy_from_slice(&rng.next_u64().to_le_bytes());
             }
         }
         PageKind::Random => page
             .chunks_exact_mut(8)
-            .for_each(|w| w.copy_from_slice(&rng.next().to_le_bytes())),
+            .for_each(|w| w.copy_from_slice(&rng.next_u64().to_le_bytes())),
     }
 }
 
@@ -124,8 +107,8 @@ pub fn edited(old: &[u8], page_size: usize, percent: usize, seed: u64) -> Vec<u8
     for page in new.chunks_exact_mut(page_size) {
         let mut changed = 0;
         while changed * 100 < page_size * percent {
-            let len = 8 + rng.below(57);
-            let at = rng.below(page_size - len);
+            let len = 8 + rng.index(57);
+            let at = rng.index(page_size - len);
             page[at..at + len]
                 .iter_mut()
                 .for_each(|b| *b = b.wrapping_add(0x3b));

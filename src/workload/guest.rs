@@ -1,5 +1,6 @@
 //! A synthetic guest: real memory, real writer threads that write real bytes and mark
-//! the dirty bitmap at a set rate, pausable like a VM's vCPUs and throttleable.
+//! the dirty bitmap at a set rate, pausable like a VM's vCPUs and throttleable; the
+//! runtime drives it through [`Guest`](crate::engine::Guest).
 
 use std::boxed::Box;
 use std::format;
@@ -11,8 +12,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use std::vec::Vec;
 
-use super::RuntimeError;
+use super::{Rng, WorkloadError};
 use crate::bitmap::AtomicDirtyBitmap;
+use crate::engine::Guest;
 use crate::layout::GuestLayout;
 use crate::memory::AtomicMemory;
 
@@ -95,10 +97,13 @@ fn parse_scaled(value: &str, key: &str, units: &[(char, u64)]) -> Result<u64, St
 }
 
 impl FromStr for Workload {
-    type Err = RuntimeError;
+    type Err = WorkloadError;
 
-    fn from_str(spec: &str) -> Result<Self, RuntimeError> {
-        let err = |m: String| RuntimeError::Workload(format!("'{spec}': {m}"));
+    fn from_str(spec: &str) -> Result<Self, WorkloadError> {
+        let err = |problem: String| WorkloadError::Spec {
+            spec: spec.into(),
+            problem,
+        };
         let (name, args) = spec.split_once(':').unwrap_or((spec, ""));
         let mut rate = None;
         let mut set = None;
@@ -124,7 +129,7 @@ impl FromStr for Workload {
                 _ => return Err(err(format!("unknown key '{k}' (rate, set, skew)"))),
             }
         }
-        let allowed = |keys: &[&str]| -> Result<(), RuntimeError> {
+        let allowed = |keys: &[&str]| -> Result<(), WorkloadError> {
             for (k, given) in [("set", set.is_some()), ("skew", skew.is_some())] {
                 if given && !keys.contains(&k) {
                     return Err(err(format!("'{k}' does not apply to {name}")));
@@ -271,14 +276,13 @@ impl SyntheticGuest {
     /// the write a broken dirty log would miss. A migration that already sent the
     /// page never sends the new content: the destination ends with a stale copy, and
     /// only a check of the source's memory against what was sent can tell.
-    pub fn write_unmarked(&self, page: u64) -> Result<(), RuntimeError> {
+    pub fn write_unmarked(&self, page: u64) -> Result<(), WorkloadError> {
         let mut buf = std::vec![0u8; memory_words(&self.memory) * 8];
-        let fail = |e: crate::memory::MemoryError| RuntimeError::Engine(e.into());
-        crate::memory::PageMemory::read_page(&*self.memory, page, &mut buf).map_err(fail)?;
+        crate::memory::PageMemory::read_page(&*self.memory, page, &mut buf)?;
         let mut word = [0u8; 8];
         word.copy_from_slice(&buf[..8]);
         let changed = !u64::from_le_bytes(word);
-        self.memory.store_word(page, 0, changed).map_err(fail)
+        Ok(self.memory.store_word(page, 0, changed)?)
     }
 
     /// Starts `threads` writer threads (the vCPUs).
@@ -342,6 +346,35 @@ impl SyntheticGuest {
     }
 }
 
+/// The runtime drives the synthetic guest like a VM: its writers pause, resume and
+/// throttle; every write marks the bitmap directly, so there is no dirty log to pull.
+impl Guest for SyntheticGuest {
+    type Memory = AtomicMemory;
+    type Words = Box<[AtomicU64]>;
+    type Error = core::convert::Infallible;
+
+    fn memory(&self) -> &AtomicMemory {
+        &self.memory
+    }
+
+    fn bitmap(&self) -> &AtomicDirtyBitmap<Box<[AtomicU64]>> {
+        &self.bitmap
+    }
+
+    fn pause(&self) -> Result<(), core::convert::Infallible> {
+        SyntheticGuest::pause(self);
+        Ok(())
+    }
+
+    fn resume(&self) {
+        SyntheticGuest::resume(self);
+    }
+
+    fn throttle(&self, percent: u8) {
+        self.set_throttle(percent);
+    }
+}
+
 impl Drop for SyntheticGuest {
     fn drop(&mut self) {
         self.stop();
@@ -376,13 +409,8 @@ fn writer(
 ) {
     let pages = bitmap.total_pages();
     let words = memory_words(memory) as u64;
-    let mut rng = 0x2545_f491_4f6c_dd1d ^ (index as u64 + 1);
-    let mut next = |bound: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        ((u128::from(rng) * u128::from(bound)) >> 64) as u64
-    };
+    let mut rng = Rng::new(0x2545_f491_4f6c_dd1d ^ (index as u64 + 1));
+    let mut next = |bound: u64| rng.below(bound);
     // Once: this thread's share of pages in order; continuous: its share of the set.
     let (mut cursor, span) = match workload {
         Workload::Continuous { set, .. } | Workload::Fill { set, .. } => {
