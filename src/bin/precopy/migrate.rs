@@ -148,6 +148,8 @@ pub struct Source {
     pub guest: SyntheticGuest,
     /// The engine's configuration.
     pub config: SourceConfig,
+    /// The scheduler's policy.
+    pub policy: Policy,
     /// The guest's layout.
     pub layout: GuestLayout,
     /// The workload the writers run.
@@ -234,7 +236,6 @@ impl MigrationArgs {
         }
         let config = SourceConfig {
             encoder,
-            policy,
             session_id,
             verify,
             ..SourceConfig::new(page_size)
@@ -250,6 +251,7 @@ impl MigrationArgs {
             compression: self.compression,
             guest,
             config,
+            policy,
             layout,
             workload,
         })
@@ -523,12 +525,12 @@ where
     let memory = std::sync::Arc::clone(guest.memory());
     let bitmap = std::sync::Arc::clone(guest.bitmap());
     let cap = source
-        .config
         .policy
         .bandwidth_cap
         .map(|rate| TokenBucket::new(rate, (256 << 10) * links.len() as u64));
     let options = StreamOptions {
         compression: source.compression,
+        policy: source.policy,
         ..StreamOptions::default()
     };
     let mut control = CliControl {
