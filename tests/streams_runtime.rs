@@ -73,14 +73,18 @@ fn links(addr: &str, n: usize) -> Vec<SourceLink<TcpStream>> {
         .collect()
 }
 
-fn config(cap: Option<u64>) -> SourceConfig {
-    SourceConfig {
+fn config() -> SourceConfig {
+    SourceConfig::new(PAGE)
+}
+
+fn options(cap: Option<u64>) -> StreamOptions {
+    StreamOptions {
         policy: Policy {
             downtime_limit_ns: 50_000_000,
             bandwidth_cap: cap,
             ..Policy::default()
         },
-        ..SourceConfig::new(PAGE)
+        ..StreamOptions::default()
     }
 }
 
@@ -100,11 +104,11 @@ fn three_streams_with_writers_running_end_with_equal_memory() {
     let report = migrate_streams(
         &*bitmap,
         &*memory,
-        config(None),
+        config(),
         links(&addr, 3),
         |l| l.finish(),
         None,
-        &StreamOptions::default(),
+        &options(None),
         &mut control,
         Instant::now(),
     );
@@ -176,11 +180,11 @@ fn a_stream_failing_mid_migration_stops_all_and_the_guest_runs_on() {
     let report = migrate_streams(
         &*bitmap,
         &*memory,
-        config(Some(100_000_000)),
+        config(),
         links,
         |l| l.inner.finish(),
         Some(&cap),
-        &StreamOptions::default(),
+        &options(Some(100_000_000)),
         &mut control,
         start,
     );

@@ -66,7 +66,9 @@ impl fmt::Display for EngineError {
                 f,
                 "encoder page size {got} differs from the bitmap's page size {expected}"
             ),
-            EngineError::InvalidConfig { what } => write!(f, "invalid engine configuration: {what}"),
+            EngineError::InvalidConfig { what } => {
+                write!(f, "invalid engine configuration: {what}")
+            }
             EngineError::OutOfOrder { what } => write!(f, "engine misuse: {what}"),
         }
     }

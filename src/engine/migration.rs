@@ -67,22 +67,26 @@ pub enum MigrationEvent {
 /// let memory = VecMemory::new(4096, 64);
 /// let mut migration =
 ///     Migration::new(&bitmap, SourceConfig::new(4096), Policy::default(), 0).unwrap();
-/// let mut dest = Applier::new(layout).unwrap();
+/// let mut dest = Applier::with_memory(VecMemory::new(4096, 64));
 /// let mut buf = vec![0u8; migration.min_buffer_len()];
-/// let mut now = 0;
-/// loop {
+/// let (mut now, mut report) = (0, None);
+/// while report.is_none() {
 ///     now += 1_000_000;
 ///     let n = migration.poll_transmit(&memory, now, &mut buf).unwrap();
 ///     dest.feed(&buf[..n]).unwrap();
-///     match migration.poll_event() {
-///         Some(MigrationEvent::PauseGuest { .. }) => migration.guest_paused(now).unwrap(),
-///         Some(MigrationEvent::Complete { .. }) => break,
-///         _ => {}
+///     while let Some(event) = migration.poll_event() {
+///         match event {
+///             MigrationEvent::PauseGuest { .. } => migration.guest_paused(now).unwrap(),
+///             MigrationEvent::Complete { .. } => {
+///                 dest.finish().unwrap();
+///                 migration.handle_verdict(true).unwrap();
+///             }
+///             MigrationEvent::Done(r) => report = Some(r),
+///             _ => {}
+///         }
 ///     }
 /// }
-/// dest.finish().unwrap();
-/// migration.handle_verdict(true).unwrap();
-/// assert!(matches!(migration.poll_event(), Some(MigrationEvent::Done(_))));
+/// assert_eq!(report.unwrap().live_rounds, 1); // the bulk round, then the final one
 /// ```
 #[derive(Debug)]
 pub struct Migration<'b, W: Deref<Target = [AtomicU64]>> {
@@ -206,7 +210,9 @@ impl<'b, W: Deref<Target = [AtomicU64]>> Migration<'b, W> {
         self.coordinator.handle_verdict(0, verified)?;
         while let Some(event) = self.coordinator.poll_event() {
             match event {
-                CoordinatorEvent::Done(report) => self.events.push_back(MigrationEvent::Done(report)),
+                CoordinatorEvent::Done(report) => {
+                    self.events.push_back(MigrationEvent::Done(report))
+                }
                 CoordinatorEvent::Failed(e) => return Err(e),
                 _ => {}
             }
@@ -242,7 +248,8 @@ impl<'b, W: Deref<Target = [AtomicU64]>> Migration<'b, W> {
                             .map_err(misuse)?;
                     }
                     SourceEvent::SyncDirtyLog { paused } => {
-                        self.events.push_back(MigrationEvent::SyncDirtyLog { paused });
+                        self.events
+                            .push_back(MigrationEvent::SyncDirtyLog { paused });
                     }
                     SourceEvent::PauseGuest { .. } => c.handle_pause_wanted(0).map_err(misuse)?,
                     SourceEvent::Complete { digest, round } => {
@@ -254,8 +261,12 @@ impl<'b, W: Deref<Target = [AtomicU64]>> Migration<'b, W> {
             while let Some(event) = self.coordinator.poll_event() {
                 moved = true;
                 match event {
-                    CoordinatorEvent::RoundDone(r) => self.events.push_back(MigrationEvent::RoundDone(r)),
-                    CoordinatorEvent::Throttle(p) => self.events.push_back(MigrationEvent::Throttle(p)),
+                    CoordinatorEvent::RoundDone(r) => {
+                        self.events.push_back(MigrationEvent::RoundDone(r))
+                    }
+                    CoordinatorEvent::Throttle(p) => {
+                        self.events.push_back(MigrationEvent::Throttle(p))
+                    }
                     CoordinatorEvent::Decide(decision) => self.engine.decide(decision)?,
                     CoordinatorEvent::PauseGuest {
                         predicted_downtime_ns,
@@ -269,7 +280,9 @@ impl<'b, W: Deref<Target = [AtomicU64]>> Migration<'b, W> {
                             round,
                         })
                     }
-                    CoordinatorEvent::Done(report) => self.events.push_back(MigrationEvent::Done(report)),
+                    CoordinatorEvent::Done(report) => {
+                        self.events.push_back(MigrationEvent::Done(report))
+                    }
                     CoordinatorEvent::Failed(e) => return Err(misuse(e)),
                 }
             }

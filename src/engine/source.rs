@@ -684,7 +684,12 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
 
     /// Bulk round: pages `page..page + count`, known zero by memory without reading
     /// them, join the pending zero run.
-    fn skip_zero_run(&mut self, page: u64, count: u64, out: &mut [u8]) -> Result<usize, EngineError> {
+    fn skip_zero_run(
+        &mut self,
+        page: u64,
+        count: u64,
+        out: &mut [u8],
+    ) -> Result<usize, EngineError> {
         let from = self.config.stream.local_index(page) as usize;
         let hashes = self
             .sent_hashes

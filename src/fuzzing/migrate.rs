@@ -6,8 +6,8 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::bitmap::AtomicDirtyBitmap;
-use crate::engine::{put_back_undelivered, Applier, Migration, MigrationEvent, Progress};
 use crate::engine::SourceConfig;
+use crate::engine::{put_back_undelivered, Applier, Migration, MigrationEvent, Progress};
 use crate::layout::GuestLayout;
 use crate::memory::{FreshMemory, PageMemory, VecMemory};
 use crate::schedule::{OnLimit, Policy};
@@ -98,8 +98,7 @@ pub fn migrate_interleaved(data: &[u8]) -> MigrateOutcome {
         ..Policy::default()
     };
     let mut now = 1_000_000u64;
-    let mut migration =
-        Migration::new(&bitmap, config, policy, now).expect("valid configuration");
+    let mut migration = Migration::new(&bitmap, config, policy, now).expect("valid configuration");
     let min_buf = migration.min_buffer_len();
     // The production destination: fresh memory that knows its zero pages and keeps
     // the hash of every page it writes.

@@ -344,7 +344,11 @@ fn check_trace(d: &Driver<'_>, n: usize, report: &CoordinatorReport) {
                 );
             }
             Trace::Measured { stream, round, lz4 } => {
-                assert_eq!(round.round, decided + 1, "stream {stream} measured out of turn");
+                assert_eq!(
+                    round.round,
+                    decided + 1,
+                    "stream {stream} measured out of turn"
+                );
                 measured[*stream].push((*round, *lz4));
             }
             Trace::PauseWanted { stream } => pause_wanted[*stream] = true,
