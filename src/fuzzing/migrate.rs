@@ -132,6 +132,14 @@ pub fn migrate_interleaved(data: &[u8]) -> MigrateOutcome {
                 kvm_log.as_mut(),
                 &mut outcome,
             ),
+            1 | 6 if state.pause_pending => {
+                // The VMM took a while to stop the vCPUs: the guest wrote meanwhile.
+                now += 1_000;
+                state.pause_pending = false;
+                state.paused = true;
+                migration.guest_paused(now).expect("pause when asked");
+                state.take_events(&mut migration, now, &mut outcome);
+            }
             1 | 6 if state.sync_pending => {
                 // The VMM's sync: take the KVM log (clearing it there), then OR it
                 // into the bitmap; the harvest follows.
@@ -217,6 +225,7 @@ pub fn migrate_interleaved(data: &[u8]) -> MigrateOutcome {
 /// Where the migration stands, from its events.
 #[derive(Default)]
 struct State {
+    pause_pending: bool,
     paused: bool,
     sync_pending: bool,
     source_digest: Option<u128>,
@@ -227,17 +236,14 @@ impl State {
     fn take_events<W: core::ops::Deref<Target = [core::sync::atomic::AtomicU64]>>(
         &mut self,
         migration: &mut Migration<'_, W>,
-        now: u64,
+        _now: u64,
         outcome: &mut MigrateOutcome,
     ) {
         while let Some(event) = migration.poll_event() {
             match event {
                 MigrationEvent::RoundDone(_) => outcome.rounds += 1,
                 MigrationEvent::SyncDirtyLog { .. } => self.sync_pending = true,
-                MigrationEvent::PauseGuest { .. } => {
-                    self.paused = true;
-                    migration.guest_paused(now).expect("pause when asked");
-                }
+                MigrationEvent::PauseGuest { .. } => self.pause_pending = true,
                 MigrationEvent::Complete { digest, .. } => self.source_digest = Some(digest),
                 MigrationEvent::Throttle(_) | MigrationEvent::Done(_) => {}
             }
