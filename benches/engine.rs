@@ -12,7 +12,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use precopy::bitmap::AtomicDirtyBitmap;
 use precopy::codec::is_zero_page;
-use precopy::engine::{SourceConfig, SourceEngine, SourceEvent};
+use precopy::engine::{Migration, MigrationEvent, SourceConfig};
 use precopy::layout::GuestLayout;
 use precopy::memory::{MemoryError, PageMemory};
 use precopy::schedule::{Policy, RoundMeasurement, Scheduler};
@@ -41,28 +41,30 @@ impl PageMemory for FreeZeroMemory {
 fn engine_round(c: &mut Criterion) {
     let layout = GuestLayout::flat(PAGE as u64, PAGES * PAGE as u64).unwrap();
     let bitmap = AtomicDirtyBitmap::new(layout);
+    let policy = Policy {
+        downtime_limit_ns: 1,
+        non_memory_downtime_ns: 0,
+        max_rounds: u32::MAX,
+        max_bytes_ratio: None,
+        throttle: None,
+        ..Policy::default()
+    };
     let config = SourceConfig {
-        policy: Policy {
-            downtime_limit_ns: 1,
-            non_memory_downtime_ns: 0,
-            max_rounds: u32::MAX,
-            max_bytes_ratio: None,
-            throttle: None,
-            ..Policy::default()
-        },
         defer_redirtied: false,
+        // A round per call: the benchmark times whole rounds.
+        max_pages_per_poll: u64::MAX,
         ..SourceConfig::new(PAGE)
     };
-    let mut source = SourceEngine::new(&bitmap, config, 0).unwrap();
+    let mut source = Migration::new(&bitmap, config, policy, 0).unwrap();
     let mut out = vec![0u8; 1 << 22];
     let mut now = 0;
     // Polls until the round in progress is done.
-    let mut finish_round = move |source: &mut SourceEngine<'_, _>| loop {
+    let mut finish_round = move |source: &mut Migration<'_, _>| loop {
         now += 1_000;
-        let t = source
+        source
             .poll_transmit(&FreeZeroMemory, now, &mut out)
             .unwrap();
-        if matches!(t.event, SourceEvent::RoundDone(_)) {
+        if matches!(source.poll_event(), Some(MigrationEvent::RoundDone(_))) {
             break;
         }
     };

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 
 use precopy::bitmap::AtomicDirtyBitmap;
 use precopy::codec::EncoderConfig;
-use precopy::engine::{Applier, EngineError, Progress, SourceConfig, SourceEngine, SourceEvent};
+use precopy::engine::{Applier, EngineError, Migration, MigrationEvent, Progress, SourceConfig};
 use precopy::layout::GuestLayout;
 use precopy::memory::{AtomicMemory, PageMemory, VecMemory};
 use precopy::schedule::Policy;
@@ -54,9 +54,8 @@ fn migrate(
         cache_bytes: cache_pages * (PAGE + precopy::codec::SLOT_OVERHEAD),
         ..EncoderConfig::new(PAGE)
     };
-    config.policy = policy;
     config.defer_redirtied = defer;
-    let mut source = SourceEngine::new(&bitmap, config, 0).unwrap();
+    let mut source = Migration::new(&bitmap, config, policy, 0).unwrap();
     let mut applier = Applier::with_memory(VecMemory::new(PAGE, pages));
 
     // The whole stream, produced with a virtual clock; the transport below chunks it.
@@ -68,26 +67,32 @@ fn migrate(
         // LZ4 on for two polls in three, off for one (the runtime's adaptive choice):
         // pages sent raw keep the delta base in step as well.
         source.set_lz4(step % 3 != 2);
-        let t = match source.poll_transmit(&guest, now, &mut buf) {
-            Ok(t) => t,
+        let len = match source.poll_transmit(&guest, now, &mut buf) {
+            Ok(len) => len,
             Err(e) => {
                 failed = Some(e);
                 break;
             }
         };
-        stream.extend_from_slice(&buf[..t.len]);
-        now += t.len as u64 * 8 + 1_000; // 1 Gbit/s and a little per call
+        stream.extend_from_slice(&buf[..len]);
+        now += len as u64 * 8 + 1_000; // 1 Gbit/s and a little per call
         guest.run_writes(); // writes between engine steps too
-        match t.event {
-            SourceEvent::PauseGuest { .. } => {
-                guest.paused.set(true);
-                source.guest_paused(now).unwrap();
+        let mut complete = false;
+        while let Some(event) = source.poll_event() {
+            match event {
+                MigrationEvent::PauseGuest { .. } => {
+                    guest.paused.set(true);
+                    source.guest_paused(now).unwrap();
+                }
+                MigrationEvent::Complete { .. } => complete = true,
+                _ => {}
             }
-            SourceEvent::Complete { .. } => break,
-            SourceEvent::None | SourceEvent::RoundDone(_) | SourceEvent::RoundMeasured(_) => {}
+        }
+        if complete {
+            break;
         }
     }
-    let rounds = source.scheduler().rounds();
+    let rounds = source.coordinator().scheduler().rounds();
     let mut source_pages = vec![0u8; PAGE * pages as usize];
     for p in 0..pages {
         memory
@@ -257,11 +262,10 @@ fn a_page_that_returns_to_zero_and_back_is_never_sent_against_a_stale_base() {
     };
     // No deferral: every version of page 0 is sent in the round after it is written.
     let config = SourceConfig {
-        policy,
         defer_redirtied: false,
         ..SourceConfig::new(PAGE)
     };
-    let mut source = SourceEngine::new(&bitmap, config, 0).unwrap();
+    let mut source = Migration::new(&bitmap, config, policy, 0).unwrap();
     let mut buf = vec![0u8; source.min_buffer_len()];
     let mut stream = Vec::new();
     let page0 = |value: u64, first: u64| {
@@ -290,29 +294,35 @@ fn a_page_that_returns_to_zero_and_back_is_never_sent_against_a_stale_base() {
             }
         }
         now += 1_000_000;
-        let t = source.poll_transmit(&memory, now, &mut buf).unwrap();
-        stream.extend_from_slice(&buf[..t.len]);
-        match t.event {
-            SourceEvent::RoundDone(r) => {
-                round += 1;
-                // Round 2 sends version 2 (zero), round 3 version 3, which must not
-                // be a delta (page 1, written before every poll, is).
-                let deltas = r.codecs.get(precopy::codec::Encoding::Delta).pages;
-                match round {
-                    2 => assert_eq!(r.codecs.get(precopy::codec::Encoding::Zero).pages, 1),
-                    3 => assert_eq!(
-                        deltas, 1,
-                        "page 0 went out as a delta against a dropped base"
-                    ),
-                    _ => {}
+        let len = source.poll_transmit(&memory, now, &mut buf).unwrap();
+        stream.extend_from_slice(&buf[..len]);
+        let mut complete = false;
+        while let Some(event) = source.poll_event() {
+            match event {
+                MigrationEvent::RoundDone(r) => {
+                    round += 1;
+                    // Round 2 sends version 2 (zero), round 3 version 3, which must not
+                    // be a delta (page 1, written before every poll, is).
+                    let deltas = r.codecs.get(precopy::codec::Encoding::Delta).pages;
+                    match round {
+                        2 => assert_eq!(r.codecs.get(precopy::codec::Encoding::Zero).pages, 1),
+                        3 => assert_eq!(
+                            deltas, 1,
+                            "page 0 went out as a delta against a dropped base"
+                        ),
+                        _ => {}
+                    }
                 }
+                MigrationEvent::PauseGuest { .. } => {
+                    paused = true;
+                    source.guest_paused(now).unwrap();
+                }
+                MigrationEvent::Complete { .. } => complete = true,
+                _ => {}
             }
-            SourceEvent::PauseGuest { .. } => {
-                paused = true;
-                source.guest_paused(now).unwrap();
-            }
-            SourceEvent::Complete { .. } => break,
-            SourceEvent::None | SourceEvent::RoundMeasured(_) => {}
+        }
+        if complete {
+            break;
         }
     }
     assert!(round > versions.len(), "only {round} rounds");
@@ -330,15 +340,12 @@ fn an_aborted_round_puts_its_unsent_pages_back() {
     let memory = AtomicMemory::new(PAGE, pages);
     fill(&memory, PAGE, &(0..pages as u8).collect::<Vec<_>>());
     let bitmap = AtomicDirtyBitmap::new(layout);
-    let config = SourceConfig {
-        policy: Policy {
-            downtime_limit_ns: 1,
-            non_memory_downtime_ns: 0,
-            ..Policy::default()
-        },
-        ..SourceConfig::new(PAGE)
+    let policy = Policy {
+        downtime_limit_ns: 1,
+        non_memory_downtime_ns: 0,
+        ..Policy::default()
     };
-    let mut source = SourceEngine::new(&bitmap, config, 0).unwrap();
+    let mut source = Migration::new(&bitmap, SourceConfig::new(PAGE), policy, 0).unwrap();
     // Pages 0..32 are dirtied during the bulk round: round 1 must send them.
     for p in 0..32 {
         memory.store_word(p, 3, 0xabcd).unwrap();
@@ -351,14 +358,17 @@ fn an_aborted_round_puts_its_unsent_pages_back() {
             .unwrap();
     }
     let mut big = vec![0u8; 1 << 20];
-    let t = source.poll_transmit(&memory, 1_000, &mut big).unwrap();
-    assert!(matches!(t.event, SourceEvent::RoundDone(_)));
-    let mut stream = big[..t.len].to_vec();
+    let len = source.poll_transmit(&memory, 1_000, &mut big).unwrap();
+    assert!(matches!(
+        source.poll_event(),
+        Some(MigrationEvent::RoundDone(_))
+    ));
+    let mut stream = big[..len].to_vec();
 
     // Part of round 1 goes out, then the link fails: abort.
     let mut small = vec![0u8; source.min_buffer_len()];
-    let t = source.poll_transmit(&memory, 2_000, &mut small).unwrap();
-    stream.extend_from_slice(&small[..t.len]);
+    let len = source.poll_transmit(&memory, 2_000, &mut small).unwrap();
+    stream.extend_from_slice(&small[..len]);
     source.abort();
 
     // Which pages of round 1 reached the wire?

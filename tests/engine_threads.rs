@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use precopy::bitmap::AtomicDirtyBitmap;
 use precopy::engine::{
-    Applier, MemoryTransport, Progress, SourceConfig, SourceEngine, SourceEvent, Transport,
+    Applier, MemoryTransport, Migration, MigrationEvent, Progress, SourceConfig, Transport,
 };
 use precopy::layout::GuestLayout;
 use precopy::memory::{AtomicMemory, PageMemory, VecMemory};
@@ -77,13 +77,9 @@ fn writers_running_during_rounds_lose_nothing() {
             on_limit: OnLimit::SwitchOver,
             ..Policy::default()
         };
-        let config = SourceConfig {
-            policy,
-            ..SourceConfig::new(PAGE)
-        };
         let start = Instant::now();
         let now = || start.elapsed().as_nanos() as u64;
-        let mut source = SourceEngine::new(&bitmap, config, now()).unwrap();
+        let mut source = Migration::new(&bitmap, SourceConfig::new(PAGE), policy, now()).unwrap();
         let mut applier = Applier::with_memory(VecMemory::new(PAGE, PAGES));
         let mut link = MemoryTransport::new(1500);
         let mut out = vec![0u8; source.min_buffer_len() * 4];
@@ -94,19 +90,21 @@ fn writers_running_during_rounds_lose_nothing() {
                 Instant::now() < deadline,
                 "migration did not finish in time"
             );
-            let t = source.poll_transmit(&memory, now(), &mut out).unwrap();
-            link.send(&out[..t.len]).unwrap();
-            match t.event {
-                SourceEvent::PauseGuest { .. } => {
-                    pause.store(true, Ordering::Release);
-                    while parked.load(Ordering::Acquire) < WRITERS {
-                        assert!(Instant::now() < deadline, "writers did not park");
-                        std::thread::yield_now();
+            let len = source.poll_transmit(&memory, now(), &mut out).unwrap();
+            link.send(&out[..len]).unwrap();
+            while let Some(event) = source.poll_event() {
+                match event {
+                    MigrationEvent::PauseGuest { .. } => {
+                        pause.store(true, Ordering::Release);
+                        while parked.load(Ordering::Acquire) < WRITERS {
+                            assert!(Instant::now() < deadline, "writers did not park");
+                            std::thread::yield_now();
+                        }
+                        source.guest_paused(now()).unwrap();
                     }
-                    source.guest_paused(now()).unwrap();
+                    MigrationEvent::Complete { .. } => done = true,
+                    _ => {}
                 }
-                SourceEvent::Complete { .. } => done = true,
-                _ => {}
             }
             // The destination drains the link in MTU-sized pieces.
             loop {

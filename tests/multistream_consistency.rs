@@ -76,7 +76,7 @@ fn migrate(
         script: RefCell::new(script.into()),
         paused: Cell::new(false),
     };
-    let mut engines = stream_engines(&bitmap, n, policy);
+    let mut engines = stream_engines(&bitmap, n);
     let mut scheduler = Scheduler::new(policy, pages, PAGE as u64, 0).unwrap();
     let n = usize::from(n);
     let mut streams = vec![Vec::new(); n];
@@ -101,9 +101,9 @@ fn migrate(
             continue;
         }
         engines[i].set_lz4(lz4[polls % lz4.len()]);
-        let t = engines[i].poll_transmit(&guest, now, &mut buf).unwrap();
-        streams[i].extend_from_slice(&buf[..t.len]);
-        now += t.len as u64 * 8 + 1_000; // 1 Gbit/s and a little per call
+        let len = engines[i].poll_transmit(&guest, now, &mut buf).unwrap();
+        streams[i].extend_from_slice(&buf[..len]);
+        now += len as u64 * 8 + 1_000; // 1 Gbit/s and a little per call
         guest.run_writes(); // writes between engine steps too
         if polls < hot_polls && !guest.paused.get() {
             let stream = (polls / 8) as u64 % n as u64;
@@ -111,15 +111,15 @@ fn migrate(
             memory.store_word(page, polls % 8, polls as u64).unwrap();
             bitmap.mark(page).unwrap();
         }
-        match t.event {
-            SourceEvent::None => {
+        match engines[i].poll_event() {
+            None => {
                 // An engine waiting for the decision or the pause produces nothing.
                 if measured[i].is_some() || pause_asked[i] {
-                    assert_eq!(t.len, 0, "stream {i} sent bytes while it had to wait");
+                    assert_eq!(len, 0, "stream {i} sent bytes while it had to wait");
                 }
             }
-            SourceEvent::RoundDone(_) => panic!("stream {i}: RoundDone with external decisions"),
-            SourceEvent::RoundMeasured(r) => {
+            Some(SourceEvent::SyncDirtyLog { .. }) => panic!("stream {i}: a sync not asked for"),
+            Some(SourceEvent::RoundMeasured(r)) => {
                 assert!(!switching && measured[i].is_none(), "stream {i}: {r:?}");
                 measured[i] = Some(r);
                 if measured.iter().all(Option::is_some) {
@@ -146,7 +146,7 @@ fn migrate(
                     }
                 }
             }
-            SourceEvent::PauseGuest { .. } => {
+            Some(SourceEvent::PauseGuest { .. }) => {
                 assert!(switching && !paused, "stream {i}: pause before switchover");
                 pause_asked[i] = true;
                 if pause_asked.iter().all(|&p| p) {
@@ -159,7 +159,7 @@ fn migrate(
                     pause_asked.iter_mut().for_each(|p| *p = false);
                 }
             }
-            SourceEvent::Complete { digest, .. } => {
+            Some(SourceEvent::Complete { digest, .. }) => {
                 assert!(paused, "stream {i} completed with the guest running");
                 digests[i] = Some(digest);
             }
@@ -274,17 +274,11 @@ fn bytes_of(memory: &AtomicMemory) -> Vec<u8> {
 
 /// One engine per stream of an `n`-stream migration of `bitmap`'s guest, each leaving
 /// its decisions to the caller's scheduler.
-fn stream_engines(
-    bitmap: &Bitmap,
-    n: u8,
-    policy: Policy,
-) -> Vec<SourceEngine<'_, Box<[AtomicU64]>>> {
+fn stream_engines(bitmap: &Bitmap, n: u8) -> Vec<SourceEngine<'_, Box<[AtomicU64]>>> {
     (0..n)
         .map(|i| {
             let config = SourceConfig {
                 stream: Shard::new(i, n).unwrap(),
-                external_decisions: true,
-                policy,
                 ..SourceConfig::new(PAGE)
             };
             SourceEngine::new(bitmap, config, 0).unwrap()
@@ -497,7 +491,7 @@ fn a_failed_multi_stream_migration_loses_no_dirty_page() {
         on_limit: OnLimit::Fail,
         ..Policy::default()
     };
-    let mut engines = stream_engines(&bitmap, 3, policy);
+    let mut engines = stream_engines(&bitmap, 3);
     let mut scheduler = Scheduler::new(policy, pages, PAGE as u64, 0).unwrap();
     let mut streams = vec![Vec::new(); 3];
     let mut measured = [None; 3];
@@ -506,11 +500,11 @@ fn a_failed_multi_stream_migration_loses_no_dirty_page() {
     let mut failed = false;
     for poll in 0..100_000usize {
         let i = poll % 3;
-        let t = engines[i].poll_transmit(&guest, now, &mut buf).unwrap();
-        streams[i].extend_from_slice(&buf[..t.len]);
-        now += t.len as u64 * 8 + 1_000;
+        let len = engines[i].poll_transmit(&guest, now, &mut buf).unwrap();
+        streams[i].extend_from_slice(&buf[..len]);
+        now += len as u64 * 8 + 1_000;
         guest.run_writes();
-        if let SourceEvent::RoundMeasured(r) = t.event {
+        if let Some(SourceEvent::RoundMeasured(r)) = engines[i].poll_event() {
             measured[i] = Some(r);
         }
         if measured.iter().all(Option::is_some) {

@@ -85,7 +85,6 @@ fn migrate_with_cache(shard: Shard, verify: Verify, lose: Option<u64>, cache_byt
             ..precopy::codec::EncoderConfig::new(PAGE)
         },
         stream: shard,
-        external_decisions: true,
         verify,
         ..SourceConfig::new(PAGE)
     };
@@ -94,44 +93,52 @@ fn migrate_with_cache(shard: Shard, verify: Verify, lose: Option<u64>, cache_byt
     let mut buf = vec![0u8; engine.min_buffer_len() + 4 * PAGE];
     let mut live_rounds = 0;
     let (digest, pages_read) = loop {
-        let t = engine.poll_transmit(&memory, 0, &mut buf).unwrap();
-        stream.extend_from_slice(&buf[..t.len]);
-        match t.event {
-            SourceEvent::RoundMeasured(_) => {
-                live_rounds += 1;
-                if live_rounds == 1 {
-                    if let Some(p) = lose {
-                        // Sent in the bulk round; now changed behind the log's back.
-                        write(&memory, &bitmap, p, 7, false);
+        let len = engine.poll_transmit(&memory, 0, &mut buf).unwrap();
+        stream.extend_from_slice(&buf[..len]);
+        let mut done = None;
+        while let Some(event) = engine.poll_event() {
+            match event {
+                SourceEvent::RoundMeasured(_) => {
+                    live_rounds += 1;
+                    if live_rounds == 1 {
+                        if let Some(p) = lose {
+                            // Sent in the bulk round; now changed behind the log's back.
+                            write(&memory, &bitmap, p, 7, false);
+                        }
                     }
+                    // Between rounds: data pages become zero (sent in zero runs), zero
+                    // pages get data, data changes; and a run of pages zeroed together.
+                    for p in (0..PAGES).filter(|p| p % 5 == live_rounds) {
+                        let version = if p % 3 == 0 { 0 } else { live_rounds + 1 };
+                        write(&memory, &bitmap, p, version, true);
+                    }
+                    let decision = if live_rounds < 3 {
+                        Decision::Continue {
+                            throttle_percent: 0,
+                        }
+                    } else {
+                        Decision::SwitchOver {
+                            predicted_downtime_ns: 0,
+                            reason: SwitchReason::DowntimeMet,
+                        }
+                    };
+                    engine.decide(decision).unwrap();
                 }
-                // Between rounds: data pages become zero (sent in zero runs), zero
-                // pages get data, data changes; and a run of pages zeroed together.
-                for p in (0..PAGES).filter(|p| p % 5 == live_rounds) {
-                    let version = if p % 3 == 0 { 0 } else { live_rounds + 1 };
-                    write(&memory, &bitmap, p, version, true);
+                SourceEvent::PauseGuest { .. } => {
+                    // Last writes before the pause: a zero run at the start of memory.
+                    for p in 0..40 {
+                        write(&memory, &bitmap, p, 0, true);
+                    }
+                    engine.guest_paused(0).unwrap();
                 }
-                let decision = if live_rounds < 3 {
-                    Decision::Continue {
-                        throttle_percent: 0,
-                    }
-                } else {
-                    Decision::SwitchOver {
-                        predicted_downtime_ns: 0,
-                        reason: SwitchReason::DowntimeMet,
-                    }
-                };
-                engine.decide(decision).unwrap();
+                SourceEvent::Complete { digest, round } => {
+                    done = Some((digest, round.digest_pages_read))
+                }
+                SourceEvent::SyncDirtyLog { .. } => unreachable!("no sync asked for"),
             }
-            SourceEvent::PauseGuest { .. } => {
-                // Last writes before the pause: a zero run at the start of memory.
-                for p in 0..40 {
-                    write(&memory, &bitmap, p, 0, true);
-                }
-                engine.guest_paused(0).unwrap();
-            }
-            SourceEvent::Complete { digest, round } => break (digest, round.digest_pages_read),
-            SourceEvent::None | SourceEvent::RoundDone(_) => {}
+        }
+        if let Some(done) = done {
+            break done;
         }
     };
     assert!(engine.is_complete());

@@ -102,15 +102,19 @@ fn links(addr: &str, n: usize) -> Vec<SourceLink<TcpStream>> {
         .collect()
 }
 
-fn config(cap: Option<u64>) -> SourceConfig {
-    SourceConfig {
-        policy: Policy {
+fn config() -> SourceConfig {
+    SourceConfig::new(PAGE)
+}
+
+fn options(cap: Option<u64>) -> MigrationOptions {
+    MigrationOptions::new(
+        config(),
+        Policy {
             downtime_limit_ns: 50_000_000,
             bandwidth_cap: cap,
             ..Policy::default()
         },
-        ..SourceConfig::new(PAGE)
-    }
+    )
 }
 
 #[test]
@@ -130,7 +134,7 @@ fn three_streams_with_writers_running_end_with_equal_memory() {
         &counted,
         links(&addr, 3),
         |l| l.finish(),
-        &MigrationOptions::new(config(None)),
+        &options(None),
         &mut seen,
     )
     .unwrap();
@@ -204,7 +208,7 @@ fn a_stream_failing_mid_migration_stops_all_and_the_guest_runs_on() {
         &guest,
         links,
         |l| l.inner.finish(),
-        &MigrationOptions::new(config(Some(100_000_000))),
+        &options(Some(100_000_000)),
         &mut seen,
     )
     .unwrap_err()
@@ -272,19 +276,19 @@ fn cut_link_keeps_undelivered_pages_marked(cut_stream: usize, budget: usize) -> 
             cache_bytes: 0,
             ..EncoderConfig::new(PAGE)
         },
-        policy: Policy {
-            // 50 ms at 100 MB/s is about 1200 pages: far fewer than the writer dirties
-            // in a round, so the migration is still live at the cut.
-            downtime_limit_ns: 50_000_000,
-            bandwidth_cap: Some(100_000_000),
-            on_limit: OnLimit::Fail,
-            ..Policy::default()
-        },
         ..SourceConfig::new(PAGE)
+    };
+    let policy = Policy {
+        // 50 ms at 100 MB/s is about 1200 pages: far fewer than the writer dirties in
+        // a round, so the migration is still live at the cut.
+        downtime_limit_ns: 50_000_000,
+        bandwidth_cap: Some(100_000_000),
+        on_limit: OnLimit::Fail,
+        ..Policy::default()
     };
     let options = MigrationOptions {
         compression: Compression::Off,
-        ..MigrationOptions::new(source)
+        ..MigrationOptions::new(source, policy)
     };
     let mut seen = Seen::default();
     let e = migrate_streams(&guest, links, |_| Ok(()), &options, &mut seen)

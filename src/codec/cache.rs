@@ -214,6 +214,26 @@ impl PageCache {
         }
     }
 
+    /// Drops every cached page of `first..first + count`: page by page when the range
+    /// is no longer than the pages cached, else by one pass over the slots.
+    pub fn drop_range(&mut self, first: u64, count: u64) {
+        let end = first.saturating_add(count);
+        if count <= self.len() as u64 {
+            for page in first..end {
+                self.drop_page(page);
+            }
+            return;
+        }
+        for slot in 0..self.used {
+            let page = self.slots[slot].page;
+            // A free slot keeps a stale page number: `drop_page` finds only what the
+            // index holds.
+            if (first..end).contains(&page) {
+                self.drop_page(page);
+            }
+        }
+    }
+
     fn slot_bytes(&self, slot: usize) -> &[u8] {
         let start = slot * self.page_size;
         &self.data[start..start + self.page_size]

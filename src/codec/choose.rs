@@ -140,6 +140,16 @@ impl<C: Clock> PageEncoder<C> {
         self.cache.drop_page(page);
     }
 
+    /// Counts pages `first..first + count` as sent zero without reading or encoding
+    /// them (a run the memory knows is zero) and drops their cached bases. Costs
+    /// `O(min(count, pages cached))`, not a page read each.
+    pub fn zero_run(&mut self, first: u64, count: u64) {
+        self.cache.drop_range(first, count);
+        let c = self.stats.get_mut(Encoding::Zero);
+        c.pages += count;
+        c.bytes_in += count.saturating_mul(self.config.page_size as u64);
+    }
+
     /// Encodes `data` (one page, the version of page `page` being sent) into `out`
     /// (at least [`max_payload_len`](Self::max_payload_len) bytes).
     pub fn encode(

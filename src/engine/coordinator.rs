@@ -1,13 +1,14 @@
 //! The multi-stream coordinator, sans-IO: one [`Scheduler`] deciding for N streams, the
 //! round barrier, the pause once every stream is ready, and the final report.
 //!
-//! A multi-stream migration runs one [`SourceEngine`](super::SourceEngine) per stream
-//! (each with [`SourceConfig::external_decisions`](super::SourceConfig) set and its own
-//! [`Shard`](crate::layout::Shard)). The coordinator does not own the engines: in the
-//! threaded runtime each engine lives on its own encoder thread, in a simulator they
-//! are stepped one after another on a virtual clock. The caller feeds it what each
-//! engine reported (`handle_*`) and polls it for what to do ([`Coordinator::poll_event`]),
-//! quinn-proto style; time comes in as `now_ns`.
+//! A migration runs one [`SourceEngine`](super::SourceEngine) per stream (each with
+//! its own [`Shard`](crate::layout::Shard)); engines have no scheduler, the
+//! coordinator's is the one. A single-stream migration is a 1-stream coordinator
+//! ([`Migration`](super::Migration) pairs the two). The coordinator does not own the
+//! engines: in the threaded runtime each engine lives on its own encoder thread, in a
+//! simulator they are stepped one after another on a virtual clock. The caller feeds
+//! it what each engine reported (`handle_*`) and polls it for what to do
+//! ([`Coordinator::poll_event`]), quinn-proto style; time comes in as `now_ns`.
 //!
 //! ```text
 //!  engine i: RoundMeasured(r) ──► handle_round_measured(i, r, lz4, now)
@@ -22,11 +23,15 @@
 //!            (every stream)   ◄── Done(report)  /  anywhere: Failed(error)
 //! ```
 //!
-//! **Round numbering.** Everything the coordinator puts out counts the bulk round as
-//! round 1 (as [`RoundStats::round`](crate::schedule::RoundStats) and
-//! [`FinalRound::round`] do); the engines' [`StreamRound::round`] and the stream's
-//! round frames count from 0, and the coordinator converts. Its report names both
-//! counts: [`CoordinatorReport::live_rounds`] (rounds with the guest running) and
+//! (An engine's [`SourceEvent::SyncDirtyLog`](super::SourceEvent::SyncDirtyLog) is
+//! between it and the VMM: the coordinator does not see it.)
+//!
+//! **Round numbering.** Every round number counts the bulk round as round 1: the
+//! engines' [`StreamRound::round`] and [`FinalRound::round`], the scheduler's
+//! [`RoundStats::round`](crate::schedule::RoundStats) and everything the coordinator
+//! puts out (only the stream's round frames count from 0, see
+//! [`wire::Frame::RoundBegin`](crate::wire::Frame)). Its report names both counts:
+//! [`CoordinatorReport::live_rounds`] (rounds with the guest running) and
 //! [`CoordinatorReport::rounds`] (all rounds, the final one included, so equal to the
 //! final round's number).
 //!
@@ -45,7 +50,9 @@ use core::fmt;
 
 use super::{FinalRound, StreamRound};
 use crate::codec::CodecStats;
-use crate::schedule::{Decision, Policy, RoundMeasurement, RoundOutcome, ScheduleError, Scheduler};
+use crate::schedule::{
+    Decision, DowntimeReport, Policy, RoundMeasurement, RoundOutcome, ScheduleError, Scheduler,
+};
 
 /// A live round over all streams: the scheduler's view of the summed measurements,
 /// and the sums the per-round table shows.
@@ -122,8 +129,8 @@ pub struct CoordinatorReport {
     pub predicted_downtime_ns: u64,
     /// When the guest was paused, ns (the caller's clock).
     pub paused_at_ns: u64,
-    /// Stream bytes of every round, all streams (completion frames included, the
-    /// stream headers not: they belong to no round).
+    /// Stream bytes of every round, all streams: every byte put out (the stream
+    /// headers count in the bulk round, the completion frames in the final one).
     pub wire_bytes: u64,
     /// Pages sent in every round, all streams.
     pub pages_sent: u64,
@@ -160,7 +167,8 @@ pub enum CoordinatorError {
         /// What was wrong.
         what: &'static str,
     },
-    /// A stream reported a round other than the one in progress (both counted from 1).
+    /// A stream reported a round other than the one in progress (both counted from 1,
+    /// the bulk round).
     WrongRound {
         /// The stream.
         stream: usize,
@@ -332,6 +340,13 @@ impl Coordinator {
         &self.scheduler
     }
 
+    /// Predicted against real downtime, once the destination confirmed: the
+    /// scheduler's prediction at the switchover beside `real_downtime_ns` (measured by
+    /// the caller, from the pause to the destination's go).
+    pub fn downtime_report(&self, real_downtime_ns: u64) -> DowntimeReport {
+        self.scheduler.finish(real_downtime_ns)
+    }
+
     /// The live round in progress or last ended, counted from 1 (the bulk round).
     pub fn round(&self) -> u32 {
         match self.phase {
@@ -380,7 +395,7 @@ impl Coordinator {
             });
         }
         let expected = self.scheduler.rounds() + 1;
-        let got = round.round.saturating_add(1);
+        let got = round.round;
         if got != expected {
             return Err(CoordinatorError::WrongRound {
                 stream,

@@ -38,6 +38,11 @@ pub enum EngineError {
         /// The encoder's.
         got: usize,
     },
+    /// A configuration the engine refuses.
+    InvalidConfig {
+        /// What is wrong with it.
+        what: &'static str,
+    },
     /// A call that does not fit the engine's state.
     OutOfOrder {
         /// What was wrong.
@@ -61,6 +66,9 @@ impl fmt::Display for EngineError {
                 f,
                 "encoder page size {got} differs from the bitmap's page size {expected}"
             ),
+            EngineError::InvalidConfig { what } => {
+                write!(f, "invalid engine configuration: {what}")
+            }
             EngineError::OutOfOrder { what } => write!(f, "engine misuse: {what}"),
         }
     }

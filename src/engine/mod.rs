@@ -1,9 +1,11 @@
 //! The migration engines, sans-IO: [`SourceEngine`] turns the dirty bitmap and guest
-//! memory into stream bytes, [`Applier`] (the destination engine) turns stream bytes
-//! into guest memory and reports success only when the digests agree. Neither does
-//! I/O nor reads a clock: the caller moves the bytes over any [`Transport`] and
-//! passes the time. [`Coordinator`] runs the one scheduler, the round barrier and the
-//! pause of a multi-stream migration over N source engines.
+//! memory into one stream's bytes, [`Applier`] (the destination engine) turns stream
+//! bytes into guest memory and reports success only when the digests agree. Neither
+//! does I/O nor reads a clock: the caller moves the bytes over any [`Transport`] and
+//! passes the time. Engines have no scheduler: [`Coordinator`] runs the one
+//! scheduler, the round barrier and the pause of a migration over its N source
+//! engines, and [`Migration`] pairs one engine with a 1-stream coordinator for a
+//! single-stream migration.
 
 mod apply;
 pub mod compression;
@@ -11,6 +13,8 @@ pub mod compression;
 pub mod coordinator;
 mod error;
 mod guest;
+#[cfg(feature = "alloc")]
+mod migration;
 #[cfg(feature = "alloc")]
 mod source;
 mod transport;
@@ -26,8 +30,11 @@ pub use coordinator::{
 pub use error::EngineError;
 pub use guest::Guest;
 #[cfg(feature = "alloc")]
+pub use migration::{Migration, MigrationEvent};
+#[cfg(feature = "alloc")]
 pub use source::{
-    FinalRound, SourceConfig, SourceEngine, SourceEvent, SourceRound, StreamRound, Transmit, Verify,
+    FinalRound, SourceConfig, SourceEngine, SourceEvent, StreamRound, Verify,
+    DEFAULT_MAX_PAGES_PER_POLL,
 };
 pub use transport::Transport;
 #[cfg(feature = "alloc")]

@@ -11,9 +11,7 @@ use crate::codec::{CodecStats, EncoderConfig, PageEncoder};
 use crate::layout::{Shard, SHARD_CHUNK_PAGES};
 use crate::memory::MemoryDigest;
 use crate::memory::PageMemory;
-use crate::schedule::{
-    Decision, DowntimeReport, Policy, RoundMeasurement, RoundOutcome, Scheduler,
-};
+use crate::schedule::Decision;
 use crate::wire::header::header_len;
 use crate::wire::{max_frame_len, Features, Frame, StreamHeader};
 
@@ -42,13 +40,16 @@ pub enum Verify {
     InDowntime,
 }
 
-/// How a [`SourceEngine`] migrates.
+/// The default of [`SourceConfig::max_pages_per_poll`].
+pub const DEFAULT_MAX_PAGES_PER_POLL: u64 = 16384;
+
+/// How a [`SourceEngine`] migrates. The policy (when to switch over) is not here: it
+/// belongs to the one scheduler of the migration, the
+/// [`Coordinator`](super::Coordinator)'s ([`CoordinatorConfig::policy`](super::CoordinatorConfig)).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SourceConfig {
     /// Codec choices and the delta cache budget.
     pub encoder: EncoderConfig,
-    /// When to switch over, throttle or give up.
-    pub policy: Policy,
     /// Names the migration in the stream header.
     pub session_id: [u8; 16],
     /// Skip pages dirtied again after their harvest until the next round (Xen's idea):
@@ -57,39 +58,49 @@ pub struct SourceConfig {
     /// Which pages this engine sends: [`Shard::WHOLE`] (the default) for a
     /// single-stream migration, or one stream of several, each with its own engine.
     pub stream: Shard,
-    /// The caller decides after each live round ([`SourceEvent::RoundMeasured`], then
-    /// [`SourceEngine::decide`]) instead of the engine's own scheduler: one scheduler
-    /// over all the streams of a multi-stream migration. Off by default.
-    pub external_decisions: bool,
     /// How the completion frame's digest is made (see [`Verify`]):
     /// [`Verify::AfterResume`] by default.
     pub verify: Verify,
+    /// Stop before every harvest (the end of each live round, and the final harvest
+    /// after the pause) with [`SourceEvent::SyncDirtyLog`] until the caller has
+    /// brought outside dirty sources into the bitmap and called
+    /// [`SourceEngine::dirty_log_synced`]. For a VMM whose dirty pages are also
+    /// tracked elsewhere (KVM's dirty log or dirty ring). Off by default.
+    pub sync_before_harvest: bool,
+    /// Pages one [`poll_transmit`](SourceEngine::poll_transmit) walks at most (sent,
+    /// deferred, or a run of zero pages skipped at once), whatever room the buffer
+    /// has left: zero and deferred pages produce no bytes, so without a bound one
+    /// poll over an idle guest would walk all of memory. At least 1;
+    /// [`DEFAULT_MAX_PAGES_PER_POLL`] by default.
+    pub max_pages_per_poll: u64,
 }
 
 impl SourceConfig {
-    /// Defaults for pages of `page_size` bytes: the default codecs and policy.
+    /// Defaults for pages of `page_size` bytes: the default codecs.
     pub fn new(page_size: usize) -> Self {
         SourceConfig {
             encoder: EncoderConfig::new(page_size),
-            policy: Policy::default(),
             session_id: [0; 16],
             defer_redirtied: true,
             stream: Shard::WHOLE,
-            external_decisions: false,
             verify: Verify::AfterResume,
+            sync_before_harvest: false,
+            max_pages_per_poll: DEFAULT_MAX_PAGES_PER_POLL,
         }
     }
 }
 
-/// What one stream's live round did, for the caller that decides
-/// ([`SourceConfig::external_decisions`]).
+/// What one stream's live round did ([`SourceEvent::RoundMeasured`]), for the
+/// coordinator that decides.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StreamRound {
-    /// The round, counted from 0 like the stream's round frames.
+    /// The round, counted from 1 (the bulk round) like
+    /// [`RoundStats::round`](crate::schedule::RoundStats) (the stream's round frames
+    /// count from 0: see [`wire::Frame::RoundBegin`](crate::wire::Frame)).
     pub round: u32,
-    /// Pages sent in it.
+    /// Pages sent in it (a run of zero pages skipped at once counts its pages).
     pub pages_sent: u64,
-    /// Bytes it put on the wire.
+    /// Bytes it put on the wire (the bulk round's include the stream header).
     pub wire_bytes: u64,
     /// Pages of this stream harvested dirty at its end.
     pub dirty_pages: u64,
@@ -99,40 +110,41 @@ pub struct StreamRound {
     pub deferred_pages: u64,
 }
 
-/// What a round of the source did, for the per-round table.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct SourceRound {
-    /// The scheduler's view: measurements, prediction, decision.
-    pub outcome: RoundOutcome,
-    /// Per-codec counts for this round alone.
-    pub codecs: CodecStats,
-    /// Pages skipped because the guest dirtied them again before they were sent.
-    pub deferred_pages: u64,
-}
-
-/// What the caller must do after [`SourceEngine::poll_transmit`].
+/// What happened, from [`SourceEngine::poll_event`]: each asks the caller to do
+/// something before the engine produces more.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum SourceEvent {
-    /// Nothing special: send the bytes and poll again.
-    None,
-    /// A live round ended (its frames are in the bytes returned); poll again.
-    RoundDone(SourceRound),
-    /// With [`SourceConfig::external_decisions`]: a live round ended and this stream's
+    /// A live round ended (its frames are in the bytes polled) and this stream's
     /// dirty pages were harvested. Nothing more is produced until
-    /// [`SourceEngine::decide`].
+    /// [`SourceEngine::decide`] (the coordinator's decision for every stream).
     RoundMeasured(StreamRound),
+    /// With [`SourceConfig::sync_before_harvest`]: a harvest is due. Bring every
+    /// outside dirty source into the bitmap, then call
+    /// [`SourceEngine::dirty_log_synced`], which harvests. Nothing more is produced
+    /// until then.
+    ///
+    /// The rule, for KVM: first re-protect and clear in KVM (`KVM_CLEAR_DIRTY_LOG`
+    /// for the pages taken, or `KVM_RESET_DIRTY_RINGS` after collecting the rings),
+    /// then OR what was taken into this engine's bitmap, then call
+    /// `dirty_log_synced`. A guest write after the clear is then either in a later
+    /// KVM log or already in the bitmap; clearing after the OR would lose writes made
+    /// in between.
+    SyncDirtyLog {
+        /// The harvest after the pause (the final round's); else the end of a live
+        /// round.
+        paused: bool,
+    },
     /// Pause the guest, then call [`SourceEngine::guest_paused`]. Nothing more is
     /// produced until then.
     PauseGuest {
-        /// The downtime the scheduler expects, ns.
+        /// The downtime predicted at the switchover decision, ns.
         predicted_downtime_ns: u64,
     },
-    /// The completion frame is in the bytes returned (the final round's pages were
-    /// in earlier ones): once they reach the destination and it reports success, the
-    /// migration is done. The poll that returns this does nothing but make the
-    /// digest and emit the completion frame, so a caller that times that poll
-    /// measures what verification cost with the guest paused (the core reads no
-    /// clock).
+    /// The completion frame is in the bytes polled (the final round's pages were in
+    /// earlier ones): once they reach the destination and it reports success, the
+    /// migration is done. The poll that produced it did nothing but make the digest
+    /// and emit the completion frame, so a caller that times that poll measures what
+    /// verification cost with the guest paused (the core reads no clock).
     Complete {
         /// Digest of the source's memory (the destination must match it).
         digest: u128,
@@ -144,8 +156,7 @@ pub enum SourceEvent {
 /// The final round, sent with the guest paused.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct FinalRound {
-    /// Round number, counted like [`RoundStats::round`](crate::schedule::RoundStats)
-    /// (1 is the bulk round; the stream's round frames count from 0).
+    /// Round number, counted from 1 (the bulk round) like [`StreamRound::round`].
     pub round: u32,
     /// Pages sent in it.
     pub pages_sent: u64,
@@ -153,7 +164,7 @@ pub struct FinalRound {
     pub wire_bytes: u64,
     /// Per-codec counts for the final round.
     pub codecs: CodecStats,
-    /// The downtime the scheduler predicted for it, ns.
+    /// The downtime predicted at the switchover decision, ns.
     pub predicted_downtime_ns: u64,
     /// Pages the completion digest read from guest memory: none with
     /// [`Verify::AfterResume`] (it folds the kept hashes), every page of the stream
@@ -163,51 +174,65 @@ pub struct FinalRound {
     pub digest_pages_folded: u64,
 }
 
-/// Bytes produced by one [`SourceEngine::poll_transmit`] call, and what happened.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Transmit {
-    /// Bytes written at the start of the caller's buffer.
-    pub len: usize,
-    /// What the caller must do next.
-    pub event: SourceEvent,
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Header,
-    /// Sending round `round`; `fin` for the final round with the guest paused.
+    /// Sending round `round` (1: the bulk round); `fin` for the final round with the
+    /// guest paused.
     Round {
         round: u32,
         fin: bool,
     },
-    AwaitPause,
-    /// The final round `round` is out; the next poll makes the digest.
-    Digest {
+    /// Round `round` ended (or, `fin`, the guest was paused before final round
+    /// `round`): the harvest waits for [`SourceEngine::dirty_log_synced`].
+    AwaitSync {
         round: u32,
+        fin: bool,
     },
     /// Live round `round` ended; the caller decides what follows.
     AwaitDecision {
+        round: u32,
+    },
+    /// The switchover was decided after live round `round`.
+    AwaitPause {
+        round: u32,
+    },
+    /// The final round `round` is out; the next poll makes the digest.
+    Digest {
         round: u32,
     },
     Done,
     Failed,
 }
 
-/// Pre-copy migration, source side. Sans-IO: the caller passes the time and a buffer,
-/// sends the bytes on any transport and pauses the guest when told.
+/// Pre-copy migration of one stream, source side. Sans-IO, quinn-proto style: the
+/// caller passes the time and a buffer to [`poll_transmit`](Self::poll_transmit)
+/// (bytes only), sends the bytes on any transport, and takes what happened from
+/// [`poll_event`](Self::poll_event) (each event asks for a call back:
+/// [`decide`](Self::decide), [`guest_paused`](Self::guest_paused),
+/// [`dirty_log_synced`](Self::dirty_log_synced)).
 ///
-/// The bulk round sends every page (zero pages as runs, at almost no cost); each
-/// later round sends the pages harvested dirty at the end of the previous one, read
-/// through [`PageMemory`] into a private buffer after the harvest (the bitmap's
-/// ordering contract). After switchover the guest is paused, the last dirty pages and
-/// a digest of all memory are sent.
+/// The engine has no scheduler: at the end of each live round it reports
+/// [`SourceEvent::RoundMeasured`] and waits for the decision of the migration's one
+/// scheduler, the [`Coordinator`](super::Coordinator)'s. A single-stream migration is
+/// a 1-stream coordinator: [`Migration`](super::Migration) pairs the two.
+///
+/// The bulk round (round 1) sends every page (zero pages as runs, at almost no cost;
+/// runs a memory knows are zero, see [`PageMemory::known_zero_pages`], without reading
+/// them); each later round sends the pages harvested dirty at the end of the previous
+/// one, read through [`PageMemory`] into a private buffer after the harvest (the
+/// bitmap's ordering contract). After switchover the guest is paused, the last dirty
+/// pages and a digest are sent.
 #[derive(Debug)]
 pub struct SourceEngine<'b, W: Deref<Target = [AtomicU64]>> {
     bitmap: &'b AtomicDirtyBitmap<W>,
     config: SourceConfig,
     encoder: PageEncoder,
-    scheduler: Scheduler,
     phase: Phase,
+    /// The event not yet taken by [`poll_event`](Self::poll_event). The engine
+    /// produces nothing more after an event until the caller answers it, so one
+    /// slot is enough.
+    event: Option<SourceEvent>,
     /// Pages of the current iterative or final round (unused in the bulk round).
     set: DirtySet,
     /// Next page to consider in the current round.
@@ -225,13 +250,19 @@ pub struct SourceEngine<'b, W: Deref<Target = [AtomicU64]>> {
     announce_final: bool,
     /// The current round's begin frame is still to be emitted (after `decide`).
     announce_round: bool,
-    /// The number of the round after the current one.
-    next_round: u32,
-    /// With external decisions: the prediction of the caller's switchover.
-    decided_downtime_ns: Option<u64>,
+    /// The prediction of the switchover decision.
+    predicted_downtime_ns: u64,
+    /// XXH3-64 of a zero page.
+    zero_hash: u64,
     /// Per page of the stream (by [`Shard::local_index`]): XXH3-64 of the version
     /// last sent.
     sent_hashes: Vec<u64>,
+}
+
+/// The stream's round frames count from 0: round `round` (1: the bulk round) is
+/// frame round `round - 1`.
+fn wire_round(round: u32) -> u32 {
+    round.saturating_sub(1)
 }
 
 impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
@@ -242,6 +273,8 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
         config: SourceConfig,
         now_ns: u64,
     ) -> Result<Self, EngineError> {
+        // The engine keeps no clock of its own: the time is the coordinator's.
+        let _ = now_ns;
         let layout = *bitmap.layout();
         let page_size = layout.page_size() as usize;
         if config.encoder.page_size != page_size {
@@ -250,29 +283,30 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
                 got: config.encoder.page_size,
             });
         }
+        if config.max_pages_per_poll == 0 {
+            return Err(EngineError::InvalidConfig {
+                what: "max_pages_per_poll is 0: a poll must walk at least one page",
+            });
+        }
         let encoder = PageEncoder::new(config.encoder)?;
-        let scheduler = Scheduler::new(
-            config.policy,
-            layout.total_pages(),
-            page_size as u64,
-            now_ns,
-        )?;
         let payload_len = encoder.max_payload_len();
         let mut set = DirtySet::new(layout.total_pages());
         // Only this stream's pages: the other streams' engines may already be sending.
         harvest_stream(bitmap, config.stream, &mut set)?;
         set.clear();
-        // Every page is sent in the bulk round, which overwrites these; until then a
-        // page stands as zero, as on a destination's fresh memory.
+        // Every page is sent in the bulk round, which overwrites these (a run of
+        // pages known zero keeps this value); until then a page stands as zero, as on
+        // a destination's fresh memory.
+        let zero_hash = crate::memory::zero_page_hash(page_size);
         let stream_pages = config.stream.pages(layout.total_pages());
-        let sent_hashes = vec![crate::memory::zero_page_hash(page_size); stream_pages as usize];
+        let sent_hashes = vec![zero_hash; stream_pages as usize];
         Ok(SourceEngine {
             bitmap,
             config,
             round_codecs_start: *encoder.stats(),
             encoder,
-            scheduler,
             phase: Phase::Header,
+            event: None,
             set,
             cursor: 0,
             zero_run: None,
@@ -284,10 +318,15 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
             round_deferred: 0,
             announce_final: false,
             announce_round: false,
-            next_round: 1,
-            decided_downtime_ns: None,
+            predicted_downtime_ns: 0,
+            zero_hash,
             sent_hashes,
         })
+    }
+
+    /// The configuration the engine runs with.
+    pub fn config(&self) -> &SourceConfig {
+        &self.config
     }
 
     /// Per page of this engine's stream, in page order (index with
@@ -313,13 +352,6 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
     /// The smallest buffer [`poll_transmit`](Self::poll_transmit) accepts.
     pub fn min_buffer_len(&self) -> usize {
         header_len(self.bitmap.layout().regions().len()) + 2 * max_frame_len(self.page_size())
-    }
-
-    /// The scheduler (policy, rounds so far, last prediction). With
-    /// [`SourceConfig::external_decisions`] it is not consulted and sees no rounds: the
-    /// caller's scheduler is the one that counts.
-    pub fn scheduler(&self) -> &Scheduler {
-        &self.scheduler
     }
 
     /// Turns LZ4 on or off from the next page on (see
@@ -350,31 +382,24 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
         self.phase == Phase::Done
     }
 
-    /// Predicted against real downtime; call after the destination confirmed.
-    pub fn downtime_report(&self, real_downtime_ns: u64) -> DowntimeReport {
-        self.scheduler.finish(real_downtime_ns)
-    }
-
     fn page_size(&self) -> usize {
         self.bitmap.layout().page_size() as usize
     }
 
-    /// The downtime predicted for the final round: the caller's, with external
-    /// decisions, else this engine's scheduler's.
-    fn predicted_downtime_ns(&self) -> u64 {
-        self.decided_downtime_ns
-            .unwrap_or_else(|| self.scheduler.predicted_downtime_ns())
-    }
-
-    /// Fills `out` with stream bytes (whole frames only) and says what to do next.
-    /// Guest memory is only read. A [`EngineError`] ends the migration: the source
-    /// keeps running, and pages harvested but not sent go back into the bitmap.
+    /// Fills `out` with stream bytes (whole frames only) and returns how many;
+    /// what happened is taken from [`poll_event`](Self::poll_event), which the caller
+    /// checks after every call. A poll returns when the buffer is full, after
+    /// [`SourceConfig::max_pages_per_poll`] pages, or when an event needs an answer
+    /// (then 0 bytes until it is answered; 0 bytes alone do not mean that: a poll
+    /// over zero or deferred pages produces none). Guest memory is only read. An
+    /// [`EngineError`] ends the migration: the source keeps running, and pages
+    /// harvested but not sent go back into the bitmap.
     pub fn poll_transmit<M: PageMemory + ?Sized>(
         &mut self,
         memory: &M,
         now_ns: u64,
         out: &mut [u8],
-    ) -> Result<Transmit, EngineError> {
+    ) -> Result<usize, EngineError> {
         let needed = self.min_buffer_len();
         if out.len() < needed {
             return Err(EngineError::BufferTooSmall {
@@ -382,35 +407,72 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
                 got: out.len(),
             });
         }
-        let result = self.fill(memory, now_ns, out);
+        // Times come from the coordinator; the engine measures nothing itself.
+        let _ = now_ns;
+        let result = self.fill(memory, out);
         if result.is_err() {
             self.fail();
         }
         result
     }
 
-    /// Tells the engine the guest is paused (after [`SourceEvent::PauseGuest`]): the
-    /// final harvest happens here, at `now_ns`.
+    /// What happened since the last call, if anything (at most one event is pending:
+    /// the engine waits for the answer to each).
+    pub fn poll_event(&mut self) -> Option<SourceEvent> {
+        self.event.take()
+    }
+
+    /// Tells the engine the guest is paused (after [`SourceEvent::PauseGuest`]), at
+    /// `now_ns`: the final harvest happens here, or, with
+    /// [`SourceConfig::sync_before_harvest`], after the
+    /// [`SourceEvent::SyncDirtyLog`] this queues is answered.
     pub fn guest_paused(&mut self, now_ns: u64) -> Result<(), EngineError> {
-        if self.phase != Phase::AwaitPause {
+        let Phase::AwaitPause { round } = self.phase else {
             return Err(EngineError::OutOfOrder {
                 what: "guest_paused called before the engine asked for a pause",
             });
-        }
-        // The time is taken for symmetry with the other calls; the final round's
-        // duration is measured by the caller, who paused the guest.
+        };
+        // The final round's duration is measured by the caller, who paused the guest.
         let _ = now_ns;
-        harvest_stream(self.bitmap, self.config.stream, &mut self.set)?;
-        self.start_round(self.next_round, true);
-        self.announce_final = true;
-        Ok(())
+        if self.config.sync_before_harvest {
+            self.phase = Phase::AwaitSync {
+                round: round + 1,
+                fin: true,
+            };
+            self.event = Some(SourceEvent::SyncDirtyLog { paused: true });
+            return Ok(());
+        }
+        self.final_harvest(round + 1)
     }
 
-    /// After [`SourceEvent::RoundMeasured`] (with
-    /// [`SourceConfig::external_decisions`]): what follows the round, decided by the
-    /// caller's scheduler over all streams. `Continue` starts the next live round,
-    /// `SwitchOver` makes the next poll ask for the pause, `Fail` ends the migration
-    /// (pages harvested but not sent go back into the bitmap) and returns the error.
+    /// After [`SourceEvent::SyncDirtyLog`]: the caller brought every outside dirty
+    /// source into the bitmap (see the event for the order), at `now_ns`. The harvest
+    /// happens here: after a live round [`SourceEvent::RoundMeasured`] follows, after
+    /// the pause the final round starts. Called at any other time it is an
+    /// [`EngineError::OutOfOrder`] and changes nothing.
+    pub fn dirty_log_synced(&mut self, now_ns: u64) -> Result<(), EngineError> {
+        let _ = now_ns;
+        let Phase::AwaitSync { round, fin } = self.phase else {
+            return Err(EngineError::OutOfOrder {
+                what: "dirty_log_synced called while no harvest awaits a sync",
+            });
+        };
+        let result = if fin {
+            self.final_harvest(round)
+        } else {
+            self.harvest_and_measure(round)
+        };
+        if result.is_err() {
+            self.fail();
+        }
+        result
+    }
+
+    /// After [`SourceEvent::RoundMeasured`]: what follows the round, decided by the
+    /// coordinator's scheduler over all streams. `Continue` starts the next live
+    /// round, `SwitchOver` queues [`SourceEvent::PauseGuest`], `Fail` ends the
+    /// migration (pages harvested but not sent go back into the bitmap) and returns
+    /// the error.
     pub fn decide(&mut self, decision: Decision) -> Result<(), EngineError> {
         let Phase::AwaitDecision { round } = self.phase else {
             return Err(EngineError::OutOfOrder {
@@ -426,8 +488,11 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
                 predicted_downtime_ns,
                 ..
             } => {
-                self.decided_downtime_ns = Some(predicted_downtime_ns);
-                self.phase = Phase::AwaitPause;
+                self.predicted_downtime_ns = predicted_downtime_ns;
+                self.phase = Phase::AwaitPause { round };
+                self.event = Some(SourceEvent::PauseGuest {
+                    predicted_downtime_ns,
+                });
             }
             Decision::Fail(e) => {
                 self.fail();
@@ -451,8 +516,15 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
         if matches!(self.phase, Phase::Failed | Phase::Done) {
             return;
         }
+        self.event = None;
+        // A run of zero pages counted as sent but not yet in any bytes returned.
+        if let Some((first, count)) = self.zero_run.take() {
+            let _ = self
+                .bitmap
+                .mark_page_range(first..first.saturating_add(count));
+        }
         if let Phase::Round {
-            round: 0,
+            round: 1,
             fin: false,
         }
         | Phase::Header = self.phase
@@ -469,7 +541,8 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
             self.phase = Phase::Failed;
             return;
         }
-        // Pages of this round not sent yet: the set from the cursor on.
+        // Pages of this round not sent yet: the set from the cursor on (after a
+        // harvest, the cursor is 0: the whole set).
         let words = self.set.words();
         let first = (self.cursor / 64) as usize;
         if let Some(&w) = words.get(first) {
@@ -483,10 +556,11 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
     fn fill<M: PageMemory + ?Sized>(
         &mut self,
         memory: &M,
-        now_ns: u64,
         out: &mut [u8],
-    ) -> Result<Transmit, EngineError> {
+    ) -> Result<usize, EngineError> {
         let mut len = 0;
+        let mut walked = 0u64;
+        let total = self.bitmap.total_pages();
         loop {
             match self.phase {
                 Phase::Header => {
@@ -496,11 +570,14 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
                         layout: *self.bitmap.layout(),
                         stream: self.config.stream,
                     };
-                    len += header.emit(&mut out[len..]).map_err(EngineError::Emit)?;
-                    self.start_round(0, false);
+                    let written = header.emit(&mut out[len..]).map_err(EngineError::Emit)?;
+                    len += written;
+                    self.start_round(1, false);
+                    // The header belongs to the bulk round's bytes.
+                    self.round_wire_bytes += written as u64;
                     len += self.emit(
                         Frame::RoundBegin {
-                            round: 0,
+                            round: wire_round(1),
                             planned_pages: self.round_planned,
                         },
                         &mut out[len..],
@@ -508,17 +585,16 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
                 }
                 Phase::Round { round, fin } => {
                     let room = out.len() - len;
-                    if room < 2 * max_frame_len(self.page_size()) {
-                        return Ok(Transmit {
-                            len,
-                            event: SourceEvent::None,
-                        });
+                    if room < 2 * max_frame_len(self.page_size())
+                        || walked >= self.config.max_pages_per_poll
+                    {
+                        return Ok(len);
                     }
                     if self.announce_round {
                         self.announce_round = false;
                         len += self.emit(
                             Frame::RoundBegin {
-                                round,
+                                round: wire_round(round),
                                 planned_pages: self.set.count(),
                             },
                             &mut out[len..],
@@ -530,45 +606,59 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
                         len += self.emit(Frame::Switchover { remaining_pages }, &mut out[len..])?;
                         len += self.emit(
                             Frame::RoundBegin {
-                                round,
+                                round: wire_round(round),
                                 planned_pages: remaining_pages,
                             },
                             &mut out[len..],
                         )?;
                     }
-                    match self.next_page(round, fin) {
-                        Some(page) => len += self.send_page(memory, page, &mut out[len..])?,
-                        None => {
-                            let (written, event) =
-                                self.end_round(round, fin, now_ns, &mut out[len..])?;
-                            return Ok(Transmit {
-                                len: len + written,
-                                event,
-                            });
+                    walked += 1;
+                    if round == 1 && !fin {
+                        let Some(page) = self.config.stream.next_owned(self.cursor, total) else {
+                            len += self.end_round(round, fin, &mut out[len..])?;
+                            continue;
+                        };
+                        // The stream's pages from `page` on that are contiguous: to
+                        // the end of memory for one stream, else of the chunk.
+                        let run_end = if self.config.stream == Shard::WHOLE {
+                            total
+                        } else {
+                            ((page / SHARD_CHUNK_PAGES + 1) * SHARD_CHUNK_PAGES).min(total)
+                        };
+                        let known = memory
+                            .known_zero_pages(page, run_end - page)
+                            .min(run_end - page);
+                        if known > 0 {
+                            len += self.skip_zero_run(page, known, &mut out[len..])?;
+                        } else {
+                            len += self.send_page(memory, page, &mut out[len..])?;
                         }
+                        continue;
                     }
-                }
-                Phase::AwaitPause => {
-                    return Ok(Transmit {
-                        len,
-                        event: SourceEvent::PauseGuest {
-                            predicted_downtime_ns: self.predicted_downtime_ns(),
-                        },
-                    })
+                    let Some(page) = next_set_bit(self.set.words(), self.cursor) else {
+                        len += self.end_round(round, fin, &mut out[len..])?;
+                        continue;
+                    };
+                    if !fin && self.config.defer_redirtied && self.bitmap.is_dirty(page) {
+                        // Dirtied again since its harvest: the next harvest has it.
+                        self.cursor = page + 1;
+                        self.round_deferred += 1;
+                        continue;
+                    }
+                    len += self.send_page(memory, page, &mut out[len..])?;
                 }
                 Phase::Digest { round } => {
-                    let (written, event) = self.complete(memory, round, &mut out[len..])?;
-                    return Ok(Transmit {
-                        len: len + written,
-                        event,
-                    });
+                    // Only the digest in this poll: a caller timing it sees what the
+                    // verification costs with the guest paused.
+                    if len > 0 {
+                        return Ok(len);
+                    }
+                    return self.complete(memory, round, out);
                 }
-                Phase::Done | Phase::AwaitDecision { .. } => {
-                    return Ok(Transmit {
-                        len,
-                        event: SourceEvent::None,
-                    })
-                }
+                Phase::AwaitSync { .. }
+                | Phase::AwaitDecision { .. }
+                | Phase::AwaitPause { .. }
+                | Phase::Done => return Ok(len),
                 Phase::Failed => {
                     return Err(EngineError::OutOfOrder {
                         what: "the migration already failed",
@@ -582,7 +672,7 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
         self.phase = Phase::Round { round, fin };
         self.cursor = 0;
         self.round_pages = 0;
-        self.round_planned = if round == 0 && !fin {
+        self.round_planned = if round == 1 && !fin {
             self.config.stream.pages(self.bitmap.total_pages())
         } else {
             self.set.count()
@@ -592,23 +682,38 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
         self.round_codecs_start = *self.encoder.stats();
     }
 
-    /// The next page of the current round, skipping deferred ones. The cursor moves
-    /// past a page only once it is sent (see `send_page`), so a failure restores it.
-    fn next_page(&mut self, round: u32, fin: bool) -> Option<u64> {
-        let total = self.bitmap.total_pages();
-        if round == 0 && !fin {
-            return self.config.stream.next_owned(self.cursor, total);
-        }
-        loop {
-            let page = next_set_bit(self.set.words(), self.cursor)?;
-            if !fin && self.config.defer_redirtied && self.bitmap.is_dirty(page) {
-                // Dirtied again since its harvest: the next harvest has it.
-                self.cursor = page + 1;
-                self.round_deferred += 1;
-                continue;
+    /// Bulk round: pages `page..page + count`, known zero by memory without reading
+    /// them, join the pending zero run.
+    fn skip_zero_run(
+        &mut self,
+        page: u64,
+        count: u64,
+        out: &mut [u8],
+    ) -> Result<usize, EngineError> {
+        let from = self.config.stream.local_index(page) as usize;
+        let hashes = self
+            .sent_hashes
+            .get_mut(from..from + count as usize)
+            .ok_or(EngineError::OutOfOrder {
+                what: "a page outside this engine's stream",
+            })?;
+        // What the destination will hold: zero pages (a write of the kept hashes at
+        // memset speed, no page read).
+        hashes.fill(self.zero_hash);
+        // Sent as zero: no delta base stays (in the bulk round, every page's first
+        // visit, there is none yet; the call costs no more than the pages cached).
+        self.encoder.zero_run(page, count);
+        self.cursor = page + count;
+        self.round_pages += count;
+        let mut len = 0;
+        match &mut self.zero_run {
+            Some((first, run)) if *first + *run == page => *run += count,
+            _ => {
+                len += self.flush_zero_run(out)?;
+                self.zero_run = Some((page, count));
             }
-            return Some(page);
         }
+        Ok(len)
     }
 
     /// Reads, encodes and emits page `page`; returns the bytes written.
@@ -624,7 +729,7 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
             .encode(page, &self.page_buf, &mut self.payload_buf)?;
         // What the destination will hold for this page: the private copy just encoded.
         let hash = match (encoded.encoding, encoded.page_hash) {
-            (crate::codec::Encoding::Zero, _) => crate::memory::zero_page_hash(self.page_buf.len()),
+            (crate::codec::Encoding::Zero, _) => self.zero_hash,
             // Hashed already, to store it as the next delta base.
             (_, Some(hash)) => hash,
             (_, None) => crate::codec::base_hash(&self.page_buf),
@@ -679,77 +784,56 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
         Ok(written)
     }
 
-    /// Closes round `round`: emits its end, harvests, asks the scheduler.
-    fn end_round(
-        &mut self,
-        round: u32,
-        fin: bool,
-        now_ns: u64,
-        out: &mut [u8],
-    ) -> Result<(usize, SourceEvent), EngineError> {
+    /// Closes round `round`: emits its end, then (a live round) harvests, at once or
+    /// after the caller's sync.
+    fn end_round(&mut self, round: u32, fin: bool, out: &mut [u8]) -> Result<usize, EngineError> {
         let mut len = self.flush_zero_run(out)?;
         len += self.emit(
             Frame::RoundEnd {
-                round,
+                round: wire_round(round),
                 pages: self.round_pages,
             },
             &mut out[len..],
         )?;
-        let codecs = self.encoder.stats().since(&self.round_codecs_start);
         if fin {
             // Every dirty page is out; the next poll makes the digest alone, so that
             // a caller timing it sees what verification costs.
             self.phase = Phase::Digest { round };
-            return Ok((len, SourceEvent::None));
+            return Ok(len);
         }
+        if self.config.sync_before_harvest {
+            self.phase = Phase::AwaitSync { round, fin: false };
+            self.event = Some(SourceEvent::SyncDirtyLog { paused: false });
+            return Ok(len);
+        }
+        self.harvest_and_measure(round)?;
+        Ok(len)
+    }
+
+    /// The end of live round `round`: harvests and reports the round.
+    fn harvest_and_measure(&mut self, round: u32) -> Result<(), EngineError> {
         self.set.clear();
-        harvest_stream(self.bitmap, self.config.stream, &mut self.set)?;
         // The whole new set is pending: a failure from here on restores all of it.
         self.cursor = 0;
-        self.next_round = round + 1;
-        let deferred_pages = self.round_deferred;
-        if self.config.external_decisions {
-            self.phase = Phase::AwaitDecision { round };
-            return Ok((
-                len,
-                SourceEvent::RoundMeasured(StreamRound {
-                    round,
-                    pages_sent: self.round_pages,
-                    wire_bytes: self.round_wire_bytes,
-                    dirty_pages: self.set.count(),
-                    codecs,
-                    deferred_pages,
-                }),
-            ));
-        }
-        let outcome = self.scheduler.round_done(RoundMeasurement {
-            now_ns,
+        self.phase = Phase::AwaitDecision { round };
+        harvest_stream(self.bitmap, self.config.stream, &mut self.set)?;
+        self.event = Some(SourceEvent::RoundMeasured(StreamRound {
+            round,
             pages_sent: self.round_pages,
             wire_bytes: self.round_wire_bytes,
             dirty_pages: self.set.count(),
-        });
-        match outcome.decision {
-            Decision::Continue { .. } => {
-                self.start_round(round + 1, false);
-                len += self.emit(
-                    Frame::RoundBegin {
-                        round: round + 1,
-                        planned_pages: self.set.count(),
-                    },
-                    &mut out[len..],
-                )?;
-            }
-            Decision::SwitchOver { .. } => self.phase = Phase::AwaitPause,
-            Decision::Fail(e) => return Err(EngineError::Schedule(e)),
-        }
-        Ok((
-            len,
-            SourceEvent::RoundDone(SourceRound {
-                outcome,
-                codecs,
-                deferred_pages,
-            }),
-        ))
+            codecs: self.encoder.stats().since(&self.round_codecs_start),
+            deferred_pages: self.round_deferred,
+        }));
+        Ok(())
+    }
+
+    /// The harvest with the guest paused: final round `round` starts.
+    fn final_harvest(&mut self, round: u32) -> Result<(), EngineError> {
+        harvest_stream(self.bitmap, self.config.stream, &mut self.set)?;
+        self.start_round(round, true);
+        self.announce_final = true;
+        Ok(())
     }
 
     /// Makes the stream's digest (with the guest paused, after the final round) and
@@ -759,7 +843,7 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
         memory: &M,
         round: u32,
         out: &mut [u8],
-    ) -> Result<(usize, SourceEvent), EngineError> {
+    ) -> Result<usize, EngineError> {
         let stream_pages = self.sent_hashes.len() as u64;
         let (digest, digest_pages_read) = match self.config.verify {
             Verify::AfterResume => {
@@ -781,21 +865,19 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
             out,
         )?;
         self.phase = Phase::Done;
-        Ok((
-            len,
-            SourceEvent::Complete {
-                digest,
-                round: FinalRound {
-                    round: round + 1,
-                    pages_sent: self.round_pages,
-                    wire_bytes: self.round_wire_bytes,
-                    codecs,
-                    predicted_downtime_ns: self.predicted_downtime_ns(),
-                    digest_pages_read,
-                    digest_pages_folded: stream_pages,
-                },
+        self.event = Some(SourceEvent::Complete {
+            digest,
+            round: FinalRound {
+                round,
+                pages_sent: self.round_pages,
+                wire_bytes: self.round_wire_bytes,
+                codecs,
+                predicted_downtime_ns: self.predicted_downtime_ns,
+                digest_pages_read,
+                digest_pages_folded: stream_pages,
             },
-        ))
+        });
+        Ok(len)
     }
 }
 

@@ -6,8 +6,8 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::bitmap::AtomicDirtyBitmap;
-use crate::engine::{put_back_undelivered, Applier, Progress, SourceConfig, SourceEngine};
-use crate::engine::{SourceEvent, Transmit};
+use crate::engine::SourceConfig;
+use crate::engine::{put_back_undelivered, Applier, Migration, MigrationEvent, Progress};
 use crate::layout::GuestLayout;
 use crate::memory::{FreshMemory, PageMemory, VecMemory};
 use crate::schedule::{OnLimit, Policy};
@@ -39,7 +39,7 @@ impl Input<'_> {
 /// inputs reach every path.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MigrateOutcome {
-    /// Live rounds the engine's scheduler saw.
+    /// Live rounds the migration's scheduler saw.
     pub rounds: u32,
     /// Guest writes made.
     pub writes: u64,
@@ -50,13 +50,17 @@ pub struct MigrateOutcome {
 }
 
 /// Fuzz target `migrate_interleaved`: a guest of 1 to 256 pages of
-/// [`MIGRATE_PAGE_SIZE`] migrates through the real [`SourceEngine`] (delta cache of 0
-/// to 64 pages, deferral of redirtied pages on or off, a round limit after which it
-/// switches over, a fewest-rounds rule and a downtime limit from the input) to a real [`Applier`] over fresh
+/// [`MIGRATE_PAGE_SIZE`] migrates through the real [`SourceEngine`](crate::engine::SourceEngine) and its
+/// 1-stream coordinator ([`Migration`]; delta cache of 0 to 64 pages, deferral of
+/// redirtied pages on or off, a dirty-log sync before each harvest or not, 1 to 128
+/// pages walked per poll, a round limit after which it switches over, a fewest-rounds
+/// rule and a downtime limit from the input) to a real [`Applier`] over fresh
 /// destination memory, while the input interleaves: guest writes (write memory, then
-/// mark the page: the bitmap's contract) of zero pages, whole new pages and one-word
-/// changes (deltas); polls with buffers of varied size; delivery of the pending stream
-/// in pieces of any size; time passing; and a link failure.
+/// mark the page: the bitmap's contract; with the sync, some writes go to a simulated
+/// KVM dirty log instead, taken and ORed into the bitmap when the engine asks) of
+/// zero pages, whole new pages and one-word changes (deltas); polls with buffers of
+/// varied size; delivery of the pending stream in pieces of any size; time passing;
+/// and a link failure.
 ///
 /// Panics exactly when a property fails:
 /// - a completed migration leaves the destination's memory equal to the source's,
@@ -75,13 +79,16 @@ pub fn migrate_interleaved(data: &[u8]) -> MigrateOutcome {
     let mut outcome = MigrateOutcome::default();
     // Memory the guest wrote before the migration.
     for _ in 0..input.byte() % 32 {
-        guest_write(&mut input, &mut source, &bitmap, &mut outcome);
+        guest_write(&mut input, &mut source, &bitmap, None, &mut outcome);
     }
     let mut config = SourceConfig::new(MIGRATE_PAGE_SIZE);
     config.encoder.cache_bytes = usize::from(input.byte() % 65) * MIGRATE_PAGE_SIZE;
-    config.defer_redirtied = input.byte() & 1 == 1;
+    let flags = input.byte();
+    config.defer_redirtied = flags & 1 == 1;
+    config.sync_before_harvest = flags & 2 == 2;
+    config.max_pages_per_poll = 1 << ((flags >> 2) & 7);
     let max_rounds = 2 + u32::from(input.byte() % 40);
-    config.policy = Policy {
+    let policy = Policy {
         downtime_limit_ns: 1_000_000 * (1 + u64::from(input.byte())),
         non_memory_downtime_ns: 0,
         // Up to every round: long migrations whatever the rates measured.
@@ -91,8 +98,8 @@ pub fn migrate_interleaved(data: &[u8]) -> MigrateOutcome {
         ..Policy::default()
     };
     let mut now = 1_000_000u64;
-    let mut engine = SourceEngine::new(&bitmap, config, now).expect("valid configuration");
-    let min_buf = engine.min_buffer_len();
+    let mut migration = Migration::new(&bitmap, config, policy, now).expect("valid configuration");
+    let min_buf = migration.min_buffer_len();
     // The production destination: fresh memory that knows its zero pages and keeps
     // the hash of every page it writes.
     let mut destination = FreshMemory::new(MIGRATE_PAGE_SIZE, pages).expect("small guest");
@@ -101,15 +108,16 @@ pub fn migrate_interleaved(data: &[u8]) -> MigrateOutcome {
     // was delivered.
     let mut pending: Vec<Vec<u8>> = Vec::new();
     let mut delivered_of_first = 0usize;
-    let mut paused = false;
-    let mut source_digest = None;
+    // With the sync: pages written but logged only in the (simulated) KVM dirty log.
+    let mut kvm_log = config.sync_before_harvest.then(Vec::new);
+    let mut state = State::default();
     let mut steps = 0u32;
     let failed = loop {
         steps += 1;
         assert!(steps < 1_000_000, "the migration does not end");
         // Past the input: poll and deliver until done.
         let op = if input.is_empty() {
-            if source_digest.is_some() {
+            if state.source_digest.is_some() {
                 break false;
             }
             1
@@ -117,27 +125,46 @@ pub fn migrate_interleaved(data: &[u8]) -> MigrateOutcome {
             input.byte() % 8
         };
         match op {
-            0 | 5 if !paused => guest_write(&mut input, &mut source, &bitmap, &mut outcome),
-            1 | 6 if source_digest.is_none() => {
+            0 | 5 if !state.paused => guest_write(
+                &mut input,
+                &mut source,
+                &bitmap,
+                kvm_log.as_mut(),
+                &mut outcome,
+            ),
+            1 | 6 if state.pause_pending => {
+                // The VMM took a while to stop the vCPUs: the guest wrote meanwhile.
+                now += 1_000;
+                state.pause_pending = false;
+                state.paused = true;
+                migration.guest_paused(now).expect("pause when asked");
+                state.take_events(&mut migration, now, &mut outcome);
+            }
+            1 | 6 if state.sync_pending => {
+                // The VMM's sync: take the KVM log (clearing it there), then OR it
+                // into the bitmap; the harvest follows.
+                if let Some(log) = kvm_log.as_mut() {
+                    for page in log.drain(..) {
+                        bitmap.mark(page).expect("in range");
+                    }
+                }
+                now += 1_000;
+                state.sync_pending = false;
+                migration.dirty_log_synced(now).expect("synced when asked");
+                state.take_events(&mut migration, now, &mut outcome);
+            }
+            1 | 6 if state.source_digest.is_none() => {
                 let extra = usize::from(input.byte()) * 64;
                 let mut buf = vec![0u8; min_buf + extra];
                 now += 1_000;
-                let Transmit { len, event } = engine
+                let len = migration
                     .poll_transmit(&source, now, &mut buf)
                     .expect("the engine fails on a well-behaved run");
                 buf.truncate(len);
                 if len > 0 {
                     pending.push(buf);
                 }
-                match event {
-                    SourceEvent::PauseGuest { .. } => {
-                        paused = true;
-                        engine.guest_paused(now).expect("pause when asked");
-                    }
-                    SourceEvent::Complete { digest, .. } => source_digest = Some(digest),
-                    SourceEvent::RoundDone(_) => outcome.rounds += 1,
-                    SourceEvent::None | SourceEvent::RoundMeasured(_) => {}
-                }
+                state.take_events(&mut migration, now, &mut outcome);
             }
             2 | 7 => {
                 let mut budget = usize::from(input.byte()) * 97 + 1;
@@ -147,7 +174,7 @@ pub fn migrate_interleaved(data: &[u8]) -> MigrateOutcome {
                 deliver(&mut pending, &mut delivered_of_first, budget, &mut applier);
             }
             3 => now += u64::from(input.byte()) * 250_000,
-            4 if source_digest.is_none() && input.byte() < 16 => break true,
+            4 if state.source_digest.is_none() && input.byte() < 16 => break true,
             _ => {}
         }
     };
@@ -156,20 +183,22 @@ pub fn migrate_interleaved(data: &[u8]) -> MigrateOutcome {
         for buf in &pending {
             put_back_undelivered(&bitmap, buf).expect("engine output parses");
         }
-        engine.abort();
+        migration.abort();
         drop(applier);
         // The bytes memory holds, not what the destination's bookkeeping says.
+        let logged = kvm_log.unwrap_or_default();
         let (a, b) = (source.as_bytes(), destination.as_bytes());
         for page in 0..pages {
             let r = page as usize * MIGRATE_PAGE_SIZE..(page as usize + 1) * MIGRATE_PAGE_SIZE;
             assert!(
-                a[r.clone()] == b[r] || bitmap.is_dirty(page),
+                a[r.clone()] == b[r] || bitmap.is_dirty(page) || logged.contains(&page),
                 "page {page} differs at the destination but is not marked: a lost write"
             );
         }
         outcome.failed = true;
         return outcome;
     }
+    let source_digest = state.source_digest;
     deliver(
         &mut pending,
         &mut delivered_of_first,
@@ -184,15 +213,51 @@ pub fn migrate_interleaved(data: &[u8]) -> MigrateOutcome {
         destination.as_bytes() == source.as_bytes(),
         "destination memory differs from the source's"
     );
+    migration.handle_verdict(true).expect("verified");
+    assert!(
+        matches!(migration.poll_event(), Some(MigrationEvent::Done(_))),
+        "a verified migration is done"
+    );
     outcome.completed = true;
     outcome
 }
 
-/// One guest write chosen by the input: memory first, then the mark.
+/// Where the migration stands, from its events.
+#[derive(Default)]
+struct State {
+    pause_pending: bool,
+    paused: bool,
+    sync_pending: bool,
+    source_digest: Option<u128>,
+}
+
+impl State {
+    /// Carries out what the migration asks, in order.
+    fn take_events<W: core::ops::Deref<Target = [core::sync::atomic::AtomicU64]>>(
+        &mut self,
+        migration: &mut Migration<'_, W>,
+        _now: u64,
+        outcome: &mut MigrateOutcome,
+    ) {
+        while let Some(event) = migration.poll_event() {
+            match event {
+                MigrationEvent::RoundDone(_) => outcome.rounds += 1,
+                MigrationEvent::SyncDirtyLog { .. } => self.sync_pending = true,
+                MigrationEvent::PauseGuest { .. } => self.pause_pending = true,
+                MigrationEvent::Complete { digest, .. } => self.source_digest = Some(digest),
+                MigrationEvent::Throttle(_) | MigrationEvent::Done(_) => {}
+            }
+        }
+    }
+}
+
+/// One guest write chosen by the input: memory first, then the mark (in the bitmap,
+/// or, when the input says so and there is one, in the KVM log).
 fn guest_write<W: core::ops::Deref<Target = [core::sync::atomic::AtomicU64]>>(
     input: &mut Input<'_>,
     memory: &mut VecMemory,
     bitmap: &AtomicDirtyBitmap<W>,
+    kvm_log: Option<&mut Vec<u64>>,
     outcome: &mut MigrateOutcome,
 ) {
     let pages = memory.total_pages();
@@ -221,7 +286,10 @@ fn guest_write<W: core::ops::Deref<Target = [core::sync::atomic::AtomicU64]>>(
             bytes[at..at + 8].copy_from_slice(&u64::from(value).wrapping_add(1).to_le_bytes());
         }
     }
-    bitmap.mark(page).expect("in range");
+    match kvm_log {
+        Some(log) if kind & 4 == 4 => log.push(page),
+        _ => bitmap.mark(page).expect("in range"),
+    }
     outcome.writes += 1;
 }
 

@@ -133,6 +133,19 @@ pub trait PageMemory {
         Ok(())
     }
 
+    /// How many pages from `first` on (at most `max`) this memory knows are zero
+    /// without reading them: a source's bulk round sends such a run as one zero run,
+    /// in time proportional to runs, not pages. The default knows nothing (0); memory
+    /// that tracks its writes ([`FreshMemory`] and its views) answers from its
+    /// written bitmap, 64 pages at a time. A page out of range, or not reached by
+    /// this memory (another stream's), ends the run. An answer must stay true until
+    /// the caller next writes memory, so memory that others write concurrently (a
+    /// running guest's) keeps the default.
+    fn known_zero_pages(&self, first: u64, max: u64) -> u64 {
+        let _ = (first, max);
+        0
+    }
+
     /// Makes pages `first..first + count` all zero. The default writes zero pages;
     /// memory that can tell a page is already zero skips it, so a destination of
     /// fresh anonymous memory never faults in the zero pages of an idle guest.
@@ -510,6 +523,10 @@ impl PageMemory for &AtomicMemory {
 
 /// Memory lent for a while: a destination applies into `&mut memory` and keeps it.
 impl<M: PageMemory + ?Sized> PageMemory for &mut M {
+    fn known_zero_pages(&self, first: u64, max: u64) -> u64 {
+        (**self).known_zero_pages(first, max)
+    }
+
     fn page_size(&self) -> usize {
         (**self).page_size()
     }

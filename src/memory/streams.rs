@@ -264,6 +264,36 @@ impl PageMemory for StreamMemory<'_> {
         Ok(())
     }
 
+    fn known_zero_pages(&self, first: u64, max: u64) -> u64 {
+        let Some(t) = self.tracked else {
+            return 0;
+        };
+        if first >= self.total || !self.shard.owns(first) {
+            return 0;
+        }
+        // This stream's pages from `first` on that are contiguous: to the end of
+        // memory for one stream, else of `first`'s chunk.
+        let owned_end = if self.shard == Shard::WHOLE {
+            self.total
+        } else {
+            ((first / SHARD_CHUNK_PAGES + 1) * SHARD_CHUNK_PAGES).min(self.total)
+        };
+        let end = owned_end.min(first.saturating_add(max));
+        let mut page = first;
+        while page < end {
+            // SAFETY: `page < total`, so its word is within the bitmap, and `page` is
+            // this stream's (all of `first..owned_end` is), so only this view writes
+            // that word, and not while `&self` is borrowed.
+            let word = unsafe { *t.written.add((page / 64) as usize) };
+            let written = word >> (page % 64);
+            if written != 0 {
+                return (page + u64::from(written.trailing_zeros())).min(end) - first;
+            }
+            page = (page / 64 + 1) * 64;
+        }
+        end - first
+    }
+
     fn zero_pages(&mut self, first: u64, count: u64) -> Result<(), MemoryError> {
         self.byte_range(first, count)?;
         for page in first..first + count {
@@ -413,6 +443,10 @@ impl PageMemory for FreshMemory {
 
     fn zero_pages(&mut self, first: u64, count: u64) -> Result<(), MemoryError> {
         self.whole().zero_pages(first, count)
+    }
+
+    fn known_zero_pages(&self, first: u64, max: u64) -> u64 {
+        self.reader().known_zero_pages(first, max)
     }
 }
 

@@ -54,23 +54,22 @@ use crate::engine::{
 };
 use crate::layout::Shard;
 use crate::memory::PageMemory;
-use crate::schedule::Decision;
+use crate::schedule::{Decision, Policy};
 
 /// How a multi-stream migration runs: every stream's engine configuration, and how
 /// the runtime moves its bytes.
 ///
 /// The bandwidth cap is the policy's
-/// ([`source.policy.bandwidth_cap`](crate::schedule::Policy::bandwidth_cap)): the
+/// ([`policy.bandwidth_cap`](crate::schedule::Policy::bandwidth_cap)): the
 /// scheduler plans with it, and the runtime paces all streams together to it (a token
 /// bucket shared by the senders, with a burst of one buffer per stream). To pace one
 /// transport of your own, wrap it in [`RateLimited`](super::pacer::RateLimited).
 #[derive(Clone, Debug)]
 pub struct MigrationOptions {
     /// Every stream's engine configuration (codecs, delta cache budget for the whole
-    /// migration, policy, session id, verification).
-    /// [`stream`](SourceConfig::stream) and
-    /// [`external_decisions`](SourceConfig::external_decisions) are set per stream by
-    /// the runtime; each stream gets its share of the delta cache budget.
+    /// migration, session id, verification). [`stream`](SourceConfig::stream) is set
+    /// per stream by the runtime; each stream gets its share of the delta cache
+    /// budget.
     pub source: SourceConfig,
     /// LZ4: follow the bottleneck per stream ([`Compression::Auto`]), or forced.
     pub compression: Compression,
@@ -78,17 +77,21 @@ pub struct MigrationOptions {
     pub buffer_bytes: usize,
     /// Filled buffers that may wait for a sender (the back-pressure bound, at least 1).
     pub queue_depth: usize,
+    /// When to switch over, throttle or give up: the policy of the migration's one
+    /// scheduler (the core's [`Coordinator`]).
+    pub policy: Policy,
 }
 
 impl MigrationOptions {
-    /// `source`, with adaptive compression and 256 KiB buffers, 4 of them queued per
-    /// stream.
-    pub fn new(source: SourceConfig) -> Self {
+    /// `source` decided by `policy`, with adaptive compression and 256 KiB buffers, 4
+    /// of them queued per stream.
+    pub fn new(source: SourceConfig, policy: Policy) -> Self {
         MigrationOptions {
             source,
             compression: Compression::Auto,
             buffer_bytes: 256 << 10,
             queue_depth: 4,
+            policy,
         }
     }
 }
@@ -336,7 +339,7 @@ where
     let layout = *bitmap.layout();
     let mut coordinator = Coordinator::new(
         CoordinatorConfig {
-            policy: config.policy,
+            policy: options.policy,
             total_pages: layout.total_pages(),
             page_size: layout.page_size(),
             streams: n,
@@ -348,7 +351,7 @@ where
         e => RuntimeError::Coordinator(e),
     })?;
     // The policy's cap paces every stream's sends together.
-    let cap = config
+    let cap = options
         .policy
         .bandwidth_cap
         .map(|rate| TokenBucket::new(rate, options.buffer_bytes.max(1) as u64 * n as u64));
@@ -368,7 +371,6 @@ where
             let (free_tx, free_rx) = unbounded::<Vec<u8>>();
             let config = SourceConfig {
                 stream: Shard::new(i as u8, n as u8).unwrap_or(Shard::WHOLE),
-                external_decisions: true,
                 // The delta cache budget is for the whole migration: each stream
                 // caches its own pages.
                 encoder: crate::codec::EncoderConfig {
@@ -761,17 +763,17 @@ impl Encoder<'_> {
                 Err(_) => self.free_rx.recv().map_err(|_| stopped())?,
             };
             let poll_begin = now();
-            let t = engine.poll_transmit(memory, poll_begin, &mut buf)?;
+            let len = engine.poll_transmit(memory, poll_begin, &mut buf)?;
             let poll_ns = now().saturating_sub(poll_begin);
             self.data_tx
-                .send(Chunk::Bytes(buf, t.len))
+                .send(Chunk::Bytes(buf, len))
                 .map_err(|_| stopped())?;
             let stats = engine.codec_stats();
             let encoded = stats.pages() - stats.get(crate::codec::Encoding::Zero).pages;
             let poll_end = now();
             engine.set_lz4(choice.observe(
                 encoded - last_encoded,
-                t.len as u64,
+                len as u64,
                 poll_end - poll_start,
             ));
             (last_encoded, poll_start) = (encoded, poll_end);
@@ -782,44 +784,45 @@ impl Encoder<'_> {
                 .lz4
                 .store(engine.lz4_enabled(), Ordering::Relaxed);
             let note = |n: Note| self.data_tx.send(Chunk::Note(n)).map_err(|_| stopped());
-            match t.event {
-                SourceEvent::None => {}
-                SourceEvent::RoundMeasured(r) => {
-                    note(Note::Round(r, engine.lz4_enabled()))?;
-                    match self.command_rx.recv() {
-                        Ok(Command::Decide(d)) => engine.decide(d)?,
-                        _ => return Err(stopped()),
+            while let Some(event) = engine.poll_event() {
+                match event {
+                    SourceEvent::RoundMeasured(r) => {
+                        note(Note::Round(r, engine.lz4_enabled()))?;
+                        match self.command_rx.recv() {
+                            Ok(Command::Decide(d)) => engine.decide(d)?,
+                            _ => return Err(stopped()),
+                        }
+                        // The wait for the other streams is no poll's time.
+                        poll_start = now();
                     }
-                    // The wait for the other streams is no poll's time.
-                    poll_start = now();
-                }
-                SourceEvent::PauseGuest { .. } => {
-                    note(Note::PauseWanted)?;
-                    match self.command_rx.recv() {
-                        Ok(Command::Paused) => engine.guest_paused(now())?,
-                        _ => return Err(stopped()),
+                    // The runtime's guest marks the bitmap itself: nothing outside it
+                    // to bring in.
+                    SourceEvent::SyncDirtyLog { .. } => engine.dirty_log_synced(now())?,
+                    SourceEvent::PauseGuest { .. } => {
+                        note(Note::PauseWanted)?;
+                        match self.command_rx.recv() {
+                            Ok(Command::Paused) => engine.guest_paused(now())?,
+                            _ => return Err(stopped()),
+                        }
+                        poll_start = now();
                     }
-                    poll_start = now();
-                }
-                SourceEvent::Complete { digest, round } => {
-                    // That poll made the digest and nothing else: its time is the
-                    // verification inside the downtime.
-                    let end = StreamEnd {
-                        hashes: engine.take_sent_hashes().unwrap_or_default(),
-                        digest_ns: poll_ns,
-                        pages_read: round.digest_pages_read,
-                    };
-                    *self.end.lock().unwrap_or_else(|p| p.into_inner()) = Some(end);
-                    let fin = StreamsFinal {
-                        round: round.round,
-                        pages_sent: round.pages_sent,
-                        wire_bytes: round.wire_bytes,
-                        codecs: round.codecs,
-                    };
-                    return note(Note::Complete(digest, fin));
-                }
-                SourceEvent::RoundDone(_) => {
-                    unreachable!("engines of a multi-stream migration leave decisions to it")
+                    SourceEvent::Complete { digest, round } => {
+                        // That poll made the digest and nothing else: its time is the
+                        // verification inside the downtime.
+                        let end = StreamEnd {
+                            hashes: engine.take_sent_hashes().unwrap_or_default(),
+                            digest_ns: poll_ns,
+                            pages_read: round.digest_pages_read,
+                        };
+                        *self.end.lock().unwrap_or_else(|p| p.into_inner()) = Some(end);
+                        let fin = StreamsFinal {
+                            round: round.round,
+                            pages_sent: round.pages_sent,
+                            wire_bytes: round.wire_bytes,
+                            codecs: round.codecs,
+                        };
+                        return note(Note::Complete(digest, fin));
+                    }
                 }
             }
         }

@@ -14,6 +14,12 @@
 //! ```
 //! Integers are little-endian. Body lengths are bounded by the header's page size, so
 //! a frame never needs more than [`max_frame_len`] bytes of buffer.
+//!
+//! **Round numbers.** The round frames' `round` field counts from 0 (the bulk round is
+//! frame round 0): the stream format keeps it. Every Rust type above the wire
+//! (the engine's `StreamRound` and `FinalRound`, the scheduler's `RoundStats`, the
+//! coordinator, the CLI's table and JSON) counts the bulk round as round 1: round
+//! *r* travels as frame round *r - 1*.
 
 use crate::codec::Encoding;
 
@@ -169,14 +175,15 @@ pub enum Frame<'a> {
     },
     /// Round `round` begins.
     RoundBegin {
-        /// Round number, from 0.
+        /// Round number, from 0 on the wire (the bulk round is 0; the engine's round
+        /// *r*, counted from 1, is frame round *r - 1*).
         round: u32,
         /// Pages the source plans to send in it (informative).
         planned_pages: u64,
     },
     /// Round `round` ends.
     RoundEnd {
-        /// Round number.
+        /// Round number, from 0 like [`Frame::RoundBegin`]'s.
         round: u32,
         /// Pages its frames carried (a zero run counts its pages).
         pages: u64,

@@ -148,6 +148,8 @@ pub struct Source {
     pub guest: SyntheticGuest,
     /// The engine's configuration.
     pub config: SourceConfig,
+    /// The scheduler's policy.
+    pub policy: Policy,
     /// The guest's layout.
     pub layout: GuestLayout,
     /// The workload the writers run.
@@ -234,7 +236,6 @@ impl MigrationArgs {
         }
         let config = SourceConfig {
             encoder,
-            policy,
             session_id,
             verify,
             ..SourceConfig::new(page_size)
@@ -250,6 +251,7 @@ impl MigrationArgs {
             compression: self.compression,
             guest,
             config,
+            policy,
             layout,
             workload,
         })
@@ -519,7 +521,7 @@ where
     let guest = &source.guest;
     let options = MigrationOptions {
         compression: source.compression,
-        ..MigrationOptions::new(source.config)
+        ..MigrationOptions::new(source.config, source.policy)
     };
     let mut observer = CliObserver {
         guest,
