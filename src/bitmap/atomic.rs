@@ -1,7 +1,10 @@
 //! [`AtomicDirtyBitmap`]: marking and harvesting over `AtomicU64` words.
 
 use core::ops::{Deref, Range};
-use core::sync::atomic::{fence, AtomicU64, Ordering};
+use super::sync::{fence, AtomicU64, Ordering};
+// Statistics only (pages harvested so far), not part of the ordering protocol: kept a
+// `core` atomic so the model check does not spend its interleavings on it.
+use core::sync::atomic::AtomicU64 as Counter;
 
 use super::iter::WordBits;
 use super::{words_for_pages, BitmapError};
@@ -19,7 +22,7 @@ pub struct AtomicDirtyBitmap<W: Deref<Target = [AtomicU64]>> {
     words: W,
     /// Pages taken out by harvests so far (minus pages put back by `restore`), counted
     /// by harvesters only so marking never touches a shared counter.
-    harvested: AtomicU64,
+    harvested: Counter,
 }
 
 #[cfg(feature = "alloc")]
@@ -32,7 +35,7 @@ impl AtomicDirtyBitmap<alloc::boxed::Box<[AtomicU64]>> {
         AtomicDirtyBitmap {
             layout,
             words,
-            harvested: AtomicU64::new(0),
+            harvested: Counter::new(0),
         }
     }
 }
@@ -55,7 +58,7 @@ impl<'a> AtomicDirtyBitmap<&'a [AtomicU64]> {
         Ok(AtomicDirtyBitmap {
             layout,
             words,
-            harvested: AtomicU64::new(0),
+            harvested: Counter::new(0),
         })
     }
 }
@@ -201,7 +204,7 @@ impl<W: Deref<Target = [AtomicU64]>> AtomicDirtyBitmap<W> {
     /// in which it was marked (pages harvested so far plus pages dirty now). The
     /// scheduler's dirty-rate input.
     pub fn marked_since_creation(&self) -> u64 {
-        self.harvested.load(Ordering::Relaxed) + self.dirty_pages()
+        self.harvested.load(core::sync::atomic::Ordering::Relaxed) + self.dirty_pages()
     }
 
     /// Fetch-and-clear of word range `words` into `out` (`out[i]` gets word
@@ -232,7 +235,7 @@ impl<W: Deref<Target = [AtomicU64]>> AtomicDirtyBitmap<W> {
             out[i - first] = bits;
             taken += u64::from(bits.count_ones());
         });
-        self.harvested.fetch_add(taken, Ordering::Relaxed);
+        self.harvested.fetch_add(taken, core::sync::atomic::Ordering::Relaxed);
         Ok(taken)
     }
 
@@ -312,7 +315,7 @@ impl<W: Deref<Target = [AtomicU64]>> AtomicDirtyBitmap<W> {
             page = word as u64 * 64 + hi;
         }
         fence(Ordering::SeqCst);
-        self.harvested.fetch_add(taken, Ordering::Relaxed);
+        self.harvested.fetch_add(taken, core::sync::atomic::Ordering::Relaxed);
         Ok(taken)
     }
 
@@ -349,7 +352,7 @@ impl<W: Deref<Target = [AtomicU64]>> AtomicDirtyBitmap<W> {
         // bits the caller made up); saturate so the counter stays meaningful.
         let _ = self
             .harvested
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {
+            .fetch_update(core::sync::atomic::Ordering::Relaxed, core::sync::atomic::Ordering::Relaxed, |h| {
                 Some(h.saturating_sub(restored))
             });
         Ok(())
@@ -394,7 +397,7 @@ impl<W: Deref<Target = [AtomicU64]>> AtomicDirtyBitmap<W> {
             out.extend(WordBits::new(bits, i as u64 * 64));
         });
         let taken = (out.len() - before) as u64;
-        self.harvested.fetch_add(taken, Ordering::Relaxed);
+        self.harvested.fetch_add(taken, core::sync::atomic::Ordering::Relaxed);
         taken
     }
 

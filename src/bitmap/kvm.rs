@@ -2,7 +2,7 @@
 //! (`struct kvm_dirty_gfn`), through a table of KVM memory slots.
 
 use core::ops::Deref;
-use core::sync::atomic::AtomicU64;
+use super::sync::AtomicU64;
 
 use super::{words_for_pages, AtomicDirtyBitmap, BitmapError};
 use crate::layout::GuestLayout;
