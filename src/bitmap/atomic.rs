@@ -284,6 +284,10 @@ impl<W: Deref<Target = [AtomicU64]>> AtomicDirtyBitmap<W> {
     /// `f(page)` for each dirty page in ascending order. Returns the number taken.
     /// Partial words at the edges are cleared with `fetch_and`, so neighbouring ranges
     /// harvested by other threads are left alone.
+    ///
+    /// `f` may read the page: it is called only after the harvest fence that follows
+    /// the clearing of its word (words are taken a cache line at a time, then fenced,
+    /// then handed to `f`), so it sees every write whose mark found its bit already set.
     pub fn harvest_range_with(
         &self,
         pages: Range<u64>,
@@ -295,27 +299,48 @@ impl<W: Deref<Target = [AtomicU64]>> AtomicDirtyBitmap<W> {
                 total: self.total_pages(),
             });
         }
+        const BATCH: usize = 8;
         let mut taken = 0u64;
         let mut page = pages.start;
         while page < pages.end {
-            let word = (page / 64) as usize;
-            let lo = page % 64;
-            let hi = (pages.end - word as u64 * 64).min(64);
-            let mask = (!0u64 >> (64 - (hi - lo))) << lo;
-            let w = &self.words[word];
-            let bits = if w.load(Ordering::Relaxed) & mask == 0 {
-                0
-            } else if mask == !0 {
-                w.swap(0, Ordering::AcqRel)
-            } else {
-                w.fetch_and(!mask, Ordering::AcqRel) & mask
-            };
-            taken += u64::from(bits.count_ones());
-            WordBits::new(bits, word as u64 * 64).for_each(&mut f);
-            page = word as u64 * 64 + hi;
+            // Take up to one cache line of words, then fence, then call back: reading
+            // a page before the fence would break the store-buffering argument of
+            // `set_bits` (the model check in tests/bitmap_loom.rs finds that outcome).
+            let mut batch = [(0u64, 0u64); BATCH];
+            let mut n = 0;
+            while page < pages.end && n < BATCH {
+                let word = (page / 64) as usize;
+                let lo = page % 64;
+                let hi = (pages.end - word as u64 * 64).min(64);
+                let mask = (!0u64 >> (64 - (hi - lo))) << lo;
+                let w = &self.words[word];
+                let bits = if w.load(Ordering::Relaxed) & mask == 0 {
+                    0
+                } else if mask == !0 {
+                    w.swap(0, Ordering::AcqRel)
+                } else {
+                    w.fetch_and(!mask, Ordering::AcqRel) & mask
+                };
+                if bits != 0 {
+                    batch[n] = (word as u64 * 64, bits);
+                    n += 1;
+                }
+                page = word as u64 * 64 + hi;
+            }
+            if n == 0 {
+                continue;
+            }
+            fence(Ordering::SeqCst);
+            for &(first, bits) in &batch[..n] {
+                taken += u64::from(bits.count_ones());
+                WordBits::new(bits, first).for_each(&mut f);
+            }
         }
+        // A harvest that took nothing still ends with the fence: pages the caller reads
+        // after it see the writes whose marks it could have raced with.
         fence(Ordering::SeqCst);
-        self.harvested.fetch_add(taken, core::sync::atomic::Ordering::Relaxed);
+        self.harvested
+            .fetch_add(taken, core::sync::atomic::Ordering::Relaxed);
         Ok(taken)
     }
 
