@@ -42,8 +42,11 @@ use precopy::bitmap::{AtomicDirtyBitmap, KvmSlotTable};
 use precopy::layout::GuestLayout;
 
 const PAGE: u64 = 4096;
-/// Two words of bitmap: 128 pages.
-const PAGES: u64 = 128;
+/// Nine words of bitmap: one cache line of words (harvested a line at a time) and one
+/// word after it (the harvest's per-word tail path).
+const PAGES: u64 = 9 * 64;
+/// A page in the tail word.
+const TAIL: u64 = 8 * 64 + 5;
 
 type Bitmap = AtomicDirtyBitmap<&'static [AtomicU64]>;
 
@@ -196,6 +199,16 @@ fn fresh_mark_racing_a_whole_range_harvest() {
 #[test]
 fn fresh_mark_racing_a_partial_range_harvest() {
     check(&[6], &[5], Mark::Page, Harvest::PartRange);
+}
+
+#[test]
+fn hot_mark_in_the_tail_word_racing_a_word_harvest() {
+    check(&[TAIL], &[TAIL], Mark::Page, Harvest::Words);
+}
+
+#[test]
+fn fresh_mark_in_the_tail_word_racing_a_word_harvest() {
+    check(&[TAIL + 1], &[TAIL], Mark::Page, Harvest::Words);
 }
 
 #[test]
