@@ -1,7 +1,7 @@
 //! [`AtomicDirtyBitmap`]: marking and harvesting over `AtomicU64` words.
 
-use core::ops::{Deref, Range};
 use super::sync::{fence, AtomicU64, Ordering};
+use core::ops::{Deref, Range};
 // Statistics only (pages harvested so far), not part of the ordering protocol: kept a
 // `core` atomic so the model check does not spend its interleavings on it.
 use core::sync::atomic::AtomicU64 as Counter;
@@ -235,7 +235,8 @@ impl<W: Deref<Target = [AtomicU64]>> AtomicDirtyBitmap<W> {
             out[i - first] = bits;
             taken += u64::from(bits.count_ones());
         });
-        self.harvested.fetch_add(taken, core::sync::atomic::Ordering::Relaxed);
+        self.harvested
+            .fetch_add(taken, core::sync::atomic::Ordering::Relaxed);
         Ok(taken)
     }
 
@@ -375,11 +376,11 @@ impl<W: Deref<Target = [AtomicU64]>> AtomicDirtyBitmap<W> {
         }
         // `fetch_sub` would wrap if restoring more than was harvested (a caller bug, or
         // bits the caller made up); saturate so the counter stays meaningful.
-        let _ = self
-            .harvested
-            .fetch_update(core::sync::atomic::Ordering::Relaxed, core::sync::atomic::Ordering::Relaxed, |h| {
-                Some(h.saturating_sub(restored))
-            });
+        let _ = self.harvested.fetch_update(
+            core::sync::atomic::Ordering::Relaxed,
+            core::sync::atomic::Ordering::Relaxed,
+            |h| Some(h.saturating_sub(restored)),
+        );
         Ok(())
     }
 
@@ -422,7 +423,8 @@ impl<W: Deref<Target = [AtomicU64]>> AtomicDirtyBitmap<W> {
             out.extend(WordBits::new(bits, i as u64 * 64));
         });
         let taken = (out.len() - before) as u64;
-        self.harvested.fetch_add(taken, core::sync::atomic::Ordering::Relaxed);
+        self.harvested
+            .fetch_add(taken, core::sync::atomic::Ordering::Relaxed);
         taken
     }
 
