@@ -94,17 +94,25 @@ pub fn run(args: &Args) -> Result<(), String> {
         },
         CaseResult {
             case: "mark_set_1t",
-            ours: best_of_with_setup(reps, || set_ours(&fresh_pages), |()| {
-                for &p in &fresh_pages {
-                    let _ = ours.mark(p);
-                }
-            }),
+            ours: best_of_with_setup(
+                reps,
+                || set_ours(&fresh_pages),
+                |()| {
+                    for &p in &fresh_pages {
+                        let _ = ours.mark(p);
+                    }
+                },
+            ),
             peer: "vm-memory",
-            peer_time: best_of_with_setup(reps, || set_peer(&fresh_pages), |()| {
-                for &p in &fresh_pages {
-                    peer.set_bit(p as usize);
-                }
-            }),
+            peer_time: best_of_with_setup(
+                reps,
+                || set_peer(&fresh_pages),
+                |()| {
+                    for &p in &fresh_pages {
+                        peer.set_bit(p as usize);
+                    }
+                },
+            ),
         },
         CaseResult {
             case: "mark_page_1t",
@@ -148,15 +156,21 @@ pub fn run(args: &Args) -> Result<(), String> {
         },
         CaseResult {
             case: "mark_hot_2t",
-            ours: best_of_with_setup(reps, || set_ours(&hot_pages), |()| {
-                two_threads(&hot_pages, |p| {
-                    let _ = ours.mark(p);
-                })
-            }),
+            ours: best_of_with_setup(
+                reps,
+                || set_ours(&hot_pages),
+                |()| {
+                    two_threads(&hot_pages, |p| {
+                        let _ = ours.mark(p);
+                    })
+                },
+            ),
             peer: "vm-memory",
-            peer_time: best_of_with_setup(reps, || set_peer(&hot_pages), |()| {
-                two_threads(&hot_pages, |p| peer.set_bit(p as usize))
-            }),
+            peer_time: best_of_with_setup(
+                reps,
+                || set_peer(&hot_pages),
+                |()| two_threads(&hot_pages, |p| peer.set_bit(p as usize)),
+            ),
         },
         harvest_case("harvest_sparse", &ours, &peer, pages, 100, reps),
         harvest_case("harvest_dense", &ours, &peer, pages, 2, reps),
