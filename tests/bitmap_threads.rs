@@ -2,6 +2,15 @@
 //! pages (whole-bitmap harvests and parallel chunk harvests) and copy what they took
 //! to a destination. Afterwards no mark is lost and the destination equals the source:
 //! the ordering contract of the bitmap, tested with real concurrency.
+//!
+//! The check is per write, not per set of pages (a lost mark on a page marked again
+//! later leaves the sets equal): every write carries a sequence number, stored into the
+//! page before the mark; once the mark returns the writer publishes the number as
+//! completed. Before each harvest the harvester reads the completed numbers; after the
+//! harvest and its copies, the destination's copy of every page must hold at least the
+//! completed number (pages are partitioned between writers, so numbers only grow per
+//! page). That is the contract itself: a write that completed before a harvest is in
+//! that harvest or an earlier one, and the copy after it sees the write.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,7 +18,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use precopy::bitmap::{AtomicDirtyBitmap, DirtyPages};
 use precopy::layout::GuestLayout;
 
-const PAGES: u64 = 8192;
+/// Enough pages that a cold page is rewritten only every few milliseconds: a lost mark
+/// stays visible (no later mark of the page covers it) across many harvests.
+const PAGES: u64 = 1 << 16;
 const WRITERS: u64 = 3;
 const WRITES_PER_WRITER: u64 = 200_000;
 
@@ -34,7 +45,9 @@ fn no_write_is_lost_under_concurrent_harvests() {
     let source = Memory((0..PAGES).map(|_| AtomicU64::new(0)).collect());
     let dest: Vec<AtomicU64> = (0..PAGES).map(|_| AtomicU64::new(0)).collect();
     let done = AtomicBool::new(false);
-    let harvested = std::sync::Mutex::new(BTreeSet::new());
+    let harvested = std::sync::Mutex::new(vec![false; PAGES as usize]);
+    // Per page: the sequence number of the latest write whose mark has returned.
+    let completed: Vec<AtomicU64> = (0..PAGES).map(|_| AtomicU64::new(0)).collect();
 
     // Copies page `p` from source to destination, as a migration round would.
     let copy = |p: u64| {
@@ -45,15 +58,23 @@ fn no_write_is_lost_under_concurrent_harvests() {
     let marked: Vec<BTreeSet<u64>> = std::thread::scope(|s| {
         let writers: Vec<_> = (0..WRITERS)
             .map(|t| {
-                let (bitmap, source) = (&bitmap, &source);
+                let (bitmap, source, completed) = (&bitmap, &source, &completed);
                 s.spawn(move || {
                     let mut rng = t + 1;
                     let mut mine = BTreeSet::new();
                     for i in 0..WRITES_PER_WRITER {
                         let r = splitmix(&mut rng);
                         // Half the writes go to 16 hot pages, so marks often find their
-                        // bit already set (the skip path and its fence).
-                        let page = if r & 1 == 0 { r % 16 } else { (r >> 8) % PAGES };
+                        // bit already set (the skip path and its fence). Writer `t` owns
+                        // the pages `p % WRITERS == t` (its hot pages share words with
+                        // the other writers').
+                        let slot = if r & 1 == 0 {
+                            r % 16
+                        } else {
+                            (r >> 8) % (PAGES / WRITERS)
+                        };
+                        let page = slot * WRITERS + t;
+                        // The sequence number: grows per page (one writer per page).
                         let value = ((t + 1) << 48) | (i + 1);
                         source.0[page as usize].store(value, Ordering::Relaxed);
                         if r & 2 == 0 {
@@ -63,6 +84,7 @@ fn no_write_is_lost_under_concurrent_harvests() {
                             let addr = layout.addr_of(page).unwrap() + (r >> 40) % 4096;
                             bitmap.mark_range(addr, 1).unwrap();
                         }
+                        completed[page as usize].store(value, Ordering::Release);
                         mine.insert(page);
                     }
                     mine
@@ -73,7 +95,12 @@ fn no_write_is_lost_under_concurrent_harvests() {
         // Harvester: alternate whole harvests with two-thread chunk harvests.
         let harvester = s.spawn(|| {
             let mut round = 0u64;
+            let mut before = vec![0u64; PAGES as usize];
             while !done.load(Ordering::Acquire) {
+                // Writes completed before this harvest starts.
+                for (b, c) in before.iter_mut().zip(&completed) {
+                    *b = c.load(Ordering::Acquire);
+                }
                 let mut taken = Vec::new();
                 if round % 2 == 0 {
                     bitmap.harvest_to_vec(&mut taken);
@@ -89,7 +116,17 @@ fn no_write_is_lost_under_concurrent_harvests() {
                     taken.extend(DirtyPages::new(&b, mid as u64 * 64));
                 }
                 taken.iter().for_each(|&p| copy(p));
-                harvested.lock().unwrap().extend(taken);
+                for (p, &b) in before.iter().enumerate() {
+                    let d = dest[p].load(Ordering::Relaxed);
+                    assert!(
+                        d >= b,
+                        "page {p}: after harvest {round} the destination holds write \
+                         {d:#x}, but write {b:#x} completed before that harvest began \
+                         (a lost mark)"
+                    );
+                }
+                let mut h = harvested.lock().unwrap();
+                taken.iter().for_each(|&p| h[p as usize] = true);
                 round += 1;
             }
             round
@@ -106,8 +143,12 @@ fn no_write_is_lost_under_concurrent_harvests() {
     let mut last = Vec::new();
     bitmap.harvest_to_vec(&mut last);
     last.iter().for_each(|&p| copy(p));
-    let mut harvested = harvested.into_inner().unwrap();
-    harvested.extend(last);
+    let mut harvested_pages = harvested.into_inner().unwrap();
+    last.iter()
+        .for_each(|&p| harvested_pages[p as usize] = true);
+    let harvested: BTreeSet<u64> = (0..PAGES)
+        .filter(|&p| harvested_pages[p as usize])
+        .collect();
 
     let all_marked: BTreeSet<u64> = marked.into_iter().flatten().collect();
     assert_eq!(harvested, all_marked, "a harvest lost or invented a mark");

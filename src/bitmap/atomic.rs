@@ -1,7 +1,10 @@
 //! [`AtomicDirtyBitmap`]: marking and harvesting over `AtomicU64` words.
 
+use super::sync::{fence, AtomicU64, Ordering};
 use core::ops::{Deref, Range};
-use core::sync::atomic::{fence, AtomicU64, Ordering};
+// Statistics only (pages harvested so far), not part of the ordering protocol: kept a
+// `core` atomic so the model check does not spend its interleavings on it.
+use core::sync::atomic::AtomicU64 as Counter;
 
 use super::iter::WordBits;
 use super::{words_for_pages, BitmapError};
@@ -19,7 +22,7 @@ pub struct AtomicDirtyBitmap<W: Deref<Target = [AtomicU64]>> {
     words: W,
     /// Pages taken out by harvests so far (minus pages put back by `restore`), counted
     /// by harvesters only so marking never touches a shared counter.
-    harvested: AtomicU64,
+    harvested: Counter,
 }
 
 #[cfg(feature = "alloc")]
@@ -32,7 +35,7 @@ impl AtomicDirtyBitmap<alloc::boxed::Box<[AtomicU64]>> {
         AtomicDirtyBitmap {
             layout,
             words,
-            harvested: AtomicU64::new(0),
+            harvested: Counter::new(0),
         }
     }
 }
@@ -55,7 +58,7 @@ impl<'a> AtomicDirtyBitmap<&'a [AtomicU64]> {
         Ok(AtomicDirtyBitmap {
             layout,
             words,
-            harvested: AtomicU64::new(0),
+            harvested: Counter::new(0),
         })
     }
 }
@@ -201,7 +204,7 @@ impl<W: Deref<Target = [AtomicU64]>> AtomicDirtyBitmap<W> {
     /// in which it was marked (pages harvested so far plus pages dirty now). The
     /// scheduler's dirty-rate input.
     pub fn marked_since_creation(&self) -> u64 {
-        self.harvested.load(Ordering::Relaxed) + self.dirty_pages()
+        self.harvested.load(core::sync::atomic::Ordering::Relaxed) + self.dirty_pages()
     }
 
     /// Fetch-and-clear of word range `words` into `out` (`out[i]` gets word
@@ -232,7 +235,8 @@ impl<W: Deref<Target = [AtomicU64]>> AtomicDirtyBitmap<W> {
             out[i - first] = bits;
             taken += u64::from(bits.count_ones());
         });
-        self.harvested.fetch_add(taken, Ordering::Relaxed);
+        self.harvested
+            .fetch_add(taken, core::sync::atomic::Ordering::Relaxed);
         Ok(taken)
     }
 
@@ -281,6 +285,10 @@ impl<W: Deref<Target = [AtomicU64]>> AtomicDirtyBitmap<W> {
     /// `f(page)` for each dirty page in ascending order. Returns the number taken.
     /// Partial words at the edges are cleared with `fetch_and`, so neighbouring ranges
     /// harvested by other threads are left alone.
+    ///
+    /// `f` may read the page: it is called only after the harvest fence that follows
+    /// the clearing of its word (words are taken a cache line at a time, then fenced,
+    /// then handed to `f`), so it sees every write whose mark found its bit already set.
     pub fn harvest_range_with(
         &self,
         pages: Range<u64>,
@@ -292,27 +300,48 @@ impl<W: Deref<Target = [AtomicU64]>> AtomicDirtyBitmap<W> {
                 total: self.total_pages(),
             });
         }
+        const BATCH: usize = 8;
         let mut taken = 0u64;
         let mut page = pages.start;
         while page < pages.end {
-            let word = (page / 64) as usize;
-            let lo = page % 64;
-            let hi = (pages.end - word as u64 * 64).min(64);
-            let mask = (!0u64 >> (64 - (hi - lo))) << lo;
-            let w = &self.words[word];
-            let bits = if w.load(Ordering::Relaxed) & mask == 0 {
-                0
-            } else if mask == !0 {
-                w.swap(0, Ordering::AcqRel)
-            } else {
-                w.fetch_and(!mask, Ordering::AcqRel) & mask
-            };
-            taken += u64::from(bits.count_ones());
-            WordBits::new(bits, word as u64 * 64).for_each(&mut f);
-            page = word as u64 * 64 + hi;
+            // Take up to one cache line of words, then fence, then call back: reading
+            // a page before the fence would break the store-buffering argument of
+            // `set_bits` (the model check in tests/bitmap_loom.rs finds that outcome).
+            let mut batch = [(0u64, 0u64); BATCH];
+            let mut n = 0;
+            while page < pages.end && n < BATCH {
+                let word = (page / 64) as usize;
+                let lo = page % 64;
+                let hi = (pages.end - word as u64 * 64).min(64);
+                let mask = (!0u64 >> (64 - (hi - lo))) << lo;
+                let w = &self.words[word];
+                let bits = if w.load(Ordering::Relaxed) & mask == 0 {
+                    0
+                } else if mask == !0 {
+                    w.swap(0, Ordering::AcqRel)
+                } else {
+                    w.fetch_and(!mask, Ordering::AcqRel) & mask
+                };
+                if bits != 0 {
+                    batch[n] = (word as u64 * 64, bits);
+                    n += 1;
+                }
+                page = word as u64 * 64 + hi;
+            }
+            if n == 0 {
+                continue;
+            }
+            fence(Ordering::SeqCst);
+            for &(first, bits) in &batch[..n] {
+                taken += u64::from(bits.count_ones());
+                WordBits::new(bits, first).for_each(&mut f);
+            }
         }
+        // A harvest that took nothing still ends with the fence: pages the caller reads
+        // after it see the writes whose marks it could have raced with.
         fence(Ordering::SeqCst);
-        self.harvested.fetch_add(taken, Ordering::Relaxed);
+        self.harvested
+            .fetch_add(taken, core::sync::atomic::Ordering::Relaxed);
         Ok(taken)
     }
 
@@ -347,11 +376,11 @@ impl<W: Deref<Target = [AtomicU64]>> AtomicDirtyBitmap<W> {
         }
         // `fetch_sub` would wrap if restoring more than was harvested (a caller bug, or
         // bits the caller made up); saturate so the counter stays meaningful.
-        let _ = self
-            .harvested
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {
-                Some(h.saturating_sub(restored))
-            });
+        let _ = self.harvested.fetch_update(
+            core::sync::atomic::Ordering::Relaxed,
+            core::sync::atomic::Ordering::Relaxed,
+            |h| Some(h.saturating_sub(restored)),
+        );
         Ok(())
     }
 
@@ -394,7 +423,8 @@ impl<W: Deref<Target = [AtomicU64]>> AtomicDirtyBitmap<W> {
             out.extend(WordBits::new(bits, i as u64 * 64));
         });
         let taken = (out.len() - before) as u64;
-        self.harvested.fetch_add(taken, Ordering::Relaxed);
+        self.harvested
+            .fetch_add(taken, core::sync::atomic::Ordering::Relaxed);
         taken
     }
 

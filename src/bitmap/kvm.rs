@@ -1,8 +1,8 @@
 //! Import of KVM dirty logs (`KVM_GET_DIRTY_LOG` words) and dirty-ring entries
 //! (`struct kvm_dirty_gfn`), through a table of KVM memory slots.
 
+use super::sync::AtomicU64;
 use core::ops::Deref;
-use core::sync::atomic::AtomicU64;
 
 use super::{words_for_pages, AtomicDirtyBitmap, BitmapError};
 use crate::layout::GuestLayout;

@@ -45,6 +45,7 @@ mod dirty_set;
 mod error;
 mod iter;
 mod kvm;
+mod sync;
 #[cfg(feature = "vm-memory")]
 mod vm_memory;
 

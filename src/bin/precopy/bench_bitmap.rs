@@ -49,6 +49,14 @@ pub fn run(args: &Args) -> Result<(), String> {
 
     let mut rng = Rng::new(0x5eed);
     let random_pages: Vec<u64> = (0..MARKS).map(|_| rng.below(pages)).collect();
+    // Distinct pages in random order (an odd stride modulo a power of two visits each
+    // page once): every mark of a cleared bitmap is a fresh one.
+    let stride = (rng.next_u64() | 1) & (pages.next_power_of_two() - 1);
+    let fresh_pages: Vec<u64> = (0..pages.next_power_of_two())
+        .map(|i| i.wrapping_mul(stride) & (pages.next_power_of_two() - 1))
+        .filter(|&p| p < pages)
+        .take(MARKS)
+        .collect();
     // Two vCPUs dirtying the same 256 hot pages (4 words in one cache line).
     let hot_pages: Vec<u64> = (0..MARKS).map(|_| 4096 + rng.below(256)).collect();
     let range_starts: Vec<u64> = (0..RANGE_MARKS)
@@ -59,7 +67,54 @@ pub fn run(args: &Args) -> Result<(), String> {
         ours.harvest_to_vec(&mut Vec::new());
     };
     let clear_peer = || peer.reset();
+    // Hot: every page about to be marked is already marked, on both sides.
+    let set_ours = |list: &[u64]| {
+        clear_ours();
+        list.iter().for_each(|&p| {
+            let _ = ours.mark(p);
+        });
+    };
+    let set_peer = |list: &[u64]| {
+        clear_peer();
+        list.iter().for_each(|&p| peer.set_bit(p as usize));
+    };
     let cases = [
+        CaseResult {
+            case: "mark_fresh_1t",
+            ours: best_of_with_setup(reps, clear_ours, |()| {
+                for &p in &fresh_pages {
+                    let _ = ours.mark(p);
+                }
+            }),
+            peer: "vm-memory",
+            peer_time: best_of_with_setup(reps, clear_peer, |()| {
+                for &p in &fresh_pages {
+                    peer.set_bit(p as usize);
+                }
+            }),
+        },
+        CaseResult {
+            case: "mark_set_1t",
+            ours: best_of_with_setup(
+                reps,
+                || set_ours(&fresh_pages),
+                |()| {
+                    for &p in &fresh_pages {
+                        let _ = ours.mark(p);
+                    }
+                },
+            ),
+            peer: "vm-memory",
+            peer_time: best_of_with_setup(
+                reps,
+                || set_peer(&fresh_pages),
+                |()| {
+                    for &p in &fresh_pages {
+                        peer.set_bit(p as usize);
+                    }
+                },
+            ),
+        },
         CaseResult {
             case: "mark_page_1t",
             ours: best_of_with_setup(reps, clear_ours, |()| {
@@ -102,15 +157,21 @@ pub fn run(args: &Args) -> Result<(), String> {
         },
         CaseResult {
             case: "mark_hot_2t",
-            ours: best_of_with_setup(reps, clear_ours, |()| {
-                two_threads(&hot_pages, |p| {
-                    let _ = ours.mark(p);
-                })
-            }),
+            ours: best_of_with_setup(
+                reps,
+                || set_ours(&hot_pages),
+                |()| {
+                    two_threads(&hot_pages, |p| {
+                        let _ = ours.mark(p);
+                    })
+                },
+            ),
             peer: "vm-memory",
-            peer_time: best_of_with_setup(reps, clear_peer, |()| {
-                two_threads(&hot_pages, |p| peer.set_bit(p as usize))
-            }),
+            peer_time: best_of_with_setup(
+                reps,
+                || set_peer(&hot_pages),
+                |()| two_threads(&hot_pages, |p| peer.set_bit(p as usize)),
+            ),
         },
         harvest_case("harvest_sparse", &ours, &peer, pages, 100, reps),
         harvest_case("harvest_dense", &ours, &peer, pages, 2, reps),
@@ -119,6 +180,19 @@ pub fn run(args: &Args) -> Result<(), String> {
         println!(
             "precopy bench bitmap: {} GiB guest, {} pages of 4 KiB, best of {reps}",
             args.guest_gib, pages
+        );
+        println!(
+            "  every case clears (or pre-sets) both bitmaps alike before each timed run:\n  \
+             mark_fresh_1t  {} distinct pages, each bit clear before its mark\n  \
+             mark_set_1t    the same pages, each bit already set (the skip path)\n  \
+             mark_page_*    {} random pages from clear (about 1 in 9 repeats)\n  \
+             mark_range_64k {} 64 KiB ranges from clear\n  \
+             mark_hot_2t    two threads, {} marks of 256 hot pages, all already set\n  \
+             harvest_*      take every dirty page (1 in 100, 1 in 2) into a list",
+            fresh_pages.len(),
+            MARKS,
+            RANGE_MARKS,
+            MARKS
         );
     }
     for c in &cases {
