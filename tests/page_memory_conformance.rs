@@ -388,3 +388,36 @@ fn vm_memory_guest_with_a_hole() {
         }
     }
 }
+
+#[test]
+fn kept_hashes_over_plain_memory_and_stream_views() {
+    use precopy::layout::Shard;
+    use precopy::memory::KeptHashes;
+    for ps in PAGE_SIZES {
+        let mut m = VecMemory::new(ps, TOTAL);
+        let mut kept = KeptHashes::new(&mut m, Shard::WHOLE);
+        let want = conformance("KeptHashes<&mut VecMemory>", &mut kept, ps, WHOLE);
+        assert!(
+            kept.kept_pages() > 0,
+            "writes and zero runs keep their hashes"
+        );
+        drop(kept);
+        check_bytes("KeptHashes<&mut VecMemory>", m.as_bytes(), ps, WHOLE, &want);
+
+        let mut m = VecMemory::new(ps, TOTAL);
+        let mut wants = Vec::new();
+        for (i, view) in m.streams(2).into_iter().enumerate() {
+            let shard = Shard::new(i as u8, 2).unwrap();
+            let mut kept = KeptHashes::new(view, shard);
+            wants.push(conformance(
+                "KeptHashes<view>",
+                &mut kept,
+                ps,
+                stream_pages(i),
+            ));
+        }
+        for (i, want) in wants.iter().enumerate() {
+            check_bytes("KeptHashes<view>", m.as_bytes(), ps, stream_pages(i), want);
+        }
+    }
+}

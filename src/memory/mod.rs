@@ -89,8 +89,12 @@ impl core::error::Error for MemoryError {}
 
 mod digest;
 #[cfg(feature = "alloc")]
+mod kept;
+#[cfg(feature = "alloc")]
 mod streams;
 pub use digest::{digest_memory, digest_stream, migration_digest, MemoryDigest};
+#[cfg(feature = "alloc")]
+pub use kept::KeptHashes;
 #[cfg(feature = "alloc")]
 pub use streams::{FreshMemory, StreamMemory};
 #[cfg(feature = "vm-memory")]

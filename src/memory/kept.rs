@@ -1,0 +1,147 @@
+//! A destination over the VMM's own memory that remembers the hash of every page it
+//! wrote, so the end-of-migration digest does not read memory with the guest paused.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use super::{zero_page_hash, MemoryError, PageMemory};
+use crate::layout::Shard;
+
+/// Any [`PageMemory`] (the VMM's guest RAM through [`VmMemory`](super::VmMemory), a
+/// `&AtomicMemory`, ...) that keeps the XXH3-64 of every page of stream `shard` as it
+/// writes or zeroes it. [`hash_pages`](PageMemory::hash_pages) answers from the kept
+/// hashes and reads memory only for pages never written through this view. A migration
+/// writes every page (the bulk round sends them all, zero pages as zero runs), so at
+/// the switchover the destination's half of the end-to-end check folds 8 bytes per
+/// page instead of reading all of guest memory while the guest is paused.
+///
+/// Unlike [`FreshMemory`](super::FreshMemory) it promises nothing about the memory's
+/// content: zero runs are written (or skipped by the memory where it can tell a page is
+/// zero), and a page never written is hashed from what memory holds. What it does
+/// assume is that nothing else writes the pages while it is in use (on a destination
+/// the guest is not running yet). Costs 8 bytes and a bit per page of the stream.
+///
+/// ```
+/// use precopy::layout::Shard;
+/// use precopy::memory::{KeptHashes, PageMemory, VecMemory};
+/// let mut ram = VecMemory::new(4096, 8);
+/// let mut memory = KeptHashes::new(&mut ram, Shard::WHOLE);
+/// memory.write_page(3, &[7; 4096]).unwrap();
+/// memory.zero_pages(0, 3).unwrap();
+/// let mut hashes = [0u64; 4];
+/// memory.hash_pages(0, &mut hashes, &mut [0; 4096]).unwrap();
+/// assert_eq!(hashes[3], precopy::codec::base_hash(&[7; 4096]));
+/// assert_eq!(memory.kept_pages(), 4);
+/// ```
+#[derive(Debug)]
+pub struct KeptHashes<M> {
+    memory: M,
+    shard: Shard,
+    /// Bit `i` of word `i / 64`: the stream's page of local index `i` has a kept hash.
+    kept: Vec<u64>,
+    /// By local index: the hash of what was last written, while its bit is set.
+    hashes: Vec<u64>,
+}
+
+impl<M: PageMemory> KeptHashes<M> {
+    /// Keeps the hashes of stream `shard`'s pages of `memory` ([`Shard::WHOLE`] for a
+    /// single-stream destination; one view per stream for several). Writes to pages of
+    /// other streams pass through untracked.
+    pub fn new(memory: M, shard: Shard) -> Self {
+        let pages = shard.pages(memory.total_pages());
+        KeptHashes {
+            memory,
+            shard,
+            kept: vec![0; pages.div_ceil(64) as usize],
+            hashes: vec![0; pages as usize],
+        }
+    }
+
+    /// Pages of the stream whose hash is kept.
+    pub fn kept_pages(&self) -> u64 {
+        self.kept.iter().map(|w| u64::from(w.count_ones())).sum()
+    }
+
+    /// The memory underneath.
+    pub fn into_inner(self) -> M {
+        self.memory
+    }
+
+    /// The kept hash of `page`, if it is this stream's and was written through this view.
+    fn kept_hash(&self, page: u64) -> Option<u64> {
+        if !self.shard.owns(page) {
+            return None;
+        }
+        let i = self.shard.local_index(page) as usize;
+        let kept = self.kept.get(i / 64)? & (1 << (i % 64)) != 0;
+        kept.then(|| self.hashes[i])
+    }
+
+    fn keep(&mut self, page: u64, hash: u64) {
+        if self.shard.owns(page) {
+            let i = self.shard.local_index(page) as usize;
+            if let (Some(word), Some(slot)) = (self.kept.get_mut(i / 64), self.hashes.get_mut(i)) {
+                *word |= 1 << (i % 64);
+                *slot = hash;
+            }
+        }
+    }
+}
+
+impl<M: PageMemory> PageMemory for KeptHashes<M> {
+    fn page_size(&self) -> usize {
+        self.memory.page_size()
+    }
+
+    fn total_pages(&self) -> u64 {
+        self.memory.total_pages()
+    }
+
+    fn read_page(&self, page: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        self.memory.read_page(page, buf)
+    }
+
+    fn write_page(&mut self, page: u64, data: &[u8]) -> Result<(), MemoryError> {
+        self.memory.write_page(page, data)?;
+        self.keep(page, crate::codec::base_hash(data));
+        Ok(())
+    }
+
+    fn hash_pages(
+        &self,
+        first: u64,
+        hashes: &mut [u64],
+        scratch: &mut [u8],
+    ) -> Result<(), MemoryError> {
+        let mut at = 0;
+        while at < hashes.len() {
+            let page = first + at as u64;
+            if let Some(h) = self.kept_hash(page) {
+                hashes[at] = h;
+                at += 1;
+                continue;
+            }
+            // A run of pages without a kept hash: memory hashes them.
+            let run = (at..hashes.len())
+                .take_while(|&j| self.kept_hash(first + j as u64).is_none())
+                .count();
+            self.memory
+                .hash_pages(page, &mut hashes[at..at + run], scratch)?;
+            at += run;
+        }
+        Ok(())
+    }
+
+    fn known_zero_pages(&self, first: u64, max: u64) -> u64 {
+        self.memory.known_zero_pages(first, max)
+    }
+
+    fn zero_pages(&mut self, first: u64, count: u64) -> Result<(), MemoryError> {
+        self.memory.zero_pages(first, count)?;
+        let zero = zero_page_hash(self.page_size());
+        for page in first..first.saturating_add(count) {
+            self.keep(page, zero);
+        }
+        Ok(())
+    }
+}
