@@ -21,8 +21,8 @@ use crate::layout::Shard;
 use crate::memory::digest_stream;
 use crate::memory::{FreshMemory, PageMemory, VecMemory};
 use crate::wire::{
-    seal_page_frame, Decoder, Event, Features, Frame, StreamHeader, WireError, MAX_HEADER_LEN,
-    PAGE_PAYLOAD_OFFSET,
+    max_frame_len, Decoder, Event, Features, Frame, PageFramer, StreamHeader, WireError,
+    MAX_HEADER_LEN,
 };
 
 /// Page size of the guest that [`apply_stream`] applies to.
@@ -70,7 +70,7 @@ impl StreamBuilder {
         StreamBuilder {
             out,
             page_size,
-            payload: vec![0; PAGE_PAYLOAD_OFFSET + encoder.max_payload_len()],
+            payload: vec![0; encoder.max_payload_len()],
             encoder,
             page: vec![0; page_size],
             round: 0,
@@ -94,44 +94,28 @@ impl StreamBuilder {
             round,
             planned_pages: pages.len() as u64,
         });
-        let mut zero_run: Option<(u64, u64)> = None;
+        // The engine's framer: what the tests decode is framed as the engine frames it.
+        let mut framer = PageFramer::new(self.page_size);
+        let mut frames = vec![0u8; 2 * max_frame_len(self.page_size)];
         for &p in pages {
             memory.read_page(p, &mut self.page).expect("page in range");
             let sent = self
                 .encoder
-                .encode(p, &self.page, &mut self.payload[PAGE_PAYLOAD_OFFSET..])
+                .encode(p, &self.page, &mut self.payload)
                 .expect("encodable page");
-            if sent.encoding == Encoding::Zero {
-                match &mut zero_run {
-                    Some((first, count)) if *first + *count == p => *count += 1,
-                    _ => {
-                        if let Some((first_page, count)) = zero_run.take() {
-                            self.push(Frame::ZeroRun { first_page, count });
-                        }
-                        zero_run = Some((p, 1));
-                    }
-                }
-                continue;
-            }
-            if let Some((first_page, count)) = zero_run.take() {
-                self.push(Frame::ZeroRun { first_page, count });
-            }
-            // Zero-copy framing: the payload was encoded in place after the room
-            // seal_page_frame needs for the frame header.
-            let frame = seal_page_frame(
-                &mut self.payload,
-                self.page_size,
-                p,
-                sent.encoding,
-                sent.base_hash,
-                sent.len,
-            )
-            .expect("valid page frame");
-            self.out.extend_from_slice(&self.payload[frame]);
+            let n = framer
+                .page(
+                    p,
+                    sent.encoding,
+                    sent.base_hash,
+                    &self.payload[..sent.len],
+                    &mut frames,
+                )
+                .expect("valid page frame");
+            self.out.extend_from_slice(&frames[..n]);
         }
-        if let Some((first_page, count)) = zero_run {
-            self.push(Frame::ZeroRun { first_page, count });
-        }
+        let n = framer.flush(&mut frames).expect("valid zero run");
+        self.out.extend_from_slice(&frames[..n]);
         self.push(Frame::RoundEnd {
             round,
             pages: pages.len() as u64,

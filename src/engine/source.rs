@@ -13,7 +13,7 @@ use crate::memory::MemoryDigest;
 use crate::memory::PageMemory;
 use crate::schedule::Decision;
 use crate::wire::header::header_len;
-use crate::wire::{max_frame_len, Features, Frame, StreamHeader};
+use crate::wire::{max_frame_len, Features, Frame, PageFramer, StreamHeader};
 
 /// Where the source's half of the end-to-end check runs.
 ///
@@ -238,7 +238,8 @@ pub struct SourceEngine<'b, W: Deref<Target = [AtomicU64]>> {
     /// Next page to consider in the current round.
     cursor: u64,
     /// A run of zero pages not yet emitted: (first, count).
-    zero_run: Option<(u64, u64)>,
+    /// Frames the pages, merging neighbouring zero pages into runs.
+    framer: PageFramer,
     page_buf: Vec<u8>,
     payload_buf: Vec<u8>,
     round_pages: u64,
@@ -309,7 +310,7 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
             event: None,
             set,
             cursor: 0,
-            zero_run: None,
+            framer: PageFramer::new(page_size),
             page_buf: vec![0; page_size],
             payload_buf: vec![0; payload_len],
             round_pages: 0,
@@ -518,7 +519,7 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
         }
         self.event = None;
         // A run of zero pages counted as sent but not yet in any bytes returned.
-        if let Some((first, count)) = self.zero_run.take() {
+        if let Some((first, count)) = self.framer.take_pending_zero_run() {
             let _ = self
                 .bitmap
                 .mark_page_range(first..first.saturating_add(count));
@@ -705,14 +706,11 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
         self.encoder.zero_run(page, count);
         self.cursor = page + count;
         self.round_pages += count;
-        let mut len = 0;
-        match &mut self.zero_run {
-            Some((first, run)) if *first + *run == page => *run += count,
-            _ => {
-                len += self.flush_zero_run(out)?;
-                self.zero_run = Some((page, count));
-            }
-        }
+        let len = self
+            .framer
+            .zero_pages(page, count, out)
+            .map_err(EngineError::Emit)?;
+        self.round_wire_bytes += len as u64;
         Ok(len)
     }
 
@@ -744,36 +742,24 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
         // Sent (or about to be, in these bytes): no longer pending for this round.
         self.cursor = page + 1;
         self.round_pages += 1;
-        let mut len = 0;
-        if encoded.len == 0 && encoded.encoding == crate::codec::Encoding::Zero {
-            match &mut self.zero_run {
-                Some((first, count)) if *first + *count == page => *count += 1,
-                _ => {
-                    len += self.flush_zero_run(out)?;
-                    self.zero_run = Some((page, 1));
-                }
-            }
-            return Ok(len);
-        }
-        len += self.flush_zero_run(out)?;
-        let frame = Frame::page(
-            page,
-            encoded.encoding,
-            encoded.base_hash,
-            &self.payload_buf[..encoded.len],
-        );
-        let written = frame
-            .emit(self.bitmap.layout().page_size() as usize, &mut out[len..])
+        let len = self
+            .framer
+            .page(
+                page,
+                encoded.encoding,
+                encoded.base_hash,
+                &self.payload_buf[..encoded.len],
+                out,
+            )
             .map_err(EngineError::Emit)?;
-        self.round_wire_bytes += written as u64;
-        Ok(len + written)
+        self.round_wire_bytes += len as u64;
+        Ok(len)
     }
 
     fn flush_zero_run(&mut self, out: &mut [u8]) -> Result<usize, EngineError> {
-        match self.zero_run.take() {
-            Some((first_page, count)) => self.emit(Frame::ZeroRun { first_page, count }, out),
-            None => Ok(0),
-        }
+        let len = self.framer.flush(out).map_err(EngineError::Emit)?;
+        self.round_wire_bytes += len as u64;
+        Ok(len)
     }
 
     fn emit(&mut self, frame: Frame<'_>, out: &mut [u8]) -> Result<usize, EngineError> {

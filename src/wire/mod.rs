@@ -63,6 +63,7 @@
 mod decoder;
 mod error;
 pub mod frame;
+mod framer;
 pub mod header;
 
 pub use decoder::{decoder_buffer_len, Decoder, Event};
@@ -71,6 +72,7 @@ pub use frame::{
     max_frame_len, seal_page_frame, Frame, FrameHeaderView, FrameKind, FRAME_HEADER_LEN,
     PAGE_PAYLOAD_OFFSET,
 };
+pub use framer::PageFramer;
 pub use header::{Features, HeaderPrefix, StreamHeader, MAGIC, MAX_HEADER_LEN};
 
 /// The stream format version this precopy writes and the newest it reads.
