@@ -25,6 +25,19 @@ struct Outcome {
     source_pages: Vec<u8>,
     dest: Result<VecMemory, String>,
     rounds: u32,
+    /// When the source failed: what the destination holds and which pages the bitmap
+    /// still marks.
+    failure: Option<Failure>,
+    /// How many batches of the script the guest ran.
+    batches_run: usize,
+}
+
+/// The state a failed migration leaves behind.
+struct Failure {
+    /// The destination's memory after it was fed everything the source produced.
+    dest_pages: Vec<u8>,
+    /// The pages marked in the source's bitmap after the failure.
+    marked: std::collections::BTreeSet<u64>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -43,6 +56,7 @@ fn migrate(
     let memory = AtomicMemory::new(PAGE, pages);
     fill(&memory, PAGE, kinds);
     let bitmap = AtomicDirtyBitmap::new(layout);
+    let batches = script.len();
     let guest = ScriptedGuest {
         memory: &memory,
         bitmap: &bitmap,
@@ -93,6 +107,7 @@ fn migrate(
         }
     }
     let rounds = source.coordinator().scheduler().rounds();
+    let batches_run = batches - guest.script.borrow().len();
     let mut source_pages = vec![0u8; PAGE * pages as usize];
     for p in 0..pages {
         memory
@@ -104,10 +119,16 @@ fn migrate(
         // The destination got a stream without completion: never complete.
         let _ = applier.feed(&stream);
         assert!(!applier.is_complete());
+        let failure = Failure {
+            dest_pages: applier.memory().as_bytes().to_vec(),
+            marked: bitmap.harvest().pages().collect(),
+        };
         return Outcome {
             source_pages,
             dest: Err(e.to_string()),
             rounds,
+            failure: Some(failure),
+            batches_run,
         };
     }
     mangle(&mut stream);
@@ -149,6 +170,8 @@ fn migrate(
         source_pages,
         dest,
         rounds,
+        failure: None,
+        batches_run,
     }
 }
 
@@ -240,9 +263,52 @@ fn a_failed_migration_leaves_the_source_untouched_and_its_pages_marked() {
         on_limit: precopy::schedule::OnLimit::Fail,
         ..Policy::default()
     };
-    let out = migrate(&kinds, script, &[100], &[0], 4, policy, true, |_| ());
+    let out = migrate(&kinds, script.clone(), &[100], &[0], 4, policy, true, |_| ());
     let err = out.dest.unwrap_err();
     assert!(err.contains("not converging"), "{err}");
+    let failure = out.failure.expect("the source failed");
+
+    // The source's memory is exactly what the guest wrote: the initial content and
+    // the batches it ran, replayed here without the engine.
+    let expected = AtomicMemory::new(PAGE, pages);
+    fill(&expected, PAGE, &kinds);
+    for batch in &script[..out.batches_run] {
+        for &(page, word, value) in batch {
+            expected.store_word(page, word, value).unwrap();
+        }
+    }
+    let mut expected_pages = vec![0u8; PAGE * pages as usize];
+    for p in 0..pages {
+        expected
+            .read_page(p, &mut expected_pages[p as usize * PAGE..][..PAGE])
+            .unwrap();
+    }
+    assert!(out.batches_run > 0);
+    assert!(
+        out.source_pages == expected_pages,
+        "the failed migration changed the source's memory"
+    );
+
+    // Every page whose latest version did not reach the destination is still marked,
+    // so a later attempt sends it. The failure must leave such pages, or this checks
+    // nothing.
+    let stale: Vec<u64> = (0..pages)
+        .filter(|&p| {
+            let at = p as usize * PAGE..(p as usize + 1) * PAGE;
+            failure.dest_pages[at.clone()] != out.source_pages[at]
+        })
+        .collect();
+    assert!(!stale.is_empty(), "the destination caught up; nothing to check");
+    let lost: Vec<u64> = stale
+        .iter()
+        .copied()
+        .filter(|p| !failure.marked.contains(p))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "pages {lost:?} differ at the destination but are no longer marked (marked: {:?})",
+        failure.marked
+    );
 }
 
 #[test]
