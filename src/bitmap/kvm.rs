@@ -252,6 +252,66 @@ mod tests {
         assert!(bm.import_kvm_dirty_log(&t, 1, &[0, 0, 0, 0, 1]).is_err());
     }
 
+    /// KVM slots are deleted and re-created when the guest's map changes: a slot id
+    /// registered again names its new range only, for dirty logs and rings alike.
+    #[cfg(feature = "alloc")]
+    #[test]
+    fn re_registering_a_slot_replaces_its_range() {
+        let bm = AtomicDirtyBitmap::new(layout());
+        let mut t = KvmSlotTable::new(layout());
+        t.insert(0, 0, 100).unwrap();
+        t.insert(3, 1 << 20, 200).unwrap();
+        // Slot 3 moves: 50 pages from guest page 10 of the first region (dense 10..60).
+        t.insert(3, 10 * 4096, 50).unwrap();
+        assert_eq!(t.slots().len(), 2, "the old entry was kept beside the new one");
+        assert_eq!(
+            *t.get(3).unwrap(),
+            KvmSlot {
+                slot: 3,
+                guest_addr: 10 * 4096,
+                pages: 50,
+                first_page: 10,
+            }
+        );
+        // Slot pages 0, 1 and 49 -> dense 10, 11, 59; not 100, 101, 149 (the old range).
+        bm.import_kvm_dirty_log(&t, 3, &[0b11 | 1 << 49]).unwrap();
+        let pages: alloc::vec::Vec<u64> = bm.harvest().pages().collect();
+        assert_eq!(pages, [10, 11, 59]);
+        // Slot page 50 was in the old range, not in the new one.
+        assert_eq!(
+            bm.import_kvm_dirty_log(&t, 3, &[1 << 50]),
+            Err(BitmapError::SlotOffsetOutOfRange {
+                slot: 3,
+                offset: 50,
+                pages: 50
+            })
+        );
+        let ring = [
+            KvmDirtyGfn {
+                flags: 1,
+                slot: 3,
+                offset: 7,
+            },
+            KvmDirtyGfn {
+                flags: 1,
+                slot: 3,
+                offset: 150,
+            },
+        ];
+        assert_eq!(
+            bm.import_kvm_dirty_ring(&t, &ring),
+            Err(BitmapError::SlotOffsetOutOfRange {
+                slot: 3,
+                offset: 150,
+                pages: 50
+            })
+        );
+        let pages: alloc::vec::Vec<u64> = bm.harvest().pages().collect();
+        assert_eq!(pages, [17]);
+        // The other slot is unchanged.
+        assert_eq!(t.get(0).unwrap().pages, 100);
+    }
+
     #[cfg(feature = "alloc")]
     #[test]
     fn dirty_ring_marks_valid_entries_and_reports_bad_ones() {
