@@ -12,7 +12,7 @@ use precopy::codec::EncoderConfig;
 use precopy::engine::{Applier, EngineError, Migration, MigrationEvent, Progress, SourceConfig};
 use precopy::layout::GuestLayout;
 use precopy::memory::{AtomicMemory, PageMemory, VecMemory};
-use precopy::schedule::Policy;
+use precopy::schedule::{Decision, DowntimeRamp, OnLimit, Policy, SwitchReason, Throttle};
 use proptest::prelude::*;
 
 mod common;
@@ -30,6 +30,12 @@ struct Outcome {
     failure: Option<Failure>,
     /// How many batches of the script the guest ran.
     batches_run: usize,
+    /// The highest throttle the scheduler advised.
+    max_throttle: u8,
+    /// Whether a ramp raised the downtime limit in force above the policy's.
+    limit_raised: bool,
+    /// Why the scheduler switched over, if it did.
+    switch_reason: Option<SwitchReason>,
 }
 
 /// The state a failed migration leaves behind.
@@ -77,6 +83,7 @@ fn migrate(
     let mut buf = vec![0u8; source.min_buffer_len() + 3 * PAGE];
     let mut now = 0u64;
     let mut failed = None;
+    let (mut max_throttle, mut limit_raised, mut switch_reason) = (0, false, None);
     for step in 0..100_000 {
         // LZ4 on for two polls in three, off for one (the runtime's adaptive choice):
         // pages sent raw keep the delta base in step as well.
@@ -99,6 +106,13 @@ fn migrate(
                     source.guest_paused(now).unwrap();
                 }
                 MigrationEvent::Complete { .. } => complete = true,
+                MigrationEvent::Throttle(p) => max_throttle = max_throttle.max(p),
+                MigrationEvent::RoundDone(r) => {
+                    limit_raised |= r.outcome.stats.downtime_limit_ns > policy.downtime_limit_ns;
+                    if let Decision::SwitchOver { reason, .. } = r.outcome.decision {
+                        switch_reason = Some(reason);
+                    }
+                }
                 _ => {}
             }
         }
@@ -129,6 +143,9 @@ fn migrate(
             rounds,
             failure: Some(failure),
             batches_run,
+            max_throttle,
+            limit_raised,
+            switch_reason,
         };
     }
     mangle(&mut stream);
@@ -172,6 +189,9 @@ fn migrate(
         rounds,
         failure: None,
         batches_run,
+        max_throttle,
+        limit_raised,
+        switch_reason,
     }
 }
 
@@ -202,24 +222,248 @@ fn policy() -> impl Strategy<Value = Policy> {
         non_memory_downtime_ns: 0,
         max_rounds: rounds,
         max_bytes_ratio: None,
-        on_limit: precopy::schedule::OnLimit::SwitchOver,
+        on_limit: OnLimit::SwitchOver,
         ..Policy::default()
     })
 }
 
+/// One generated migration: the guest, its writes, the link and the policy.
+#[derive(Clone, Debug)]
+struct Case {
+    kinds: Vec<u8>,
+    script: Vec<Vec<Write>>,
+    chunks: Vec<usize>,
+    delays: Vec<u8>,
+    cache_pages: usize,
+    policy: Policy,
+    defer: bool,
+}
+
+impl Case {
+    fn run(&self) -> Outcome {
+        migrate(
+            &self.kinds,
+            self.script.clone(),
+            &self.chunks,
+            &self.delays,
+            self.cache_pages,
+            self.policy,
+            self.defer,
+            |_| (),
+        )
+    }
+}
+
+/// Short scripts and loose limits: most of these switch over after the second live
+/// round, on the downtime rule.
+fn short_case() -> impl Strategy<Value = Case> {
+    (
+        kinds().prop_flat_map(|k| {
+            let n = k.len() as u64;
+            (Just(k), script(n))
+        }),
+        prop::collection::vec(1usize..5000, 1..8),
+        prop::collection::vec(any::<u8>(), 1..8),
+        0usize..40,
+        policy(),
+        any::<bool>(),
+    )
+        .prop_map(
+            |((kinds, script), chunks, delays, cache_pages, policy, defer)| Case {
+                kinds,
+                script,
+                chunks,
+                delays,
+                cache_pages,
+                policy,
+                defer,
+            },
+        )
+}
+
+/// A guest that keeps writing a working set of `working_set` pages (and `spread`
+/// percent of its writes anywhere, a fifth to a hot page that returns to zero), `per_batch` writes per page read, for `batches`
+/// reads: generated from `seed` rather than element by element, so a script is long
+/// enough to outlast many rounds and still shrinks on a handful of numbers.
+fn long_script(
+    pages: u64,
+    seed: u64,
+    working_set: u64,
+    per_batch: usize,
+    spread: u64,
+    batches: usize,
+) -> Vec<Vec<Write>> {
+    let mut x = seed | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let base = next() % pages;
+    (0..batches)
+        .map(|_| {
+            (0..per_batch)
+                .map(|_| {
+                    if next() % 5 == 0 {
+                        // A hot page: few words, often zero, so it returns to zero.
+                        let v = next() % 4;
+                        return (base % 4, (next() % 2) as usize, if v == 3 { 0 } else { v });
+                    }
+                    let page = if next() % 100 < spread {
+                        next() % pages
+                    } else {
+                        (base + next() % working_set) % pages
+                    };
+                    let word = (next() % (PAGE as u64 / 8)) as usize;
+                    // Small values and zeros keep deltas and zero pages in play.
+                    let value = match next() % 4 {
+                        0 => 0,
+                        1 => next() % 4,
+                        _ => next(),
+                    };
+                    (page, word, value)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Tight limits, several to many rounds allowed, and the rest of the policy drawn:
+/// byte bounds, throttling advice, downtime ramps.
+fn long_policy() -> impl Strategy<Value = Policy> {
+    (
+        1u64..20_000,
+        4u32..20,
+        1u32..4,
+        prop::option::of(1.0f64..2.0),
+        prop::option::of((0.05f64..1.0, 1u32..4, 1u8..60, 0u8..25)),
+        prop::option::of((1u32..6, 1_000u64..60_000, 0u64..400_000)),
+    )
+        .prop_map(
+            |(limit, max_rounds, min_rounds, ratio, throttle, ramp)| Policy {
+                downtime_limit_ns: limit,
+                non_memory_downtime_ns: 0,
+                min_rounds,
+                max_rounds,
+                max_bytes_ratio: ratio,
+                on_limit: OnLimit::SwitchOver,
+                throttle: throttle.map(|(threshold, trigger_rounds, initial, step)| Throttle {
+                    threshold,
+                    trigger_rounds,
+                    initial_percent: initial,
+                    step_percent: step,
+                    max_percent: 99,
+                }),
+                ramp: ramp.map(|(after_rounds, step_ns, extra)| DowntimeRamp {
+                    after_rounds,
+                    step_ns,
+                    max_ns: limit + extra,
+                }),
+                ..Policy::default()
+            },
+        )
+}
+
+/// A guest that keeps a working set dirty under a tight limit: many rounds, ending on
+/// a bound (rounds or bytes), on the downtime rule once a ramp raised the limit, or
+/// when the script runs out.
+fn long_case() -> impl Strategy<Value = Case> {
+    (
+        prop::collection::vec(any::<u8>(), 16..300),
+        any::<u64>(),
+        1u64..64,
+        1usize..6,
+        0u64..30,
+        300usize..4000,
+        prop::collection::vec(1usize..5000, 1..8),
+        prop::collection::vec(any::<u8>(), 1..8),
+        0usize..40,
+        long_policy(),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(kinds, seed, ws, per_batch, spread, batches, chunks, delays, cache, policy, defer)| {
+                let script = long_script(kinds.len() as u64, seed, ws, per_batch, spread, batches);
+                Case {
+                    kinds,
+                    script,
+                    chunks,
+                    delays,
+                    cache_pages: cache,
+                    policy,
+                    defer,
+                }
+            },
+        )
+}
+
+/// The main property's cases: two in three are long migrations.
+fn case() -> impl Strategy<Value = Case> {
+    prop_oneof![1 => short_case(), 2 => long_case()]
+}
+
+/// What a set of cases reached.
+#[derive(Debug, Default)]
+struct Reach {
+    cases: u32,
+    four_rounds: u32,
+    eight_rounds: u32,
+    throttled: u32,
+    ramped: u32,
+    /// Switched over on a bound before `max_rounds`: the byte bound.
+    bytes_bound: u32,
+    rounds_bound: u32,
+}
+
+/// Runs `n` cases of `strategy` from a fixed seed; every one must complete equal.
+fn reach(strategy: impl Strategy<Value = Case>, n: u32) -> Reach {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[0x5e; 32]);
+    let mut runner = TestRunner::new_with_rng(Config::default(), rng);
+    let mut r = Reach::default();
+    for _ in 0..n {
+        let case = strategy.new_tree(&mut runner).unwrap().current();
+        let out = case.run();
+        let dest = out.dest.expect("a forced switchover always completes");
+        assert!(dest.as_bytes() == out.source_pages.as_slice());
+        r.cases += 1;
+        r.four_rounds += u32::from(out.rounds >= 4);
+        r.eight_rounds += u32::from(out.rounds >= 8);
+        r.throttled += u32::from(out.max_throttle > 0);
+        r.ramped += u32::from(out.limit_raised);
+        if out.switch_reason == Some(SwitchReason::BoundReached) {
+            if out.rounds < case.policy.max_rounds {
+                r.bytes_bound += 1;
+            } else {
+                r.rounds_bound += 1;
+            }
+        }
+    }
+    r
+}
+
+/// The main property below is only as good as the migrations it generates: a large
+/// share must run many rounds and reach throttling advice, ramps and bounds.
+#[test]
+fn the_generated_migrations_reach_long_runs_throttling_ramps_and_bounds() {
+    let r = reach(case(), 120);
+    eprintln!("{r:?}");
+    assert!(r.four_rounds * 100 >= r.cases * 40, "{r:?}");
+    assert!(r.eight_rounds * 100 >= r.cases * 15, "{r:?}");
+    assert!(r.throttled * 100 >= r.cases * 15, "{r:?}");
+    assert!(r.ramped * 100 >= r.cases * 10, "{r:?}");
+    assert!(r.bytes_bound * 100 >= r.cases * 5, "{r:?}");
+    assert!(r.rounds_bound * 100 >= r.cases * 10, "{r:?}");
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(96))]
+    #![proptest_config(ProptestConfig::with_cases(384))]
 
     #[test]
-    fn destination_equals_source_at_completion(
-        (kinds, script) in kinds().prop_flat_map(|k| { let n = k.len() as u64; (Just(k), script(n)) }),
-        chunks in prop::collection::vec(1usize..5000, 1..8),
-        delays in prop::collection::vec(any::<u8>(), 1..8),
-        cache_pages in 0usize..40,
-        policy in policy(),
-        defer in any::<bool>(),
-    ) {
-        let out = migrate(&kinds, script, &chunks, &delays, cache_pages, policy, defer, |_| ());
+    fn destination_equals_source_at_completion(case in case()) {
+        let out = case.run();
         let dest = out.dest.expect("a forced switchover always completes");
         prop_assert!(dest.as_bytes() == out.source_pages.as_slice(), "destination differs after {} rounds", out.rounds);
     }
