@@ -3,7 +3,11 @@
 
 use precopy::codec::{base_hash, delta_encode};
 use precopy::engine::{Applier, ApplyError, Progress};
-use precopy::fuzzing::{apply_stream, StreamBuilder, APPLY_PAGES, APPLY_PAGE_SIZE};
+use precopy::fuzzing::{
+    apply_stream, apply_stream_completes, reference_digest, StreamBuilder, APPLY_PAGES,
+    APPLY_PAGE_SIZE,
+};
+use precopy::layout::Shard;
 use precopy::layout::GuestLayout;
 use precopy::memory::digest_memory;
 use precopy::memory::{PageMemory, VecMemory};
@@ -229,6 +233,243 @@ fn fuzz_layout_stream(seed: u8) -> Vec<u8> {
     s.switchover(1);
     s.round(&mem, &[1]);
     s.complete(&mem)
+}
+
+/// One step of a structured input for the apply fuzz body.
+#[derive(Clone, Debug)]
+enum Op {
+    /// Page `.0` gets new content from `.1` and `.2`, sent raw, as LZ4 or (a sparse
+    /// edit of what the page holds) as a delta, by `.3`.
+    Page(u64, u8, u16, u8),
+    /// A zero run from page `.0`, `.1` pages.
+    Zero(u64, u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0..APPLY_PAGES, any::<u8>(), any::<u16>(), 0u8..3)
+            .prop_map(|(p, fill, at, how)| Op::Page(p, fill, at, how)),
+        1 => (0..APPLY_PAGES, 1u64..8).prop_map(|(p, n)| Op::Zero(p, n.min(APPLY_PAGES - p))),
+    ]
+}
+
+/// Rounds of operations; the last one follows the switchover.
+fn rounds() -> impl Strategy<Value = Vec<Vec<Op>>> {
+    prop::collection::vec(prop::collection::vec(op(), 0..12), 1..5)
+}
+
+fn push(out: &mut Vec<u8>, frame: Frame<'_>) {
+    let at = out.len();
+    out.resize(at + frame.encoded_len(), 0);
+    frame.emit(APPLY_PAGE_SIZE, &mut out[at..]).unwrap();
+}
+
+/// A valid stream over the apply fuzz guest carrying `rounds`, built frame by frame
+/// (not by the engine's encoder), and the memory it must leave: a model kept here by
+/// plain byte copies. Its completion frame carries the model's digest, computed from
+/// the format's definition.
+fn structured_stream(rounds: &[Vec<Op>]) -> (Vec<u8>, Vec<u8>) {
+    let ps = APPLY_PAGE_SIZE;
+    let mut model = vec![0u8; APPLY_PAGES as usize * ps];
+    let mut out = vec![0u8; precopy::wire::MAX_HEADER_LEN];
+    let n = header(APPLY_PAGES).emit(&mut out).unwrap();
+    out.truncate(n);
+    let mut lz4 = vec![0u8; precopy::codec::lz4_max_output_len(ps)];
+    let mut delta = vec![0u8; ps];
+    for (r, ops) in rounds.iter().enumerate() {
+        let round = r as u32;
+        if r + 1 == rounds.len() {
+            push(&mut out, Frame::Switchover { remaining_pages: 0 });
+        }
+        push(
+            &mut out,
+            Frame::RoundBegin {
+                round,
+                planned_pages: ops.len() as u64,
+            },
+        );
+        let mut carried = 0;
+        for op in ops {
+            match *op {
+                Op::Page(page, fill, at, how) => {
+                    let slot = &mut model[page as usize * ps..][..ps];
+                    let old = slot.to_vec();
+                    let at = usize::from(at) % ps;
+                    let mut new = if how == 2 { old.clone() } else { vec![fill; ps] };
+                    new[at] ^= fill | 1;
+                    slot.copy_from_slice(&new);
+                    let delta_len = match how {
+                        2 => delta_encode(&old, &new, &mut delta).unwrap(),
+                        _ => None,
+                    };
+                    let frame = match (how, delta_len) {
+                        (1, _) => {
+                            let n = precopy::codec::Lz4Compressor::new()
+                                .compress(&new, &mut lz4)
+                                .unwrap();
+                            Frame::Lz4 {
+                                page,
+                                data: &lz4[..n],
+                            }
+                        }
+                        (_, Some(n)) => Frame::Delta {
+                            page,
+                            base_hash: xxhash_rust::xxh3::xxh3_64(&old),
+                            data: &delta[..n],
+                        },
+                        _ => Frame::Raw { page, data: &new },
+                    };
+                    push(&mut out, frame);
+                    carried += 1;
+                }
+                Op::Zero(first_page, count) => {
+                    model[first_page as usize * ps..][..count as usize * ps].fill(0);
+                    push(&mut out, Frame::ZeroRun { first_page, count });
+                    carried += count;
+                }
+            }
+        }
+        push(
+            &mut out,
+            Frame::RoundEnd {
+                round,
+                pages: carried,
+            },
+        );
+    }
+    push(
+        &mut out,
+        Frame::Complete {
+            total_pages: APPLY_PAGES,
+            digest: reference_digest(&model, ps, Shard::WHOLE),
+        },
+    );
+    (out, model)
+}
+
+/// A frame with arbitrary fields, owning its data.
+#[derive(Clone, Debug)]
+enum AnyFrame {
+    Zero(u64, u64),
+    Raw(u64, Vec<u8>),
+    Lz4(u64, Vec<u8>),
+    Delta(u64, u64, Vec<u8>),
+    Begin(u32, u64),
+    End(u32, u64),
+    Switchover(u64),
+    Complete(u64, u128),
+}
+
+fn any_frame() -> impl Strategy<Value = AnyFrame> {
+    let page = 0..APPLY_PAGES + 2;
+    let round = 0u32..4;
+    prop_oneof![
+        (page.clone(), 0u64..40).prop_map(|(p, n)| AnyFrame::Zero(p, n)),
+        (page.clone(), any::<u8>(), any::<bool>()).prop_map(|(p, b, full)| {
+            AnyFrame::Raw(p, vec![b; if full { APPLY_PAGE_SIZE } else { usize::from(b) }])
+        }),
+        (page.clone(), prop::collection::vec(any::<u8>(), 0..64))
+            .prop_map(|(p, d)| AnyFrame::Lz4(p, d)),
+        (page, any::<bool>(), prop::collection::vec(any::<u8>(), 0..32)).prop_map(
+            |(p, zero_base, d)| {
+                // Half of them name the base every fresh page has.
+                let base = if zero_base { base_hash(&[0; APPLY_PAGE_SIZE]) } else { 7 };
+                AnyFrame::Delta(p, base, d)
+            }
+        ),
+        (round.clone(), 0u64..40).prop_map(|(r, n)| AnyFrame::Begin(r, n)),
+        (round, 0u64..8).prop_map(|(r, n)| AnyFrame::End(r, n)),
+        any::<u64>().prop_map(AnyFrame::Switchover),
+        (prop_oneof![Just(APPLY_PAGES), any::<u64>()], any::<u128>())
+            .prop_map(|(t, d)| AnyFrame::Complete(t, d)),
+    ]
+}
+
+/// A valid header, then `frames` (those a frame cannot carry are left out): inputs
+/// that get past the magic and the checksums into the applier's own checks.
+fn header_and_frames(frames: &[AnyFrame]) -> Vec<u8> {
+    let mut out = vec![0u8; precopy::wire::MAX_HEADER_LEN];
+    let n = header(APPLY_PAGES).emit(&mut out).unwrap();
+    out.truncate(n);
+    for f in frames {
+        let frame = match f {
+            AnyFrame::Zero(p, n) => Frame::ZeroRun {
+                first_page: *p,
+                count: *n,
+            },
+            AnyFrame::Raw(page, data) => Frame::Raw { page: *page, data },
+            AnyFrame::Lz4(page, data) => Frame::Lz4 { page: *page, data },
+            AnyFrame::Delta(page, base_hash, data) => Frame::Delta {
+                page: *page,
+                base_hash: *base_hash,
+                data,
+            },
+            AnyFrame::Begin(round, planned_pages) => Frame::RoundBegin {
+                round: *round,
+                planned_pages: *planned_pages,
+            },
+            AnyFrame::End(round, pages) => Frame::RoundEnd {
+                round: *round,
+                pages: *pages,
+            },
+            AnyFrame::Switchover(remaining_pages) => Frame::Switchover {
+                remaining_pages: *remaining_pages,
+            },
+            AnyFrame::Complete(total_pages, digest) => Frame::Complete {
+                total_pages: *total_pages,
+                digest: *digest,
+            },
+        };
+        let at = out.len();
+        out.resize(at + frame.encoded_len(), 0);
+        match frame.emit(APPLY_PAGE_SIZE, &mut out[at..]) {
+            Ok(n) => out.truncate(at + n),
+            Err(_) => out.truncate(at),
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Valid streams built frame by frame complete in the fuzz body (so its checks
+    /// of a completed stream run), and leave exactly the model's memory.
+    #[test]
+    fn apply_fuzz_body_completes_structured_streams(rounds in rounds()) {
+        let (stream, model) = structured_stream(&rounds);
+        prop_assert!(apply_stream_completes(&stream), "a valid stream did not complete");
+        let mut applier = Applier::with_memory(VecMemory::new(APPLY_PAGE_SIZE, APPLY_PAGES));
+        prop_assert_eq!(applier.feed(&stream), Ok(Progress::Complete));
+        prop_assert!(applier.memory().as_bytes() == model.as_slice());
+    }
+
+    /// The same streams with bytes changed, frames cut short or dropped.
+    #[test]
+    fn apply_fuzz_body_holds_on_mutated_structured_streams(
+        rounds in rounds(),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+        cut in any::<prop::sample::Index>(),
+        truncate in any::<bool>(),
+    ) {
+        let (mut stream, _) = structured_stream(&rounds);
+        for (at, v) in edits {
+            let i = at.index(stream.len());
+            stream[i] = v;
+        }
+        if truncate {
+            stream.truncate(cut.index(stream.len()));
+        }
+        apply_stream(&stream);
+    }
+
+    /// Arbitrary frames after a valid header: past the magic and the checksums.
+    #[test]
+    fn apply_fuzz_body_holds_on_arbitrary_frames(
+        frames in prop::collection::vec(any_frame(), 0..24),
+    ) {
+        apply_stream(&header_and_frames(&frames));
+    }
 }
 
 proptest! {
