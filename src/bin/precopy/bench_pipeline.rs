@@ -123,6 +123,7 @@ pub fn run(args: &Args) -> Result<(), String> {
                 compression: precopy::engine::Compression::Auto,
                 verify: migrate::VerifyMode::After,
                 inject_lost_write: false,
+                dump_memory: None,
                 json: false,
             };
             let mut source = migration.source(*b"precopy-bench-pl")?;
@@ -132,7 +133,8 @@ pub fn run(args: &Args) -> Result<(), String> {
             let cpu = cpu_time();
             let start = Instant::now();
             let (report, dest) = if to_destination {
-                migrate::run_loopback(&mut source, listener, 1, false)?
+                let (report, dest) = migrate::run_loopback(&mut source, listener, 1, false)?;
+                (report, dest.map(drop))
             } else {
                 let sinks = (0..streams).map(|_| Discard).collect();
                 let report = migrate::run_source(&mut source, 1, false, sinks, |_| Ok(()));

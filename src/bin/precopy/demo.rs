@@ -35,6 +35,12 @@ pub fn run(args: &Args) -> Result<bool, String> {
     if let Some(e) = &report.error {
         return Err(e.clone());
     }
-    dest_result?;
+    let dest = dest_result?;
+    if let (Some(path), true) = (&args.dump_memory, report.verified()) {
+        migrate::dump(path, &migrate::guest_bytes(&source.guest)?)?;
+        let mut dest_path = path.clone().into_os_string();
+        dest_path.push(".dest");
+        migrate::dump(dest_path.as_ref(), dest.as_bytes())?;
+    }
     Ok(report.verified())
 }

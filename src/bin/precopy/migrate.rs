@@ -1,12 +1,13 @@
 //! What `demo` and `send` share: the migration options, the source's loop (engine,
 //! guest, transport) and the per-round table, JSON lines and summary.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use precopy::codec::{CodecStats, EncoderConfig, Encoding};
 use precopy::engine::{Compression, SourceConfig, Transport, Verify};
 use precopy::layout::GuestLayout;
-use precopy::memory::migration_digest;
+use precopy::memory::{migration_digest, PageMemory, VecMemory};
 use precopy::runtime::{
     migrate_streams, MigrationOptions, MigrationReport, Observer, RuntimeError, SourceCheck,
     StreamsFinal, StreamsRound,
@@ -76,6 +77,11 @@ pub struct MigrationArgs {
     /// marking it dirty (a lost write), which the check must catch.
     #[arg(long, hide = true)]
     pub inject_lost_write: bool,
+    /// Test hook: after a verified migration, write the source guest's memory (paused,
+    /// as it was migrated) to FILE; `demo` also writes the destination's to FILE.dest.
+    /// Tests compare these bytes themselves, not the digests both sides print.
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub dump_memory: Option<std::path::PathBuf>,
     /// Print JSON lines instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -576,28 +582,47 @@ where
     report
 }
 
+/// The bytes of `guest`'s memory, page by page (for `--dump-memory`; the writers must
+/// be stopped or paused).
+pub fn guest_bytes(guest: &SyntheticGuest) -> Result<Vec<u8>, String> {
+    let memory = guest.memory();
+    let page_size = memory.page_size();
+    let mut bytes = vec![0u8; page_size * memory.total_pages() as usize];
+    for (page, buf) in bytes.chunks_exact_mut(page_size).enumerate() {
+        memory
+            .read_page(page as u64, buf)
+            .map_err(|e| format!("reading the guest's page {page}: {e}"))?;
+    }
+    Ok(bytes)
+}
+
+/// Writes `bytes` to `path` (`--dump-memory`).
+pub fn dump(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    std::fs::write(path, bytes).map_err(|e| format!("--dump-memory {}: {e}", path.display()))
+}
+
 /// Runs `source` against a destination thread on `listener` (loopback TCP, one
 /// connection per stream, the destination's memory sized like the source's): the
-/// source's report and the destination's verdict.
+/// source's report and the destination's verdict with the memory it received.
 pub fn run_loopback(
     source: &mut Source,
     listener: std::net::TcpListener,
     writers: usize,
     json: bool,
-) -> Result<(SourceReport, Result<(), String>), String> {
+) -> Result<(SourceReport, Result<VecMemory, String>), String> {
     use precopy::runtime::{receive_streams, Limits, SourceLink};
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let limits = Limits {
         max_memory: source.layout.total_bytes(),
         expect: Some(source.layout),
     };
-    let destination = std::thread::spawn(move || -> Result<(), String> {
+    let destination = std::thread::spawn(move || -> Result<VecMemory, String> {
         let (stream, peer) = listener
             .accept()
             .map_err(|e| format!("accepting the source: {e}"))?;
         let peer = peer.to_string();
         receive_streams(&listener, stream, &peer, &limits, Duration::from_secs(30))
-            .map(drop)
+            .map(|r| r.memory)
             .map_err(|e| format!("receiving from {peer}: {e}"))
     });
     let mut links = Vec::new();

@@ -44,6 +44,10 @@ pub struct Args {
     /// Print JSON lines.
     #[arg(long)]
     json: bool,
+    /// Test hook: once verified, write the memory received to FILE, so tests compare
+    /// it with the source's bytes rather than trusting the digest both sides print.
+    #[arg(long, hide = true, value_name = "FILE")]
+    dump_memory: Option<PathBuf>,
 }
 
 /// Runs `precopy recv`; `Ok` only when the memory was verified.
@@ -82,6 +86,7 @@ pub fn run(args: &Args) -> Result<(), String> {
                     stats: r.stats,
                     stream_bytes: r.stream_bytes,
                     digest: migration_digest(&r.digests),
+                    memory: r.memory,
                 });
             (from, result)
         } else if let Some(path) = &args.input {
@@ -94,6 +99,7 @@ pub fn run(args: &Args) -> Result<(), String> {
                     stats: r.stats,
                     stream_bytes: r.stream_bytes,
                     digest: r.digest,
+                    memory: r.memory,
                 });
             (path.display().to_string(), result)
         } else {
@@ -101,6 +107,9 @@ pub fn run(args: &Args) -> Result<(), String> {
         };
     match result {
         Ok(received) => {
+            if let Some(path) = &args.dump_memory {
+                crate::migrate::dump(path, received.memory.as_bytes())?;
+            }
             print_summary(&received, &from, args.json);
             Ok(())
         }
@@ -140,6 +149,8 @@ struct Summary {
     stream_bytes: u64,
     /// The migration's digest ([`migration_digest`] of its streams').
     digest: u128,
+    /// The memory received.
+    memory: precopy::memory::VecMemory,
 }
 
 fn print_summary(r: &Summary, from: &str, json: bool) {

@@ -85,7 +85,11 @@ pub fn run(args: &Args) -> Result<(), String> {
         }
         let how = format!("TCP to {peer}, {} stream(s)", source.streams);
         print_intro(m, &source, &how);
-        let report = migrate::run_source(&mut source, m.writers, m.json, links, |l| l.finish());
+        let mut report =
+            migrate::run_source(&mut source, m.writers, m.json, links, |l| l.finish());
+        if report.error.is_none() {
+            report.error = dump_source(m, &source).err();
+        }
         report.print(m.json, &extra);
         return report.error.map_or(Ok(()), Err);
     }
@@ -106,6 +110,9 @@ pub fn run(args: &Args) -> Result<(), String> {
     if report.error.is_none() && !args.no_verify {
         report.error = verify_file(path, &source, report.digest).err();
     }
+    if report.error.is_none() {
+        report.error = dump_source(m, &source).err();
+    }
     report.print(m.json, &extra);
     match report.error {
         None => Ok(()),
@@ -118,6 +125,15 @@ pub fn run(args: &Args) -> Result<(), String> {
                 Err(e)
             }
         }
+    }
+}
+
+/// `--dump-memory`: the source guest's memory as migrated, once the migration
+/// succeeded.
+fn dump_source(m: &MigrationArgs, source: &Source) -> Result<(), String> {
+    match &m.dump_memory {
+        Some(path) => migrate::dump(path, &migrate::guest_bytes(&source.guest)?),
+        None => Ok(()),
     }
 }
 
