@@ -7,8 +7,8 @@ use precopy::fuzzing::{
     apply_stream, apply_stream_completes, reference_digest, StreamBuilder, APPLY_PAGES,
     APPLY_PAGE_SIZE,
 };
-use precopy::layout::Shard;
 use precopy::layout::GuestLayout;
+use precopy::layout::Shard;
 use precopy::memory::digest_memory;
 use precopy::memory::{PageMemory, VecMemory};
 use precopy::wire::{Features, Frame, StreamHeader};
@@ -295,7 +295,11 @@ fn structured_stream(rounds: &[Vec<Op>]) -> (Vec<u8>, Vec<u8>) {
                     let slot = &mut model[page as usize * ps..][..ps];
                     let old = slot.to_vec();
                     let at = usize::from(at) % ps;
-                    let mut new = if how == 2 { old.clone() } else { vec![fill; ps] };
+                    let mut new = if how == 2 {
+                        old.clone()
+                    } else {
+                        vec![fill; ps]
+                    };
                     new[at] ^= fill | 1;
                     slot.copy_from_slice(&new);
                     let delta_len = match how {
@@ -366,17 +370,34 @@ fn any_frame() -> impl Strategy<Value = AnyFrame> {
     prop_oneof![
         (page.clone(), 0u64..40).prop_map(|(p, n)| AnyFrame::Zero(p, n)),
         (page.clone(), any::<u8>(), any::<bool>()).prop_map(|(p, b, full)| {
-            AnyFrame::Raw(p, vec![b; if full { APPLY_PAGE_SIZE } else { usize::from(b) }])
+            AnyFrame::Raw(
+                p,
+                vec![
+                    b;
+                    if full {
+                        APPLY_PAGE_SIZE
+                    } else {
+                        usize::from(b)
+                    }
+                ],
+            )
         }),
         (page.clone(), prop::collection::vec(any::<u8>(), 0..64))
             .prop_map(|(p, d)| AnyFrame::Lz4(p, d)),
-        (page, any::<bool>(), prop::collection::vec(any::<u8>(), 0..32)).prop_map(
-            |(p, zero_base, d)| {
+        (
+            page,
+            any::<bool>(),
+            prop::collection::vec(any::<u8>(), 0..32)
+        )
+            .prop_map(|(p, zero_base, d)| {
                 // Half of them name the base every fresh page has.
-                let base = if zero_base { base_hash(&[0; APPLY_PAGE_SIZE]) } else { 7 };
+                let base = if zero_base {
+                    base_hash(&[0; APPLY_PAGE_SIZE])
+                } else {
+                    7
+                };
                 AnyFrame::Delta(p, base, d)
-            }
-        ),
+            }),
         (round.clone(), 0u64..40).prop_map(|(r, n)| AnyFrame::Begin(r, n)),
         (round, 0u64..8).prop_map(|(r, n)| AnyFrame::End(r, n)),
         any::<u64>().prop_map(AnyFrame::Switchover),

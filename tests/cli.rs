@@ -736,7 +736,12 @@ fn reference_digest(bytes: &[u8], page_size: usize, streams: usize) -> String {
         .collect();
     let d = match digests.as_slice() {
         [one] => *one,
-        many => xxh3_128(&many.iter().flat_map(|d| d.to_le_bytes()).collect::<Vec<u8>>()),
+        many => xxh3_128(
+            &many
+                .iter()
+                .flat_map(|d| d.to_le_bytes())
+                .collect::<Vec<u8>>(),
+        ),
     };
     format!("{d:#034x}")
 }
@@ -785,7 +790,11 @@ fn demo_leaves_the_destination_equal_to_the_source_byte_for_byte() {
     assert_same_memory(&source, &dest);
     // The digest printed is the one of the memory's bytes.
     let s = summary(&out);
-    assert_eq!(json_str(s, "digest"), reference_digest(&source, 4096, 2), "{s}");
+    assert_eq!(
+        json_str(s, "digest"),
+        reference_digest(&source, 4096, 2),
+        "{s}"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 

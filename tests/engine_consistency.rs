@@ -383,7 +383,19 @@ fn long_case() -> impl Strategy<Value = Case> {
         any::<bool>(),
     )
         .prop_map(
-            |(kinds, seed, ws, per_batch, spread, batches, chunks, delays, cache, policy, defer)| {
+            |(
+                kinds,
+                seed,
+                ws,
+                per_batch,
+                spread,
+                batches,
+                chunks,
+                delays,
+                cache,
+                policy,
+                defer,
+            )| {
                 let script = long_script(kinds.len() as u64, seed, ws, per_batch, spread, batches);
                 Case {
                     kinds,
@@ -507,7 +519,16 @@ fn a_failed_migration_leaves_the_source_untouched_and_its_pages_marked() {
         on_limit: precopy::schedule::OnLimit::Fail,
         ..Policy::default()
     };
-    let out = migrate(&kinds, script.clone(), &[100], &[0], 4, policy, true, |_| ());
+    let out = migrate(
+        &kinds,
+        script.clone(),
+        &[100],
+        &[0],
+        4,
+        policy,
+        true,
+        |_| (),
+    );
     let err = out.dest.unwrap_err();
     assert!(err.contains("not converging"), "{err}");
     let failure = out.failure.expect("the source failed");
@@ -542,7 +563,10 @@ fn a_failed_migration_leaves_the_source_untouched_and_its_pages_marked() {
             failure.dest_pages[at.clone()] != out.source_pages[at]
         })
         .collect();
-    assert!(!stale.is_empty(), "the destination caught up; nothing to check");
+    assert!(
+        !stale.is_empty(),
+        "the destination caught up; nothing to check"
+    );
     let lost: Vec<u64> = stale
         .iter()
         .copied()

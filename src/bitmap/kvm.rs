@@ -263,7 +263,11 @@ mod tests {
         t.insert(3, 1 << 20, 200).unwrap();
         // Slot 3 moves: 50 pages from guest page 10 of the first region (dense 10..60).
         t.insert(3, 10 * 4096, 50).unwrap();
-        assert_eq!(t.slots().len(), 2, "the old entry was kept beside the new one");
+        assert_eq!(
+            t.slots().len(),
+            2,
+            "the old entry was kept beside the new one"
+        );
         assert_eq!(
             *t.get(3).unwrap(),
             KvmSlot {

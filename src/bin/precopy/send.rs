@@ -85,8 +85,7 @@ pub fn run(args: &Args) -> Result<(), String> {
         }
         let how = format!("TCP to {peer}, {} stream(s)", source.streams);
         print_intro(m, &source, &how);
-        let mut report =
-            migrate::run_source(&mut source, m.writers, m.json, links, |l| l.finish());
+        let mut report = migrate::run_source(&mut source, m.writers, m.json, links, |l| l.finish());
         if report.error.is_none() {
             report.error = dump_source(m, &source).err();
         }
