@@ -19,11 +19,15 @@ pub struct RoundMeasurement {
 /// Why the scheduler switched over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SwitchReason {
-    /// The predicted downtime is within the limit in force.
+    /// The predicted downtime is within the limit in force. A bound of the policy
+    /// (rounds, bytes, time) reached before `min_rounds` also ends in this reason when
+    /// the prediction is within the limit: the downtime promise is kept, only the extra
+    /// measurement rounds were cut short.
     DowntimeMet,
     /// No more dirty pages than the policy's `switch_below_pages`.
     FewDirtyPages,
-    /// A bound was reached and the policy says switch over anyway.
+    /// A bound was reached with the predicted downtime above the limit in force, and
+    /// the policy says switch over anyway: the downtime will likely exceed the limit.
     BoundReached,
 }
 
@@ -116,6 +120,13 @@ pub struct Scheduler {
     throttle_percent: u8,
     rounds_not_draining: u32,
     last_prediction_ns: u64,
+    /// Dirty pages at the end of the previous round (the shrink rule's reference).
+    prev_dirty_pages: Option<u64>,
+    /// Rounds and wire bytes when the shrink rule first kept a migration going that
+    /// could have switched over.
+    shrink_start: Option<(u32, u64)>,
+    /// Shrinking ended: a round after it started predicted above the limit.
+    shrink_over: bool,
 }
 
 impl Scheduler {
@@ -148,6 +159,9 @@ impl Scheduler {
             throttle_percent: 0,
             rounds_not_draining: 0,
             last_prediction_ns: u64::MAX,
+            prev_dirty_pages: None,
+            shrink_start: None,
+            shrink_over: false,
         })
     }
 
@@ -194,6 +208,7 @@ impl Scheduler {
         let predicted = self.predict_ns(m.dirty_pages);
         self.last_prediction_ns = predicted;
         let decision = self.decide(m, predicted, limit);
+        self.prev_dirty_pages = Some(m.dirty_pages);
         if let Decision::Continue { throttle_percent } = decision {
             self.throttle_percent = throttle_percent;
         }
@@ -284,14 +299,26 @@ impl Scheduler {
                 reason: SwitchReason::FewDirtyPages,
             };
         }
-        let rounds_done = self.rounds >= p.min_rounds.min(p.max_rounds) || m.dirty_pages == 0;
+        let bound = self.bound_reached(m.now_ns);
+        // `min_rounds` asks for more measurement, not for more downtime: a bound that
+        // forbids more rounds waives it (as `max_rounds` always did).
+        let rounds_done =
+            self.rounds >= p.min_rounds.min(p.max_rounds) || m.dirty_pages == 0 || bound.is_some();
         if predicted <= limit && rounds_done {
+            if bound.is_none() && self.keep_shrinking(m, predicted, limit) {
+                return Decision::Continue {
+                    throttle_percent: self.throttle_percent,
+                };
+            }
             return Decision::SwitchOver {
                 predicted_downtime_ns: predicted,
                 reason: SwitchReason::DowntimeMet,
             };
         }
-        if let Some(bound) = self.bound_reached(m.now_ns) {
+        if predicted > limit && self.shrink_start.is_some() {
+            self.shrink_over = true;
+        }
+        if let Some(bound) = bound {
             return match p.on_limit {
                 OnLimit::SwitchOver => Decision::SwitchOver {
                     predicted_downtime_ns: predicted,
@@ -310,6 +337,59 @@ impl Scheduler {
         Decision::Continue {
             throttle_percent: self.next_throttle(),
         }
+    }
+
+    /// The shrink rule (see [`Shrink`](super::Shrink)): whether a round that could
+    /// switch over (prediction within the limit, after `min_rounds`, no bound reached)
+    /// should rather run another round for a smaller final one.
+    fn keep_shrinking(&mut self, m: RoundMeasurement, predicted: u64, limit: u64) -> bool {
+        let Some(sh) = self.policy.shrink else {
+            return false;
+        };
+        let Some(prev) = self.prev_dirty_pages else {
+            return false;
+        };
+        if self.shrink_over
+            || predicted as f64 <= sh.target_fraction * limit as f64
+            || predicted as f64 * sh.headroom > limit as f64
+            || m.dirty_pages as f64 > (1.0 - sh.min_shrink) * prev as f64
+        {
+            return false;
+        }
+        let (start_round, start_bytes) = *self
+            .shrink_start
+            .get_or_insert((self.rounds, self.total_wire_bytes));
+        if self.rounds - start_round >= sh.max_extra_rounds {
+            return false;
+        }
+        let memory = self.total_pages as f64 * self.page_size as f64;
+        let next_bytes = m.dirty_pages as f64 * self.wire_bytes_per_page();
+        let extra = self.total_wire_bytes.saturating_sub(start_bytes) as f64 + next_bytes;
+        if extra > sh.max_extra_bytes_ratio * memory {
+            return false;
+        }
+        // The next round must reach none of the bounds, or a prediction there above
+        // the limit would end a migration that could have switched over here.
+        let p = &self.policy;
+        if self.rounds.saturating_add(1) >= p.max_rounds {
+            return false;
+        }
+        if let Some(ratio) = p.max_bytes_ratio {
+            if self.total_wire_bytes as f64 + next_bytes >= ratio * memory {
+                return false;
+            }
+        }
+        if let Some(t) = p.timeout_ns {
+            let next_ns = match self.prediction_bandwidth() {
+                Some(bw) => next_bytes * NS_PER_SEC as f64 / bw,
+                None => return false,
+            };
+            let elapsed = m.now_ns.saturating_sub(self.started_ns) as f64;
+            if elapsed + next_ns >= t as f64 {
+                return false;
+            }
+        }
+        true
     }
 
     /// The first bound of the policy that the migration has reached, named.
