@@ -120,7 +120,7 @@ pub struct PrecopyPolicy {
     /// Keep iterating only while the prediction is above this share of the limit,
     /// in (0, 1) (default 0.1).
     pub shrink_target_fraction: f64,
-    /// Least share a round must shrink the dirty set by, in (0, 1) (default 0.25).
+    /// Least share a round must shrink the dirty set by, in (0, 1) (default 0.1).
     pub shrink_min_shrink: f64,
     /// The prediction times this must stay within the limit, >= 1.0 (default 1.25).
     pub shrink_headroom: f64,

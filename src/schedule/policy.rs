@@ -80,7 +80,7 @@ pub struct Shrink {
     /// limit in force, in (0, 1) (default 0.1: 30 ms of a 300 ms limit).
     pub target_fraction: f64,
     /// Least share by which a round must shrink the dirty set against the round before
-    /// for another to run, in (0, 1) (default 0.25).
+    /// for another to run, in (0, 1) (default 0.1).
     pub min_shrink: f64,
     /// The prediction times this must still be within the limit, at least 1.0
     /// (default 1.25).
@@ -96,7 +96,7 @@ impl Default for Shrink {
     fn default() -> Self {
         Shrink {
             target_fraction: 0.1,
-            min_shrink: 0.25,
+            min_shrink: 0.1,
             headroom: 1.25,
             max_extra_rounds: 8,
             max_extra_bytes_ratio: 0.5,
