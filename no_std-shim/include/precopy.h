@@ -206,7 +206,7 @@ int precopy_bitmap_import_kvm_ring(const precopy_bitmap_t *bm, const precopy_kvm
 #define PRECOPY_SWITCH_NONE 0
 #define PRECOPY_SWITCH_DOWNTIME_MET 1    /* predicted downtime within the limit */
 #define PRECOPY_SWITCH_FEW_DIRTY_PAGES 2 /* at most switch_below_pages dirty */
-#define PRECOPY_SWITCH_BOUND_REACHED 3   /* a bound, and on_limit = SWITCH_OVER */
+#define PRECOPY_SWITCH_BOUND_REACHED 3   /* a bound, predicted above the limit, on_limit = SWITCH_OVER */
 
 #define PRECOPY_BOUND_NONE 0
 #define PRECOPY_BOUND_ROUNDS 1  /* max_rounds */

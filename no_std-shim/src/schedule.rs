@@ -48,7 +48,9 @@ pub const PRECOPY_SWITCH_NONE: u32 = 0;
 pub const PRECOPY_SWITCH_DOWNTIME_MET: u32 = 1;
 /// Switch reason: no more dirty pages than the policy's `switch_below_pages`.
 pub const PRECOPY_SWITCH_FEW_DIRTY_PAGES: u32 = 2;
-/// Switch reason: a bound was reached and the policy says switch over anyway.
+/// Switch reason: a bound was reached with the predicted downtime above the limit,
+/// and the policy says switch over anyway (a bound reached with the prediction
+/// within the limit is `PRECOPY_SWITCH_DOWNTIME_MET`).
 pub const PRECOPY_SWITCH_BOUND_REACHED: u32 = 3;
 
 /// Bound: none (not a failure).
