@@ -120,11 +120,12 @@ pub struct PrecopyPolicy {
     /// Most rounds after the first one that met the limit (at least 1; default 8).
     pub shrink_max_extra_rounds: u32,
     /// Keep iterating only while the prediction is above this share of the limit,
-    /// in (0, 1) (default 0.1).
+    /// in (0, 1) (default 0.05).
     pub shrink_target_fraction: f64,
     /// Least share a round must shrink the dirty set by, in (0, 1) (default 0.1).
     pub shrink_min_shrink: f64,
-    /// The prediction times this must stay within the limit, >= 1.0 (default 1.25).
+    /// The next round's prediction, extrapolated from this round's shrink, times this
+    /// must stay within the limit, >= 1.0 (default 1.25).
     pub shrink_headroom: f64,
     /// Most bytes in the extra rounds, as a multiple of guest memory, > 0 (default 0.5).
     pub shrink_max_extra_bytes_ratio: f64,

@@ -64,8 +64,10 @@ pub struct DowntimeRamp {
 /// After a round that meets the downtime rule, the scheduler runs another live round
 /// only when all of these hold, and switches over otherwise:
 /// - the prediction is above `target_fraction` of the limit in force;
-/// - the prediction times `headroom` is still within the limit (a next round that comes
-///   out that much worse can still switch over);
+/// - the next round's prediction, extrapolated from this round's shrink (the memory
+///   part scaled by this round's dirty pages over the previous round's), times
+///   `headroom` is still within the limit (a next round that comes out that much worse
+///   than the trend can still switch over);
 /// - the round shrank the dirty set by at least `min_shrink` against the round before;
 /// - fewer than `max_extra_rounds` rounds ran since the limit was first met this way,
 ///   and the bytes of those rounds plus the next one's (predicted) stay within
@@ -77,13 +79,14 @@ pub struct DowntimeRamp {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Shrink {
     /// Keep iterating only while the prediction is above this share of the downtime
-    /// limit in force, in (0, 1) (default 0.1: 30 ms of a 300 ms limit).
+    /// limit in force, in (0, 1) (default 0.05: 15 ms of a 300 ms limit, the fixed
+    /// non-memory allowance included).
     pub target_fraction: f64,
     /// Least share by which a round must shrink the dirty set against the round before
     /// for another to run, in (0, 1) (default 0.1).
     pub min_shrink: f64,
-    /// The prediction times this must still be within the limit, at least 1.0
-    /// (default 1.25).
+    /// The next round's extrapolated prediction times this must still be within the
+    /// limit, at least 1.0 (default 1.25).
     pub headroom: f64,
     /// Most rounds after the first one that met the limit (default 8).
     pub max_extra_rounds: u32,
@@ -95,7 +98,7 @@ pub struct Shrink {
 impl Default for Shrink {
     fn default() -> Self {
         Shrink {
-            target_fraction: 0.1,
+            target_fraction: 0.05,
             min_shrink: 0.1,
             headroom: 1.25,
             max_extra_rounds: 8,
