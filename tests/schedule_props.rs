@@ -1,9 +1,12 @@
 //! The round scheduler under generated rate sequences: it never switches over on the
 //! downtime rule with a prediction above the limit, it always ends within the policy's
 //! bounds, and its throttling advice only escalates, within the configured maximum.
+//! Under a stationary guest, the shrink rule (keep iterating while rounds shrink the
+//! dirty set) never ends a migration the plain downtime rule would have switched over,
+//! and never makes its final round larger.
 
 use precopy::schedule::{
-    Decision, DowntimeRamp, OnLimit, Policy, RoundMeasurement, ScheduleError, Scheduler,
+    Decision, DowntimeRamp, OnLimit, Policy, RoundMeasurement, ScheduleError, Scheduler, Shrink,
     SwitchReason, Throttle,
 };
 use proptest::prelude::*;
@@ -21,9 +24,23 @@ fn policy() -> impl Strategy<Value = Policy> {
         prop::option::of((1u32..10, 1u64..500, 0u64..5_000)), // ramp
         prop::option::of(1u64..20_000_000_000),               // switchover bandwidth override
         0u64..100,                                            // switch below pages
+        0u32..5,                                              // min rounds
+        prop::option::of(shrink()),
     )
         .prop_map(
-            |(limit_ms, extra_ms, max_rounds, ratio, switch, throttle, ramp, sw_bw, below)| {
+            |(
+                limit_ms,
+                extra_ms,
+                max_rounds,
+                ratio,
+                switch,
+                throttle,
+                ramp,
+                sw_bw,
+                below,
+                min_rounds,
+                shrink,
+            )| {
                 // The allowance stays under the limit (a policy where it does not is
                 // refused, see presets_validate_and_bad_policies_are_named).
                 let limit = (limit_ms + extra_ms) * 1_000_000;
@@ -45,7 +62,30 @@ fn policy() -> impl Strategy<Value = Policy> {
                     }),
                     switchover_bandwidth: sw_bw,
                     switch_below_pages: below,
+                    min_rounds,
+                    shrink,
                     ..Policy::default()
+                }
+            },
+        )
+}
+
+fn shrink() -> impl Strategy<Value = Shrink> {
+    (
+        0.01f64..0.99,
+        0.01f64..0.99,
+        1.0f64..3.0,
+        1u32..12,
+        0.01f64..3.0,
+    )
+        .prop_map(
+            |(target_fraction, min_shrink, headroom, max_extra_rounds, max_extra_bytes_ratio)| {
+                Shrink {
+                    target_fraction,
+                    min_shrink,
+                    headroom,
+                    max_extra_rounds,
+                    max_extra_bytes_ratio,
                 }
             },
         )
@@ -71,6 +111,10 @@ proptest! {
         let mut last_throttle = 0u8;
         let mut sent_bytes = 0u64;
         let mut ended = false;
+        let mut prev_dirty: Option<u64> = None;
+        // Rounds the shrink rule ran since it first kept a switchable migration going.
+        let mut shrink_start: Option<u32> = None;
+        let mut shrink_over = false;
         for i in 0..policy.max_rounds as usize {
             let (bw, dirty_share, bpp) = env[i % env.len()];
             let wire = to_send * bpp;
@@ -92,11 +136,30 @@ proptest! {
                         Some(t) => prop_assert!(throttle_percent <= t.max_percent),
                         None => prop_assert_eq!(throttle_percent, 0),
                     }
-                    // Only too long a prediction, or the minimum rounds, keep it going.
+                    // Only too long a prediction, the minimum rounds, or a round that
+                    // shrank the dirty set enough (the shrink rule) keep it going.
                     let early = st.round < policy.min_rounds.min(policy.max_rounds) && dirty > 0;
-                    prop_assert!(st.predicted_downtime_ns > st.downtime_limit_ns || early);
+                    if st.predicted_downtime_ns <= st.downtime_limit_ns && !early {
+                        let sh = policy.shrink;
+                        prop_assert!(sh.is_some(), "continued within the limit without shrink");
+                        let sh = sh.unwrap();
+                        let (pred, limit) = (st.predicted_downtime_ns as f64, st.downtime_limit_ns as f64);
+                        prop_assert!(!shrink_over, "shrank again after a round above the limit");
+                        prop_assert!(pred > sh.target_fraction * limit, "shrinking below the target");
+                        let fixed = policy.non_memory_downtime_ns as f64;
+                        let next = fixed + (pred - fixed) * dirty as f64 / prev_dirty.unwrap_or(0) as f64;
+                        prop_assert!(next * sh.headroom <= limit * (1.0 + 1e-9), "shrinking without headroom");
+                        let prev = prev_dirty.unwrap_or(0) as f64;
+                        prop_assert!(dirty as f64 <= (1.0 - sh.min_shrink) * prev, "shrinking while the set did not shrink");
+                        let start = *shrink_start.get_or_insert(st.round);
+                        prop_assert!(st.round - start < sh.max_extra_rounds, "too many extra rounds");
+                        prop_assert!(st.round + 1 < policy.max_rounds, "shrinking into the round bound");
+                    } else if st.predicted_downtime_ns > st.downtime_limit_ns && shrink_start.is_some() {
+                        shrink_over = true;
+                    }
                     last_throttle = throttle_percent;
                     to_send = dirty;
+                    prev_dirty = Some(dirty);
                 }
                 Decision::SwitchOver { predicted_downtime_ns, reason } => {
                     prop_assert_eq!(predicted_downtime_ns, st.predicted_downtime_ns);
@@ -113,6 +176,8 @@ proptest! {
                 }
                 Decision::Fail(e) => {
                     prop_assert_eq!(policy.on_limit, OnLimit::Fail);
+                    // "Not converging" with a prediction within the limit would be a lie.
+                    prop_assert!(st.predicted_downtime_ns > st.downtime_limit_ns);
                     let bound_hit = st.round >= policy.max_rounds
                         || policy.max_bytes_ratio.is_some_and(|r| sent_bytes as f64 >= r * (total_pages * PAGE) as f64);
                     prop_assert!(bound_hit, "failed before any bound");
@@ -312,4 +377,242 @@ fn xen_switches_over_below_fifty_pages_and_reports_the_prediction() {
     let report = s.finish(25_000_000);
     assert_eq!(report.predicted_ns, s.predicted_downtime_ns());
     assert!(report.ratio() > 0.0);
+}
+
+/// Regression (issue 15): the byte bound reached before `min_rounds` with a prediction
+/// within the limit. The downtime promise is kept, so the reason is `DowntimeMet`, and
+/// a policy that fails at bounds does not call such a migration "not converging".
+#[test]
+fn a_bound_before_min_rounds_within_the_limit_switches_over_on_the_downtime_rule() {
+    for on_limit in [OnLimit::SwitchOver, OnLimit::Fail] {
+        let policy = Policy {
+            downtime_limit_ns: 221_000_000,
+            max_rounds: 2,
+            max_bytes_ratio: Some(1.0),
+            on_limit,
+            ..Policy::default()
+        };
+        let pages = 10_000;
+        let mut s = Scheduler::new(policy, pages, PAGE, 1_000).unwrap();
+        // The bulk round puts a full copy of memory on the wire: the byte bound.
+        let wire = pages * PAGE;
+        let out = s.round_done(RoundMeasurement {
+            now_ns: 1_000 + wire,
+            pages_sent: pages,
+            wire_bytes: wire,
+            dirty_pages: 1,
+        });
+        assert!(out.stats.predicted_downtime_ns <= out.stats.downtime_limit_ns);
+        assert_eq!(
+            out.decision,
+            Decision::SwitchOver {
+                predicted_downtime_ns: out.stats.predicted_downtime_ns,
+                reason: SwitchReason::DowntimeMet,
+            },
+            "{on_limit:?}"
+        );
+    }
+}
+
+/// What a stationary guest model ends in.
+#[derive(Debug)]
+struct Run {
+    decision: Decision,
+    rounds: u32,
+    /// Pages dirty at the last decision (the final round's size).
+    final_dirty: u64,
+    live_bytes: u64,
+}
+
+/// A guest writing `rate` pages/s uniformly over `set` pages, a link of `bw` bytes/s,
+/// `bpp` wire bytes per page and `overhead_ns` per round (harvest, barrier).
+fn stationary(
+    policy: Policy,
+    total_pages: u64,
+    (set, rate, bw, bpp, overhead_ns): (u64, u64, u64, u64, u64),
+) -> Run {
+    let mut s = Scheduler::new(policy, total_pages, PAGE, 0).unwrap();
+    let (mut now, mut to_send, mut throttle, mut live_bytes) = (0u64, total_pages, 0u8, 0u64);
+    loop {
+        let wire = to_send * bpp;
+        let round_ns = (wire as u128 * 1_000_000_000 / bw as u128) as u64 + overhead_ns;
+        now += round_ns.max(1);
+        live_bytes += wire;
+        let writes = rate as f64 * f64::from(100 - throttle) / 100.0 * round_ns as f64 / 1e9;
+        let dirty = (set as f64 * (1.0 - (-writes / set as f64).exp())).round() as u64;
+        let out = s.round_done(RoundMeasurement {
+            now_ns: now,
+            pages_sent: to_send,
+            wire_bytes: wire,
+            dirty_pages: dirty,
+        });
+        match out.decision {
+            Decision::Continue { throttle_percent } => throttle = throttle_percent,
+            decision => {
+                return Run {
+                    decision,
+                    rounds: s.rounds(),
+                    final_dirty: dirty,
+                    live_bytes,
+                }
+            }
+        }
+        to_send = dirty;
+    }
+}
+
+fn guest() -> impl Strategy<Value = (u64, (u64, u64, u64, u64, u64))> {
+    (
+        1_000u64..1_000_000,          // guest pages
+        1u64..=100,                   // working set, percent of the guest
+        0u64..2_000_000,              // writes, pages/s
+        10_000_000u64..5_000_000_000, // link, bytes/s
+        64u64..4200,                  // wire bytes per page
+        0u64..5_000_000,              // per-round overhead, ns
+    )
+        .prop_map(|(pages, set_pct, rate, bw, bpp, overhead)| {
+            (
+                pages,
+                ((pages * set_pct / 100).max(1), rate, bw, bpp, overhead),
+            )
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// The default shrink rule against the plain downtime rule, under a stationary
+    /// guest: it switches over whenever the plain rule does, within the limit, with a
+    /// final round no larger, within its extra-round and extra-byte budgets.
+    #[test]
+    fn shrinking_never_hurts_a_stationary_guest(
+        (total_pages, g) in guest(),
+        limit_ms in 20u64..1_000,
+        throttle in any::<bool>(),
+    ) {
+        let sh = Shrink::default();
+        let with = Policy {
+            downtime_limit_ns: limit_ms * 1_000_000,
+            throttle: throttle.then(Throttle::default),
+            ..Policy::default()
+        };
+        let plain = Policy { shrink: None, ..with };
+        let a = stationary(plain, total_pages, g);
+        let b = stationary(with, total_pages, g);
+        if let Decision::SwitchOver { reason, .. } = a.decision {
+            prop_assert_eq!(reason, SwitchReason::DowntimeMet);
+            let Decision::SwitchOver { predicted_downtime_ns, reason } = b.decision else {
+                return Err(TestCaseError::fail(format!("plain {a:?}, shrink {b:?}")));
+            };
+            prop_assert_eq!(reason, SwitchReason::DowntimeMet);
+            prop_assert!(predicted_downtime_ns <= with.downtime_limit_ns);
+            prop_assert!(b.final_dirty <= a.final_dirty, "plain {:?}, shrink {:?}", a, b);
+            prop_assert!(b.rounds <= a.rounds + sh.max_extra_rounds);
+            let memory = (total_pages * PAGE) as f64;
+            prop_assert!(b.live_bytes as f64 <= a.live_bytes as f64 + sh.max_extra_bytes_ratio * memory + 1.0);
+        }
+    }
+}
+
+#[test]
+fn a_converging_guest_iterates_until_the_rounds_stop_shrinking() {
+    // 1 GiB guest writing 200k pages/s over 256 MiB; 1 GB/s link, raw pages, 2 ms a
+    // round: the plain rule switches over after round 2 with about 36k dirty pages.
+    let g = (65_536, 200_000, 1_000_000_000, 4_116, 2_000_000);
+    let plain = stationary(
+        Policy {
+            shrink: None,
+            ..Policy::default()
+        },
+        1 << 18,
+        g,
+    );
+    let shrunk = stationary(Policy::default(), 1 << 18, g);
+    assert_eq!(plain.rounds, 2, "{plain:?}");
+    assert!(shrunk.rounds > plain.rounds + 2, "{shrunk:?}");
+    assert!(
+        shrunk.final_dirty * 2 < plain.final_dirty,
+        "plain {plain:?}, shrink {shrunk:?}"
+    );
+    let Decision::SwitchOver { reason, .. } = shrunk.decision else {
+        panic!("{shrunk:?}")
+    };
+    assert_eq!(reason, SwitchReason::DowntimeMet);
+
+    // Each bound of the rule ends it: one extra round at most, or a byte budget of a
+    // fifth of memory (about 52k pages: the next round's 36k fit, the one after not).
+    let one = Shrink {
+        max_extra_rounds: 1,
+        ..Shrink::default()
+    };
+    let r = stationary(
+        Policy {
+            shrink: Some(one),
+            ..Policy::default()
+        },
+        1 << 18,
+        g,
+    );
+    assert_eq!(r.rounds, plain.rounds + 1, "{r:?}");
+    let bytes = Shrink {
+        max_extra_bytes_ratio: 0.2,
+        ..Shrink::default()
+    };
+    let r = stationary(
+        Policy {
+            shrink: Some(bytes),
+            ..Policy::default()
+        },
+        1 << 18,
+        g,
+    );
+    assert!(r.live_bytes <= plain.live_bytes + (1u64 << 30) / 5, "{r:?}");
+    assert!(r.rounds > plain.rounds, "{r:?}");
+    assert!(r.rounds < shrunk.rounds, "{r:?}");
+}
+
+#[test]
+fn a_guest_that_stops_shrinking_or_is_under_the_target_switches_over_at_once() {
+    // The working set is re-dirtied completely every round: no round shrinks it.
+    let saturated = (65_536, 50_000_000, 1_000_000_000, 4_116, 2_000_000);
+    let pol = Policy {
+        downtime_limit_ns: 1_000_000_000,
+        ..Policy::default()
+    };
+    let a = stationary(
+        Policy {
+            shrink: None,
+            ..pol
+        },
+        1 << 18,
+        saturated,
+    );
+    let b = stationary(pol, 1 << 18, saturated);
+    assert_eq!((a.rounds, b.rounds), (2, 2), "{a:?} {b:?}");
+    // A slow writer: the first prediction after round 2 is under 30 ms already.
+    let slow = (65_536, 10_000, 1_000_000_000, 4_116, 2_000_000);
+    let a = stationary(Policy::default(), 1 << 18, slow);
+    assert_eq!(a.rounds, 2, "{a:?}");
+}
+
+#[test]
+fn presets_keep_the_plain_rule() {
+    for p in [
+        Policy::qemu(),
+        Policy::xen(),
+        Policy::xen_legacy(),
+        Policy::cloud_hypervisor(60_000_000_000, true),
+    ] {
+        assert_eq!(p.shrink, None);
+    }
+    assert_eq!(Policy::default().shrink, Some(Shrink::default()));
+    let bad = Policy {
+        shrink: Some(Shrink {
+            min_shrink: 1.0,
+            ..Shrink::default()
+        }),
+        ..Policy::default()
+    };
+    let msg = bad.validate().unwrap_err().to_string();
+    assert!(msg.contains("shrink.min_shrink"), "{msg}");
 }

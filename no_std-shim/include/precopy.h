@@ -206,7 +206,7 @@ int precopy_bitmap_import_kvm_ring(const precopy_bitmap_t *bm, const precopy_kvm
 #define PRECOPY_SWITCH_NONE 0
 #define PRECOPY_SWITCH_DOWNTIME_MET 1    /* predicted downtime within the limit */
 #define PRECOPY_SWITCH_FEW_DIRTY_PAGES 2 /* at most switch_below_pages dirty */
-#define PRECOPY_SWITCH_BOUND_REACHED 3   /* a bound, and on_limit = SWITCH_OVER */
+#define PRECOPY_SWITCH_BOUND_REACHED 3   /* a bound, predicted above the limit, on_limit = SWITCH_OVER */
 
 #define PRECOPY_BOUND_NONE 0
 #define PRECOPY_BOUND_ROUNDS 1  /* max_rounds */
@@ -238,6 +238,12 @@ typedef struct precopy_policy {
     uint32_t min_rounds;             /* fewest live rounds before switching on the downtime rule (2); 0/1 = none */
     uint64_t ramp_step_ns;           /* added per round after that */
     uint64_t ramp_max_ns;            /* ceiling, >= downtime_limit_ns */
+    uint32_t shrink_enabled;         /* 0 or 1: iterate past the limit while rounds shrink the dirty set (1) */
+    uint32_t shrink_max_extra_rounds; /* most rounds after the first within the limit, >= 1 (8) */
+    double shrink_target_fraction;   /* iterate only above this share of the limit, (0, 1) (0.05) */
+    double shrink_min_shrink;        /* least share a round shrinks the dirty set by, (0, 1) (0.1) */
+    double shrink_headroom;          /* next round's extrapolated prediction x this within the limit, >= 1 (1.25) */
+    double shrink_max_extra_bytes_ratio; /* most bytes of extra rounds / guest memory, > 0 (0.5) */
 } precopy_policy_t;
 
 /* What the host measured over one live round. */
@@ -542,7 +548,7 @@ PRECOPY_STATIC_ASSERT_(sizeof(precopy_bitmap_t) == PRECOPY_BITMAP_SIZE, "precopy
 PRECOPY_STATIC_ASSERT_(sizeof(precopy_kvm_slots_t) == PRECOPY_KVM_SLOTS_SIZE,
                        "precopy_kvm_slots_t");
 PRECOPY_STATIC_ASSERT_(sizeof(precopy_kvm_dirty_gfn_t) == 16, "precopy_kvm_dirty_gfn_t");
-PRECOPY_STATIC_ASSERT_(sizeof(precopy_policy_t) == 128, "precopy_policy_t");
+PRECOPY_STATIC_ASSERT_(sizeof(precopy_policy_t) == 168, "precopy_policy_t");
 PRECOPY_STATIC_ASSERT_(sizeof(precopy_round_measurement_t) == 32,
                        "precopy_round_measurement_t");
 PRECOPY_STATIC_ASSERT_(sizeof(precopy_not_converging_t) == 40, "precopy_not_converging_t");

@@ -52,7 +52,7 @@ const _: () = {
     assert!(size_of::<PrecopyBitmap>() == PRECOPY_BITMAP_SIZE);
     assert!(size_of::<PrecopyKvmSlots>() == PRECOPY_KVM_SLOTS_SIZE);
     assert!(size_of::<PrecopyKvmDirtyGfn>() == 16);
-    assert!(size_of::<PrecopyPolicy>() == 128);
+    assert!(size_of::<PrecopyPolicy>() == 168);
     assert!(size_of::<PrecopyRoundMeasurement>() == 32);
     assert!(size_of::<PrecopyNotConverging>() == 40);
     assert!(size_of::<PrecopyRoundOutcome>() == 120);

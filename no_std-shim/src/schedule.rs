@@ -7,7 +7,7 @@ use core::ffi::{c_char, c_int};
 use core::fmt;
 
 use core_precopy::schedule::{
-    Decision, DowntimeRamp, OnLimit, Policy, RoundMeasurement, ScheduleError, Scheduler,
+    Decision, DowntimeRamp, OnLimit, Policy, RoundMeasurement, ScheduleError, Scheduler, Shrink,
     SwitchReason, Throttle,
 };
 
@@ -48,7 +48,9 @@ pub const PRECOPY_SWITCH_NONE: u32 = 0;
 pub const PRECOPY_SWITCH_DOWNTIME_MET: u32 = 1;
 /// Switch reason: no more dirty pages than the policy's `switch_below_pages`.
 pub const PRECOPY_SWITCH_FEW_DIRTY_PAGES: u32 = 2;
-/// Switch reason: a bound was reached and the policy says switch over anyway.
+/// Switch reason: a bound was reached with the predicted downtime above the limit,
+/// and the policy says switch over anyway (a bound reached with the prediction
+/// within the limit is `PRECOPY_SWITCH_DOWNTIME_MET`).
 pub const PRECOPY_SWITCH_BOUND_REACHED: u32 = 3;
 
 /// Bound: none (not a failure).
@@ -112,6 +114,21 @@ pub struct PrecopyPolicy {
     pub ramp_step_ns: u64,
     /// The ramped limit never rises above this, ns (at least `downtime_limit_ns`).
     pub ramp_max_ns: u64,
+    /// 1: keep iterating past the first round within the limit while rounds still
+    /// shrink the dirty set (the `shrink_*` fields; on in the default policy); 0: never.
+    pub shrink_enabled: u32,
+    /// Most rounds after the first one that met the limit (at least 1; default 8).
+    pub shrink_max_extra_rounds: u32,
+    /// Keep iterating only while the prediction is above this share of the limit,
+    /// in (0, 1) (default 0.05).
+    pub shrink_target_fraction: f64,
+    /// Least share a round must shrink the dirty set by, in (0, 1) (default 0.1).
+    pub shrink_min_shrink: f64,
+    /// The next round's prediction, extrapolated from this round's shrink, times this
+    /// must stay within the limit, >= 1.0 (default 1.25).
+    pub shrink_headroom: f64,
+    /// Most bytes in the extra rounds, as a multiple of guest memory, > 0 (default 0.5).
+    pub shrink_max_extra_bytes_ratio: f64,
 }
 
 /// What the host measured over one live round.
@@ -209,6 +226,7 @@ unsafe impl Blob for PrecopyScheduler {
 impl From<Policy> for PrecopyPolicy {
     fn from(p: Policy) -> Self {
         let t = p.throttle.unwrap_or_default();
+        let sh = p.shrink.unwrap_or_default();
         let r = p.ramp.unwrap_or(DowntimeRamp {
             after_rounds: 0,
             step_ns: 0,
@@ -239,6 +257,12 @@ impl From<Policy> for PrecopyPolicy {
             min_rounds: p.min_rounds,
             ramp_step_ns: r.step_ns,
             ramp_max_ns: r.max_ns,
+            shrink_enabled: u32::from(p.shrink.is_some()),
+            shrink_max_extra_rounds: sh.max_extra_rounds,
+            shrink_target_fraction: sh.target_fraction,
+            shrink_min_shrink: sh.min_shrink,
+            shrink_headroom: sh.headroom,
+            shrink_max_extra_bytes_ratio: sh.max_extra_bytes_ratio,
         }
     }
 }
@@ -329,6 +353,13 @@ fn to_policy(c: &PrecopyPolicy) -> Result<Policy, PolicyFault> {
         step_ns: c.ramp_step_ns,
         max_ns: c.ramp_max_ns,
     });
+    let shrink = flag(c.shrink_enabled, "shrink_enabled")?.then_some(Shrink {
+        target_fraction: c.shrink_target_fraction,
+        min_shrink: c.shrink_min_shrink,
+        headroom: c.shrink_headroom,
+        max_extra_rounds: c.shrink_max_extra_rounds,
+        max_extra_bytes_ratio: c.shrink_max_extra_bytes_ratio,
+    });
     let policy = Policy {
         downtime_limit_ns: c.downtime_limit_ns,
         non_memory_downtime_ns: c.non_memory_downtime_ns,
@@ -343,6 +374,7 @@ fn to_policy(c: &PrecopyPolicy) -> Result<Policy, PolicyFault> {
         throttle,
         ramp,
         smoothing: c.smoothing,
+        shrink,
     };
     policy.validate().map_err(PolicyFault::Core)?;
     Ok(policy)

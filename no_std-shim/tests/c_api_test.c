@@ -514,12 +514,16 @@ static void test_policy(void) {
           p.throttle_step_percent == 10 && p.throttle_max_percent == 99 &&
           p.throttle_trigger_rounds == 2 && p.throttle_threshold == 0.5);
     CHECK(p.ramp_enabled == 0 && p.min_rounds == 2);
+    CHECK(p.shrink_enabled == 1 && p.shrink_max_extra_rounds == 8 &&
+          p.shrink_target_fraction == 0.05 && p.shrink_min_shrink == 0.1 &&
+          p.shrink_headroom == 1.25 && p.shrink_max_extra_bytes_ratio == 0.5);
     CHECK_RC(precopy_policy_default(NULL), PRECOPY_ERR_NULL);
 
     OK(precopy_policy_preset(&p, PRECOPY_POLICY_QEMU));
     CHECK(p.max_rounds == UINT32_MAX && p.max_bytes_ratio == 0.0 && p.throttle_enabled == 0);
     CHECK(p.throttle_initial_percent == 20); /* kept, so enabling is one field */
     CHECK(p.non_memory_downtime_ns == 0);
+    CHECK(p.shrink_enabled == 0 && p.shrink_min_shrink == 0.1); /* kept, as throttle */
     OK(precopy_policy_preset(&p, PRECOPY_POLICY_XEN));
     CHECK(p.max_rounds == 5 && p.switch_below_pages == 50 &&
           p.on_limit == PRECOPY_ON_LIMIT_SWITCH_OVER);
@@ -562,6 +566,18 @@ static void test_policy(void) {
     q = p;
     q.max_bytes_ratio = 0.5;
     CHECK_RC(precopy_policy_validate(&q, NULL, NULL), PRECOPY_ERR_BAD_POLICY);
+    q = p;
+    q.shrink_min_shrink = 1.0; /* every round would have to empty the dirty set */
+    len = sizeof msg;
+    CHECK_RC(precopy_policy_validate(&q, msg, &len), PRECOPY_ERR_BAD_POLICY);
+    CHECK(strstr(msg, "shrink.min_shrink") != NULL);
+    q = p;
+    q.shrink_enabled = 2;
+    CHECK_RC(precopy_policy_validate(&q, NULL, NULL), PRECOPY_ERR_BAD_ARGUMENT);
+    q = p;
+    q.shrink_enabled = 0;
+    q.shrink_min_shrink = 7.0; /* ignored when off */
+    CHECK_RC(precopy_policy_validate(&q, NULL, NULL), PRECOPY_OK);
     q = p;
     q.ramp_enabled = 1;
     q.ramp_max_ns = 1; /* below the limit */

@@ -39,7 +39,7 @@ mod scheduler;
 
 pub use error::ScheduleError;
 pub use estimator::Ewma;
-pub use policy::{DowntimeRamp, OnLimit, Policy, Throttle};
+pub use policy::{DowntimeRamp, OnLimit, Policy, Shrink, Throttle};
 pub use scheduler::{
     Decision, DowntimeReport, RoundMeasurement, RoundOutcome, RoundStats, Scheduler, SwitchReason,
 };

@@ -19,11 +19,15 @@ pub struct RoundMeasurement {
 /// Why the scheduler switched over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SwitchReason {
-    /// The predicted downtime is within the limit in force.
+    /// The predicted downtime is within the limit in force. A bound of the policy
+    /// (rounds, bytes, time) reached before `min_rounds` also ends in this reason when
+    /// the prediction is within the limit: the downtime promise is kept, only the extra
+    /// measurement rounds were cut short.
     DowntimeMet,
     /// No more dirty pages than the policy's `switch_below_pages`.
     FewDirtyPages,
-    /// A bound was reached and the policy says switch over anyway.
+    /// A bound was reached with the predicted downtime above the limit in force, and
+    /// the policy says switch over anyway: the downtime will likely exceed the limit.
     BoundReached,
 }
 
@@ -116,6 +120,13 @@ pub struct Scheduler {
     throttle_percent: u8,
     rounds_not_draining: u32,
     last_prediction_ns: u64,
+    /// Dirty pages at the end of the previous round (the shrink rule's reference).
+    prev_dirty_pages: Option<u64>,
+    /// Rounds and wire bytes when the shrink rule first kept a migration going that
+    /// could have switched over.
+    shrink_start: Option<(u32, u64)>,
+    /// Shrinking ended: a round after it started predicted above the limit.
+    shrink_over: bool,
 }
 
 impl Scheduler {
@@ -148,6 +159,9 @@ impl Scheduler {
             throttle_percent: 0,
             rounds_not_draining: 0,
             last_prediction_ns: u64::MAX,
+            prev_dirty_pages: None,
+            shrink_start: None,
+            shrink_over: false,
         })
     }
 
@@ -194,6 +208,7 @@ impl Scheduler {
         let predicted = self.predict_ns(m.dirty_pages);
         self.last_prediction_ns = predicted;
         let decision = self.decide(m, predicted, limit);
+        self.prev_dirty_pages = Some(m.dirty_pages);
         if let Decision::Continue { throttle_percent } = decision {
             self.throttle_percent = throttle_percent;
         }
@@ -284,14 +299,26 @@ impl Scheduler {
                 reason: SwitchReason::FewDirtyPages,
             };
         }
-        let rounds_done = self.rounds >= p.min_rounds.min(p.max_rounds) || m.dirty_pages == 0;
+        let bound = self.bound_reached(m.now_ns);
+        // `min_rounds` asks for more measurement, not for more downtime: a bound that
+        // forbids more rounds waives it (as `max_rounds` always did).
+        let rounds_done =
+            self.rounds >= p.min_rounds.min(p.max_rounds) || m.dirty_pages == 0 || bound.is_some();
         if predicted <= limit && rounds_done {
+            if bound.is_none() && self.keep_shrinking(m, predicted, limit) {
+                return Decision::Continue {
+                    throttle_percent: self.throttle_percent,
+                };
+            }
             return Decision::SwitchOver {
                 predicted_downtime_ns: predicted,
                 reason: SwitchReason::DowntimeMet,
             };
         }
-        if let Some(bound) = self.bound_reached(m.now_ns) {
+        if predicted > limit && self.shrink_start.is_some() {
+            self.shrink_over = true;
+        }
+        if let Some(bound) = bound {
             return match p.on_limit {
                 OnLimit::SwitchOver => Decision::SwitchOver {
                     predicted_downtime_ns: predicted,
@@ -310,6 +337,65 @@ impl Scheduler {
         Decision::Continue {
             throttle_percent: self.next_throttle(),
         }
+    }
+
+    /// The shrink rule (see [`Shrink`](super::Shrink)): whether a round that could
+    /// switch over (prediction within the limit, after `min_rounds`, no bound reached)
+    /// should rather run another round for a smaller final one.
+    fn keep_shrinking(&mut self, m: RoundMeasurement, predicted: u64, limit: u64) -> bool {
+        let Some(sh) = self.policy.shrink else {
+            return false;
+        };
+        let Some(prev) = self.prev_dirty_pages else {
+            return false;
+        };
+        if self.shrink_over
+            || predicted as f64 <= sh.target_fraction * limit as f64
+            || m.dirty_pages as f64 > (1.0 - sh.min_shrink) * prev as f64
+        {
+            return false;
+        }
+        // The next round if the set shrinks as it just did: the memory part scales.
+        let fixed = self.policy.non_memory_downtime_ns as f64;
+        let ratio = m.dirty_pages as f64 / prev as f64;
+        let next = fixed + (predicted as f64 - fixed).max(0.0) * ratio;
+        if next * sh.headroom > limit as f64 {
+            return false;
+        }
+        let (start_round, start_bytes) = *self
+            .shrink_start
+            .get_or_insert((self.rounds, self.total_wire_bytes));
+        if self.rounds - start_round >= sh.max_extra_rounds {
+            return false;
+        }
+        let memory = self.total_pages as f64 * self.page_size as f64;
+        let next_bytes = m.dirty_pages as f64 * self.wire_bytes_per_page();
+        let extra = self.total_wire_bytes.saturating_sub(start_bytes) as f64 + next_bytes;
+        if extra > sh.max_extra_bytes_ratio * memory {
+            return false;
+        }
+        // The next round must reach none of the bounds, or a prediction there above
+        // the limit would end a migration that could have switched over here.
+        let p = &self.policy;
+        if self.rounds.saturating_add(1) >= p.max_rounds {
+            return false;
+        }
+        if let Some(ratio) = p.max_bytes_ratio {
+            if self.total_wire_bytes as f64 + next_bytes >= ratio * memory {
+                return false;
+            }
+        }
+        if let Some(t) = p.timeout_ns {
+            let next_ns = match self.prediction_bandwidth() {
+                Some(bw) => next_bytes * NS_PER_SEC as f64 / bw,
+                None => return false,
+            };
+            let elapsed = m.now_ns.saturating_sub(self.started_ns) as f64;
+            if elapsed + next_ns >= t as f64 {
+                return false;
+            }
+        }
+        true
     }
 
     /// The first bound of the policy that the migration has reached, named.
@@ -358,5 +444,140 @@ impl Scheduler {
                 .saturating_add(t.step_percent)
                 .min(t.max_percent)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The shrink rule, one guard at a time. The switchover bandwidth is fixed at
+    //! 1 GB/s and pages travel raw, so `d` dirty pages predict `d * 4.096 us + 10 ms`:
+    //! 70 800 pages meet the 300 ms limit, 1 220 are under the 15 ms target.
+    use super::*;
+    use crate::schedule::Shrink;
+    use std::vec::Vec;
+
+    const PAGES: u64 = 1 << 18;
+
+    fn policy(shrink: Option<Shrink>) -> Policy {
+        Policy {
+            switchover_bandwidth: Some(1_000_000_000),
+            throttle: None,
+            shrink,
+            ..Policy::default()
+        }
+    }
+
+    /// Runs the bulk round and then rounds that each send the previous dirty set,
+    /// harvesting the given dirty counts; returns the decisions.
+    fn run(p: Policy, dirty: &[u64]) -> Vec<Decision> {
+        let mut s = Scheduler::new(p, PAGES, 4096, 0).unwrap();
+        let (mut now, mut sent) = (0, PAGES);
+        let mut out = Vec::new();
+        for &d in dirty {
+            now += 1_000_000;
+            let o = s.round_done(RoundMeasurement {
+                now_ns: now,
+                pages_sent: sent,
+                wire_bytes: sent * 4096,
+                dirty_pages: d,
+            });
+            out.push(o.decision);
+            if !matches!(o.decision, Decision::Continue { .. }) {
+                break;
+            }
+            sent = d;
+        }
+        out
+    }
+
+    fn switched_on_downtime(d: &[Decision]) -> bool {
+        matches!(
+            d.last(),
+            Some(Decision::SwitchOver {
+                reason: SwitchReason::DowntimeMet,
+                ..
+            })
+        )
+    }
+
+    #[test]
+    fn iterates_while_rounds_shrink_and_stops_when_they_do_not() {
+        let d = run(
+            policy(Some(Shrink::default())),
+            &[60_000, 40_000, 30_000, 28_000],
+        );
+        assert_eq!(d.len(), 4, "{d:?}");
+        assert!(switched_on_downtime(&d));
+        // Without the rule: the first prediction within the limit after min_rounds.
+        let d = run(policy(None), &[60_000, 40_000, 30_000, 28_000]);
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert!(switched_on_downtime(&d));
+    }
+
+    #[test]
+    fn under_the_target_or_without_headroom_it_switches_over() {
+        let d = run(policy(Some(Shrink::default())), &[60_000, 1_200]);
+        assert_eq!(d.len(), 2, "{d:?}");
+        // 1 300 pages (15.3 ms) go on; 500 (12 ms) are under the target.
+        let d = run(policy(Some(Shrink::default())), &[60_000, 1_300, 500, 480]);
+        assert_eq!(d.len(), 3, "{d:?}");
+        // 63 000 pages after 70 000 (258 ms + 10 ms, shrinking by a tenth): the next
+        // round is expected at 242 ms, times 1.25 above the limit.
+        let d = run(policy(Some(Shrink::default())), &[70_000, 63_000]);
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert!(switched_on_downtime(&d));
+        // 69 000 pages after 100 000 (292.6 ms): expected at 205 ms next, times 1.25
+        // within the limit.
+        let d = run(
+            policy(Some(Shrink::default())),
+            &[100_000, 69_000, 40_000, 39_000],
+        );
+        assert_eq!(d.len(), 4, "{d:?}");
+    }
+
+    #[test]
+    fn extra_rounds_and_extra_bytes_are_bounded() {
+        let two = Shrink {
+            max_extra_rounds: 2,
+            ..Shrink::default()
+        };
+        let seq = [60_000, 40_000, 30_000, 22_000, 16_000, 12_000];
+        let d = run(policy(Some(two)), &seq);
+        assert_eq!(d.len(), 4, "{d:?}");
+        assert!(switched_on_downtime(&d));
+        // A twentieth of 1 GiB is 13 107 pages: the next round's 30 000 do not fit.
+        let bytes = Shrink {
+            max_extra_bytes_ratio: 0.05,
+            ..Shrink::default()
+        };
+        let d = run(policy(Some(bytes)), &[60_000, 30_000, 20_000]);
+        assert_eq!(d.len(), 2, "{d:?}");
+        // Nor does it run into the policy's own bounds.
+        let d = run(
+            Policy {
+                max_rounds: 3,
+                ..policy(Some(Shrink::default()))
+            },
+            &seq,
+        );
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert!(switched_on_downtime(&d));
+    }
+
+    #[test]
+    fn a_round_above_the_limit_ends_the_shrinking() {
+        // Round 2 could switch over and shrinks: go on. Round 3 is above the limit: the
+        // ordinary rule continues. Round 4 is within it again and shrank: switch over
+        // at once all the same (a byte budget large enough not to decide instead).
+        let roomy = Shrink {
+            max_extra_bytes_ratio: 3.0,
+            ..Shrink::default()
+        };
+        let d = run(
+            policy(Some(roomy)),
+            &[60_000, 40_000, 80_000, 30_000, 20_000],
+        );
+        assert_eq!(d.len(), 4, "{d:?}");
+        assert!(switched_on_downtime(&d));
     }
 }
