@@ -25,6 +25,18 @@ use crate::wire::{
     MAX_HEADER_LEN,
 };
 
+/// The cases a property suite runs: `default`, or `PROPTEST_CASES` from the
+/// environment when set (proptest's own variable, which a config built with
+/// `with_cases` would otherwise override), so a sweep can run every suite at thousands
+/// of cases: `PROPTEST_CASES=5000 cargo test --release`.
+#[cfg(feature = "std")]
+pub fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Page size of the guest that [`apply_stream`] applies to.
 pub const APPLY_PAGE_SIZE: usize = 1024;
 /// Pages of the guest that [`apply_stream`] applies to.

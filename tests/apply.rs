@@ -452,7 +452,7 @@ fn header_and_frames(frames: &[AnyFrame]) -> Vec<u8> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(128))]
+    #![proptest_config(ProptestConfig::with_cases(precopy::fuzzing::cases(128)))]
 
     /// Valid streams built frame by frame complete in the fuzz body (so its checks
     /// of a completed stream run), and leave exactly the model's memory.
@@ -494,7 +494,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(precopy::fuzzing::cases(64)))]
 
     #[test]
     fn apply_fuzz_body_holds_on_arbitrary_bytes(data in proptest::collection::vec(any::<u8>(), 0..3000)) {

@@ -159,7 +159,7 @@ fn run<W: std::ops::Deref<Target = [AtomicU64]>>(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig::with_cases(precopy::fuzzing::cases(256)))]
 
     #[test]
     fn harvests_return_exactly_the_marked_pages(layout in layout(), ops in prop::collection::vec(op(), 0..60)) {

@@ -53,7 +53,7 @@ fn page_pair() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(96))]
+    #![proptest_config(ProptestConfig::with_cases(precopy::fuzzing::cases(96)))]
 
     #[test]
     fn every_codec_roundtrips((old, new) in page_pair()) {
@@ -78,7 +78,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(ProptestConfig::with_cases(precopy::fuzzing::cases(24)))]
 
     #[test]
     fn pairs_survive_the_wire_and_the_applier((old, new) in page_pair()) {
@@ -179,7 +179,7 @@ fn version() -> impl Strategy<Value = Version> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(precopy::fuzzing::cases(64)))]
 
     /// Delta base agreement under eviction: the source sends versions of 6 pages
     /// through a 2-page cache; every delta names exactly the bytes the destination
@@ -229,7 +229,7 @@ enum CacheOp {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(precopy::fuzzing::cases(64)))]
 
     /// The cache against a model: whatever it returns for a page is the last version
     /// stored for it (never another page's bytes, never a dropped version), and it never

@@ -471,7 +471,7 @@ fn the_generated_migrations_reach_long_runs_throttling_ramps_and_bounds() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(384))]
+    #![proptest_config(ProptestConfig::with_cases(precopy::fuzzing::cases(384)))]
 
     #[test]
     fn destination_equals_source_at_completion(case in case()) {

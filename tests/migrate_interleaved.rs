@@ -8,7 +8,7 @@ use precopy::fuzzing::{migrate_interleaved, MigrateOutcome};
 use proptest::prelude::*;
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig::with_cases(precopy::fuzzing::cases(512)))]
 
     #[test]
     fn interleaved_migrations_lose_no_write(data in prop::collection::vec(any::<u8>(), 0..4000)) {

@@ -287,7 +287,7 @@ fn stream_engines(bitmap: &Bitmap, n: u8) -> Vec<SourceEngine<'_, Box<[AtomicU64
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(ProptestConfig::with_cases(precopy::fuzzing::cases(24)))]
 
     #[test]
     fn destination_equals_source_for_any_stream_count_and_interleaving(

@@ -101,7 +101,7 @@ fn rounds() -> impl Strategy<Value = Vec<(u64, u64, u64)>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #![proptest_config(ProptestConfig::with_cases(precopy::fuzzing::cases(2000)))]
 
     #[test]
     fn decisions_respect_the_policy(policy in policy(), env in rounds(), total_pages in 1u64..2_000_000) {
@@ -479,7 +479,7 @@ fn guest() -> impl Strategy<Value = (u64, (u64, u64, u64, u64, u64))> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #![proptest_config(ProptestConfig::with_cases(precopy::fuzzing::cases(2000)))]
 
     /// The default shrink rule against the plain downtime rule, under a stationary
     /// guest: it switches over whenever the plain rule does, within the limit, with a

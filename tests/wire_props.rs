@@ -98,7 +98,7 @@ fn every_truncation_is_an_error() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(precopy::fuzzing::cases(64)))]
 
     #[test]
     fn any_split_decodes_to_the_same_frames(
@@ -673,7 +673,7 @@ fn pages_of_other_streams_are_refused_with_their_frame() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig::with_cases(precopy::fuzzing::cases(256)))]
 
     /// The decoder accepts exactly the pages `Shard::owns` gives the stream: page frames
     /// of single pages, and zero runs whose every page the stream owns.
