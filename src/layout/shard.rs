@@ -101,6 +101,10 @@ impl Shard {
     /// its first page, up to [`pages`](Self::pages) - 1 for its last. For a table
     /// with one entry per page of the stream.
     pub const fn local_index(self, page: u64) -> u64 {
+        if self.count == 1 {
+            // Every page is the only stream's: no division on the single-stream path.
+            return page;
+        }
         let chunk = Self::chunk(page);
         (chunk / self.count as u64) * SHARD_CHUNK_PAGES + page % SHARD_CHUNK_PAGES
     }

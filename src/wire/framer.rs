@@ -42,6 +42,7 @@ impl PageFramer {
     /// Page `page`, encoded as `encoding` (a delta made against a base of hash
     /// `base_hash`) into `payload`: a zero page joins the pending run; any other page
     /// first ends the run, then gets its frame. Returns the bytes written into `out`.
+    #[inline]
     pub fn page(
         &mut self,
         page: u64,
@@ -61,6 +62,7 @@ impl PageFramer {
 
     /// Pages `first..first + count`, all zero: they join the pending run, or end it and
     /// start another. Returns the bytes written into `out` (a run that ended).
+    #[inline]
     pub fn zero_pages(
         &mut self,
         first: u64,
