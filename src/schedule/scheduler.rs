@@ -357,6 +357,14 @@ impl Scheduler {
         }
         // The next round if the set shrinks as it just did: the memory part scales.
         let fixed = self.policy.non_memory_downtime_ns as f64;
+        // Nothing left that another round could lower: no dirty pages (no ratio
+        // either), or a memory part of the prediction under a tenth of the target
+        // (the fixed allowance alone is above the target).
+        let memory_part = (predicted as f64 - fixed).max(0.0);
+        if m.dirty_pages == 0 || prev == 0 || memory_part < 0.1 * sh.target_fraction * limit as f64
+        {
+            return false;
+        }
         let ratio = m.dirty_pages as f64 / prev as f64;
         let next = fixed + (predicted as f64 - fixed).max(0.0) * ratio;
         if next * sh.headroom > limit as f64 {
@@ -512,6 +520,21 @@ mod tests {
         let d = run(policy(None), &[60_000, 40_000, 30_000, 28_000]);
         assert_eq!(d.len(), 2, "{d:?}");
         assert!(switched_on_downtime(&d));
+    }
+
+    #[test]
+    fn nothing_left_to_shrink_switches_over() {
+        // A fixed allowance above the target (an idle guest whose verification is
+        // dearer than 5 ms): no dirty pages, or a handful, and no round can help.
+        let p = Policy {
+            non_memory_downtime_ns: 16_000_000,
+            ..policy(Some(Shrink::default()))
+        };
+        for dirty in [[12, 0, 0], [40, 4, 1]] {
+            let d = run(p, &dirty);
+            assert_eq!(d.len(), 2, "{dirty:?}: {d:?}");
+            assert!(switched_on_downtime(&d), "{d:?}");
+        }
     }
 
     #[test]
