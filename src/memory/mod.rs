@@ -132,7 +132,7 @@ pub trait PageMemory {
     ) -> Result<(), MemoryError> {
         for (page, hash) in (first..).zip(hashes.iter_mut()) {
             self.read_page(page, scratch)?;
-            *hash = crate::codec::base_hash(scratch);
+            *hash = page_hash(scratch);
         }
         Ok(())
     }
@@ -180,7 +180,6 @@ fn hash_chunks(bytes: &[u8], page_size: usize, hashes: &mut [u64]) {
 /// [`crate::codec::base_hash`] of `page`, taking a short cut for zero pages (most of
 /// a fresh guest): the zero check runs at memory speed, the hash of a zero page is
 /// computed once per page size.
-#[cfg(feature = "alloc")]
 fn page_hash(page: &[u8]) -> u64 {
     if page.len() <= ZERO_PAGE.len() && crate::codec::is_zero_page(page) {
         zero_page_hash(page.len())
@@ -191,7 +190,6 @@ fn page_hash(page: &[u8]) -> u64 {
 
 /// The hash ([`crate::codec::base_hash`]) of a zero page of `len` bytes, computed
 /// once per power-of-two length.
-#[cfg(feature = "alloc")]
 pub(crate) fn zero_page_hash(len: usize) -> u64 {
     use core::sync::atomic::{AtomicU64, Ordering};
     // Slot k holds the hash for 2^k bytes, 0 while not computed yet.
@@ -475,19 +473,6 @@ impl PageMemory for AtomicMemory {
 
     fn zero_pages(&mut self, first: u64, count: u64) -> Result<(), MemoryError> {
         self.clear_pages(first, count)
-    }
-
-    fn hash_pages(
-        &self,
-        first: u64,
-        hashes: &mut [u64],
-        scratch: &mut [u8],
-    ) -> Result<(), MemoryError> {
-        for (page, hash) in (first..).zip(hashes.iter_mut()) {
-            self.read_page(page, scratch)?;
-            *hash = page_hash(scratch);
-        }
-        Ok(())
     }
 }
 

@@ -21,7 +21,7 @@ use core::ops::Deref;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
-use super::{page_hash, MemoryError, PageMemory, ZERO_PAGE};
+use super::{MemoryError, PageMemory, ZERO_PAGE};
 use crate::layout::{GuestLayout, LayoutError};
 
 /// Guest memory held by vm-memory (e.g. `&GuestMemoryMmap`, `Arc<GuestMemoryMmap>`, a
@@ -164,15 +164,6 @@ where
         }
         Ok(())
     }
-
-    /// Hashes pages through `scratch`.
-    fn hash(&self, first: u64, hashes: &mut [u64], scratch: &mut [u8]) -> Result<(), MemoryError> {
-        for (page, hash) in (first..).zip(hashes.iter_mut()) {
-            self.read(page, scratch)?;
-            *hash = page_hash(scratch);
-        }
-        Ok(())
-    }
 }
 
 impl<M> PageMemory for VmMemory<M>
@@ -194,15 +185,6 @@ where
 
     fn write_page(&mut self, page: u64, data: &[u8]) -> Result<(), MemoryError> {
         self.write(page, data)
-    }
-
-    fn hash_pages(
-        &self,
-        first: u64,
-        hashes: &mut [u64],
-        scratch: &mut [u8],
-    ) -> Result<(), MemoryError> {
-        self.hash(first, hashes, scratch)
     }
 
     fn zero_pages(&mut self, first: u64, count: u64) -> Result<(), MemoryError> {
@@ -231,15 +213,6 @@ where
 
     fn write_page(&mut self, page: u64, data: &[u8]) -> Result<(), MemoryError> {
         self.write(page, data)
-    }
-
-    fn hash_pages(
-        &self,
-        first: u64,
-        hashes: &mut [u64],
-        scratch: &mut [u8],
-    ) -> Result<(), MemoryError> {
-        self.hash(first, hashes, scratch)
     }
 
     fn zero_pages(&mut self, first: u64, count: u64) -> Result<(), MemoryError> {
