@@ -95,7 +95,10 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(20));
         };
         let mut out = std::mem::take(&mut self.stdout_seen);
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+        // The child has exited, so its stdout ends and the channel disconnects at once;
+        // the timeout only bounds a pipe some grandchild holds open. Not a short one:
+        // the reader thread may be slow to run on a loaded machine.
+        while let Ok(line) = self.lines.recv_timeout(TIMEOUT) {
             out.push(line);
         }
         let err = self
@@ -508,6 +511,8 @@ fn full_disk_on_output() {
 
 #[test]
 fn silent_peer_times_out() {
+    // One second is enough however loaded the machine: whether "PRE" arrives before
+    // the timeout or after, the header is never complete and the read times out.
     let (recv, addr) = listening_recv(&["--timeout", "1"]);
     // Connects, sends less than a header and then nothing, but stays connected.
     let mut c = TcpStream::connect(&addr).unwrap();
@@ -631,7 +636,11 @@ fn a_stream_of_another_migration_or_a_repeated_index_is_refused() {
 
 #[test]
 fn a_missing_stream_is_waited_for_then_refused() {
-    let (recv, addr) = listening_recv(&["--timeout", "1"]);
+    // The same timeout first bounds the wait for stream 0's header, which this test
+    // writes right after connecting: 1 s could run out in between on a loaded machine
+    // (and fail on "reading the stream header"); 5 s leaves a wide margin for that
+    // write, and the wait for stream 1 (which never comes) takes those 5 s.
+    let (recv, addr) = listening_recv(&["--timeout", "5"]);
     let reply = first_of_two_streams(&addr, || {});
     let needle = "waiting for stream 1 of 2 of the migration: timed out";
     assert!(refusal(&reply).contains(needle), "{reply:?}");

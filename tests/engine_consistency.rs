@@ -18,6 +18,10 @@ use proptest::prelude::*;
 mod common;
 use common::scripted_guest::{fill, ScriptedGuest, Write};
 
+/// More polls than any migration of these small guests takes by orders of magnitude: a
+/// loop past it is an engine that never completes, reported instead of hanging.
+const MAX_POLLS: u64 = 1_000_000;
+
 const PAGE: usize = 512;
 
 /// What a run produced on the destination.
@@ -616,6 +620,10 @@ fn a_page_that_returns_to_zero_and_back_is_never_sent_against_a_stale_base() {
     let mut paused = false;
     let mut written = None;
     loop {
+        assert!(
+            now < MAX_POLLS * 1_000_000,
+            "the migration did not complete in {MAX_POLLS} polls"
+        );
         if !paused {
             memory.store_word(1, 0, now).unwrap();
             bitmap.mark(1).unwrap();

@@ -13,6 +13,10 @@ use precopy::layout::GuestLayout;
 use precopy::memory::{FreshMemory, MemoryError, PageMemory, VecMemory};
 use precopy::schedule::{Decision, OnLimit, Policy, SwitchReason};
 
+/// More polls than any migration of these small guests takes by orders of magnitude: a
+/// loop past it is an engine that never completes, reported instead of hanging.
+const MAX_POLLS: u64 = 1_000_000;
+
 const PAGE: usize = 4096;
 
 /// A policy that runs `rounds` live rounds, then switches over.
@@ -52,6 +56,10 @@ fn pages_logged_outside_the_bitmap_are_sent_after_the_sync() {
     let (mut now, mut syncs, mut done) = (0u64, Vec::new(), false);
     let mut dirty_at_round_end = Vec::new();
     while !done {
+        assert!(
+            now < MAX_POLLS * 1_000_000,
+            "the migration did not complete in {MAX_POLLS} polls"
+        );
         now += 1_000_000;
         let len = source.poll_transmit(&memory, now, &mut buf).unwrap();
         let progress = dest.feed(&buf[..len]).unwrap();
@@ -204,6 +212,10 @@ fn a_poll_walks_at_most_max_pages_per_poll() {
         let before = memory.reads.get();
         engine.poll_transmit(&memory, polls, &mut buf).unwrap();
         polls += 1;
+        assert!(
+            polls <= pages / 100 + 1,
+            "the bulk round did not end in {polls} polls"
+        );
         assert!(memory.reads.get() - before <= 100, "a poll walked too far");
         if let Some(event) = engine.poll_event() {
             assert!(matches!(event, SourceEvent::RoundMeasured(r) if r.pages_sent == pages));
@@ -244,6 +256,10 @@ fn the_bulk_round_skips_runs_known_zero() {
     while !done {
         now += 1_000;
         polls += 1;
+        assert!(
+            u64::from(polls) <= MAX_POLLS,
+            "the migration did not complete in {MAX_POLLS} polls"
+        );
         let len = source.poll_transmit(&memory, now, &mut buf).unwrap();
         dest.feed(&buf[..len]).unwrap();
         while let Some(event) = source.poll_event() {

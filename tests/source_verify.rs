@@ -15,6 +15,10 @@ use precopy::memory::{digest_stream, MemoryDigest};
 use precopy::memory::{AtomicMemory, FreshMemory, PageMemory};
 use precopy::schedule::{Decision, SwitchReason};
 
+/// More polls than any migration of these small guests takes by orders of magnitude: a
+/// loop past it is an engine that never completes, reported instead of hanging.
+const MAX_POLLS: u64 = 1_000_000;
+
 const PAGE: usize = 512;
 /// Three chunks of 512 and a tail: two streams get unequal shares.
 const PAGES: u64 = 3 * 512 + 77;
@@ -92,7 +96,13 @@ fn migrate_with_cache(shard: Shard, verify: Verify, lose: Option<u64>, cache_byt
     let mut stream = Vec::new();
     let mut buf = vec![0u8; engine.min_buffer_len() + 4 * PAGE];
     let mut live_rounds = 0;
+    let mut polls = 0u64;
     let (digest, pages_read) = loop {
+        polls += 1;
+        assert!(
+            polls <= MAX_POLLS,
+            "the source did not finish in {MAX_POLLS} polls"
+        );
         let len = engine.poll_transmit(&memory, 0, &mut buf).unwrap();
         stream.extend_from_slice(&buf[..len]);
         let mut done = None;

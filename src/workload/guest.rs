@@ -580,7 +580,14 @@ mod tests {
         let layout = GuestLayout::flat(4096, 64 * 4096).unwrap();
         let mut guest = SyntheticGuest::new(layout, "idle:rate=20k".parse().unwrap());
         guest.start(2);
+        // Bounds that hold on a loaded machine; the test times nothing.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while guest.writes() < 10 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the started guest made {} writes in 30 s, not 10",
+                guest.writes()
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         guest.pause();
@@ -589,7 +596,12 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(guest.writes(), writes, "a paused guest wrote");
         guest.resume();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while guest.writes() == writes {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the resumed guest made no write in 30 s"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         guest.stop();
