@@ -81,7 +81,6 @@ impl<W: Deref<Target = [AtomicU64]>> AtomicDirtyBitmap<W> {
 
     /// Marks page `page` dirty. Call after the write to the page.
     #[inline]
-    #[inline]
     pub fn mark(&self, page: u64) -> Result<(), BitmapError> {
         if page >= self.total_pages() {
             return Err(BitmapError::PageOutOfRange {
@@ -166,7 +165,6 @@ impl<W: Deref<Target = [AtomicU64]>> AtomicDirtyBitmap<W> {
 
     /// ORs `mask` into word `word`, skipping the atomic write when every bit is already
     /// set. `fenced` records whether this call already issued the `SeqCst` fence.
-    #[inline]
     #[inline]
     pub(super) fn set_bits(&self, word: usize, mask: u64, fenced: &mut bool) {
         let w = &self.words[word];
