@@ -159,9 +159,9 @@ pub(crate) fn codec_code(e: CodecError) -> c_int {
     match e {
         CodecError::BadPageSize { .. } => PRECOPY_ERR_BAD_PAGE_SIZE,
         CodecError::BadPageLength { .. } => PRECOPY_ERR_BAD_LENGTH,
-        CodecError::OutputTooSmall { .. } | CodecError::CacheAllocation { .. } => {
-            PRECOPY_ERR_BUFFER_TOO_SMALL
-        }
+        CodecError::OutputTooSmall { .. }
+        | CodecError::CacheAllocation { .. }
+        | CodecError::CacheStorageTooSmall { .. } => PRECOPY_ERR_BUFFER_TOO_SMALL,
         CodecError::Lz4Corrupt { .. } | CodecError::DeltaCorrupt { .. } => PRECOPY_ERR_CORRUPT_PAGE,
     }
 }

@@ -89,7 +89,6 @@ impl CodecStats {
         &self.counters[encoding as usize]
     }
 
-    #[cfg(feature = "alloc")]
     pub(crate) fn get_mut(&mut self, encoding: Encoding) -> &mut CodecCounters {
         &mut self.counters[encoding as usize]
     }

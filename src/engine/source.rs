@@ -1,13 +1,14 @@
 //! The source engine: dirty set and guest memory in, stream bytes out.
 
-use alloc::vec;
-use alloc::vec::Vec;
 use core::ops::Deref;
 use core::sync::atomic::AtomicU64;
 
 use super::EngineError;
-use crate::bitmap::{AtomicDirtyBitmap, DirtySet};
-use crate::codec::{CodecStats, EncoderConfig, PageEncoder};
+use crate::bitmap::{words_for_pages, AtomicDirtyBitmap, DirtySet};
+use crate::codec::{
+    lz4_max_output_len, CodecStats, EncoderConfig, NoClock, PageCache, PageEncoder,
+};
+use crate::layout::{take_words, words_as_bytes_mut, GuestLayout, OwnedWords};
 use crate::layout::{Shard, SHARD_CHUNK_PAGES};
 use crate::memory::MemoryDigest;
 use crate::memory::PageMemory;
@@ -223,25 +224,34 @@ enum Phase {
 /// one, read through [`PageMemory`] into a private buffer after the harvest (the
 /// bitmap's ordering contract). After switchover the guest is paused, the last dirty
 /// pages and a digest are sent.
+///
+/// **Storage.** The engine keeps its state (the round's dirty set, the kept hashes,
+/// its page buffers and the delta cache) in `u64` words held by `S`:
+/// [`new`](SourceEngine::new) allocates them ([`OwnedWords`], feature `alloc`),
+/// [`over`](SourceEngine::over) carves them out of caller words, sized by
+/// [`source_storage_words`] (no allocator: a C host, a kernel module). Both run the
+/// same code.
 #[derive(Debug)]
-pub struct SourceEngine<'b, W: Deref<Target = [AtomicU64]>> {
+pub struct SourceEngine<'b, W: Deref<Target = [AtomicU64]>, S = OwnedWords> {
     bitmap: &'b AtomicDirtyBitmap<W>,
     config: SourceConfig,
-    encoder: PageEncoder,
+    encoder: PageEncoder<NoClock, S>,
     phase: Phase,
     /// The event not yet taken by [`poll_event`](Self::poll_event). The engine
     /// produces nothing more after an event until the caller answers it, so one
     /// slot is enough.
     event: Option<SourceEvent>,
     /// Pages of the current iterative or final round (unused in the bulk round).
-    set: DirtySet,
+    set: DirtySet<S>,
     /// Next page to consider in the current round.
     cursor: u64,
     /// A run of zero pages not yet emitted: (first, count).
     /// Frames the pages, merging neighbouring zero pages into runs.
     framer: PageFramer,
-    page_buf: Vec<u8>,
-    payload_buf: Vec<u8>,
+    /// One page (the private copy encoded), as words.
+    page_buf: S,
+    /// At least LZ4's worst case for a page, as words.
+    payload_buf: S,
     round_pages: u64,
     round_planned: u64,
     round_wire_bytes: u64,
@@ -257,7 +267,45 @@ pub struct SourceEngine<'b, W: Deref<Target = [AtomicU64]>> {
     zero_hash: u64,
     /// Per page of the stream (by [`Shard::local_index`]): XXH3-64 of the version
     /// last sent.
-    sent_hashes: Vec<u64>,
+    sent_hashes: S,
+}
+
+/// The parts of a [`SourceEngine`]'s storage, in the order [`SourceEngine::over`]
+/// carves them out of caller words: (dirty set, kept hashes, page buffer, payload
+/// buffer, delta cache), in words.
+fn storage_parts(layout: &GuestLayout, config: &SourceConfig) -> Result<[usize; 5], EngineError> {
+    let page_size = layout.page_size() as usize;
+    if config.encoder.page_size != page_size {
+        return Err(EngineError::PageSizeMismatch {
+            expected: page_size,
+            got: config.encoder.page_size,
+        });
+    }
+    let cache = PageCache::storage_words(page_size, config.encoder.cache_bytes)?;
+    Ok([
+        words_for_pages(layout.total_pages()),
+        config.stream.pages(layout.total_pages()) as usize,
+        page_size / 8,
+        lz4_max_output_len(page_size).div_ceil(8),
+        cache,
+    ])
+}
+
+/// Words of storage a [`SourceEngine`] over `layout` with `config` needs (for
+/// [`SourceEngine::over`]): the dirty set (a bit per page of the layout), a kept hash
+/// per page of the stream, two page buffers and the delta cache of
+/// `config.encoder.cache_bytes`. Times 8 for bytes.
+pub fn source_storage_words(
+    layout: &GuestLayout,
+    config: &SourceConfig,
+) -> Result<usize, EngineError> {
+    let parts = storage_parts(layout, config)?;
+    parts
+        .iter()
+        .try_fold(0usize, |sum, &p| sum.checked_add(p))
+        .ok_or(EngineError::InvalidConfig {
+            what: "the engine's storage would exceed the address space",
+        })
 }
 
 /// The stream's round frames count from 0: round `round` (1: the bulk round) is
@@ -266,32 +314,113 @@ fn wire_round(round: u32) -> u32 {
     round.saturating_sub(1)
 }
 
-impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
-    /// Starts a migration of the memory tracked by `bitmap`, at `now_ns`. Marks made
-    /// before now are taken out of the bitmap: the bulk round sends every page anyway.
+#[cfg(feature = "alloc")]
+impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W, OwnedWords> {
+    /// Starts a migration of the memory tracked by `bitmap`, at `now_ns`, with its
+    /// storage allocated here. Marks made before now are taken out of the bitmap: the
+    /// bulk round sends every page anyway.
     pub fn new(
         bitmap: &'b AtomicDirtyBitmap<W>,
         config: SourceConfig,
         now_ns: u64,
     ) -> Result<Self, EngineError> {
+        let layout = *bitmap.layout();
+        let [_, hashes, page, payload, _] = storage_parts(&layout, &config)?;
+        check_config(&config)?;
+        let encoder = PageEncoder::new(config.encoder)?;
+        Self::build(
+            bitmap,
+            config,
+            now_ns,
+            encoder,
+            DirtySet::new(layout.total_pages()),
+            [
+                OwnedWords::zeroed(hashes),
+                OwnedWords::zeroed(page),
+                OwnedWords::zeroed(payload),
+            ],
+        )
+    }
+
+    /// Takes the kept hashes out (see [`sent_hashes`](Self::sent_hashes)) once the
+    /// migration is complete, for a check of the source's memory that outlives the
+    /// engine; `None` before the completion frame was produced.
+    pub fn take_sent_hashes(&mut self) -> Option<alloc::vec::Vec<u64>> {
+        self.is_complete().then(|| {
+            core::mem::replace(&mut self.sent_hashes, OwnedWords::zeroed(0))
+                .as_ref()
+                .to_vec()
+        })
+    }
+}
+
+impl<'b, 's, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W, &'s mut [u64]> {
+    /// Starts a migration as [`new`](SourceEngine::new) does, with every byte of its
+    /// state in `storage` (no allocation): at least [`source_storage_words`] of the
+    /// bitmap's layout and `config` words, else [`EngineError::StorageTooSmall`]
+    /// (none at all is the same error). Extra words are left alone.
+    pub fn over(
+        bitmap: &'b AtomicDirtyBitmap<W>,
+        config: SourceConfig,
+        mut storage: &'s mut [u64],
+        now_ns: u64,
+    ) -> Result<Self, EngineError> {
+        let layout = *bitmap.layout();
+        let parts = storage_parts(&layout, &config)?;
+        let needed = source_storage_words(&layout, &config)?;
+        if storage.len() < needed {
+            return Err(EngineError::StorageTooSmall {
+                needed_bytes: needed.saturating_mul(8),
+                got_bytes: storage.len().saturating_mul(8),
+            });
+        }
+        check_config(&config)?;
+        let too_small = EngineError::StorageTooSmall {
+            needed_bytes: needed.saturating_mul(8),
+            got_bytes: storage.len().saturating_mul(8),
+        };
+        let mut take = |len| take_words(&mut storage, len).ok_or(too_small);
+        let set = DirtySet::over(take(parts[0])?, layout.total_pages())?;
+        let hashes = take(parts[1])?;
+        let page = take(parts[2])?;
+        let payload = take(parts[3])?;
+        let encoder = PageEncoder::over(config.encoder, NoClock, take(parts[4])?)?;
+        Self::build(
+            bitmap,
+            config,
+            now_ns,
+            encoder,
+            set,
+            [hashes, page, payload],
+        )
+    }
+}
+
+/// The checks of a configuration that do not depend on storage.
+fn check_config(config: &SourceConfig) -> Result<(), EngineError> {
+    if config.max_pages_per_poll == 0 {
+        return Err(EngineError::InvalidConfig {
+            what: "max_pages_per_poll is 0: a poll must walk at least one page",
+        });
+    }
+    Ok(())
+}
+
+impl<'b, W: Deref<Target = [AtomicU64]>, S: AsRef<[u64]> + AsMut<[u64]>> SourceEngine<'b, W, S> {
+    /// The engine over its storage: `set` over the layout, `[hashes, page, payload]`
+    /// sized by [`storage_parts`].
+    fn build(
+        bitmap: &'b AtomicDirtyBitmap<W>,
+        config: SourceConfig,
+        now_ns: u64,
+        encoder: PageEncoder<NoClock, S>,
+        mut set: DirtySet<S>,
+        [mut sent_hashes, page_buf, payload_buf]: [S; 3],
+    ) -> Result<Self, EngineError> {
         // The engine keeps no clock of its own: the time is the coordinator's.
         let _ = now_ns;
         let layout = *bitmap.layout();
         let page_size = layout.page_size() as usize;
-        if config.encoder.page_size != page_size {
-            return Err(EngineError::PageSizeMismatch {
-                expected: page_size,
-                got: config.encoder.page_size,
-            });
-        }
-        if config.max_pages_per_poll == 0 {
-            return Err(EngineError::InvalidConfig {
-                what: "max_pages_per_poll is 0: a poll must walk at least one page",
-            });
-        }
-        let encoder = PageEncoder::new(config.encoder)?;
-        let payload_len = encoder.max_payload_len();
-        let mut set = DirtySet::new(layout.total_pages());
         // Only this stream's pages: the other streams' engines may already be sending.
         harvest_stream(bitmap, config.stream, &mut set)?;
         set.clear();
@@ -299,8 +428,7 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
         // pages known zero keeps this value); until then a page stands as zero, as on
         // a destination's fresh memory.
         let zero_hash = crate::memory::zero_page_hash(page_size);
-        let stream_pages = config.stream.pages(layout.total_pages());
-        let sent_hashes = vec![zero_hash; stream_pages as usize];
+        sent_hashes.as_mut().fill(zero_hash);
         Ok(SourceEngine {
             bitmap,
             config,
@@ -311,8 +439,8 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
             set,
             cursor: 0,
             framer: PageFramer::new(page_size),
-            page_buf: vec![0; page_size],
-            payload_buf: vec![0; payload_len],
+            page_buf,
+            payload_buf,
             round_pages: 0,
             round_planned: 0,
             round_wire_bytes: 0,
@@ -339,15 +467,7 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
     /// lost write). With [`Verify::AfterResume`] the completion digest is the fold of
     /// these.
     pub fn sent_hashes(&self) -> &[u64] {
-        &self.sent_hashes
-    }
-
-    /// Takes the kept hashes out (see [`sent_hashes`](Self::sent_hashes)) once the
-    /// migration is complete, for a check of the source's memory that outlives the
-    /// engine; `None` before the completion frame was produced.
-    pub fn take_sent_hashes(&mut self) -> Option<Vec<u64>> {
-        self.is_complete()
-            .then(|| core::mem::take(&mut self.sent_hashes))
+        self.sent_hashes.as_ref()
     }
 
     /// The smallest buffer [`poll_transmit`](Self::poll_transmit) accepts.
@@ -694,6 +814,7 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
         let from = self.config.stream.local_index(page) as usize;
         let hashes = self
             .sent_hashes
+            .as_mut()
             .get_mut(from..from + count as usize)
             .ok_or(EngineError::OutOfOrder {
                 what: "a page outside this engine's stream",
@@ -721,19 +842,21 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
         page: u64,
         out: &mut [u8],
     ) -> Result<usize, EngineError> {
-        memory.read_page(page, &mut self.page_buf)?;
-        let encoded = self
-            .encoder
-            .encode(page, &self.page_buf, &mut self.payload_buf)?;
+        let page_size = self.page_size();
+        let page_buf = &mut words_as_bytes_mut(self.page_buf.as_mut())[..page_size];
+        memory.read_page(page, page_buf)?;
+        let payload_buf = words_as_bytes_mut(self.payload_buf.as_mut());
+        let encoded = self.encoder.encode(page, page_buf, payload_buf)?;
         // What the destination will hold for this page: the private copy just encoded.
         let hash = match (encoded.encoding, encoded.page_hash) {
             (crate::codec::Encoding::Zero, _) => self.zero_hash,
             // Hashed already, to store it as the next delta base.
             (_, Some(hash)) => hash,
-            (_, None) => crate::codec::base_hash(&self.page_buf),
+            (_, None) => crate::codec::base_hash(page_buf),
         };
         let slot = self
             .sent_hashes
+            .as_mut()
             .get_mut(self.config.stream.local_index(page) as usize)
             .ok_or(EngineError::OutOfOrder {
                 what: "a page outside this engine's stream",
@@ -748,7 +871,7 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
                 page,
                 encoded.encoding,
                 encoded.base_hash,
-                &self.payload_buf[..encoded.len],
+                &payload_buf[..encoded.len],
                 out,
             )
             .map_err(EngineError::Emit)?;
@@ -830,15 +953,20 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
         round: u32,
         out: &mut [u8],
     ) -> Result<usize, EngineError> {
-        let stream_pages = self.sent_hashes.len() as u64;
+        let page_size = self.page_size();
+        let stream_pages = self.sent_hashes.as_ref().len() as u64;
         let (digest, digest_pages_read) = match self.config.verify {
             Verify::AfterResume => {
                 let mut digest = MemoryDigest::new();
-                digest.update_hashes(&self.sent_hashes);
+                digest.update_hashes(self.sent_hashes.as_ref());
                 (digest.finish(), 0)
             }
             Verify::InDowntime => (
-                crate::memory::digest_stream(memory, self.config.stream, &mut self.page_buf)?,
+                crate::memory::digest_stream(
+                    memory,
+                    self.config.stream,
+                    &mut words_as_bytes_mut(self.page_buf.as_mut())[..page_size],
+                )?,
                 stream_pages,
             ),
         };
@@ -868,10 +996,10 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
 }
 
 /// Fetch-and-clear of `stream`'s pages of `bitmap`, ORed into `set`.
-fn harvest_stream<W: Deref<Target = [AtomicU64]>>(
+fn harvest_stream<W: Deref<Target = [AtomicU64]>, S: AsRef<[u64]> + AsMut<[u64]>>(
     bitmap: &AtomicDirtyBitmap<W>,
     stream: Shard,
-    set: &mut DirtySet,
+    set: &mut DirtySet<S>,
 ) -> Result<u64, EngineError> {
     if stream == Shard::WHOLE {
         return Ok(bitmap.harvest_into(set)?);
