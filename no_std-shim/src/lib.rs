@@ -20,17 +20,25 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+mod applier;
 mod bitmap;
 mod codec;
+mod coordinator;
 mod error;
 mod ffi;
+mod memory;
 mod schedule;
+mod source;
 mod wire;
 
+pub use applier::*;
 pub use bitmap::*;
 pub use codec::*;
+pub use coordinator::*;
 pub use error::*;
+pub use memory::*;
 pub use schedule::*;
+pub use source::*;
 pub use wire::*;
 
 /// Version of the C ABI: bumped whenever a declaration in `precopy.h` changes
@@ -64,6 +72,15 @@ const _: () = {
     assert!(size_of::<PrecopyDigest>() == PRECOPY_DIGEST_SIZE);
     assert!(size_of::<PrecopyDecoder>() == PRECOPY_DECODER_SIZE);
     assert!(size_of::<PrecopyEvent>() == 72);
+    assert!(size_of::<PrecopyPageMemory>() == 40);
+    assert!(size_of::<PrecopyStorageNeeds>() == 40);
+    assert!(size_of::<PrecopySourceConfig>() == 56);
+    assert!(size_of::<PrecopySourceEvent>() == 88);
+    assert!(size_of::<PrecopySource>() == PRECOPY_SOURCE_SIZE);
+    assert!(size_of::<PrecopyCoordinatorEvent>() == 72);
+    assert!(size_of::<PrecopyCoordinator>() == PRECOPY_COORDINATOR_SIZE);
+    assert!(size_of::<PrecopyApplyProgress>() == 48);
+    assert!(size_of::<PrecopyApplier>() == PRECOPY_APPLIER_SIZE);
 };
 
 /// Nothing in the API panics on any input (every argument is checked and every error
