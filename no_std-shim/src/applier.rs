@@ -105,7 +105,8 @@ pub unsafe extern "C" fn precopy_applier_init(
         }
         let memory = CMemory::new(table, table.page_size, table.total_pages, true)?;
         let frame_len = decoder_buffer_len(page);
-        if storage_bytes < frame_len + page {
+        // Whole words only: the storage is taken as `uint64_t`.
+        if storage_bytes / 8 * 8 < frame_len + page {
             return Err(PRECOPY_ERR_BUFFER_TOO_SMALL);
         }
         // SAFETY: per this function's contract (the 'static lifetime stands for "as

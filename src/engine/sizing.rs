@@ -34,7 +34,7 @@ pub struct StorageNeeds {
     /// The [`CoordinatorCore::over`](super::CoordinatorCore::over) of the streams.
     pub coordinator_bytes: usize,
     /// Each destination stream's [`Applier::new`](super::Applier::new): its frame
-    /// buffer and page buffer.
+    /// buffer and page buffer (rounded up to whole words).
     pub applier_bytes: usize,
 }
 
@@ -60,7 +60,7 @@ pub fn storage_needs(
         source_bytes: [0; crate::layout::MAX_STREAMS as usize],
         sources_total_bytes: 0,
         coordinator_bytes: coordinator_storage_words(streams) * 8,
-        applier_bytes: decoder_buffer_len(page_size) + page_size,
+        applier_bytes: (decoder_buffer_len(page_size) + page_size).next_multiple_of(8),
     };
     for index in 0..count {
         let stream = Shard::new(index, count).ok_or(EngineError::InvalidConfig {
