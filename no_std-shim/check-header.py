@@ -20,7 +20,7 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent
 HEADER = ROOT / "include" / "precopy.h"
-SOURCES = sorted((ROOT / "src").glob("*.rs"))
+SOURCES = sorted((ROOT / "src").rglob("*.rs"))
 
 SCALARS = {
     "u8": "uint8_t",
