@@ -131,6 +131,15 @@ for target in x86_64-unknown-none aarch64-unknown-none; do
     cargo build --release --target "$target"
     a="target/$target/release/libprecopy.a"
     echo "$a: $(wc -c <"$a") bytes"
+    # precopy's own code (engines included), not compiler_builtins: under 256 KiB.
+    text=$(size -t "$a" 2>/dev/null | awk '$6 ~ /^precopy-/ { print $1 }')
+    if [ -n "$text" ]; then
+      echo "precopy code for $target: $text bytes text ($(( (text + 1023) / 1024 )) KiB; limit 256 KiB)"
+      if [ "$text" -gt 262144 ]; then
+        echo "FAIL: precopy's code for $target grew past 256 KiB of text"
+        exit 1
+      fi
+    fi
     if grep -q 'std::' <<<"$(nm -C "$a" 2>/dev/null || true)"; then
       echo "FAIL: $a contains std symbols"
       exit 1

@@ -250,7 +250,27 @@ fn check_page_access(
 
 /// Zeros for [`PageMemory::zero_pages`]'s default: as large as the largest page the
 /// codecs and the stream format take (64 KiB).
-static ZERO_PAGE: [u8; 64 * 1024] = [0; 64 * 1024];
+static ZERO_PAGE: ZeroPage = ZeroPage(core::cell::UnsafeCell::new([0; 64 * 1024]));
+
+/// 64 KiB of zeros that is never written. An immutable all-zero array would sit in
+/// the read-only data of every binary that links precopy (64 KiB of a bare-metal
+/// image's text); behind an `UnsafeCell` it is zero-initialized writable data (`.bss`),
+/// which takes no room in the image.
+struct ZeroPage(core::cell::UnsafeCell<[u8; 64 * 1024]>);
+
+// SAFETY: nothing ever writes the cell (no `&mut` to it is made anywhere; the only
+// access is `ZeroPage::get`'s shared borrow), so shared reads from any thread are fine.
+unsafe impl Sync for ZeroPage {}
+
+impl core::ops::Deref for ZeroPage {
+    type Target = [u8; 64 * 1024];
+
+    fn deref(&self) -> &Self::Target {
+        // SAFETY: the cell is never written (see the `Sync` impl), so a shared
+        // reference to its contents for any lifetime is sound.
+        unsafe { &*self.0.get() }
+    }
+}
 
 /// Guest memory in a `Vec<u8>`, for tests, the simulator and file restores.
 #[cfg(feature = "alloc")]
