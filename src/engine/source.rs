@@ -8,7 +8,7 @@ use crate::bitmap::{words_for_pages, AtomicDirtyBitmap, DirtySet};
 use crate::codec::{
     lz4_max_output_len, CodecStats, EncoderConfig, NoClock, PageCache, PageEncoder,
 };
-use crate::layout::{take_words, words_as_bytes_mut, GuestLayout, OwnedWords};
+use crate::layout::{words_as_bytes_mut, GuestLayout, OwnedWords};
 use crate::layout::{Shard, SHARD_CHUNK_PAGES};
 use crate::memory::MemoryDigest;
 use crate::memory::PageMemory;
@@ -394,6 +394,17 @@ impl<'b, 's, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W, &'s mut [u64]> 
             [hashes, page, payload],
         )
     }
+}
+
+/// Splits the first `len` words off `storage` (the rest stays in it), or `None` when it
+/// holds fewer.
+fn take_words<'s>(storage: &mut &'s mut [u64], len: usize) -> Option<&'s mut [u64]> {
+    if storage.len() < len {
+        return None;
+    }
+    let (head, tail) = core::mem::take(storage).split_at_mut(len);
+    *storage = tail;
+    Some(head)
 }
 
 /// The checks of a configuration that do not depend on storage.

@@ -56,17 +56,6 @@ impl AsMut<[u64]> for OwnedWords {
     }
 }
 
-/// Splits the first `len` words off `storage` (the rest stays in it), or `None` when it
-/// holds fewer.
-pub(crate) fn take_words<'s>(storage: &mut &'s mut [u64], len: usize) -> Option<&'s mut [u64]> {
-    if storage.len() < len {
-        return None;
-    }
-    let (head, tail) = core::mem::take(storage).split_at_mut(len);
-    *storage = tail;
-    Some(head)
-}
-
 /// The bytes of `words` (native byte order).
 pub(crate) fn words_as_bytes(words: &[u64]) -> &[u8] {
     // SAFETY: `u8` has alignment 1 and every byte of an initialized `u64` is an
