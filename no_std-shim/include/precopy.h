@@ -13,8 +13,10 @@
  *    PRECOPY_ERR_* code; precopy_strerror() describes each.
  *  - No allocation. State lives in fixed-size structs the caller allocates anywhere
  *    (stack, static, heap): precopy_bitmap_t, precopy_kvm_slots_t,
- *    precopy_scheduler_t, precopy_decoder_t, and the 64-byte aligned precopy_lz4_t and
- *    precopy_digest_t (static, stack or aligned_alloc). Their contents are opaque; use
+ *    precopy_scheduler_t, precopy_decoder_t, precopy_coordinator_t, and the 64-byte
+ *    aligned precopy_lz4_t, precopy_digest_t, precopy_source_t and precopy_applier_t
+ *    (static, stack or aligned_alloc); the engines' pages and buffers live in storage
+ *    the caller sizes with precopy_storage_needs. Their contents are opaque; use
  *    them after their _init call; they own no resources (no _fini). Every output goes
  *    into caller buffers with explicit lengths.
  *  - NULL pointers, misaligned pointers, short buffers, bad lengths, out-of-range

@@ -7,9 +7,12 @@
 //! Conventions, the same for every function:
 //! - Status codes: `PRECOPY_OK` (0), `PRECOPY_MORE` (1, "call again"), negative
 //!   `PRECOPY_ERR_*` codes; `precopy_strerror` describes each.
-//! - No allocation: state lives in fixed-size, 8-byte aligned structs the caller
-//!   allocates (`precopy_bitmap_t`, `precopy_kvm_slots_t`, `precopy_scheduler_t`), and
-//!   every output goes into caller buffers with explicit lengths.
+//! - No allocation: state lives in fixed-size structs the caller allocates
+//!   (`precopy_bitmap_t`, `precopy_kvm_slots_t`, `precopy_scheduler_t`,
+//!   `precopy_decoder_t`, `precopy_coordinator_t`; 64-byte aligned: `precopy_lz4_t`,
+//!   `precopy_digest_t`, `precopy_source_t`, `precopy_applier_t`), the engines' pages
+//!   and buffers in storage the caller sizes with `precopy_storage_needs`, and every
+//!   output goes into caller buffers with explicit lengths.
 //! - NULL pointers, misaligned pointers, short buffers, bad lengths, out-of-range pages,
 //!   undefined enumeration values and state never initialized return an error code.
 //!   What cannot be checked is each function's contract: a pointer points at as many

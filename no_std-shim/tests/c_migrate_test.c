@@ -153,6 +153,7 @@ typedef struct migration {
     uint8_t *dest;
     uint64_t digest[STREAMS][2];
     int aborted[STREAMS];
+    uint32_t syncs, paused_syncs; /* stream 0's sync points, the one after the pause */
 } migration_t;
 
 static const precopy_region_t REGION = {0, (uint64_t)PAGES * PAGE};
@@ -179,6 +180,9 @@ static void setup(migration_t *m, guest_t *g, uint8_t *dest) {
         config.stream_count = STREAMS;
         config.max_pages_per_poll = 256;
         config.session_id[0] = 0x42;
+        /* Stream 0 stops before every harvest (the pre-harvest sync point of a VMM
+         * with a KVM dirty log); the others harvest at once. */
+        config.sync_before_harvest = i == 0;
         size_t bytes = 0;
         CHECK_RC(precopy_source_storage_size(&m->bm, &config, &bytes), PRECOPY_OK);
         CHECK(bytes <= needs.source_bytes);
@@ -232,8 +236,19 @@ static uint32_t run(migration_t *m, guest_t *g, pthread_t writer_thread, uint32_
     uint64_t now = 0;
     uint32_t result = PRECOPY_COORDINATOR_EVENT_NONE;
     *error = PRECOPY_OK;
+    /* The guest runs before the migration starts and between its polls (a loaded
+     * machine might otherwise never schedule the writer before the pause). */
+    while (atomic_load(&g->writes) < 256) {
+        struct timespec ts = {0, 100000};
+        nanosleep(&ts, NULL);
+    }
+    unsigned long writes_at_start = atomic_load(&g->writes);
     for (uint32_t it = 0; it < MAX_ITERATIONS && result == PRECOPY_COORDINATOR_EVENT_NONE; it++) {
         now += 1000000; /* 1 ms of virtual time per iteration */
+        if (!paused) {
+            struct timespec ts = {0, 20000};
+            nanosleep(&ts, NULL);
+        }
         for (uint32_t i = 0; i < STREAMS; i++) {
             if (m->aborted[i]) continue;
             size_t n = 0;
@@ -270,6 +285,9 @@ static uint32_t run(migration_t *m, guest_t *g, pthread_t writer_thread, uint32_
             while (precopy_source_poll_event(&m->src[i], &ev) == PRECOPY_OK &&
                    ev.kind != PRECOPY_SOURCE_EVENT_NONE) {
                 if (ev.kind == PRECOPY_SOURCE_EVENT_SYNC_DIRTY_LOG) {
+                    CHECK(i == 0);
+                    m->syncs += 1;
+                    m->paused_syncs += ev.paused;
                     CHECK_RC(precopy_source_dirty_log_synced(&m->src[i], now), PRECOPY_OK);
                     continue;
                 }
@@ -293,6 +311,8 @@ static uint32_t run(migration_t *m, guest_t *g, pthread_t writer_thread, uint32_
             case PRECOPY_COORDINATOR_EVENT_PAUSE_GUEST:
                 pause_guest(g, writer_thread);
                 paused = 1;
+                /* The guest wrote while the migration ran. */
+                CHECK(atomic_load(&g->writes) > writes_at_start);
                 CHECK_RC(precopy_coordinator_guest_paused(&m->coord, now), PRECOPY_OK);
                 break;
             case PRECOPY_COORDINATOR_EVENT_GUEST_PAUSED:
@@ -378,6 +398,7 @@ static void migrate_with_writes(void) {
     CHECK(end == PRECOPY_COORDINATOR_EVENT_DONE);
     CHECK_RC(error, PRECOPY_OK);
     CHECK(atomic_load(&g.writes) > 0);
+    CHECK(m->syncs >= 2 && m->paused_syncs == 1);
     CHECK(memcmp(mem, dest, (size_t)PAGES * PAGE) == 0);
     CHECK(memcmp(mem, shadow, (size_t)PAGES * PAGE) == 0);
     uint64_t delta = 0;
