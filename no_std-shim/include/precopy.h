@@ -684,6 +684,11 @@ int precopy_source_dirty_log_synced(precopy_source_t *src, uint64_t now_ns);
  * bitmap; memory was never written. PRECOPY_ERR_ENDED after (and when aborted twice). */
 int precopy_source_abort(precopy_source_t *src);
 
+/* Why the engine ended, for an operator (empty while it runs or after an abort), into
+ * buf (*len bytes, NUL-terminated); *len = its full length. buf NULL: a length query
+ * (PRECOPY_ERR_BUFFER_TOO_SMALL). */
+int precopy_source_error_message(const precopy_source_t *src, char *buf, size_t *len);
+
 /* Marks dirty again every page carried by bytes polled but not delivered (len bytes
  * from the start of one poll's output); *pages_out (may be NULL): pages marked. */
 int precopy_put_back_undelivered(const precopy_bitmap_t *bm, const uint8_t *bytes,
@@ -789,6 +794,11 @@ int precopy_applier_progress(precopy_applier_t *app, precopy_apply_progress_t *o
 /* The verdict at the end of input: PRECOPY_OK only after a matching digest (to
  * digest_out[0..2], may be NULL), else the error that stopped the stream. */
 int precopy_applier_verdict(precopy_applier_t *app, uint64_t *digest_out);
+
+/* What precopy_applier_verdict reports, for an operator ("frame 1832 (byte 7405568):
+ * checksum mismatch ..."; empty once verified), into buf (*len bytes, NUL-terminated);
+ * *len = its full length. buf NULL: a length query (PRECOPY_ERR_BUFFER_TOO_SMALL). */
+int precopy_applier_error_message(const precopy_applier_t *app, char *buf, size_t *len);
 
 /* ---- Layout checks (the Rust side asserts the same sizes) ------------------------- */
 

@@ -1,7 +1,7 @@
 //! The destination engine over caller memory: `precopy_applier_*`. One applier per
 //! stream; several may write one guest memory (each stream carries its own pages).
 
-use core::ffi::c_int;
+use core::ffi::{c_char, c_int};
 
 use core_precopy::engine::{Applier, Progress};
 use core_precopy::layout::PageSize;
@@ -11,7 +11,7 @@ use crate::error::{
     apply_code, layout_code, status, PRECOPY_ERR_BAD_ARGUMENT, PRECOPY_ERR_BUFFER_TOO_SMALL,
     PRECOPY_OK,
 };
-use crate::ffi::{as_mut, as_slice, as_slice_mut, assert_fits, write_opt, Blob};
+use crate::ffi::{as_mut, as_slice, as_slice_mut, assert_fits, write_message, write_opt, Blob};
 use crate::memory::{memory_table, CMemory, PrecopyPageMemory};
 
 /// Bytes in a [`PrecopyApplier`].
@@ -219,4 +219,31 @@ pub unsafe extern "C" fn precopy_applier_verdict(
         }
         Ok(())
     })())
+}
+
+/// Writes what `precopy_applier_verdict` would report, for an operator ("frame 1832
+/// (byte 7405568): checksum mismatch ..."; empty once the stream verified), into `buf`
+/// (`*len` bytes, NUL-terminated) and sets `*len` to its full length.
+/// `PRECOPY_ERR_BUFFER_TOO_SMALL` if truncated (`buf` NULL: a length query).
+///
+/// # Safety
+/// `app` points at a `precopy_applier_t`; `len` at a writable `size_t`; `buf` is NULL or
+/// points at `*len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn precopy_applier_error_message(
+    app: *const PrecopyApplier,
+    buf: *mut c_char,
+    len: *mut usize,
+) -> c_int {
+    // SAFETY: per this function's contract.
+    let state = match unsafe { PrecopyApplier::state(app) } {
+        Ok(state) => state,
+        Err(code) => return code,
+    };
+    match state.applier.finish() {
+        // SAFETY: per this function's contract.
+        Ok(()) => unsafe { write_message(buf, len, "") },
+        // SAFETY: per this function's contract.
+        Err(e) => unsafe { write_message(buf, len, e) },
+    }
 }

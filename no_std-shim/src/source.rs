@@ -6,12 +6,13 @@
 //! answers each event: round measurements and pause requests go to the coordinator,
 //! whose decisions come back through `precopy_source_decide`.
 
-use core::ffi::c_int;
+use core::ffi::{c_char, c_int};
 use core::sync::atomic::AtomicU64;
 
 use core_precopy::codec::EncoderConfig;
 use core_precopy::engine::{
-    put_back_undelivered, source_storage_words, SourceConfig, SourceEngine, SourceEvent, Verify,
+    put_back_undelivered, source_storage_words, EngineError, SourceConfig, SourceEngine,
+    SourceEvent, Verify,
 };
 use core_precopy::layout::Shard;
 use core_precopy::schedule::{Decision, ScheduleError, SwitchReason};
@@ -22,7 +23,9 @@ use crate::error::{
     engine_code, status, PRECOPY_ERR_BAD_ARGUMENT, PRECOPY_ERR_BUFFER_TOO_SMALL, PRECOPY_ERR_ENDED,
     PRECOPY_ERR_NOT_CONVERGING, PRECOPY_ERR_OUT_OF_ORDER, PRECOPY_OK,
 };
-use crate::ffi::{as_mut, as_ref, as_slice, as_slice_mut, assert_fits, write_opt, Blob};
+use crate::ffi::{
+    as_mut, as_ref, as_slice, as_slice_mut, assert_fits, write_message, write_opt, Blob,
+};
 use crate::memory::{memory_table, CMemory, PrecopyPageMemory};
 use crate::schedule::{
     PRECOPY_DECISION_CONTINUE, PRECOPY_DECISION_FAIL, PRECOPY_DECISION_SWITCH_OVER,
@@ -117,10 +120,12 @@ pub struct PrecopySource {
 
 type Engine = SourceEngine<'static, &'static [AtomicU64], &'static mut [u64]>;
 
-/// A source's state: the engine until it ended.
+/// A source's state: the engine until it ended, and why it ended.
 pub(crate) struct SourceState {
     engine: Option<Engine>,
     memory: CMemory,
+    /// The error that ended the engine (`None` while it runs, or after an abort).
+    error: Option<EngineError>,
 }
 
 assert_fits!(PrecopySource, SourceState);
@@ -249,6 +254,7 @@ pub unsafe extern "C" fn precopy_source_init(
         let state = SourceState {
             engine: Some(engine),
             memory,
+            error: None,
         };
         // SAFETY: per this function's contract.
         match unsafe { PrecopySource::init(src, state) } {
@@ -320,6 +326,7 @@ pub unsafe extern "C" fn precopy_source_poll_transmit(
             Err(e) => {
                 // The engine put its pages back when it failed; it takes no more calls.
                 state.engine = None;
+                state.error = Some(e);
                 Err(engine_code(e))
             }
         }
@@ -436,8 +443,9 @@ pub unsafe extern "C" fn precopy_source_decide(
         match engine.decide(decision) {
             Ok(()) => Ok(()),
             Err(e) if engine_code(e) == PRECOPY_ERR_OUT_OF_ORDER => Err(PRECOPY_ERR_OUT_OF_ORDER),
-            Err(_) => {
+            Err(e) => {
                 state.engine = None;
+                state.error = Some(e);
                 Err(PRECOPY_ERR_NOT_CONVERGING)
             }
         }
@@ -481,6 +489,7 @@ pub unsafe extern "C" fn precopy_source_dirty_log_synced(
             Err(e) if engine_code(e) == PRECOPY_ERR_OUT_OF_ORDER => Err(PRECOPY_ERR_OUT_OF_ORDER),
             Err(e) => {
                 state.engine = None;
+                state.error = Some(e);
                 Err(engine_code(e))
             }
         }
@@ -503,6 +512,33 @@ pub unsafe extern "C" fn precopy_source_abort(src: *mut PrecopySource) -> c_int 
         state.engine.take().ok_or(PRECOPY_ERR_ENDED)?.abort();
         Ok(())
     })())
+}
+
+/// Writes why the engine ended, for an operator ("reading guest memory: page 7 ...";
+/// empty while it runs, or after an abort), into `buf` (`*len` bytes, NUL-terminated)
+/// and sets `*len` to its full length. `PRECOPY_ERR_BUFFER_TOO_SMALL` if truncated
+/// (`buf` NULL: a length query).
+///
+/// # Safety
+/// `src` points at a `precopy_source_t`; `len` at a writable `size_t`; `buf` is NULL or
+/// points at `*len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn precopy_source_error_message(
+    src: *const PrecopySource,
+    buf: *mut c_char,
+    len: *mut usize,
+) -> c_int {
+    // SAFETY: per this function's contract.
+    let state = match unsafe { PrecopySource::state(src) } {
+        Ok(state) => state,
+        Err(code) => return code,
+    };
+    match state.error {
+        // SAFETY: per this function's contract.
+        Some(e) => unsafe { write_message(buf, len, e) },
+        // SAFETY: per this function's contract.
+        None => unsafe { write_message(buf, len, "") },
+    }
 }
 
 /// Marks dirty again every page carried by `bytes` (`len` bytes: the output of one or

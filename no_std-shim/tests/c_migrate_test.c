@@ -455,6 +455,17 @@ static void corrupted_byte_fails_and_leaves_the_source_intact(void) {
         CHECK_RC(precopy_source_abort(&m->src[i]), PRECOPY_ERR_ENDED);
     }
     CHECK_RC(precopy_applier_verdict(&m->app[1], NULL), error);
+    char msg[256];
+    size_t msg_len = sizeof msg;
+    CHECK_RC(precopy_applier_error_message(&m->app[1], msg, &msg_len), PRECOPY_OK);
+    CHECK(msg_len > 0 && strstr(msg, "frame") != NULL);
+    printf("  destination stream 1: \"%s\"\n", msg);
+    msg_len = sizeof msg;
+    CHECK_RC(precopy_applier_error_message(&m->app[0], msg, &msg_len), PRECOPY_OK);
+    CHECK(msg_len > 0); /* stream 0 ended before its completion frame */
+    msg_len = sizeof msg;
+    CHECK_RC(precopy_source_error_message(&m->src[0], msg, &msg_len), PRECOPY_OK);
+    CHECK(msg_len == 0); /* aborted, not failed */
     free(buf);
     teardown(m);
     free(m);
@@ -599,6 +610,14 @@ static void bad_arguments_and_wrong_order(void) {
     CHECK_RC(precopy_source_init(&src, &bm, &config, &failing, storage, bytes, 0), PRECOPY_OK);
     CHECK_RC(precopy_source_poll_transmit(&src, 0, out, sizeof out, &n), PRECOPY_ERR_MEMORY);
     CHECK_RC(precopy_source_poll_transmit(&src, 0, out, sizeof out, &n), PRECOPY_ERR_ENDED);
+    char msg[256];
+    size_t msg_len = 0;
+    CHECK_RC(precopy_source_error_message(&src, NULL, &msg_len), PRECOPY_ERR_BUFFER_TOO_SMALL);
+    CHECK(msg_len > 0);
+    msg_len = sizeof msg;
+    CHECK_RC(precopy_source_error_message(&src, msg, &msg_len), PRECOPY_OK);
+    CHECK(strstr(msg, "guest memory") != NULL);
+    CHECK_RC(precopy_source_error_message(&zeroed, msg, &msg_len), PRECOPY_ERR_UNINITIALIZED);
     free(storage);
 
     /* Coordinator. */
