@@ -147,7 +147,16 @@ fn streams_into_caller_views_and_a_wrong_view_count_is_refused() {
         if views == 2 {
             let applied = result.unwrap();
             assert_eq!(applied.digests.len(), 2);
-            assert!(replies.iter().all(|r| *r == Reply::Ok), "{replies:?}");
+            // Each verdict names the session and that stream's digest.
+            for (reply, digest) in replies.iter().zip(&applied.digests) {
+                assert_eq!(
+                    *reply,
+                    Reply::Verified {
+                        session: header.session_id,
+                        digest: *digest
+                    }
+                );
+            }
             assert!(memory.as_bytes() == source.as_bytes());
         } else {
             let e = result.unwrap_err();

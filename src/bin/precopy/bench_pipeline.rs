@@ -113,6 +113,7 @@ pub fn run(args: &Args) -> Result<(), String> {
                 // The end-to-end digest of a large guest takes long: this measures
                 // throughput, not the downtime target.
                 downtime_ms: 60_000,
+                strict_downtime: false,
                 max_rounds: 30,
                 force_switchover: true,
                 cache: 64 << 20,

@@ -9,9 +9,11 @@ mod bench_codec;
 mod bench_pipeline;
 mod demo;
 mod migrate;
+mod options;
 mod recv;
 mod report;
 mod send;
+mod signals;
 
 /// precopy: pre-copy live migration of VM memory.
 #[derive(Parser, Debug)]
@@ -48,6 +50,7 @@ enum BenchSuite {
 }
 
 fn main() -> ExitCode {
+    signals::install();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => match demo::run(&args) {

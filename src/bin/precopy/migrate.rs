@@ -15,10 +15,12 @@ use precopy::runtime::{
 use precopy::schedule::{OnLimit, Policy};
 use precopy::workload::{SyntheticGuest, Workload, WorkloadError};
 
+use crate::options;
+
 /// The options of a migration's source (`precopy demo`, `precopy send`).
 #[derive(clap::Args, Debug)]
 pub struct MigrationArgs {
-    /// Guest memory size (bytes; K, M, G suffixes).
+    /// Guest memory size (bytes; K, M, G, T suffixes), less than this host's memory.
     #[arg(long, default_value = "1G", value_parser = parse_size)]
     pub memory: u64,
     /// Guest workload: NAME[:key=value,...] with NAME one of idle, once, continuous,
@@ -26,23 +28,28 @@ pub struct MigrationArgs {
     /// (keys: rate=pages/s, set=bytes, skew).
     #[arg(long, default_value = "continuous:rate=50k,set=256M")]
     pub workload: String,
-    /// Writer threads (the guest's vCPUs).
-    #[arg(long, default_value_t = 1)]
+    /// Writer threads (the guest's vCPUs), 1 to 1024.
+    #[arg(long, default_value = "1", value_parser = options::parse_writers)]
     pub writers: usize,
-    /// Downtime limit, milliseconds.
-    #[arg(long, default_value_t = 300)]
+    /// Downtime limit, milliseconds (1 to 600000).
+    #[arg(long, default_value = "300", value_parser = options::parse_downtime_ms)]
     pub downtime_ms: u64,
-    /// Most live rounds before giving up (or switching over, with --force-switchover).
-    #[arg(long, default_value_t = 30)]
+    /// Fail the migration (non-zero exit) when the downtime was over --downtime-ms,
+    /// even though the destination verified the memory.
+    #[arg(long)]
+    pub strict_downtime: bool,
+    /// Most live rounds before giving up (or switching over, with --force-switchover),
+    /// 1 to 10000.
+    #[arg(long, default_value = "30", value_parser = options::parse_rounds)]
     pub max_rounds: u32,
     /// At the round limit, switch over anyway instead of failing.
     #[arg(long)]
     pub force_switchover: bool,
-    /// Delta cache size (bytes; K, M, G suffixes); 0 turns delta encoding off.
+    /// Delta cache size (bytes; K, M, G, T suffixes); 0 turns delta encoding off.
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     pub cache: u64,
-    /// Page size in bytes.
-    #[arg(long, default_value_t = 4096)]
+    /// Page size: a power of two from 512 to 64K (bytes; K suffix).
+    #[arg(long, default_value = "4096", value_parser = options::parse_page_size)]
     pub page_size: u64,
     /// Emulate a link of this speed (1gbe, 10gbe, 25gbe, 40gbe, 100gbe): sends are
     /// paced to it and the scheduler is told the cap. Default: as fast as the
@@ -54,9 +61,10 @@ pub struct MigrationArgs {
     /// file holds one).
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..))]
     pub streams: Option<u8>,
-    /// Cap the bandwidth of all streams together (bytes per second; K, M, G
-    /// suffixes): a token bucket paces the sends, and the scheduler is told the cap.
-    #[arg(long, value_parser = parse_size)]
+    /// Cap the bandwidth of all streams together (bytes per second, at least 64K; K,
+    /// M, G suffixes): a token bucket paces the sends, and the scheduler is told the
+    /// cap. A cap that would take over an hour to send the guest once is refused.
+    #[arg(long, value_parser = options::parse_bandwidth)]
     pub max_bandwidth: Option<u64>,
     /// LZ4 compression: `auto` measures each stream's page rate raw and with LZ4 (a
     /// probe now and then) and compresses only where LZ4 is clearly faster (a slow
@@ -132,20 +140,7 @@ pub fn parse_compression(s: &str) -> Result<Compression, String> {
         .map_err(|e: precopy::engine::UnknownCompression| format!("'{s}': {e}"))
 }
 
-/// Parses a byte size with an optional K/M/G suffix.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let (digits, shift) = match s.chars().last() {
-        Some('K') | Some('k') => (&s[..s.len() - 1], 10),
-        Some('M') | Some('m') => (&s[..s.len() - 1], 20),
-        Some('G') | Some('g') => (&s[..s.len() - 1], 30),
-        _ => (s, 0),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("'{s}' is not a size (e.g. 4096, 64M, 1G)"))?;
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("'{s}' is too large"))
-}
+pub use crate::options::parse_size;
 
 /// A source ready to migrate: the guest (writers not started) and the engine's
 /// configuration.
@@ -173,12 +168,39 @@ pub struct Source {
 }
 
 impl MigrationArgs {
+    /// Checks the options that clap's parsers cannot check alone, before anything is
+    /// allocated: the guest (`copies` times: a demo holds source and destination) and
+    /// the delta cache fit this host, and a bandwidth cap sends the guest once within
+    /// an hour.
+    pub fn validate(&self, copies: u64) -> Result<(), String> {
+        options::check_fits_host("--memory", self.memory, copies)?;
+        options::check_fits_host("--cache", self.cache, 1)?;
+        let cap = match (self.link, self.max_bandwidth) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(cap) = cap {
+            let secs = self.memory / cap.max(1);
+            if secs > 3600 {
+                return Err(format!(
+                    "--max-bandwidth {cap}: sending the {} guest once would take {:.1} hours; \
+                     give at least {} bytes per second (one hour), or a smaller --memory",
+                    options::size(self.memory),
+                    secs as f64 / 3600.0,
+                    self.memory.div_ceil(3600)
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Validates the options and builds the guest and the engine configuration.
     pub fn source(&self, session_id: [u8; 16]) -> Result<Source, String> {
+        self.validate(1)?;
         let workload: Workload = self
             .workload
             .parse()
-            .map_err(|e: WorkloadError| e.to_string())?;
+            .map_err(|e: WorkloadError| format!("--workload: {e}"))?;
         let layout = GuestLayout::flat(self.page_size, self.memory).map_err(|e| {
             format!(
                 "--memory {} with --page-size {}: {e}",
@@ -204,7 +226,18 @@ impl MigrationArgs {
             },
             ..Policy::default()
         };
-        policy.validate().map_err(|e| e.to_string())?;
+        let reserved_ms = Policy::default().non_memory_downtime_ns / 1_000_000;
+        if self.downtime_ms <= reserved_ms {
+            return Err(format!(
+                "--downtime-ms {} leaves no time to send memory: {reserved_ms} ms of the \
+                 downtime are kept for the device state and the final harvest; give more \
+                 than {reserved_ms}",
+                self.downtime_ms
+            ));
+        }
+        policy
+            .validate()
+            .map_err(|e| format!("--downtime-ms, --max-rounds or --max-bandwidth: {e}"))?;
         let guest = SyntheticGuest::new(layout, workload);
         // The final round ends with the part of the end-to-end check that runs with
         // the guest paused: predict that too.
@@ -246,9 +279,6 @@ impl MigrationArgs {
             verify,
             ..SourceConfig::new(page_size)
         };
-        if self.max_bandwidth == Some(0) {
-            return Err("--max-bandwidth must be above 0 bytes per second".to_string());
-        }
         Ok(Source {
             streams: self.streams.unwrap_or(2),
             inject_lost_write: self.inject_lost_write,
@@ -297,6 +327,8 @@ pub struct SourceReport {
     /// resume the guest), or until the failure, ns (`None` if the guest was never
     /// paused).
     pub downtime_ns: Option<u64>,
+    /// `--downtime-ms`, ns.
+    pub downtime_limit_ns: u64,
     /// `--verify`.
     pub verify: VerifyMode,
     /// Of the downtime, the source's part of the end-to-end check, ns: the longest
@@ -327,6 +359,23 @@ impl SourceReport {
     /// Whether the destination verified the memory and the source's check passed.
     pub fn verified(&self) -> bool {
         self.error.is_none() && self.source_check.passed()
+    }
+
+    /// Whether the measured downtime was over `--downtime-ms`.
+    pub fn downtime_over_limit(&self) -> bool {
+        self.downtime_ns.is_some_and(|d| d > self.downtime_limit_ns)
+    }
+
+    /// With `--strict-downtime`, a downtime over the limit is a failure.
+    pub fn check_downtime(&self, strict: bool) -> Result<(), String> {
+        match self.downtime_ns {
+            Some(d) if strict && self.downtime_over_limit() => Err(format!(
+                "the downtime was {:.1} ms, over --downtime-ms {} (--strict-downtime)",
+                d as f64 / 1e6,
+                self.downtime_limit_ns / 1_000_000
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The source check's verdict as a JSON name.
@@ -382,11 +431,13 @@ impl SourceReport {
         let predicted = (self.predicted_ns != u64::MAX).then_some(self.predicted_ns);
         if json {
             let mut line = format!(
-                "{{\"kind\":\"summary\",\"verified\":{},\"rounds\":{},\"total_ms\":{},\"downtime_ms\":{},\"predicted_downtime_ms\":{},\"verify\":\"{}\",\"verify_in_downtime_ms\":{},\"verify_after_ms\":{},\"source_check\":\"{}\",\"wire_bytes\":{},\"memory_bytes\":{},\"wire_over_memory\":{ratio:.3},\"guest_writes\":{}",
+                "{{\"kind\":\"summary\",\"verified\":{},\"rounds\":{},\"total_ms\":{},\"downtime_ms\":{},\"downtime_limit_ms\":{},\"downtime_over_limit\":{},\"predicted_downtime_ms\":{},\"verify\":\"{}\",\"verify_in_downtime_ms\":{},\"verify_after_ms\":{},\"source_check\":\"{}\",\"wire_bytes\":{},\"memory_bytes\":{},\"wire_over_memory\":{ratio:.3},\"guest_writes\":{}",
                 self.verified(),
                 self.rounds,
                 ms(self.total_ns),
                 self.downtime_ns.map_or("null".to_string(), ms),
+                ms(self.downtime_limit_ns),
+                self.downtime_over_limit(),
                 predicted.map_or("null".to_string(), ms),
                 self.verify.name(),
                 self.verify_in_downtime_ns.map_or("null".to_string(), ms),
@@ -425,6 +476,13 @@ impl SourceReport {
                 if self.verified() { "yes" } else { "no" }
             );
             println!("{}", self.verification_line());
+            if let (true, Some(d)) = (self.downtime_over_limit(), self.downtime_ns) {
+                println!(
+                    "DOWNTIME OVER THE LIMIT: {} ms, against a limit of {} ms (--strict-downtime makes this a failure)",
+                    ms(d),
+                    ms(self.downtime_limit_ns)
+                );
+            }
             if let Some(w) = self.writes_after_failure {
                 println!("the migration failed; the guest's writers were let go again: {w} page writes in the 200 ms after");
             }
@@ -557,6 +615,7 @@ where
             Some(v) => v.duration_since(p).as_nanos() as u64,
             None => total_ns.saturating_sub(p.duration_since(start).as_nanos() as u64),
         }),
+        downtime_limit_ns: source.policy.downtime_limit_ns,
         verify: source.verify,
         verify_in_downtime_ns: r.verify_in_downtime_ns,
         verify_after_ns: r.verify_after_ns,

@@ -9,6 +9,7 @@ use clap::ArgGroup;
 use precopy::runtime::{receive, FileSink, Limits, SourceLink};
 
 use crate::migrate::{self, MigrationArgs, Source};
+use crate::signals::TempFile;
 
 /// Options of `precopy send`.
 #[derive(clap::Args, Debug)]
@@ -18,14 +19,18 @@ pub struct Args {
     #[arg(long, value_name = "ADDR")]
     connect: Option<String>,
     /// Write the migration stream to FILE instead (a snapshot; restore it with
-    /// `precopy recv --input FILE`).
+    /// `precopy recv --input FILE`). It is written to a temporary file beside FILE,
+    /// read back and verified, and only then renamed over FILE: on any failure or
+    /// signal FILE is untouched.
     #[arg(long, value_name = "FILE")]
     output: Option<PathBuf>,
-    /// Seconds to wait for the destination: to connect, and for each read or write.
-    #[arg(long, default_value_t = 30)]
+    /// Seconds (1 to 86400) to wait for the destination: to connect, and for each
+    /// read or write.
+    #[arg(long, default_value = "30", value_parser = crate::options::parse_secs)]
     timeout: u64,
     /// With --output: skip reading the file back to verify it restores to the
-    /// source's memory digest.
+    /// source's memory digest, and write FILE in place (the way to write to a FIFO or
+    /// a device, which cannot be read back).
     #[arg(long)]
     no_verify: bool,
     #[command(flatten)]
@@ -90,7 +95,10 @@ pub fn run(args: &Args) -> Result<(), String> {
             report.error = dump_source(m, &source).err();
         }
         report.print(m.json, &extra);
-        return report.error.map_or(Ok(()), Err);
+        return match report.error {
+            Some(e) => Err(e),
+            None => report.check_downtime(m.strict_downtime),
+        };
     }
     let Some(path) = &args.output else {
         return Err("give --connect ADDR or --output FILE".to_string());
@@ -101,29 +109,43 @@ pub fn run(args: &Args) -> Result<(), String> {
         ));
     }
     source.streams = 1;
-    let sink = FileSink::create(path).map_err(|e| e.to_string())?;
+    // A FIFO or a device cannot be read back, nor renamed over: only --no-verify
+    // writes to one (in place).
+    let special = std::fs::metadata(path).is_ok_and(|md| !md.is_file());
+    if special && !args.no_verify {
+        return Err(format!(
+            "--output {}: not a regular file (a FIFO or a device), so the stream cannot be \
+             read back to verify it; add --no-verify to write it there unverified",
+            path.display()
+        ));
+    }
+    // Regular files: a temporary file beside the target, renamed over it once verified.
+    let temp = if special {
+        None
+    } else {
+        Some(TempFile::new(path)?)
+    };
+    let written = temp.as_ref().map_or(path.as_path(), |t| t.path());
+    let sink = FileSink::create(written).map_err(|e| e.to_string())?;
     print_intro(m, &source, &format!("file {}", path.display()));
     let mut report = migrate::run_source(&mut source, m.writers, m.json, vec![sink], |s| {
         s.finish().map(drop)
     });
     if report.error.is_none() && !args.no_verify {
-        report.error = verify_file(path, &source, report.digest).err();
+        report.error = verify_file(written, &source, report.digest).err();
     }
     if report.error.is_none() {
         report.error = dump_source(m, &source).err();
     }
+    if let (None, Some(temp)) = (&report.error, temp) {
+        report.error = temp.persist().err();
+    }
     report.print(m.json, &extra);
     match report.error {
-        None => Ok(()),
-        Some(e) => {
-            // A partial or unverified stream file must not be restored later.
-            let regular = std::fs::metadata(path).is_ok_and(|md| md.is_file());
-            if regular && std::fs::remove_file(path).is_ok() {
-                Err(format!("{e} (removed {})", path.display()))
-            } else {
-                Err(e)
-            }
-        }
+        // The temporary file was removed (dropped); the target is untouched.
+        Some(e) if !special => Err(format!("{e} ({} left as it was)", path.display())),
+        Some(e) => Err(e),
+        None => report.check_downtime(m.strict_downtime),
     }
 }
 
