@@ -79,8 +79,7 @@ fn write_new(dir: &Path, name: &str, contents: &str) -> Result<(), String> {
 /// Runs `precopy certs`.
 pub fn run(args: &Args) -> Result<(), String> {
     let generated = generate(&args.names)?;
-    std::fs::create_dir_all(&args.out)
-        .map_err(|e| format!("--out {}: {e}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out).map_err(|e| format!("--out {}: {e}", args.out.display()))?;
     write_new(&args.out, "ca.pem", &generated.ca)?;
     for (role, cert, key) in &generated.hosts {
         write_new(&args.out, &format!("{role}.pem"), cert)?;

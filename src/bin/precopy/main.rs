@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod bench_bitmap;
 mod bench_codec;
 mod bench_pipeline;
+mod certs;
 mod demo;
 mod migrate;
 mod options;
@@ -14,6 +15,7 @@ mod recv;
 mod report;
 mod send;
 mod signals;
+mod tls_args;
 
 /// precopy: pre-copy live migration of VM memory.
 #[derive(Parser, Debug)]
@@ -32,6 +34,9 @@ enum Command {
     /// Take a migration from a `precopy send` over TCP, or restore a stream file, and
     /// verify the memory digest.
     Recv(recv::Args),
+    /// Make a CA and a source and a destination certificate signed by it, for trying
+    /// TLS out (`send`/`recv` --tls-cert, --tls-key, --tls-ca).
+    Certs(certs::Args),
     /// Measure precopy against a peer implementation in the same run.
     Bench {
         #[command(subcommand)]
@@ -60,6 +65,7 @@ fn main() -> ExitCode {
         },
         Command::Send(args) => send::run(&args),
         Command::Recv(args) => recv::run(&args),
+        Command::Certs(args) => certs::run(&args),
         Command::Bench { suite } => match suite {
             BenchSuite::Bitmap(args) => bench_bitmap::run(&args),
             BenchSuite::Codec(args) => bench_codec::run(&args),

@@ -668,19 +668,30 @@ pub fn run_loopback(
     listener: std::net::TcpListener,
     writers: usize,
     json: bool,
+    tls: Option<crate::tls_args::TlsPair>,
 ) -> Result<(SourceReport, Result<VecMemory, String>), String> {
-    use precopy::runtime::{receive_streams, Limits, SourceLink};
+    use precopy::runtime::{listen_streams, receive_into_fresh, Limits, ListenOptions};
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let limits = Limits {
         max_memory: source.layout.total_bytes(),
         expect: Some(source.layout),
     };
+    let (server, client) = match tls {
+        Some((server, client)) => (
+            Some(precopy::runtime::tls::server_wrap(server)),
+            Some(client),
+        ),
+        None => (None, None),
+    };
+    let options = ListenOptions {
+        wrap: server,
+        ..ListenOptions::new(Duration::from_secs(30))
+    };
     let destination = std::thread::spawn(move || -> Result<VecMemory, String> {
-        let (stream, peer) = listener
-            .accept()
+        let incoming = listen_streams(&listener, None, &limits, &options, &mut |_, _| {})
             .map_err(|e| format!("accepting the source: {e}"))?;
-        let peer = peer.to_string();
-        receive_streams(&listener, stream, &peer, &limits, Duration::from_secs(30))
+        let peer = incoming.peer().to_string();
+        receive_into_fresh(incoming)
             .map(|r| r.memory)
             .map_err(|e| format!("receiving from {peer}: {e}"))
     });
@@ -689,7 +700,12 @@ pub fn run_loopback(
         let stream =
             std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        links.push(SourceLink::new(stream, addr.to_string()));
+        links.push(crate::tls_args::source_link(
+            stream,
+            client.as_ref(),
+            "127.0.0.1",
+            addr.to_string(),
+        )?);
     }
     let report = run_source(source, writers, json, links, |l| l.finish());
     let dest_result = destination

@@ -19,6 +19,18 @@ use precopy::wire::{StreamHeader, WireError, WireErrorKind};
 
 use crate::migrate::{json_string, parse_size};
 use crate::options;
+use crate::tls_args::TlsArgs;
+
+/// Raises the listen backlog from std's 128, so that all 255 streams of a migration
+/// can be queued at once however slowly this process gets to accept them.
+fn raise_backlog(listener: &TcpListener) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: listen on a socket this process owns and already listens on only
+    // changes its backlog; a failure leaves the old one, which still works.
+    unsafe {
+        libc::listen(listener.as_raw_fd(), 1024);
+    }
+}
 use crate::send::hex;
 
 /// Options of `precopy recv`.
@@ -56,6 +68,12 @@ pub struct Args {
     /// until then.
     #[arg(long, default_value = "3600", value_parser = options::parse_secs)]
     deadline: u64,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// Listen beyond loopback without TLS: anyone who can reach the port can send a
+    /// guest, and the guest's memory crosses the network in the clear.
+    #[arg(long)]
+    insecure: bool,
     /// Print JSON lines.
     #[arg(long)]
     json: bool,
@@ -88,10 +106,21 @@ pub fn run(args: &Args) -> Result<(), String> {
         };
     let limits = Limits { max_memory, expect };
     let (from, result) = if let Some(addr) = &args.listen {
+        // Certificates are read before anything listens.
+        let wrap = args.tls.server()?;
         let listener = TcpListener::bind(addr).map_err(|e| format!("listen {addr}: {e}"))?;
         let local = listener
             .local_addr()
             .map_err(|e| format!("listen {addr}: {e}"))?;
+        if wrap.is_none() && !args.insecure && !local.ip().is_loopback() {
+            return Err(format!(
+                "--listen {addr}: listening beyond loopback without TLS would take a guest \
+                 from anyone who can reach the port, its memory in the clear; give \
+                 --tls-cert, --tls-key and --tls-ca (`precopy certs` makes a set to try), \
+                 or --insecure to accept that"
+            ));
+        }
+        raise_backlog(&listener);
         if args.json {
             println!("{{\"kind\":\"listening\",\"addr\":\"{local}\"}}");
         } else {
@@ -103,7 +132,7 @@ pub fn run(args: &Args) -> Result<(), String> {
             idle_timeout: Duration::from_secs(args.timeout),
             deadline: Some(started + Duration::from_secs(args.deadline)),
             keep_listening: true,
-            wrap: None,
+            wrap,
         };
         let mut refusals = 0u64;
         let mut last_refusal = String::new();

@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::ArgGroup;
-use precopy::runtime::{receive, FileSink, Limits, SourceLink};
+use precopy::runtime::{receive, FileSink, Limits};
 
 use crate::migrate::{self, MigrationArgs, Source};
 use crate::signals::TempFile;
+use crate::tls_args::{self, TlsArgs};
 
 /// Options of `precopy send`.
 #[derive(clap::Args, Debug)]
@@ -33,6 +34,12 @@ pub struct Args {
     /// a device, which cannot be read back).
     #[arg(long)]
     no_verify: bool,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// With TLS: the name the destination's certificate must carry. Default: the
+    /// host part of --connect.
+    #[arg(long, value_name = "NAME", requires = "tls_cert")]
+    tls_name: Option<String>,
     #[command(flatten)]
     migration: MigrationArgs,
 }
@@ -77,6 +84,11 @@ pub fn run(args: &Args) -> Result<(), String> {
     let timeout = Duration::from_secs(args.timeout.max(1));
     let extra = format!(",\"session\":\"{}\"", hex(&session));
     if let Some(addr) = &args.connect {
+        let client = args.tls.client()?;
+        let name = args
+            .tls_name
+            .clone()
+            .unwrap_or_else(|| tls_args::host_of(addr).to_string());
         let mut links = Vec::with_capacity(usize::from(source.streams));
         let mut peer = addr.clone();
         for _ in 0..source.streams {
@@ -86,9 +98,18 @@ pub fn run(args: &Args) -> Result<(), String> {
             stream.set_read_timeout(Some(timeout)).map_err(setup)?;
             stream.set_write_timeout(Some(timeout)).map_err(setup)?;
             peer = stream.peer_addr().map_or(addr.clone(), |a| a.to_string());
-            links.push(SourceLink::new(stream, format!("the destination {peer}")));
+            let what = format!("the destination {peer}");
+            links.push(tls_args::source_link(stream, client.as_ref(), &name, what)?);
         }
-        let how = format!("TCP to {peer}, {} stream(s)", source.streams);
+        let how = format!(
+            "{} to {peer}, {} stream(s)",
+            if client.is_some() {
+                "TLS 1.3 (mutual authentication)"
+            } else {
+                "plain TCP"
+            },
+            source.streams
+        );
         print_intro(m, &source, &how);
         let mut report = migrate::run_source(&mut source, m.writers, m.json, links, |l| l.finish());
         if report.error.is_none() {
