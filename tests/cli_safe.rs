@@ -528,3 +528,95 @@ fn downtime_over_the_limit_is_reported_and_strict_fails() {
         assert_fails_with(status, &err, "--strict-downtime");
     }
 }
+
+/// Issue 16, 6: all 255 streams connect before any header is read, and migrate.
+#[test]
+fn all_255_streams_migrate() {
+    let (recv, addr) = listening_recv(&[]);
+    let (status, _, err) = send(&["--connect", &addr, "--streams", "255"]);
+    assert!(status.success(), "send: {err}");
+    let (status, out, err) = recv.finish();
+    assert!(status.success(), "recv: {err}");
+    let summary = out
+        .iter()
+        .find(|l| l.contains("\"kind\":\"summary\""))
+        .unwrap();
+    assert!(summary.contains("\"streams\":255"), "{summary}");
+}
+
+/// The `sh` block of README.md's "## Two processes" section.
+fn readme_commands() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("## Two processes")
+        .nth(1)
+        .expect("the section");
+    let block = section.split("```sh\n").nth(1).expect("an sh block");
+    let block = block.split("```").next().unwrap();
+    block
+        .lines()
+        .map(str::to_string)
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// Issue 16, 9: the README's two-process example runs as written (the destination
+/// host and port replaced by the test's): certificates, recv, send, both verified.
+#[test]
+fn the_readme_two_process_example_runs_as_written() {
+    let commands = readme_commands();
+    assert_eq!(commands.len(), 3, "{commands:?}");
+    let dir = scratch("readme");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let words = |line: &str| -> Vec<String> {
+        line.split_whitespace()
+            .skip(1) // "precopy"
+            .map(|w| {
+                w.replace("dest-host:7000", &format!("localhost:{port}"))
+                    .replace("0.0.0.0:7000", &format!("0.0.0.0:{port}"))
+                    .replace("dest-host", "localhost")
+            })
+            .collect()
+    };
+    let spawn = |line: &str| {
+        let args = words(line);
+        assert!(line.starts_with("precopy "), "{line}");
+        Command::new(BIN)
+            .args(&args)
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let certs = spawn(&commands[0]).wait_with_output().unwrap();
+    assert!(
+        certs.status.success(),
+        "{}",
+        String::from_utf8_lossy(&certs.stderr)
+    );
+    let mut recv = spawn(&commands[1]);
+    let mut first = String::new();
+    BufReader::new(recv.stdout.as_mut().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("listening"), "{first}");
+    let send = spawn(&commands[2]).wait_with_output().unwrap();
+    let send_err = String::from_utf8_lossy(&send.stderr);
+    assert!(send.status.success(), "send: {send_err}");
+    assert!(String::from_utf8_lossy(&send.stdout).contains("verified: yes"));
+    let recv = recv.wait_with_output().unwrap();
+    assert!(
+        recv.status.success(),
+        "recv: {}",
+        String::from_utf8_lossy(&recv.stderr)
+    );
+    assert!(String::from_utf8_lossy(&recv.stdout).contains("verified: yes"));
+    std::fs::remove_dir_all(dir).unwrap();
+}

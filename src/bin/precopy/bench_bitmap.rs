@@ -53,6 +53,7 @@ pub fn run(args: &Args) -> Result<(), String> {
     let layout = GuestLayout::flat(PAGE, bytes).map_err(|e| e.to_string())?;
     let pages = layout.total_pages();
     let ours = Ours::new(layout);
+    // Invariant: PAGE is the constant 4096.
     let page_size = NonZeroUsize::new(PAGE as usize).expect("non-zero");
     let peer = AtomicBitmap::new(bytes as usize, page_size);
     let reps = args.reps;
