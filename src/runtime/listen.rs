@@ -271,6 +271,7 @@ pub fn listen_streams(
             let (mut conn, header, header_bytes) = match opened {
                 Ok(o) => o,
                 Err(e) => {
+                    log::warn!("refused {peer}: {e}");
                     refused(&peer, &e);
                     if !options.keep_listening && gathering.is_none() {
                         return Err(e);

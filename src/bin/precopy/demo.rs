@@ -33,7 +33,7 @@ pub fn run(args: &Args) -> Result<bool, String> {
     migrate::print_table_header(args.json);
     let (report, dest_result) =
         migrate::run_loopback(&mut source, listener, args.writers, args.json, None)?;
-    report.print(args.json, "");
+    report.print(args.json, None);
     if let Some(e) = &report.error {
         return Err(e.clone());
     }

@@ -9,6 +9,7 @@ mod bench_codec;
 mod bench_pipeline;
 mod certs;
 mod demo;
+mod json;
 mod migrate;
 mod options;
 mod recv;

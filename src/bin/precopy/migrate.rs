@@ -15,7 +15,7 @@ use precopy::runtime::{
 use precopy::schedule::{OnLimit, Policy};
 use precopy::workload::{SyntheticGuest, Workload, WorkloadError};
 
-use crate::options;
+use crate::{json, options};
 
 /// The options of a migration's source (`precopy demo`, `precopy send`).
 #[derive(clap::Args, Debug)]
@@ -423,48 +423,42 @@ impl SourceReport {
         format!("verification: {inside}; {after}")
     }
 
-    /// Prints the summary line (text or JSON); `extra` is added to the JSON object
-    /// (`,"key":value...`).
-    pub fn print(&self, json: bool, extra: &str) {
+    /// Prints the summary line (text or JSON, which names `session` if given).
+    pub fn print(&self, json: bool, session: Option<&str>) {
         let ms = |ns: u64| format!("{:.1}", ns as f64 / 1e6);
         let ratio = self.wire_bytes as f64 / self.memory_bytes.max(1) as f64;
         let predicted = (self.predicted_ns != u64::MAX).then_some(self.predicted_ns);
         if json {
-            let mut line = format!(
-                "{{\"kind\":\"summary\",\"verified\":{},\"rounds\":{},\"total_ms\":{},\"downtime_ms\":{},\"downtime_limit_ms\":{},\"downtime_over_limit\":{},\"predicted_downtime_ms\":{},\"verify\":\"{}\",\"verify_in_downtime_ms\":{},\"verify_after_ms\":{},\"source_check\":\"{}\",\"wire_bytes\":{},\"memory_bytes\":{},\"wire_over_memory\":{ratio:.3},\"guest_writes\":{}",
-                self.verified(),
-                self.rounds,
-                ms(self.total_ns),
-                self.downtime_ns.map_or("null".to_string(), ms),
-                ms(self.downtime_limit_ns),
-                self.downtime_over_limit(),
-                predicted.map_or("null".to_string(), ms),
-                self.verify.name(),
-                self.verify_in_downtime_ns.map_or("null".to_string(), ms),
-                self.verify_after_ns.map_or("null".to_string(), ms),
-                self.check_name(),
-                self.wire_bytes,
-                self.memory_bytes,
-                self.writes
-            );
-            if let SourceCheck::Mismatch {
-                differing, first, ..
-            } = &self.source_check
-            {
-                line += &format!(
-                    ",\"differing_pages\":{differing},\"first_differing_pages\":{first:?}"
-                );
-            }
-            if let Some(d) = self.digest {
-                line += &format!(",\"digest\":\"{d:#034x}\"");
-            }
-            if let Some(e) = &self.error {
-                line += &format!(",\"error\":{}", json_string(e));
-            }
-            if let Some(w) = self.writes_after_failure {
-                line += &format!(",\"writes_after_failure\":{w}");
-            }
-            println!("{line}{extra}}}");
+            let (differing_pages, first_differing_pages) = match &self.source_check {
+                SourceCheck::Mismatch {
+                    differing, first, ..
+                } => (Some(*differing), Some(first.clone())),
+                _ => (None, None),
+            };
+            json::line(&json::SourceSummary {
+                kind: "summary",
+                verified: self.verified(),
+                rounds: self.rounds,
+                total_ms: json::ms(self.total_ns),
+                downtime_ms: self.downtime_ns.map(json::ms),
+                downtime_limit_ms: json::ms(self.downtime_limit_ns),
+                downtime_over_limit: self.downtime_over_limit(),
+                predicted_downtime_ms: predicted.map(json::ms),
+                verify: self.verify.name(),
+                verify_in_downtime_ms: self.verify_in_downtime_ns.map(json::ms),
+                verify_after_ms: self.verify_after_ns.map(json::ms),
+                source_check: self.check_name(),
+                wire_bytes: self.wire_bytes,
+                memory_bytes: self.memory_bytes,
+                wire_over_memory: (ratio * 1000.0).round() / 1000.0,
+                guest_writes: self.writes,
+                differing_pages,
+                first_differing_pages,
+                digest: self.digest.map(|d| format!("{d:#034x}")),
+                error: self.error.clone(),
+                writes_after_failure: self.writes_after_failure,
+                session: session.map(str::to_string),
+            });
         } else {
             println!(
                 "total {:.2} s, downtime {} (predicted {}), {:.1} MB on the wire = {ratio:.2} x memory, {} guest writes, verified: {}",
@@ -488,22 +482,6 @@ impl SourceReport {
             }
         }
     }
-}
-
-/// `s` as a JSON string literal.
-pub fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// The terminal (and the lost-write test hook), as the multi-stream runtime's
@@ -717,10 +695,17 @@ pub fn run_loopback(
 fn print_final(round: &StreamsFinal, json: bool) {
     let c = |e| round.codecs.get(e).pages;
     if json {
-        println!(
-            "{{\"kind\":\"round\",\"round\":{},\"final\":true,\"pages\":{},\"zero\":{},\"delta\":{},\"lz4\":{},\"raw\":{},\"wire_bytes\":{}}}",
-            round.round, round.pages_sent, c(Encoding::Zero), c(Encoding::Delta), c(Encoding::Lz4), c(Encoding::Raw), round.wire_bytes
-        );
+        json::line(&json::FinalRound {
+            kind: "round",
+            round: round.round,
+            r#final: true,
+            pages: round.pages_sent,
+            zero: c(Encoding::Zero),
+            delta: c(Encoding::Delta),
+            lz4: c(Encoding::Lz4),
+            raw: c(Encoding::Raw),
+            wire_bytes: round.wire_bytes,
+        });
     } else {
         let dash = || "-".to_string();
         let row = (format!("{}*", round.round), round.pages_sent);
@@ -759,14 +744,25 @@ fn print_round(r: &StreamsRound, json: bool) {
         .then(|| format!("{:.1}", s.predicted_downtime_ns as f64 / 1e6));
     if json {
         let c = |e| r.codecs.get(e).pages;
-        println!(
-            "{{\"kind\":\"round\",\"round\":{},\"dirty_pages\":{},\"pages\":{},\"zero\":{},\"delta\":{},\"lz4\":{},\"raw\":{},\"deferred\":{},\"wire_bytes\":{},\"duration_ms\":{:.2},\"bandwidth_bytes_per_sec\":{:.0},\"dirty_pages_per_sec\":{:.0},\"predicted_downtime_ms\":{},\"throttle_percent\":{},\"lz4_streams\":{}}}",
-            s.round, s.dirty_pages, s.pages_sent, c(Encoding::Zero), c(Encoding::Delta), c(Encoding::Lz4), c(Encoding::Raw),
-            r.deferred_pages, s.wire_bytes, s.duration_ns as f64 / 1e6, s.bandwidth_bytes_per_sec, s.dirty_pages_per_sec,
-            predicted.unwrap_or_else(|| "null".to_string()),
-            s.throttle_percent,
-            r.lz4_streams
-        );
+        json::line(&json::Round {
+            kind: "round",
+            round: s.round,
+            dirty_pages: s.dirty_pages,
+            pages: s.pages_sent,
+            zero: c(Encoding::Zero),
+            delta: c(Encoding::Delta),
+            lz4: c(Encoding::Lz4),
+            raw: c(Encoding::Raw),
+            deferred: r.deferred_pages,
+            wire_bytes: s.wire_bytes,
+            duration_ms: (s.duration_ns as f64 / 1e4).round() / 100.0,
+            bandwidth_bytes_per_sec: s.bandwidth_bytes_per_sec.round(),
+            dirty_pages_per_sec: s.dirty_pages_per_sec.round(),
+            predicted_downtime_ms: (s.predicted_downtime_ns != u64::MAX)
+                .then(|| json::ms(s.predicted_downtime_ns)),
+            throttle_percent: s.throttle_percent,
+            lz4_streams: r.lz4_streams,
+        });
     } else {
         print_row(
             (s.round.to_string(), s.dirty_pages),

@@ -17,7 +17,8 @@ use precopy::runtime::{
 };
 use precopy::wire::{StreamHeader, WireError, WireErrorKind};
 
-use crate::migrate::{json_string, parse_size};
+use crate::json;
+use crate::migrate::parse_size;
 use crate::options;
 use crate::tls_args::TlsArgs;
 
@@ -122,7 +123,10 @@ pub fn run(args: &Args) -> Result<(), String> {
         }
         raise_backlog(&listener);
         if args.json {
-            println!("{{\"kind\":\"listening\",\"addr\":\"{local}\"}}");
+            json::line(&json::Listening {
+                kind: "listening",
+                addr: &local.to_string(),
+            });
         } else {
             println!("precopy recv: listening on {local}");
         }
@@ -143,11 +147,11 @@ pub fn run(args: &Args) -> Result<(), String> {
             // Reported as it happens (stderr keeps the one line of a failure); the
             // destination listens on.
             if json {
-                println!(
-                    "{{\"kind\":\"refused\",\"peer\":{},\"error\":{}}}",
-                    json_string(peer),
-                    json_string(&e.to_string())
-                );
+                json::line(&json::Refused {
+                    kind: "refused",
+                    peer,
+                    error: &e.to_string(),
+                });
             } else {
                 println!("precopy recv: refused {peer}: {e}");
             }
@@ -197,10 +201,11 @@ pub fn run(args: &Args) -> Result<(), String> {
         Err(e) => {
             let e = format!("{from}: {e}");
             if args.json {
-                println!(
-                    "{{\"kind\":\"summary\",\"verified\":false,\"error\":{}}}",
-                    json_string(&e)
-                );
+                json::line(&json::Failed {
+                    kind: "summary",
+                    verified: false,
+                    error: &e,
+                });
             }
             Err(e)
         }
@@ -238,20 +243,21 @@ fn print_summary(r: &Summary, from: &str, json: bool) {
     let s = r.stats;
     let layout = r.header.layout;
     if json {
-        println!(
-            "{{\"kind\":\"summary\",\"verified\":true,\"session\":\"{}\",\"streams\":{},\"memory_bytes\":{},\"page_size\":{},\"rounds\":{},\"zero\":{},\"raw\":{},\"lz4\":{},\"delta\":{},\"stream_bytes\":{},\"digest\":\"{:#034x}\"}}",
-            hex(&r.header.session_id),
-            r.header.stream.count(),
-            layout.total_bytes(),
-            layout.page_size(),
-            s.rounds,
-            s.zero_pages,
-            s.raw_pages,
-            s.lz4_pages,
-            s.delta_pages,
-            r.stream_bytes,
-            r.digest
-        );
+        json::line(&json::RecvSummary {
+            kind: "summary",
+            verified: true,
+            session: hex(&r.header.session_id),
+            streams: r.header.stream.count(),
+            memory_bytes: layout.total_bytes(),
+            page_size: layout.page_size(),
+            rounds: s.rounds,
+            zero: s.zero_pages,
+            raw: s.raw_pages,
+            lz4: s.lz4_pages,
+            delta: s.delta_pages,
+            stream_bytes: r.stream_bytes,
+            digest: format!("{:#034x}", r.digest),
+        });
     } else {
         println!(
             "received session {} from {from} over {} stream(s): {} guest in {} rounds ({} zero, {} raw, {} lz4, {} delta pages), {:.1} MB of stream, digest {:#034x}, verified: yes",

@@ -82,7 +82,8 @@ pub fn run(args: &Args) -> Result<(), String> {
     let session = session_id();
     let mut source = m.source(session)?;
     let timeout = Duration::from_secs(args.timeout.max(1));
-    let extra = format!(",\"session\":\"{}\"", hex(&session));
+    let session_hex = hex(&session);
+    let session_json = Some(session_hex.as_str());
     if let Some(addr) = &args.connect {
         let client = args.tls.client()?;
         let name = args
@@ -115,7 +116,7 @@ pub fn run(args: &Args) -> Result<(), String> {
         if report.error.is_none() {
             report.error = dump_source(m, &source).err();
         }
-        report.print(m.json, &extra);
+        report.print(m.json, session_json);
         return match report.error {
             Some(e) => Err(e),
             None => report.check_downtime(m.strict_downtime),
@@ -161,7 +162,7 @@ pub fn run(args: &Args) -> Result<(), String> {
     if let (None, Some(temp)) = (&report.error, temp) {
         report.error = temp.persist().err();
     }
-    report.print(m.json, &extra);
+    report.print(m.json, session_json);
     match report.error {
         // The temporary file was removed (dropped); the target is untouched.
         Some(e) if !special => Err(format!("{e} ({} left as it was)", path.display())),
