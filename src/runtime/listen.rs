@@ -40,7 +40,13 @@ pub(crate) struct Timed {
     pub(crate) tcp: TcpStream,
     pub(crate) idle: Duration,
     pub(crate) deadline: Option<Instant>,
+    /// The read and write timeouts last set on `tcp` (a system call each: set only
+    /// when the limit moved by more than [`SLACK`]).
+    set: [Option<Duration>; 2],
 }
+
+/// How far a socket timeout may lag the limit before it is set again.
+const SLACK: Duration = Duration::from_millis(100);
 
 impl Timed {
     /// The time a read or write may take now.
@@ -66,18 +72,50 @@ impl Timed {
     }
 }
 
+impl Timed {
+    /// A connection bounded by `idle` and `deadline`.
+    pub(crate) fn new(
+        io: Box<dyn ConnIo>,
+        tcp: TcpStream,
+        idle: Duration,
+        deadline: Option<Instant>,
+    ) -> Self {
+        Timed {
+            io,
+            tcp,
+            idle,
+            deadline,
+            set: [None, None],
+        }
+    }
+
+    /// Sets the read (0) or write (1) timeout to the current limit if the one set
+    /// is off by more than [`SLACK`].
+    fn bound(&mut self, which: usize) -> io::Result<()> {
+        let limit = self.limit()?;
+        let stale = self.set[which].is_none_or(|set| set.abs_diff(limit) > SLACK);
+        if stale {
+            if which == 0 {
+                self.tcp.set_read_timeout(Some(limit))?;
+            } else {
+                self.tcp.set_write_timeout(Some(limit))?;
+            }
+            self.set[which] = Some(limit);
+        }
+        Ok(())
+    }
+}
+
 impl Read for Timed {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let limit = self.limit()?;
-        self.tcp.set_read_timeout(Some(limit))?;
+        self.bound(0)?;
         self.io.read(buf)
     }
 }
 
 impl Write for Timed {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let limit = self.limit()?;
-        self.tcp.set_write_timeout(Some(limit))?;
+        self.bound(1)?;
         self.io.write(buf)
     }
 
@@ -154,16 +192,10 @@ fn open(
         None => Box::new(conn),
     };
     let header_deadline = Instant::now() + options.header_timeout;
-    let mut timed = Timed {
-        io,
-        tcp,
-        idle: options.header_timeout,
-        deadline: Some(
-            options
-                .deadline
-                .map_or(header_deadline, |d| d.min(header_deadline)),
-        ),
-    };
+    let deadline = options
+        .deadline
+        .map_or(header_deadline, |d| d.min(header_deadline));
+    let mut timed = Timed::new(io, tcp, options.header_timeout, Some(deadline));
     match read_header(&mut timed) {
         Ok((header, bytes)) => {
             timed.idle = options.idle_timeout;
