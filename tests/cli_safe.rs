@@ -620,3 +620,27 @@ fn the_readme_two_process_example_runs_as_written() {
     assert!(String::from_utf8_lossy(&recv.stdout).contains("verified: yes"));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Issue 16, build 3: the stream goes to standard output only with --no-verify, and
+/// then the table and JSON go to stderr, so the bytes on stdout restore.
+#[test]
+fn the_stream_goes_to_stdout_with_the_report_on_stderr() {
+    let (status, _, err) = send(&["--output", "-"]);
+    assert_fails_with(status, &err, "add --no-verify");
+    let mut args = vec!["send", "--output", "-", "--no-verify", "--json"];
+    args.extend(GUEST);
+    let out = Command::new(BIN).args(&args).output().unwrap();
+    let report = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{report}");
+    assert!(out.stdout.starts_with(b"PRECOPY\0"), "the stream on stdout");
+    assert!(
+        report.contains("\"kind\":\"summary\",\"verified\":true"),
+        "{report}"
+    );
+    let dir = scratch("stdout");
+    let path = dir.join("from-stdout.precopy");
+    std::fs::write(&path, &out.stdout).unwrap();
+    let (status, _, err) = run(&["recv", "--input", path.to_str().unwrap()]);
+    assert!(status.success(), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -786,9 +786,11 @@ fn progress_bar(json: bool) -> Option<indicatif::ProgressBar> {
         return None;
     }
     let bar = indicatif::ProgressBar::new(1);
-    let style = indicatif::ProgressStyle::with_template("{msg:>14} [{bar:40}] {pos}/{len} pages, {elapsed} so far, about {eta} left")
-        .ok()?
-        .progress_chars("=> ");
+    let style = indicatif::ProgressStyle::with_template(
+        "{msg:>14} [{bar:40}] {pos}/{len} pages, {elapsed} so far, about {eta} left",
+    )
+    .ok()?
+    .progress_chars("=> ");
     bar.set_style(style);
     Some(bar)
 }

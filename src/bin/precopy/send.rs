@@ -79,6 +79,11 @@ fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, String> {
 /// file: when it was written, synced and, unless --no-verify, read back and verified).
 pub fn run(args: &Args) -> Result<(), String> {
     let m = &args.migration;
+    // Where the stream goes is checked before the guest is built and calibrated.
+    let output = match &args.output {
+        Some(path) => Some(output_kind(args, path)?),
+        None => None,
+    };
     let session = session_id();
     let mut source = m.source(session)?;
     let timeout = Duration::from_secs(args.timeout.max(1));
@@ -122,25 +127,11 @@ pub fn run(args: &Args) -> Result<(), String> {
             None => report.check_downtime(m.strict_downtime),
         };
     }
-    let Some(path) = &args.output else {
+    let (Some(path), Some(output)) = (&args.output, output) else {
         return Err("give --connect ADDR or --output FILE".to_string());
     };
-    if let Some(n @ 2..) = m.streams {
-        return Err(format!(
-            "--streams {n} with --output: a stream file holds one stream (leave --streams out)"
-        ));
-    }
     source.streams = 1;
-    // A FIFO or a device cannot be read back, nor renamed over: only --no-verify
-    // writes to one (in place).
-    let special = std::fs::metadata(path).is_ok_and(|md| !md.is_file());
-    if special && !args.no_verify {
-        return Err(format!(
-            "--output {}: not a regular file (a FIFO or a device), so the stream cannot be \
-             read back to verify it; add --no-verify to write it there unverified",
-            path.display()
-        ));
-    }
+    let special = output != OutputKind::Regular;
     // Regular files: a temporary file beside the target, renamed over it once verified.
     let temp = if special {
         None
@@ -148,7 +139,11 @@ pub fn run(args: &Args) -> Result<(), String> {
         Some(TempFile::new(path)?)
     };
     let written = temp.as_ref().map_or(path.as_path(), |t| t.path());
-    let sink = FileSink::create(written).map_err(|e| e.to_string())?;
+    let sink = if output == OutputKind::Stdout {
+        stdout_sink()?
+    } else {
+        FileSink::create(written).map_err(|e| e.to_string())?
+    };
     print_intro(m, &source, &format!("file {}", path.display()));
     let mut report = migrate::run_source(&mut source, m.writers, m.json, vec![sink], |s| {
         s.finish().map(drop)
@@ -169,6 +164,85 @@ pub fn run(args: &Args) -> Result<(), String> {
         Some(e) => Err(e),
         None => report.check_downtime(m.strict_downtime),
     }
+}
+
+/// Where `--output` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OutputKind {
+    /// A regular file (or none yet): through a temporary file, verified.
+    Regular,
+    /// A FIFO or a device, with --no-verify: written in place.
+    Special,
+    /// Standard output (`-`, or a path to the same file), with --no-verify: the
+    /// table and JSON go to stderr instead.
+    Stdout,
+}
+
+/// Checks `--output` against --no-verify and --streams.
+fn output_kind(args: &Args, path: &Path) -> Result<OutputKind, String> {
+    if let Some(n @ 2..) = args.migration.streams {
+        return Err(format!(
+            "--streams {n} with --output: a stream file holds one stream (leave --streams out)"
+        ));
+    }
+    if path.as_os_str() == "-" || same_file_as_stdout(path) {
+        if !args.no_verify {
+            return Err(format!(
+                "--output {}: standard output cannot be read back to verify the stream; add \
+                 --no-verify to write it there (the table and JSON then go to stderr)",
+                path.display()
+            ));
+        }
+        return Ok(OutputKind::Stdout);
+    }
+    // A FIFO or a device cannot be read back, nor renamed over: only --no-verify
+    // writes to one (in place).
+    if std::fs::metadata(path).is_ok_and(|md| !md.is_file()) {
+        if !args.no_verify {
+            return Err(format!(
+                "--output {}: not a regular file (a FIFO or a device), so the stream cannot \
+                 be read back to verify it; add --no-verify to write it there unverified",
+                path.display()
+            ));
+        }
+        return Ok(OutputKind::Special);
+    }
+    Ok(OutputKind::Regular)
+}
+
+/// Whether `path` is the file standard output is.
+fn same_file_as_stdout(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(md) = std::fs::metadata(path) else {
+        return false;
+    };
+    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: fstat writes a `stat` into the pointer it is given, which points to a
+    // properly sized and aligned, zeroed (valid) `stat`.
+    let st = unsafe {
+        if libc::fstat(1, st.as_mut_ptr()) != 0 {
+            return false;
+        }
+        st.assume_init()
+    };
+    md.dev() == st.st_dev && md.ino() == st.st_ino
+}
+
+/// The stream to standard output: a new descriptor for it, and standard output
+/// pointed at stderr so the table and JSON stay out of the stream.
+fn stdout_sink() -> Result<FileSink, String> {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    let _ = std::io::stdout().flush();
+    // SAFETY: dup returns a new descriptor this function owns (or -1); dup2 only
+    // repoints descriptor 1, which Rust's stdout writes to, at stderr's file.
+    let fd = unsafe { libc::dup(1) };
+    if fd < 0 || unsafe { libc::dup2(2, 1) } < 0 {
+        return Err(format!("--output -: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` is the new descriptor dup returned, owned by nothing else.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    Ok(FileSink::from_file(file, Path::new("standard output")))
 }
 
 /// `--dump-memory`: the source guest's memory as migrated, once the migration
