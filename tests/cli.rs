@@ -466,6 +466,8 @@ fn corrupted_stream_file_is_refused_at_a_named_frame() {
             err.contains("checksum mismatch") || err.contains("byte"),
             "{err}"
         );
+        // A file is not "in transit" (issue 16, 11).
+        assert!(!err.contains("in transit"), "{err}");
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
