@@ -73,8 +73,8 @@ impl fmt::Display for MemoryError {
             }
             MemoryError::TooLarge { page_size, pages } => write!(
                 f,
-                "guest memory of {pages} pages of {page_size} bytes does not fit this \
-                 machine's address space"
+                "guest memory of {pages} pages of {page_size} bytes cannot be allocated \
+                 on this machine (more than its memory or address space allows)"
             ),
             MemoryError::Inaccessible { page, addr } => write!(
                 f,
@@ -294,6 +294,22 @@ impl VecMemory {
         }
     }
 
+    /// Zeroed memory of `pages` pages of `page_size` bytes, or `TooLarge` when this
+    /// machine will not give that much (never an abort): what a destination sizes
+    /// from a stream's header uses.
+    pub fn try_new(page_size: usize, pages: u64) -> Result<Self, MemoryError> {
+        if !page_size.is_power_of_two() {
+            return Err(MemoryError::BadPageSize { page_size });
+        }
+        let len = usize::try_from(pages)
+            .ok()
+            .and_then(|p| p.checked_mul(page_size));
+        let bytes = len
+            .and_then(try_zeroed_vec::<u8>)
+            .ok_or(MemoryError::TooLarge { page_size, pages })?;
+        Ok(VecMemory { page_size, bytes })
+    }
+
     /// All of memory as bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes
@@ -444,6 +460,35 @@ impl AtomicMemory {
             w.store(u64::from_le_bytes(b), core::sync::atomic::Ordering::Relaxed);
         }
         Ok(())
+    }
+}
+
+/// Integers, for which all-zero bytes are a valid value.
+#[cfg(feature = "alloc")]
+pub(crate) trait ZeroIsValid: Copy {}
+#[cfg(feature = "alloc")]
+impl ZeroIsValid for u8 {}
+#[cfg(feature = "alloc")]
+impl ZeroIsValid for u64 {}
+
+/// `len` zeroes from a zeroed allocation (untouched pages stay unbacked), or `None`
+/// when the allocator refuses: a size read from a peer must never abort the process.
+#[cfg(feature = "alloc")]
+pub(crate) fn try_zeroed_vec<T: ZeroIsValid>(len: usize) -> Option<alloc::vec::Vec<T>> {
+    if len == 0 {
+        return Some(alloc::vec::Vec::new());
+    }
+    let layout = core::alloc::Layout::array::<T>(len).ok()?;
+    // SAFETY: `layout` has a non-zero size (len > 0 and T is an integer). The
+    // allocation is zeroed, and all-zero bytes are a valid T (ZeroIsValid), so the
+    // `len` elements are initialized. The vector frees it with the same layout (the
+    // global allocator, capacity `len` of T).
+    unsafe {
+        let ptr = alloc::alloc::alloc_zeroed(layout).cast::<T>();
+        if ptr.is_null() {
+            return None;
+        }
+        Some(alloc::vec::Vec::from_raw_parts(ptr, len, len))
     }
 }
 

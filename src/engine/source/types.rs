@@ -11,6 +11,7 @@ use crate::layout::Shard;
 /// how the source's digest is made, and so what it catches and what it costs with
 /// the guest paused.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub enum Verify {
     /// The digest folds the XXH3-64 of every page as it was sent (kept per page,
     /// updated on every send): with the guest paused this costs the final round's
