@@ -12,6 +12,7 @@ mod migrate;
 mod recv;
 mod report;
 mod send;
+mod sim;
 
 /// precopy: pre-copy live migration of VM memory.
 #[derive(Parser, Debug)]
@@ -30,6 +31,9 @@ enum Command {
     /// Take a migration from a `precopy send` over TCP, or restore a stream file, and
     /// verify the memory digest.
     Recv(recv::Args),
+    /// Simulate a migration of any size on a virtual clock (the real engines, codecs
+    /// and destination over a modelled link and CPU), printed like `demo`.
+    Sim(sim::Args),
     /// Measure precopy against a peer implementation in the same run.
     Bench {
         #[command(subcommand)]
@@ -56,6 +60,11 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Send(args) => send::run(&args),
+        Command::Sim(args) => match sim::run(&args) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("the simulated migration did not verify".to_string()),
+            Err(e) => Err(e),
+        },
         Command::Recv(args) => recv::run(&args),
         Command::Bench { suite } => match suite {
             BenchSuite::Bitmap(args) => bench_bitmap::run(&args),

@@ -374,6 +374,22 @@ impl SourceReport {
         format!("verification: {inside}; {after}")
     }
 
+    /// The text summary's first line: total time, downtime, bytes, writes, verdict.
+    pub fn summary_line(&self) -> String {
+        let ms = |ns: u64| format!("{:.1}", ns as f64 / 1e6);
+        let ratio = self.wire_bytes as f64 / self.memory_bytes.max(1) as f64;
+        let predicted = (self.predicted_ns != u64::MAX).then_some(self.predicted_ns);
+        format!(
+            "total {:.2} s, downtime {} (predicted {}), {:.1} MB on the wire = {ratio:.2} x memory, {} guest writes, verified: {}",
+            self.total_ns as f64 / 1e9,
+            self.downtime_ns.map_or("-".to_string(), |d| format!("{} ms", ms(d))),
+            predicted.map_or("-".to_string(), |d| format!("{} ms", ms(d))),
+            self.wire_bytes as f64 / 1e6,
+            self.writes,
+            if self.verified() { "yes" } else { "no" }
+        )
+    }
+
     /// Prints the summary line (text or JSON); `extra` is added to the JSON object
     /// (`,"key":value...`).
     pub fn print(&self, json: bool, extra: &str) {
@@ -415,15 +431,7 @@ impl SourceReport {
             }
             println!("{line}{extra}}}");
         } else {
-            println!(
-                "total {:.2} s, downtime {} (predicted {}), {:.1} MB on the wire = {ratio:.2} x memory, {} guest writes, verified: {}",
-                self.total_ns as f64 / 1e9,
-                self.downtime_ns.map_or("-".to_string(), |d| format!("{} ms", ms(d))),
-                predicted.map_or("-".to_string(), |d| format!("{} ms", ms(d))),
-                self.wire_bytes as f64 / 1e6,
-                self.writes,
-                if self.verified() { "yes" } else { "no" }
-            );
+            println!("{}", self.summary_line());
             println!("{}", self.verification_line());
             if let Some(w) = self.writes_after_failure {
                 println!("the migration failed; the guest's writers were let go again: {w} page writes in the 200 ms after");
@@ -639,7 +647,8 @@ pub fn run_loopback(
     Ok((report, dest_result))
 }
 
-fn print_final(round: &StreamsFinal, json: bool) {
+/// Prints the final round's row (or JSON line).
+pub fn print_final(round: &StreamsFinal, json: bool) {
     let c = |e| round.codecs.get(e).pages;
     if json {
         println!(
@@ -678,7 +687,8 @@ fn print_row(
     );
 }
 
-fn print_round(r: &StreamsRound, json: bool) {
+/// Prints a live round's row (or JSON line).
+pub fn print_round(r: &StreamsRound, json: bool) {
     let s = r.outcome.stats;
     let predicted = (s.predicted_downtime_ns != u64::MAX)
         .then(|| format!("{:.1}", s.predicted_downtime_ns as f64 / 1e6));
