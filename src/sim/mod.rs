@@ -33,6 +33,7 @@ mod guest;
 mod model;
 mod pages;
 mod run;
+pub mod scenarios;
 
 pub use guest::VirtualGuest;
 pub use model::{CpuModel, LinkModel};
@@ -90,7 +91,9 @@ pub struct SimConfig {
     pub link: LinkModel,
     /// The source's CPU costs.
     pub cpu: CpuModel,
-    /// The scheduler's policy.
+    /// The scheduler's policy. The simulator adds its prediction of the downtime's
+    /// verification (both sides folding page hashes) and a round trip to
+    /// `non_memory_downtime_ns`, as `precopy demo` adds its calibrated one.
     pub policy: Policy,
     /// LZ4: auto (measured, as the runtime), on or off.
     pub compression: Compression,

@@ -92,19 +92,20 @@ pub struct CpuModel {
 }
 
 impl Default for CpuModel {
-    /// Fixed costs measured on this project's 2-core test machine (release build,
-    /// the codec benchmarks' page mix): a deterministic default for tests and
-    /// reproducible scenarios.
+    /// Fixed costs: [`calibrate`](Self::calibrate) on this project's 2-core test
+    /// machine (release build, the codec benchmarks' page mix), rounded; 8 cores (the
+    /// published migrations' hosts had 8). A deterministic default for tests and the
+    /// scenarios.
     fn default() -> Self {
         CpuModel {
             cores: 8,
-            zero_ns: 60.0,
-            delta_ns: 900.0,
-            lz4_ns: 2500.0,
+            zero_ns: 30.0,
+            delta_ns: 500.0,
+            lz4_ns: 3400.0,
             raw_ns: 120.0,
-            page_ns: 450.0,
+            page_ns: 600.0,
             walk_ns: 2.0,
-            fold_ns: 0.6,
+            fold_ns: 0.4,
             poll_ns: 3000.0,
         }
     }

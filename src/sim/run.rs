@@ -2,10 +2,10 @@
 //! decides), the real codecs and the real destination appliers, stepped on a virtual
 //! clock over the link and CPU models.
 
+use std::boxed::Box;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::format;
-use std::boxed::Box;
 use std::string::{String, ToString};
 use std::sync::Arc;
 use std::vec;
@@ -216,9 +216,15 @@ pub fn simulate(config: &SimConfig, observer: &mut dyn SimObserver) -> Result<Si
             apply_error: None,
         });
     }
+    // The downtime's verification (each side folds its streams' page hashes; the
+    // longest stream counts) is predicted, as the CLI's demo calibrates its own.
+    let longest = streams.iter().map(|s| s.pages).max().unwrap_or(0);
+    let mut policy = config.policy;
+    policy.non_memory_downtime_ns +=
+        (2.0 * config.cpu.fold_ns * longest as f64) as u64 + 2 * config.link.latency_ns;
     let coord = Coordinator::new(
         CoordinatorConfig {
-            policy: config.policy,
+            policy,
             total_pages: total,
             page_size: config.page_size,
             streams: n,
@@ -411,7 +417,8 @@ impl Sim<'_, '_> {
             s.buffers += 1;
             s.queue.push_back(Item::Bytes(bytes));
         }
-        s.queue.extend(notes.into_iter().map(|n| Item::Note(Box::new(n))));
+        s.queue
+            .extend(notes.into_iter().map(|n| Item::Note(Box::new(n))));
         if s.state == Enc::Busy {
             s.state = Enc::Idle;
             self.schedule(now, Ev::Encode(i));

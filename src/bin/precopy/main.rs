@@ -13,6 +13,9 @@ mod recv;
 mod report;
 mod send;
 mod sim;
+mod sim_plot;
+mod sim_scenarios;
+mod sim_sweep;
 
 /// precopy: pre-copy live migration of VM memory.
 #[derive(Parser, Debug)]
@@ -33,7 +36,7 @@ enum Command {
     Recv(recv::Args),
     /// Simulate a migration of any size on a virtual clock (the real engines, codecs
     /// and destination over a modelled link and CPU), printed like `demo`.
-    Sim(sim::Args),
+    Sim(sim::Command),
     /// Measure precopy against a peer implementation in the same run.
     Bench {
         #[command(subcommand)]
@@ -60,7 +63,7 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Send(args) => send::run(&args),
-        Command::Sim(args) => match sim::run(&args) {
+        Command::Sim(cmd) => match sim::main(&cmd) {
             Ok(true) => Ok(()),
             Ok(false) => Err("the simulated migration did not verify".to_string()),
             Err(e) => Err(e),

@@ -64,9 +64,52 @@ pub struct Args {
     /// Test hook: a lost write after the bulk round (the final comparison must fail).
     #[arg(long, hide = true)]
     pub inject_lost_write: bool,
+    /// Run a published migration instead (`all`: every one), our figures beside the
+    /// published: hyperv-{4,8,16,32}g-{idle,oltp}-{1,10}gbe,
+    /// vmotion-16g-{once,continuous}-{10,40}gbe. Takes --cpu; the rest is the
+    /// scenario's.
+    #[arg(long, value_name = "NAME")]
+    pub scenario: Option<String>,
+    /// Draw an SVG plot into FILE: dirty pages and bytes per round for one run;
+    /// total time, downtime and bytes against the ratio for a sweep.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<std::path::PathBuf>,
     /// Print JSON lines instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `precopy sim [sweep]`.
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Command {
+    #[command(subcommand)]
+    sub: Option<Sub>,
+    #[command(flatten)]
+    args: Args,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Sub {
+    /// Sweep the ratio of the guest's dirty rate to the link's rate: rounds, total
+    /// time, downtime, bytes and the round where throttling started, per point (the
+    /// points run in parallel).
+    Sweep(crate::sim_sweep::SweepArgs),
+}
+
+/// Runs `precopy sim` or `precopy sim sweep`: Ok(true) when every migration
+/// verified.
+pub fn main(cmd: &Command) -> Result<bool, String> {
+    match &cmd.sub {
+        Some(Sub::Sweep(args)) => crate::sim_sweep::run(args),
+        None => match &cmd.args.scenario {
+            Some(name) => {
+                let cpu = cmd.args.cpu_model(None);
+                crate::sim_scenarios::run(name, cpu, cmd.args.json)
+            }
+            None => run(&cmd.args),
+        },
+    }
 }
 
 /// Parses a size with K, M, G or T suffix.
@@ -104,15 +147,24 @@ impl Args {
             },
             ..Policy::default()
         };
-        config.cpu = CpuModel {
-            cores: self.cores.max(1),
-            ..CpuModel::default()
-        };
-        if self.cpu == "calibrate" {
-            let gen = precopy::sim::PageGen::new(workload, 4096, 4096);
-            config.cpu = CpuModel::calibrate(&gen, self.cores.max(1));
-        }
+        config.cpu = self.cpu_model(Some(workload));
         Ok(config)
+    }
+
+    /// The CPU costs `--cpu` and `--cores` ask for (calibrated on `workload`'s pages,
+    /// or the codec benchmarks' mix).
+    pub fn cpu_model(&self, workload: Option<Workload>) -> CpuModel {
+        let cores = self.cores.max(1);
+        if self.cpu == "calibrate" {
+            let w = workload.unwrap_or(Workload::Fill { rate: 0, set: 0 });
+            let gen = precopy::sim::PageGen::new(w, 4096, 4096);
+            CpuModel::calibrate(&gen, cores)
+        } else {
+            CpuModel {
+                cores,
+                ..CpuModel::default()
+            }
+        }
     }
 }
 
@@ -132,7 +184,7 @@ impl Printer {
         let bar = (bar && std::io::stderr().is_terminal()).then(|| {
             let bar = indicatif::ProgressBar::new(1);
             if let Ok(style) = indicatif::ProgressStyle::with_template(
-                "{msg:>22} [{bar:40}] {pos}/{len} pages ({elapsed})",
+                "{msg:>28} [{bar:40}] {pos}/{len} ({elapsed})",
             ) {
                 bar.set_style(style.progress_chars("=> "));
             }
@@ -177,10 +229,21 @@ impl SimObserver for Printer {
     }
 
     fn progress(&mut self, now_ns: u64, sent: u64, planned: u64) {
+        self.set_status(
+            sent,
+            planned,
+            &format!("virtual {:.1} s", now_ns as f64 / 1e9),
+        );
+    }
+}
+
+impl Printer {
+    /// Shows `pos` of `len` with `msg` on the progress bar, if there is one.
+    pub fn set_status(&self, pos: u64, len: u64, msg: &str) {
         if let Some(bar) = &self.bar {
-            bar.set_length(planned.max(1));
-            bar.set_position(sent);
-            bar.set_message(format!("virtual {:.1} s", now_ns as f64 / 1e9));
+            bar.set_length(len.max(1));
+            bar.set_position(pos);
+            bar.set_message(msg.to_string());
         }
     }
 }
@@ -252,6 +315,17 @@ pub fn print_summary(r: &SimReport, config: &SimConfig, json: bool, wall_s: f64)
             json_string(&config.workload.to_string()),
             config.link.bytes_per_sec,
             config.streams
+        ) + &format!(
+            ",\"cpu_ns\":{{\"cores\":{},\"zero\":{:.1},\"delta\":{:.1},\"lz4\":{:.1},\"raw\":{:.1},\"page\":{:.1},\"walk\":{:.1},\"fold\":{:.2},\"poll\":{:.0}}}",
+            config.cpu.cores,
+            config.cpu.zero_ns,
+            config.cpu.delta_ns,
+            config.cpu.lz4_ns,
+            config.cpu.raw_ns,
+            config.cpu.page_ns,
+            config.cpu.walk_ns,
+            config.cpu.fold_ns,
+            config.cpu.poll_ns
         );
         report.print(true, &extra);
     } else {
@@ -294,5 +368,11 @@ pub fn run(args: &Args) -> Result<bool, String> {
     printer.finish();
     let report = result.map_err(|e| e.to_string())?;
     print_summary(&report, &config, args.json, start.elapsed().as_secs_f64());
+    if let Some(path) = &args.plot {
+        crate::sim_plot::rounds(path, &report, &config)?;
+        if !args.json {
+            println!("plot: {}", path.display());
+        }
+    }
     Ok(report.verified())
 }

@@ -1,0 +1,185 @@
+//! `precopy sim --scenario NAME|all`: the published migrations, simulated, our
+//! figures beside the published ones.
+
+use std::time::Instant;
+
+use precopy::codec::Encoding;
+use precopy::sim::scenarios::{select, Scenario};
+use precopy::sim::{simulate, CpuModel, SimReport};
+use rayon::prelude::*;
+
+use crate::migrate::json_string;
+
+/// One scenario's outcome.
+pub struct Row {
+    /// The scenario.
+    pub scenario: Scenario,
+    /// The simulation's report (or why it could not run).
+    pub report: Result<SimReport, String>,
+    /// Wall time of the simulation here, seconds.
+    pub wall_s: f64,
+}
+
+impl Row {
+    /// Share of memory the bulk round sent as zero pages.
+    fn zero_share(&self, r: &SimReport) -> f64 {
+        let pages = self.scenario.memory_bytes as f64 / 4096.0;
+        r.rows
+            .first()
+            .map_or(0.0, |b| b.codecs.get(Encoding::Zero).pages as f64 / pages)
+    }
+
+    /// What to say beside the row: a win that is only zero pages, a target missed.
+    fn note(&self, r: &SimReport) -> String {
+        let p = &self.scenario.published;
+        let mut notes = Vec::new();
+        if !r.verified() {
+            notes.push(format!(
+                "NOT VERIFIED: {}",
+                r.error.as_deref().unwrap_or("destination differs")
+            ));
+        }
+        let zero = self.zero_share(r);
+        if self.scenario.peer_sent_zero_pages && zero > 0.5 {
+            notes.push(format!(
+                "won on zero pages: {:.0}% of memory is zero, which Hyper-V of 2011 sent in full",
+                zero * 100.0
+            ));
+        }
+        if r.total_ns as f64 / 1e9 >= p.total_s {
+            notes.push("slower than published".into());
+        }
+        if p.wire_bytes.is_some_and(|w| r.wire_bytes >= w) {
+            notes.push("more bytes than published".into());
+        }
+        if r.downtime_ns.is_none_or(|d| d > 300_000_000) {
+            notes.push("downtime over 300 ms".into());
+        }
+        notes.join("; ")
+    }
+
+    /// Prints the row: a table line or a JSON line.
+    pub fn print(&self, json: bool) {
+        let s = &self.scenario;
+        let p = &s.published;
+        let r = match &self.report {
+            Ok(r) => r,
+            Err(e) => {
+                if json {
+                    println!(
+                        "{{\"kind\":\"scenario\",\"scenario\":\"{}\",\"error\":{}}}",
+                        s.name,
+                        json_string(e)
+                    );
+                } else {
+                    println!("{:<30} failed to simulate: {e}", s.name);
+                }
+                return;
+            }
+        };
+        let total_s = r.total_ns as f64 / 1e9;
+        let wire_ratio = p.wire_bytes.map(|w| r.wire_bytes as f64 / w as f64);
+        let our_bps = r.wire_bytes as f64 * 8.0 / total_s.max(1e-9);
+        let downtime_ms = r.downtime_ns.map(|d| d as f64 / 1e6);
+        if json {
+            let opt = |v: Option<f64>, prec: usize| {
+                v.map_or("null".to_string(), |v| format!("{v:.prec$}"))
+            };
+            println!(
+                "{{\"kind\":\"scenario\",\"scenario\":\"{}\",\"source\":{},\"published_total_s\":{},\"total_s\":{total_s:.3},\"total_ratio\":{:.3},\"published_wire_bytes\":{},\"wire_bytes\":{},\"wire_ratio\":{},\"memory_bytes\":{},\"wire_over_memory\":{:.3},\"downtime_ms\":{},\"rounds\":{},\"throttle_round\":{},\"published_link_bits_per_sec\":{},\"link_bits_per_sec\":{our_bps:.0},\"zero_page_share\":{:.3},\"verified\":{},\"workload\":{},\"link_line_rate_bytes_per_sec\":{},\"note\":{},\"sim_wall_s\":{:.2}}}",
+                s.name,
+                json_string(p.source),
+                p.total_s,
+                total_s / p.total_s,
+                p.wire_bytes.map_or("null".to_string(), |w| w.to_string()),
+                r.wire_bytes,
+                opt(wire_ratio, 3),
+                s.memory_bytes,
+                r.wire_bytes as f64 / s.memory_bytes as f64,
+                opt(downtime_ms, 1),
+                r.rounds,
+                r.throttle_round.map_or("null".to_string(), |t| t.to_string()),
+                opt(p.link_bits_per_sec, 0),
+                self.zero_share(r),
+                r.verified(),
+                json_string(&s.workload.to_string()),
+                s.link.bytes_per_sec,
+                json_string(&self.note(r)),
+                self.wall_s
+            );
+        } else {
+            let gb = |b: u64| format!("{:.1}", b as f64 / 1e9);
+            println!(
+                "{:<30} {:>8.2} {:>8.2} {:>6.2} {:>8} {:>8} {:>6} {:>6.2} {:>9} {:>6} {:>6.1}  {}",
+                s.name,
+                p.total_s,
+                total_s,
+                total_s / p.total_s,
+                p.wire_bytes.map_or("-".to_string(), gb),
+                gb(r.wire_bytes),
+                wire_ratio.map_or("-".to_string(), |x| format!("{x:.2}")),
+                r.wire_bytes as f64 / s.memory_bytes as f64,
+                downtime_ms.map_or("-".to_string(), |d| format!("{d:.1}")),
+                r.rounds,
+                self.wall_s,
+                self.note(r)
+            );
+        }
+    }
+}
+
+/// Prints the table's header (nothing in JSON mode).
+pub fn print_header(json: bool) {
+    if !json {
+        println!(
+            "{:<30} {:>8} {:>8} {:>6} {:>8} {:>8} {:>6} {:>6} {:>9} {:>6} {:>6}  note",
+            "scenario",
+            "pub. s",
+            "ours s",
+            "ratio",
+            "pub. GB",
+            "ours GB",
+            "ratio",
+            "x mem",
+            "down. ms",
+            "rounds",
+            "wall s"
+        );
+    }
+}
+
+/// Runs the scenarios `name` selects (in parallel, rows printed in order as they
+/// finish in order) with `cpu`'s costs; Ok(true) when every row verified.
+pub fn run(name: &str, cpu: CpuModel, json: bool) -> Result<bool, String> {
+    let scenarios = select(name)?;
+    let bar = crate::sim::Printer::new(json, true, !json);
+    let n = scenarios.len();
+    if !json {
+        println!(
+            "precopy sim --scenario {name}: {n} published migration(s), simulated with our defaults (2 streams, 300 ms downtime limit, LZ4 auto, fixed CPU costs unless --cpu calibrate); GB = 1e9 bytes"
+        );
+    }
+    print_header(json);
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let rows: Vec<Row> = scenarios
+        .into_par_iter()
+        .map(|scenario| {
+            let start = Instant::now();
+            let report = simulate(&scenario.config(cpu), &mut ()).map_err(|e| e.to_string());
+            let finished = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            bar.set_status(finished as u64, n as u64, &scenario.name);
+            Row {
+                scenario,
+                report,
+                wall_s: start.elapsed().as_secs_f64(),
+            }
+        })
+        .collect();
+    bar.finish();
+    let mut all_ok = true;
+    for row in &rows {
+        row.print(json);
+        all_ok &= row.report.as_ref().is_ok_and(|r| r.verified());
+    }
+    Ok(all_ok)
+}
