@@ -109,7 +109,7 @@ mod tests {
     #[test]
     fn throttling_slows_the_virtual_writers() {
         let w: Workload = "continuous:rate=100k,set=1M".parse().unwrap();
-        let gen = Arc::new(PageGen::new(w, 1024, 4096));
+        let gen = Arc::new(PageGen::new(w, crate::sim::Content::Demo, 1024, 4096));
         let mut mem = SourceMemory::new(gen);
         let bitmap = AtomicDirtyBitmap::new(GuestLayout::flat(4096, 1024 * 4096).unwrap());
         let mut g = VirtualGuest::new(w, 1024, 4096, 2);

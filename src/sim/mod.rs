@@ -37,7 +37,7 @@ pub mod scenarios;
 
 pub use guest::VirtualGuest;
 pub use model::{CpuModel, LinkModel};
-pub use pages::{DestMemory, PageGen, SourceMemory, CORRUPT};
+pub use pages::{Content, DestMemory, PageGen, SourceMemory, CORRUPT};
 pub use run::{simulate, DestCheck, SimObserver, SimReport};
 
 /// Why a simulation could not run.
@@ -83,6 +83,8 @@ pub struct SimConfig {
     pub page_size: u64,
     /// What the guest writes.
     pub workload: Workload,
+    /// What the pages that hold data contain (the demo's by default).
+    pub content: Content,
     /// The guest's writers (vCPUs).
     pub writers: usize,
     /// Streams (connections, each with its own encoder).
@@ -119,6 +121,7 @@ impl SimConfig {
             memory_bytes,
             page_size: 4096,
             workload,
+            content: Content::Demo,
             writers: 1,
             streams: 2,
             link,

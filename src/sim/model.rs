@@ -8,6 +8,8 @@ use std::vec;
 use crate::codec::{CodecStats, EncoderConfig, Encoding, PageEncoder};
 use crate::schedule::links::link_speed;
 
+#[cfg(test)]
+use super::pages::Content;
 use super::pages::PageGen;
 use super::SimError;
 
@@ -209,7 +211,7 @@ mod tests {
 
     #[test]
     fn calibration_measures_every_codec() {
-        let g = PageGen::new("fill".parse().unwrap(), 256, 4096);
+        let g = PageGen::new("fill".parse().unwrap(), Content::Mix, 256, 4096);
         let c = CpuModel::calibrate(&g, 2);
         assert_eq!(c.cores, 2);
         for v in [c.zero_ns, c.delta_ns, c.lz4_ns, c.page_ns, c.fold_ns] {

@@ -5,13 +5,15 @@
 //! version and checks it byte for byte, and keeps only the version and the hash.
 
 use std::boxed::Box;
+use std::format;
+use std::string::String;
 use std::sync::Arc;
 use std::vec;
 use std::vec::Vec;
 
 use crate::codec::{base_hash, is_zero_page};
 use crate::memory::{MemoryError, PageMemory};
-use crate::workload::pages::{fill, mix_kind};
+use crate::workload::pages::{demo_page, fill, mix_kind};
 use crate::workload::{Rng, Workload};
 
 /// Template pages per generator (the content classes of the codec benchmarks' mix).
@@ -20,6 +22,31 @@ const TEMPLATES: usize = 40;
 const STAMP_MAGIC: u32 = 0x5349_4d50; // "PMIS"
 /// Pages per chunk of the sparse per-page tables.
 const CHUNK: u64 = 4096;
+
+/// What the pages that hold data contain.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Content {
+    /// The demo's pages ([`demo_page`]): text-like header and counter words; a write
+    /// changes one word, as the demo's writers do. The default: one spec means the
+    /// same guest in the demo and the simulator.
+    #[default]
+    Demo,
+    /// The codec benchmarks' realistic mix (40% text, 25% structured, 20% mostly
+    /// zero, 15% random); a write changes a run of 8 to 64 bytes.
+    Mix,
+}
+
+impl core::str::FromStr for Content {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "demo" => Ok(Content::Demo),
+            "mix" => Ok(Content::Mix),
+            _ => Err(format!("unknown page content '{s}' (demo, mix)")),
+        }
+    }
+}
 
 /// Makes page contents: `content(page, version)`. Version 0 is the content before
 /// the migration (zero, or data where the workload holds data); every write makes the
@@ -31,12 +58,14 @@ pub struct PageGen {
     page_size: usize,
     total_pages: u64,
     workload: Workload,
+    content: Content,
     templates: Vec<u8>,
 }
 
 impl PageGen {
-    /// A generator for `workload`'s guest of `total_pages` pages of `page_size`.
-    pub fn new(workload: Workload, total_pages: u64, page_size: usize) -> Self {
+    /// A generator for `workload`'s guest of `total_pages` pages of `page_size`,
+    /// its pages holding `content`.
+    pub fn new(workload: Workload, content: Content, total_pages: u64, page_size: usize) -> Self {
         let mut rng = Rng::new(0x7e3a_91c4_55d2_0b17);
         let mut templates = vec![0u8; TEMPLATES * page_size];
         for (i, t) in templates.chunks_exact_mut(page_size).enumerate() {
@@ -46,6 +75,7 @@ impl PageGen {
             page_size,
             total_pages,
             workload,
+            content,
             templates,
         }
     }
@@ -74,18 +104,31 @@ impl PageGen {
             out.fill(0);
             return;
         }
-        // The template is the page's for good (its content class); the edit is the
-        // version's.
-        let t = (Rng::new(page).next_u64() % TEMPLATES as u64) as usize;
-        let mut rng = Rng::new(page.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(version));
         let ps = self.page_size;
-        out.copy_from_slice(&self.templates[t * ps..(t + 1) * ps]);
-        if version > 0 && ps > 96 {
-            let len = 8 + rng.index(57);
-            let at = 16 + rng.index(ps - 16 - len);
-            out[at..at + len]
-                .iter_mut()
-                .for_each(|b| *b = b.wrapping_add(0x3b));
+        let mut rng = Rng::new(page.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(version));
+        match self.content {
+            Content::Demo => {
+                demo_page(page, out);
+                if version > 0 && ps >= 24 {
+                    // One word changes, as a demo writer's write.
+                    let w = 2 + rng.index(ps / 8 - 2);
+                    out[w * 8..w * 8 + 8]
+                        .copy_from_slice(&(u64::from(version) ^ page).to_le_bytes());
+                }
+            }
+            Content::Mix => {
+                // The template is the page's for good (its content class); the edit
+                // is the version's.
+                let t = (Rng::new(page).next_u64() % TEMPLATES as u64) as usize;
+                out.copy_from_slice(&self.templates[t * ps..(t + 1) * ps]);
+                if version > 0 && ps > 96 {
+                    let len = 8 + rng.index(57);
+                    let at = 16 + rng.index(ps - 16 - len);
+                    out[at..at + len]
+                        .iter_mut()
+                        .for_each(|b| *b = b.wrapping_add(0x3b));
+                }
+            }
         }
         if ps >= 16 {
             out[..8].copy_from_slice(&page.to_le_bytes());
@@ -391,6 +434,7 @@ mod tests {
     fn gen() -> Arc<PageGen> {
         Arc::new(PageGen::new(
             "continuous:set=64K".parse().unwrap(),
+            Content::Mix,
             64,
             4096,
         ))
@@ -413,6 +457,25 @@ mod tests {
         assert!(!is_zero_page(&a));
         g.fill(40, 2, &mut b);
         assert_eq!(a, b, "deterministic");
+    }
+
+    #[test]
+    fn demo_contents_are_the_demos_with_one_word_written() {
+        let g = PageGen::new(
+            "continuous:set=64K".parse().unwrap(),
+            Content::Demo,
+            64,
+            4096,
+        );
+        let (mut a, mut b, mut demo) = (vec![0u8; 4096], vec![0u8; 4096], vec![0u8; 4096]);
+        g.fill(7, 0, &mut a);
+        demo_page(7, &mut demo);
+        assert_eq!(a[16..], demo[16..], "the demo's page past the stamp");
+        g.fill(7, 3, &mut b);
+        let words = (2..512)
+            .filter(|w| a[w * 8..w * 8 + 8] != b[w * 8..w * 8 + 8])
+            .count();
+        assert_eq!(words, 1);
     }
 
     #[test]

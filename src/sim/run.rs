@@ -187,7 +187,12 @@ pub fn simulate(config: &SimConfig, observer: &mut dyn SimObserver) -> Result<Si
         .policy
         .validate()
         .map_err(|e| SimError::Config(e.to_string()))?;
-    let gen = Arc::new(PageGen::new(config.workload, total, page_size));
+    let gen = Arc::new(PageGen::new(
+        config.workload,
+        config.content,
+        total,
+        page_size,
+    ));
     let memory = SourceMemory::new(Arc::clone(&gen));
     let bitmap = AtomicDirtyBitmap::new(layout);
 

@@ -23,7 +23,7 @@ use std::format;
 use std::string::String;
 use std::vec::Vec;
 
-use super::{CpuModel, LinkModel, SimConfig};
+use super::{Content, CpuModel, LinkModel, SimConfig};
 use crate::workload::Workload;
 
 /// What a publication measured for one migration.
@@ -177,6 +177,7 @@ impl Scenario {
     pub fn config(&self, cpu: CpuModel) -> SimConfig {
         let mut c = SimConfig::new(self.memory_bytes, self.workload, self.link);
         c.cpu = cpu;
+        c.content = Content::Mix;
         c
     }
 }

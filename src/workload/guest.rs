@@ -75,7 +75,7 @@ impl SyntheticGuest {
             (0..pages.div_ceil(256)).into_par_iter().for_each(|chunk| {
                 for page in chunk * 256..((chunk + 1) * 256).min(pages) {
                     if workload.holds_data(page, pages, page_size) {
-                        write_page_content(&memory, page, page);
+                        write_page_content(&memory, page);
                     }
                 }
             });
@@ -213,17 +213,10 @@ impl Drop for SyntheticGuest {
     }
 }
 
-/// Writes page `page`'s content for version `version`: a header word, then text-like
-/// and counter words (compressible, but not trivially), so every write changes bytes.
-fn write_page_content(memory: &AtomicMemory, page: u64, version: u64) {
-    let words = memory_words(memory);
-    for w in 0..words {
-        let v = match w % 8 {
-            0 => version.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ page,
-            1..=4 => u64::from_le_bytes(*b"precopy "),
-            _ => (w as u64) << 32 | (version & 0xffff),
-        };
-        let _ = memory.store_word(page, w, v);
+/// Writes page `page`'s content before the migration ([`super::pages::demo_word`]).
+fn write_page_content(memory: &AtomicMemory, page: u64) {
+    for w in 0..memory_words(memory) {
+        let _ = memory.store_word(page, w, super::pages::demo_word(page, w));
     }
 }
 

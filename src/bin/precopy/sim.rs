@@ -7,7 +7,7 @@ use precopy::engine::{Compression, StreamsRound};
 use precopy::engine::{FinalRound, Verify};
 use precopy::runtime::{SourceCheck, StreamsFinal};
 use precopy::schedule::{OnLimit, Policy};
-use precopy::sim::{simulate, CpuModel, LinkModel, SimConfig, SimObserver, SimReport};
+use precopy::sim::{simulate, Content, CpuModel, LinkModel, SimConfig, SimObserver, SimReport};
 use precopy::workload::{Workload, WorkloadError};
 
 use crate::migrate::{
@@ -32,6 +32,11 @@ pub struct Args {
     /// oltp[:rate,pool,log,skew,log_share] (set=all: a loop over all memory).
     #[arg(long, default_value = "continuous:rate=50k,set=256M")]
     pub workload: String,
+    /// What the pages holding data contain: `demo` (the demo's text-like pages, a
+    /// write changes a word) or `mix` (the codec benchmarks' mix of text,
+    /// structured, mostly-zero and random pages; the scenarios' choice).
+    #[arg(long, default_value = "demo")]
+    pub content: precopy::sim::Content,
     /// The guest's writers (vCPUs).
     #[arg(long, default_value_t = 1)]
     pub writers: usize,
@@ -104,7 +109,7 @@ pub fn main(cmd: &Command) -> Result<bool, String> {
         Some(Sub::Sweep(args)) => crate::sim_sweep::run(args),
         None => match &cmd.args.scenario {
             Some(name) => {
-                let cpu = cmd.args.cpu_model(None);
+                let cpu = cmd.args.cpu_model(None, Content::Mix);
                 crate::sim_scenarios::run(name, cpu, cmd.args.json)
             }
             None => run(&cmd.args),
@@ -133,6 +138,7 @@ impl Args {
         link.latency_ns = self.latency_us.saturating_mul(1000);
         let mut config = SimConfig::new(self.memory, workload, link);
         config.writers = self.writers;
+        config.content = self.content;
         config.streams = self.streams;
         config.cache_bytes = self.cache;
         config.compression = self.compression;
@@ -147,17 +153,17 @@ impl Args {
             },
             ..Policy::default()
         };
-        config.cpu = self.cpu_model(Some(workload));
+        config.cpu = self.cpu_model(Some(workload), self.content);
         Ok(config)
     }
 
     /// The CPU costs `--cpu` and `--cores` ask for (calibrated on `workload`'s pages,
     /// or the codec benchmarks' mix).
-    pub fn cpu_model(&self, workload: Option<Workload>) -> CpuModel {
+    pub fn cpu_model(&self, workload: Option<Workload>, content: Content) -> CpuModel {
         let cores = self.cores.max(1);
         if self.cpu == "calibrate" {
             let w = workload.unwrap_or(Workload::Fill { rate: 0, set: 0 });
-            let gen = precopy::sim::PageGen::new(w, 4096, 4096);
+            let gen = precopy::sim::PageGen::new(w, content, 4096, 4096);
             CpuModel::calibrate(&gen, cores)
         } else {
             CpuModel {
