@@ -29,6 +29,7 @@ use crate::engine::{Compression, Verify};
 use crate::schedule::Policy;
 use crate::workload::Workload;
 
+mod dest;
 mod guest;
 mod model;
 mod pages;

@@ -14,13 +14,13 @@ use std::vec::Vec;
 use crate::bitmap::AtomicDirtyBitmap;
 use crate::codec::Encoding;
 use crate::engine::{
-    Applier, CompressionChoice, Coordinator, CoordinatorConfig, CoordinatorEvent,
-    CoordinatorReport, FinalRound, Progress, SourceConfig, SourceEngine, SourceEvent, StreamRound,
-    StreamsRound,
+    CompressionChoice, Coordinator, CoordinatorConfig, CoordinatorEvent, CoordinatorReport,
+    FinalRound, SourceConfig, SourceEngine, SourceEvent, StreamRound, StreamsRound,
 };
 use crate::layout::{GuestLayout, Shard, SHARD_CHUNK_PAGES};
 use crate::memory::PageMemory;
 
+use super::dest::DestWorker;
 use super::guest::VirtualGuest;
 use super::pages::{DestMemory, PageGen, SourceMemory};
 use super::{SimConfig, SimError};
@@ -112,15 +112,16 @@ enum Note {
 }
 
 enum Item {
-    Bytes(Vec<u8>),
+    /// Stream bytes, and whether they carry the completion frame.
+    Bytes(Vec<u8>, bool),
     Note(Box<Note>),
 }
 
 enum Ev {
     Encode(usize),
-    Produced(usize, Vec<u8>, Vec<Note>, u64),
-    Sent(usize, Vec<u8>),
-    Deliver(usize, Vec<u8>),
+    Produced(usize, Vec<u8>, Vec<Note>, u64, bool),
+    Sent(usize, Vec<u8>, bool),
+    Deliver(usize, Vec<u8>, bool),
     Verdict(usize, bool),
 }
 
@@ -144,7 +145,7 @@ struct Stream<'b> {
     last_poll_end: u64,
     last_encoded: u64,
     pages: u64,
-    applier: Applier<DestMemory, Vec<u8>, Vec<u8>>,
+    dest: DestWorker,
     apply_error: Option<String>,
 }
 
@@ -217,7 +218,7 @@ pub fn simulate(config: &SimConfig, observer: &mut dyn SimObserver) -> Result<Si
             state: Enc::Idle,
             last_poll_end: 0,
             last_encoded: 0,
-            applier: Applier::with_memory(DestMemory::new(Arc::clone(&gen))),
+            dest: DestWorker::spawn(i, DestMemory::new(Arc::clone(&gen)))?,
             apply_error: None,
         });
     }
@@ -304,10 +305,12 @@ impl Sim<'_, '_> {
             }
             match ev {
                 Ev::Encode(i) => self.encode(i)?,
-                Ev::Produced(i, bytes, notes, encoded) => self.produced(i, bytes, notes, encoded),
-                Ev::Sent(i, bytes) => {
+                Ev::Produced(i, bytes, notes, encoded, last) => {
+                    self.produced(i, bytes, notes, encoded, last)
+                }
+                Ev::Sent(i, bytes, last) => {
                     let at = self.now + self.config.link.latency_ns;
-                    self.schedule(at, Ev::Deliver(i, bytes));
+                    self.schedule(at, Ev::Deliver(i, bytes, last));
                     self.streams[i].buffers -= 1;
                     if self.streams[i].state == Enc::Blocked {
                         self.streams[i].state = Enc::Idle;
@@ -318,7 +321,7 @@ impl Sim<'_, '_> {
                     self.drain_notes(i);
                     self.start_link();
                 }
-                Ev::Deliver(i, bytes) => self.deliver(i, &bytes),
+                Ev::Deliver(i, bytes, last) => self.deliver(i, bytes, last),
                 Ev::Verdict(i, ok) => {
                     let r = self.coord.handle_verdict(i, ok);
                     self.handled(r);
@@ -369,6 +372,7 @@ impl Sim<'_, '_> {
         let mut cost = self.config.cpu.poll_cost(&stats) * self.share;
         let mut notes = Vec::new();
         let mut waiting = false;
+        let mut last = false;
         while let Some(event) = s.engine.poll_event() {
             match event {
                 SourceEvent::RoundMeasured(r) => {
@@ -391,6 +395,7 @@ impl Sim<'_, '_> {
                         + round.digest_pages_read as f64 * self.config.cpu.zero_ns;
                     notes.push(Note::Complete(digest, round));
                     waiting = true;
+                    last = true;
                 }
             }
         }
@@ -401,11 +406,11 @@ impl Sim<'_, '_> {
             s.state = Enc::Done;
         }
         let at = self.now + cost as u64;
-        self.schedule(at, Ev::Produced(i, buf, notes, encoded));
+        self.schedule(at, Ev::Produced(i, buf, notes, encoded, last));
         Ok(())
     }
 
-    fn produced(&mut self, i: usize, bytes: Vec<u8>, notes: Vec<Note>, encoded: u64) {
+    fn produced(&mut self, i: usize, bytes: Vec<u8>, notes: Vec<Note>, encoded: u64, last: bool) {
         let now = self.now;
         let s = &mut self.streams[i];
         let len = bytes.len() as u64;
@@ -420,7 +425,7 @@ impl Sim<'_, '_> {
         self.report.wire_bytes += len;
         if len > 0 {
             s.buffers += 1;
-            s.queue.push_back(Item::Bytes(bytes));
+            s.queue.push_back(Item::Bytes(bytes, last));
         }
         s.queue
             .extend(notes.into_iter().map(|n| Item::Note(Box::new(n))));
@@ -463,8 +468,8 @@ impl Sim<'_, '_> {
         let n = self.streams.len();
         for k in 0..n {
             let j = (self.rr + k) % n;
-            if let Some(Item::Bytes(_)) = self.streams[j].queue.front() {
-                let Some(Item::Bytes(bytes)) = self.streams[j].queue.pop_front() else {
+            if let Some(Item::Bytes(..)) = self.streams[j].queue.front() {
+                let Some(Item::Bytes(bytes, last)) = self.streams[j].queue.pop_front() else {
                     continue;
                 };
                 let ns = self.config.link.send_ns(bytes.len() as u64);
@@ -472,26 +477,23 @@ impl Sim<'_, '_> {
                     * u128::from(self.config.link.bytes_per_sec)
                     / 1_000_000_000) as u64;
                 self.link_busy = true;
-                self.schedule(self.now + ns, Ev::Sent(j, bytes));
+                self.schedule(self.now + ns, Ev::Sent(j, bytes, last));
                 return;
             }
         }
     }
 
-    fn deliver(&mut self, i: usize, bytes: &[u8]) {
+    fn deliver(&mut self, i: usize, bytes: Vec<u8>, last: bool) {
         let s = &mut self.streams[i];
-        if s.apply_error.is_some() {
-            return;
-        }
         let latency = self.config.link.latency_ns;
-        match s.applier.feed(bytes) {
-            Ok(Progress::Complete) => {
+        match s.dest.deliver(bytes, last) {
+            None => {}
+            Some(Ok(())) => {
                 let fold = (self.config.cpu.fold_ns * s.pages as f64) as u64;
                 self.schedule(self.now + fold + latency, Ev::Verdict(i, true));
             }
-            Ok(Progress::InProgress) => {}
-            Err(e) => {
-                s.apply_error = Some(format!("destination stream {i}: {e}"));
+            Some(Err(e)) => {
+                s.apply_error = Some(e);
                 self.schedule(self.now + latency, Ev::Verdict(i, false));
             }
         }
@@ -585,35 +587,38 @@ impl Sim<'_, '_> {
             r.rounds = r.final_round.map_or(0, |f| f.round);
         }
         r.error = self.failed.take();
-        if r.error.is_none() {
-            r.check = self.check();
+        let streams = core::mem::take(&mut self.streams);
+        let dests: Option<Vec<DestMemory>> = streams.into_iter().map(|s| s.dest.finish()).collect();
+        match dests {
+            Some(dests) if r.error.is_none() => r.check = check(&self.memory, &dests),
+            Some(_) => {}
+            None => {
+                r.error
+                    .get_or_insert_with(|| "a destination thread panicked".into());
+            }
         }
         r
     }
+}
 
-    /// Every page of the destination against the source's page as it is now.
-    fn check(&self) -> DestCheck {
-        let total = self.memory.total_pages();
-        let n = self.streams.len() as u64;
-        let mut c = DestCheck {
-            pages: total,
-            corrupt_writes: self
-                .streams
-                .iter()
-                .map(|s| s.applier.memory().corrupt_writes())
-                .sum(),
-            ..DestCheck::default()
-        };
-        for page in 0..total {
-            let stream = ((page / SHARD_CHUNK_PAGES) % n) as usize;
-            let got = self.streams[stream].applier.memory().state(page);
-            if got != self.memory.expected_state(page) {
-                c.differing += 1;
-                if c.first.len() < 8 {
-                    c.first.push(page);
-                }
+/// Every page of the destination (stream `s` holds the pages of its shard in
+/// `dests[s]`) against the source's page as it is now.
+fn check(memory: &SourceMemory, dests: &[DestMemory]) -> DestCheck {
+    let total = memory.total_pages();
+    let n = dests.len() as u64;
+    let mut c = DestCheck {
+        pages: total,
+        corrupt_writes: dests.iter().map(|d| d.corrupt_writes()).sum(),
+        ..DestCheck::default()
+    };
+    for page in 0..total {
+        let stream = ((page / SHARD_CHUNK_PAGES) % n) as usize;
+        if dests[stream].state(page) != memory.expected_state(page) {
+            c.differing += 1;
+            if c.first.len() < 8 {
+                c.first.push(page);
             }
         }
-        c
     }
+    c
 }

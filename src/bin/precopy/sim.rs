@@ -60,9 +60,10 @@ pub struct Args {
     pub compression: Compression,
     /// CPU costs: `calibrate` times the real codecs on the workload's pages here
     /// (figures vary a little from run to run), `fixed` takes the documented defaults
-    /// (deterministic).
-    #[arg(long, default_value = "calibrate", value_parser = ["calibrate", "fixed"])]
-    pub cpu: String,
+    /// (deterministic). Default: calibrate for one run, fixed for --scenario and
+    /// sweeps (reproducible tables).
+    #[arg(long, value_parser = ["calibrate", "fixed"])]
+    pub cpu: Option<String>,
     /// Cores for the encoders (more streams than cores share them).
     #[arg(long, default_value_t = 8)]
     pub cores: u32,
@@ -109,7 +110,7 @@ pub fn main(cmd: &Command) -> Result<bool, String> {
         Some(Sub::Sweep(args)) => crate::sim_sweep::run(args),
         None => match &cmd.args.scenario {
             Some(name) => {
-                let cpu = cmd.args.cpu_model(None, Content::Mix);
+                let cpu = cmd.args.cpu_model(None, Content::Mix, "fixed");
                 crate::sim_scenarios::run(name, cpu, cmd.args.json)
             }
             None => run(&cmd.args),
@@ -153,15 +154,20 @@ impl Args {
             },
             ..Policy::default()
         };
-        config.cpu = self.cpu_model(Some(workload), self.content);
+        config.cpu = self.cpu_model(Some(workload), self.content, "calibrate");
         Ok(config)
     }
 
     /// The CPU costs `--cpu` and `--cores` ask for (calibrated on `workload`'s pages,
     /// or the codec benchmarks' mix).
-    pub fn cpu_model(&self, workload: Option<Workload>, content: Content) -> CpuModel {
+    pub fn cpu_model(
+        &self,
+        workload: Option<Workload>,
+        content: Content,
+        default: &str,
+    ) -> CpuModel {
         let cores = self.cores.max(1);
-        if self.cpu == "calibrate" {
+        if self.cpu.as_deref().unwrap_or(default) == "calibrate" {
             let w = workload.unwrap_or(Workload::Fill { rate: 0, set: 0 });
             let gen = precopy::sim::PageGen::new(w, content, 4096, 4096);
             CpuModel::calibrate(&gen, cores)
@@ -361,7 +367,7 @@ pub fn run(args: &Args) -> Result<bool, String> {
             config.link.bytes_per_sec * 8 / 1_000_000,
             config.link.latency_ns as f64 / 1e3,
             config.streams,
-            args.cpu,
+            args.cpu.as_deref().unwrap_or("calibrate"),
             config.cpu.lz4_ns,
             config.cpu.delta_ns,
             config.cpu.page_ns

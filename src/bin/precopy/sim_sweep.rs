@@ -61,6 +61,10 @@ pub fn run(args: &SweepArgs) -> Result<bool, String> {
         ));
     }
     let mut base = args.base.config()?;
+    // Fixed CPU costs unless asked: every point sees the same machine.
+    base.cpu = args
+        .base
+        .cpu_model(Some(base.workload), base.content, "fixed");
     // A point that does not converge switches over at the bound, so its downtime
     // shows instead of an error.
     base.policy.on_limit = precopy::schedule::OnLimit::SwitchOver;
