@@ -22,6 +22,9 @@ const QUEUE: usize = 64;
 pub(super) struct DestWorker {
     tx: Option<SyncSender<(Vec<u8>, bool)>>,
     verdicts: Receiver<Result<(), String>>,
+    /// Buffers the thread is done with, for the encoder to fill again (fresh 256 KiB
+    /// buffers cost page faults and zeroing).
+    spare: Receiver<Vec<u8>>,
     handle: Option<JoinHandle<DestMemory>>,
 }
 
@@ -30,6 +33,7 @@ impl DestWorker {
     pub(super) fn spawn(index: usize, memory: DestMemory) -> Result<Self, SimError> {
         let (tx, rx) = sync_channel::<(Vec<u8>, bool)>(QUEUE);
         let (verdict_tx, verdicts) = sync_channel(1);
+        let (spare_tx, spare) = sync_channel(QUEUE);
         let handle = std::thread::Builder::new()
             .name(format!("sim-dest{index}"))
             .spawn(move || {
@@ -44,6 +48,7 @@ impl DestWorker {
                             Err(e) => error = Some(format!("destination stream {index}: {e}")),
                         }
                     }
+                    let _ = spare_tx.try_send(bytes);
                     if last {
                         let verdict = match (&error, complete) {
                             (Some(e), _) => Err(e.clone()),
@@ -62,6 +67,7 @@ impl DestWorker {
         Ok(DestWorker {
             tx: Some(tx),
             verdicts,
+            spare,
             handle: Some(handle),
         })
     }
@@ -81,6 +87,11 @@ impl DestWorker {
             return last.then(gone);
         }
         last.then(|| self.verdicts.recv().unwrap_or_else(|_| gone()))
+    }
+
+    /// A buffer the thread is done with, if any.
+    pub(super) fn spare(&self) -> Option<Vec<u8>> {
+        self.spare.try_recv().ok()
     }
 
     /// Ends the thread and takes its memory back (`None`: it panicked).

@@ -8,7 +8,6 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::format;
 use std::string::{String, ToString};
 use std::sync::Arc;
-use std::vec;
 use std::vec::Vec;
 
 use crate::bitmap::AtomicDirtyBitmap;
@@ -359,7 +358,8 @@ impl Sim<'_, '_> {
         let s = &mut self.streams[i];
         let before = *s.engine.codec_stats();
         let len = s.engine.min_buffer_len().max(self.config.buffer_bytes);
-        let mut buf = vec![0u8; len];
+        let mut buf = s.dest.spare().unwrap_or_default();
+        buf.resize(len, 0);
         let n = match s.engine.poll_transmit(&self.memory, self.now, &mut buf) {
             Ok(n) => n,
             Err(e) => {
