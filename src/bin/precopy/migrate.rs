@@ -21,9 +21,10 @@ pub struct MigrationArgs {
     /// Guest memory size (bytes; K, M, G suffixes).
     #[arg(long, default_value = "1G", value_parser = parse_size)]
     pub memory: u64,
-    /// Guest workload: NAME[:key=value,...] with NAME one of idle, once, continuous,
-    /// fill (every page written before the migration, then like continuous), hotspot
-    /// (keys: rate=pages/s, set=bytes, skew).
+    /// Guest workload: NAME[:key=value,...] with NAME one of idle (zero=fraction of
+    /// memory zero), once, continuous (set=all: a loop over all memory), fill (every
+    /// page written before the migration, then like continuous), hotspot, oltp
+    /// (pool=, log=, log_share=percent) (keys: rate=pages/s, set=bytes, skew).
     #[arg(long, default_value = "continuous:rate=50k,set=256M")]
     pub workload: String,
     /// Writer threads (the guest's vCPUs).

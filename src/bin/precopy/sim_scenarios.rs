@@ -60,21 +60,25 @@ impl Row {
 
     /// Prints the row: a table line or a JSON line.
     pub fn print(&self, json: bool) {
+        println!("{}", self.line(json));
+    }
+
+    /// The row: a table line or a JSON line.
+    fn line(&self, json: bool) -> String {
         let s = &self.scenario;
         let p = &s.published;
         let r = match &self.report {
             Ok(r) => r,
             Err(e) => {
-                if json {
-                    println!(
+                return if json {
+                    format!(
                         "{{\"kind\":\"scenario\",\"scenario\":\"{}\",\"error\":{}}}",
                         s.name,
                         json_string(e)
-                    );
+                    )
                 } else {
-                    println!("{:<30} failed to simulate: {e}", s.name);
-                }
-                return;
+                    format!("{:<30} failed to simulate: {e}", s.name)
+                };
             }
         };
         let total_s = r.total_ns as f64 / 1e9;
@@ -85,7 +89,7 @@ impl Row {
             let opt = |v: Option<f64>, prec: usize| {
                 v.map_or("null".to_string(), |v| format!("{v:.prec$}"))
             };
-            println!(
+            format!(
                 "{{\"kind\":\"scenario\",\"scenario\":\"{}\",\"source\":{},\"published_total_s\":{},\"total_s\":{total_s:.3},\"total_ratio\":{:.3},\"published_wire_bytes\":{},\"wire_bytes\":{},\"wire_ratio\":{},\"memory_bytes\":{},\"wire_over_memory\":{:.3},\"downtime_ms\":{},\"rounds\":{},\"throttle_round\":{},\"published_link_bits_per_sec\":{},\"link_bits_per_sec\":{our_bps:.0},\"zero_page_share\":{:.3},\"verified\":{},\"workload\":{},\"link_line_rate_bytes_per_sec\":{},\"note\":{},\"sim_wall_s\":{:.2}}}",
                 s.name,
                 json_string(p.source),
@@ -106,10 +110,10 @@ impl Row {
                 s.link.bytes_per_sec,
                 json_string(&self.note(r)),
                 self.wall_s
-            );
+            )
         } else {
             let gb = |b: u64| format!("{:.1}", b as f64 / 1e9);
-            println!(
+            format!(
                 "{:<30} {:>8.2} {:>8.2} {:>6.2} {:>8} {:>8} {:>6} {:>6.2} {:>9} {:>6} {:>6.1}  {}",
                 s.name,
                 p.total_s,
@@ -123,7 +127,7 @@ impl Row {
                 r.rounds,
                 self.wall_s,
                 self.note(r)
-            );
+            )
         }
     }
 }
@@ -182,4 +186,99 @@ pub fn run(name: &str, cpu: CpuModel, json: bool) -> Result<bool, String> {
         all_ok &= row.report.as_ref().is_ok_and(|r| r.verified());
     }
     Ok(all_ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use precopy::sim::scenarios::select;
+    use precopy::sim::DestCheck;
+
+    fn row(name: &str, total_ns: u64, wire_bytes: u64, zero_pages: u64) -> Row {
+        let scenario = select(name).unwrap().remove(0);
+        let mut codecs = precopy::codec::CodecStats::default();
+        let mut stats =
+            precopy::codec::PageEncoder::new(precopy::codec::EncoderConfig::new(4096)).unwrap();
+        stats.zero_run(0, zero_pages);
+        codecs.add(stats.stats());
+        let round = precopy::engine::StreamsRound {
+            outcome: precopy::schedule::RoundOutcome {
+                stats: precopy::schedule::RoundStats {
+                    round: 1,
+                    pages_sent: 0,
+                    wire_bytes: 0,
+                    dirty_pages: 0,
+                    duration_ns: 1,
+                    bandwidth_bytes_per_sec: 0.0,
+                    dirty_pages_per_sec: 0.0,
+                    predicted_downtime_ns: 0,
+                    downtime_limit_ns: 0,
+                    throttle_percent: 0,
+                },
+                decision: precopy::schedule::Decision::Continue {
+                    throttle_percent: 0,
+                },
+            },
+            codecs,
+            deferred_pages: 0,
+            lz4_streams: 0,
+        };
+        let report = SimReport {
+            rounds: 3,
+            total_ns,
+            downtime_ns: Some(2_500_000),
+            wire_bytes,
+            memory_bytes: scenario.memory_bytes,
+            rows: vec![round],
+            check: DestCheck {
+                pages: 1,
+                ..DestCheck::default()
+            },
+            ..SimReport::default()
+        };
+        Row {
+            scenario,
+            report: Ok(report),
+            wall_s: 1.0,
+        }
+    }
+
+    #[test]
+    fn a_row_names_the_published_figures_and_the_zero_page_win() {
+        let r = row("hyperv-4g-idle-1gbe", 4_000_000_000, 500_000_000, 786_432);
+        let json = r.line(true);
+        for field in [
+            "\"scenario\":\"hyperv-4g-idle-1gbe\"",
+            "\"published_total_s\":40,",
+            "\"total_s\":4.000",
+            "\"total_ratio\":0.100",
+            "\"published_wire_bytes\":null",
+            "\"wire_bytes\":500000000",
+            "\"memory_bytes\":4294967296",
+            "\"downtime_ms\":2.5",
+            "\"rounds\":3",
+            "\"zero_page_share\":0.750",
+            "won on zero pages: 75%",
+        ] {
+            assert!(json.contains(field), "{field} not in {json}");
+        }
+        let v = row(
+            "vmotion-16g-continuous-10gbe",
+            50_000_000_000,
+            50_000_000_000,
+            0,
+        );
+        let json = v.line(true);
+        assert!(
+            json.contains("\"published_wire_bytes\":41072500000"),
+            "{json}"
+        );
+        assert!(json.contains("\"wire_ratio\":1.217"), "{json}");
+        let text = v.line(false);
+        assert!(
+            text.contains("slower than published") && text.contains("more bytes"),
+            "{text}"
+        );
+        assert!(!text.contains("zero pages"), "{text}");
+    }
 }
