@@ -123,4 +123,41 @@ fn a_sweep_prints_each_point_and_plots() {
         "{plot:.200}"
     );
     let _ = std::fs::remove_file(&svg);
+    // The idle guest's zero fraction as the unknown.
+    let (ok, out, err) = sim(&[
+        "sweep",
+        "--over",
+        "zero",
+        "--from",
+        "0.5",
+        "--to",
+        "1",
+        "--points",
+        "2",
+        "--memory",
+        "16M",
+        "--workload",
+        "idle",
+        "--json",
+    ]);
+    assert!(ok, "{out}\n{err}");
+    let points: Vec<&str> = out.lines().filter(|l| l.contains("sweep_point")).collect();
+    assert!(points[0].contains("\"zero\":0.500") && points[1].contains("\"zero\":1.000"));
+    let bytes = |l: &str| -> u64 {
+        let at = l.find("\"wire_bytes\":").unwrap() + 13;
+        l[at..].split(',').next().unwrap().parse().unwrap()
+    };
+    assert!(bytes(points[0]) > 100 * bytes(points[1]), "{out}");
+    let (ok, _, err) = sim(&[
+        "sweep",
+        "--over",
+        "zero",
+        "--from",
+        "0",
+        "--to",
+        "1",
+        "--workload",
+        "hotspot",
+    ]);
+    assert!(!ok && err.contains("idle guest's zero fraction"), "{err}");
 }

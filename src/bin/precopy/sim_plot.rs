@@ -107,7 +107,7 @@ pub fn rounds(path: &Path, r: &SimReport, config: &SimConfig) -> Result<(), Stri
 }
 
 /// Total time, downtime and bytes against the ratio of a sweep.
-pub fn sweep(path: &Path, points: &[Point], config: &SimConfig) -> Result<(), String> {
+pub fn sweep(path: &Path, points: &[Point], config: &SimConfig, zero: bool) -> Result<(), String> {
     let root = SVGBackend::new(path, (900, 1000)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| format!("--plot: {e}"))?;
     let areas = root.split_evenly((3, 1));
@@ -118,7 +118,11 @@ pub fn sweep(path: &Path, points: &[Point], config: &SimConfig) -> Result<(), St
     let series = |f: &dyn Fn(&SimReport) -> f64| -> Vec<(f64, f64)> {
         ok.iter().map(|&(x, r)| (x, f(r))).collect()
     };
-    let x = "dirty rate / link goodput";
+    let x = if zero {
+        "zero fraction of memory"
+    } else {
+        "dirty rate / link goodput"
+    };
     let what = format!(
         "{} MiB, {} Mbit/s",
         config.memory_bytes >> 20,

@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use precopy::sim::{simulate, SimConfig, SimReport};
+use precopy::workload::Workload;
 use rayon::prelude::*;
 
 use crate::migrate::json_string;
@@ -14,6 +15,11 @@ use crate::migrate::json_string;
 pub struct SweepArgs {
     #[command(flatten)]
     base: crate::sim::Args,
+    /// What to sweep: `rate`, the ratio of the dirty rate to the link's rate (from
+    /// --from to --to); or `zero`, an idle guest's zero fraction (from --from to --to,
+    /// within 0 to 1; the workload must be idle).
+    #[arg(long, default_value = "rate", value_parser = ["rate", "zero"])]
+    over: String,
     /// Points of the sweep (at least 2).
     #[arg(long, default_value_t = 16)]
     points: usize,
@@ -37,16 +43,33 @@ pub struct Point {
 }
 
 /// The configuration of each point: `base` with the workload's rate set so that
-/// dirty bytes per second over the link's goodput is the point's ratio.
-pub fn points(base: &SimConfig, from: f64, to: f64, n: usize) -> Vec<(f64, SimConfig)> {
+/// dirty bytes per second over the link's goodput is the point's ratio, or (`zero`)
+/// an idle workload's zero fraction set to the point's value.
+pub fn points(
+    base: &SimConfig,
+    zero: bool,
+    from: f64,
+    to: f64,
+    n: usize,
+) -> Result<Vec<(f64, SimConfig)>, String> {
     let n = n.max(2);
     (0..n)
         .map(|i| {
-            let ratio = from + (to - from) * i as f64 / (n - 1) as f64;
-            let rate = (ratio * base.link.goodput() / base.page_size as f64).round() as u64;
+            let x = from + (to - from) * i as f64 / (n - 1) as f64;
             let mut c = *base;
-            c.workload = base.workload.with_rate(rate);
-            (ratio, c)
+            if zero {
+                let Workload::Idle { rate, .. } = base.workload else {
+                    return Err(format!(
+                        "--over zero sweeps an idle guest's zero fraction, not {}",
+                        base.workload
+                    ));
+                };
+                c.workload = Workload::Idle { rate, zero: x };
+            } else {
+                let rate = (x * base.link.goodput() / base.page_size as f64).round() as u64;
+                c.workload = base.workload.with_rate(rate);
+            }
+            Ok((x, c))
         })
         .collect()
 }
@@ -54,7 +77,15 @@ pub fn points(base: &SimConfig, from: f64, to: f64, n: usize) -> Vec<(f64, SimCo
 /// Runs the sweep; Ok(true) when every point verified (a point that fails to
 /// converge is a result, printed, and makes it false).
 pub fn run(args: &SweepArgs) -> Result<bool, String> {
-    if !(args.from > 0.0 && args.to > args.from && args.to.is_finite()) {
+    let zero = args.over == "zero";
+    if zero && !(args.from >= 0.0 && args.to <= 1.0 && args.to > args.from) {
+        return Err(format!(
+            "--over zero --from {} --to {}: need 0 <= from < to <= 1",
+            args.from, args.to
+        ));
+    }
+    let rate_range_ok = args.from > 0.0 && args.to > args.from && args.to.is_finite();
+    if !zero && !rate_range_ok {
         return Err(format!(
             "--from {} --to {}: need 0 < from < to",
             args.from, args.to
@@ -69,22 +100,30 @@ pub fn run(args: &SweepArgs) -> Result<bool, String> {
     // shows instead of an error.
     base.policy.on_limit = precopy::schedule::OnLimit::SwitchOver;
     let json = args.base.json;
-    let configs = points(&base, args.from, args.to, args.points);
+    let configs = points(&base, zero, args.from, args.to, args.points)?;
     if !json {
+        let what = if zero {
+            format!("zero fraction {} to {}", args.from, args.to)
+        } else {
+            format!(
+                "dirty rate {} to {} x the link's goodput ({:.0} MB/s)",
+                args.from,
+                args.to,
+                base.link.goodput() / 1e6
+            )
+        };
         println!(
-            "precopy sim sweep: {} MiB guest, workload {} (rate swept), link {} Mbit/s, {} stream(s), {} points from {} to {} x the link's goodput ({:.0} MB/s), in parallel",
+            "precopy sim sweep: {} MiB guest, workload {} ({} swept), link {} Mbit/s, {} stream(s), {} points: {what}, in parallel",
             base.memory_bytes >> 20,
             base.workload,
+            args.over,
             base.link.bytes_per_sec * 8 / 1_000_000,
             base.streams,
             configs.len(),
-            args.from,
-            args.to,
-            base.link.goodput() / 1e6
         );
         println!(
             "{:>6} {:>11} {:>6} {:>9} {:>11} {:>9} {:>6} {:>9} {:>9} {:>8}",
-            "ratio",
+            if zero { "zero" } else { "ratio" },
             "pages/s",
             "rounds",
             "total s",
@@ -118,7 +157,13 @@ pub fn run(args: &SweepArgs) -> Result<bool, String> {
     bar.finish();
     let mut all_ok = true;
     for (p, wall) in &results {
-        print_point(p, *wall, base.memory_bytes, json);
+        print_point(
+            p,
+            *wall,
+            base.memory_bytes,
+            json,
+            if zero { "zero" } else { "ratio" },
+        );
         all_ok &= p.report.as_ref().is_ok_and(|r| r.verified());
     }
     if !json {
@@ -130,7 +175,7 @@ pub fn run(args: &SweepArgs) -> Result<bool, String> {
     }
     if let Some(path) = &args.base.plot {
         let points: Vec<Point> = results.into_iter().map(|(p, _)| p).collect();
-        crate::sim_plot::sweep(path, &points, &base)?;
+        crate::sim_plot::sweep(path, &points, &base, zero)?;
         if !json {
             println!("plot: {}", path.display());
         }
@@ -138,13 +183,13 @@ pub fn run(args: &SweepArgs) -> Result<bool, String> {
     Ok(all_ok)
 }
 
-fn print_point(p: &Point, wall: f64, memory: u64, json: bool) {
+fn print_point(p: &Point, wall: f64, memory: u64, json: bool, key: &str) {
     let r = match &p.report {
         Ok(r) => r,
         Err(e) => {
             if json {
                 println!(
-                    "{{\"kind\":\"sweep_point\",\"ratio\":{:.3},\"rate\":{},\"error\":{}}}",
+                    "{{\"kind\":\"sweep_point\",\"{key}\":{:.3},\"rate\":{},\"error\":{}}}",
                     p.ratio,
                     p.rate,
                     json_string(e)
@@ -159,7 +204,7 @@ fn print_point(p: &Point, wall: f64, memory: u64, json: bool) {
     let throttle = r.throttle_round.map_or("-".to_string(), |t| t.to_string());
     if json {
         println!(
-            "{{\"kind\":\"sweep_point\",\"ratio\":{:.3},\"rate\":{},\"rounds\":{},\"total_s\":{:.3},\"downtime_ms\":{},\"wire_bytes\":{},\"memory_bytes\":{memory},\"throttle_round\":{},\"verified\":{},\"error\":{},\"sim_wall_s\":{wall:.2}}}",
+            "{{\"kind\":\"sweep_point\",\"{key}\":{:.3},\"rate\":{},\"rounds\":{},\"total_s\":{:.3},\"downtime_ms\":{},\"wire_bytes\":{},\"memory_bytes\":{memory},\"throttle_round\":{},\"verified\":{},\"error\":{},\"sim_wall_s\":{wall:.2}}}",
             p.ratio,
             p.rate,
             r.rounds,
