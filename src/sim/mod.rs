@@ -33,13 +33,15 @@ mod dest;
 mod guest;
 mod model;
 mod pages;
+mod report;
 mod run;
 pub mod scenarios;
 
 pub use guest::VirtualGuest;
 pub use model::{CpuModel, LinkModel};
 pub use pages::{Content, DestMemory, PageGen, SourceMemory, CORRUPT};
-pub use run::{simulate, DestCheck, SimObserver, SimReport};
+pub use report::{DestCheck, SimObserver, SimReport};
+pub use run::simulate;
 
 /// Why a simulation could not run.
 #[derive(Clone, Debug, PartialEq, Eq)]

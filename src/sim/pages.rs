@@ -160,15 +160,19 @@ impl<T: Copy + Default + PartialEq> Sparse<T> {
         }
     }
 
+    /// The value of `page` (the default past the end).
     fn get(&self, page: u64) -> T {
-        match &self.chunks[(page / CHUNK) as usize] {
-            Some(c) => c[(page % CHUNK) as usize],
-            None => T::default(),
+        match self.chunks.get((page / CHUNK) as usize) {
+            Some(Some(c)) => c[(page % CHUNK) as usize],
+            _ => T::default(),
         }
     }
 
+    /// Sets the value of `page` (nothing past the end).
     fn set(&mut self, page: u64, value: T) {
-        let slot = &mut self.chunks[(page / CHUNK) as usize];
+        let Some(slot) = self.chunks.get_mut((page / CHUNK) as usize) else {
+            return;
+        };
         if slot.is_none() && value == T::default() {
             return;
         }
@@ -178,7 +182,9 @@ impl<T: Copy + Default + PartialEq> Sparse<T> {
 
     /// Whether the chunk of `page` holds only defaults for sure (never allocated).
     fn chunk_empty(&self, page: u64) -> bool {
-        self.chunks[(page / CHUNK) as usize].is_none()
+        self.chunks
+            .get((page / CHUNK) as usize)
+            .is_none_or(|c| c.is_none())
     }
 }
 
@@ -202,7 +208,7 @@ impl SourceMemory {
         &self.gen
     }
 
-    /// The guest writes `page`: its next version.
+    /// The guest writes `page`: its next version (a page past the end is ignored).
     pub fn write(&mut self, page: u64) {
         let v = self.versions.get(page);
         self.versions
