@@ -97,9 +97,9 @@ pub struct Command {
 
 #[derive(clap::Subcommand, Debug)]
 enum Sub {
-    /// Sweep the ratio of the guest's dirty rate to the link's rate: rounds, total
-    /// time, downtime, bytes and the round where throttling started, per point (the
-    /// points run in parallel).
+    /// Sweep the guest's dirty rate (as a ratio to the link's rate) or an idle
+    /// guest's zero fraction (--over zero): rounds, total time, downtime, bytes and
+    /// the round where throttling started, per point (the points run in parallel).
     Sweep(crate::sim_sweep::SweepArgs),
 }
 

@@ -77,6 +77,9 @@ pub fn points(
 /// Runs the sweep; Ok(true) when every point verified (a point that fails to
 /// converge is a result, printed, and makes it false).
 pub fn run(args: &SweepArgs) -> Result<bool, String> {
+    if args.base.scenario.is_some() {
+        return Err("--scenario does not apply to a sweep: give the guest and link".into());
+    }
     let zero = args.over == "zero";
     if zero && !(args.from >= 0.0 && args.to <= 1.0 && args.to > args.from) {
         return Err(format!(
