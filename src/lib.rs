@@ -40,6 +40,8 @@ pub mod memory;
 #[cfg(feature = "std")]
 pub mod runtime;
 pub mod schedule;
+#[cfg(feature = "std")]
+pub mod sim;
 pub mod wire;
 #[cfg(feature = "std")]
 pub mod workload;

@@ -3,16 +3,13 @@
 //! runtime drives it through [`Guest`](crate::engine::Guest).
 
 use std::boxed::Box;
-use std::format;
-use std::str::FromStr;
-use std::string::String;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use std::vec::Vec;
 
-use super::{Rng, WorkloadError};
+use super::{Workload, WorkloadError, WriteStream};
 use crate::bitmap::AtomicDirtyBitmap;
 use crate::engine::Guest;
 use crate::layout::GuestLayout;
@@ -20,185 +17,6 @@ use crate::memory::AtomicMemory;
 
 /// An owned, shareable dirty bitmap.
 pub type SharedBitmap = Arc<AtomicDirtyBitmap<Box<[AtomicU64]>>>;
-
-/// How the guest writes its memory. Parsed from `NAME[:key=value,...]`; rates are in
-/// pages per second and accept `k`/`m` suffixes, sizes in bytes accept `K`/`M`/`G`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Workload {
-    /// Mostly zero memory and a trickle of writes to random pages
-    /// (`idle:rate=100`).
-    Idle {
-        /// Pages written per second.
-        rate: u64,
-    },
-    /// Every page written once, in order, then nothing (`once:rate=250k`): data loaded
-    /// into memory and then only read.
-    Once {
-        /// Pages written per second.
-        rate: u64,
-    },
-    /// A dirtying loop over a working set at the start of memory
-    /// (`continuous:rate=50k,set=256M`).
-    Continuous {
-        /// Pages written per second.
-        rate: u64,
-        /// Working set, bytes.
-        set: u64,
-    },
-    /// Every page of memory filled with non-zero data before the migration starts,
-    /// then a dirtying loop like [`Continuous`](Self::Continuous)
-    /// (`fill:rate=50k,set=256M`): a fully written guest, nothing for zero-page
-    /// elision to skip, so whatever costs per page of memory shows.
-    Fill {
-        /// Pages written per second.
-        rate: u64,
-        /// Working set of the writes, bytes.
-        set: u64,
-    },
-    /// Zipf-skewed writes over all memory (`hotspot:rate=50k,skew=1.1`).
-    Hotspot {
-        /// Pages written per second.
-        rate: u64,
-        /// Zipf exponent (larger: hotter hot pages).
-        skew: f64,
-    },
-}
-
-impl Workload {
-    /// Pages written per second.
-    pub fn rate(&self) -> u64 {
-        match *self {
-            Workload::Idle { rate }
-            | Workload::Once { rate }
-            | Workload::Continuous { rate, .. }
-            | Workload::Fill { rate, .. }
-            | Workload::Hotspot { rate, .. } => rate,
-        }
-    }
-}
-
-fn parse_scaled(value: &str, key: &str, units: &[(char, u64)]) -> Result<u64, String> {
-    let (digits, scale) = match value.chars().last() {
-        Some(c) if c.is_ascii_alphabetic() => {
-            let scale = units
-                .iter()
-                .find(|(u, _)| *u == c)
-                .map(|(_, s)| *s)
-                .ok_or_else(|| format!("{key}={value}: unknown suffix '{c}'"))?;
-            (&value[..value.len() - 1], scale)
-        }
-        _ => (value, 1),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{key}={value}: not a number"))?;
-    n.checked_mul(scale)
-        .ok_or_else(|| format!("{key}={value}: too large"))
-}
-
-/// The highest `rate` a workload takes, page writes per second (all writers).
-pub const MAX_RATE: u64 = 100_000_000;
-
-impl FromStr for Workload {
-    type Err = WorkloadError;
-
-    fn from_str(spec: &str) -> Result<Self, WorkloadError> {
-        let err = |problem: String| WorkloadError::Spec {
-            spec: spec.into(),
-            problem,
-        };
-        let (name, args) = spec.split_once(':').unwrap_or((spec, ""));
-        let mut rate = None;
-        let mut set = None;
-        let mut skew = None;
-        for kv in args.split(',').filter(|s| !s.is_empty()) {
-            let (k, v) = kv
-                .split_once('=')
-                .ok_or_else(|| err(format!("'{kv}' is not key=value")))?;
-            let rates = [('k', 1_000), ('m', 1_000_000)];
-            if args
-                .split(',')
-                .filter(|o| o.split('=').next() == Some(k))
-                .count()
-                > 1
-            {
-                return Err(err(format!("'{k}' is given more than once")));
-            }
-            let sizes = [('K', 1 << 10), ('M', 1 << 20), ('G', 1 << 30)];
-            match k {
-                "rate" => {
-                    let r = parse_scaled(v, k, &rates).map_err(err)?;
-                    if r > MAX_RATE {
-                        return Err(err(format!(
-                            "rate={v}: at most {MAX_RATE} page writes per second (100m)"
-                        )));
-                    }
-                    rate = Some(r);
-                }
-                "set" => set = Some(parse_scaled(v, k, &sizes).map_err(err)?),
-                "skew" => {
-                    let s: f64 = v
-                        .parse()
-                        .map_err(|_| err(format!("skew={v}: not a number")))?;
-                    if !(s.is_finite() && s > 0.0) {
-                        return Err(err(format!("skew={v}: must be above 0")));
-                    }
-                    skew = Some(s);
-                }
-                _ => return Err(err(format!("unknown key '{k}' (rate, set, skew)"))),
-            }
-        }
-        let allowed = |keys: &[&str]| -> Result<(), WorkloadError> {
-            for (k, given) in [("set", set.is_some()), ("skew", skew.is_some())] {
-                if given && !keys.contains(&k) {
-                    return Err(err(format!("'{k}' does not apply to {name}")));
-                }
-            }
-            Ok(())
-        };
-        let w = match name {
-            "idle" => {
-                allowed(&[])?;
-                Workload::Idle {
-                    rate: rate.unwrap_or(100),
-                }
-            }
-            "once" => {
-                allowed(&[])?;
-                Workload::Once {
-                    rate: rate.unwrap_or(250_000),
-                }
-            }
-            "continuous" => {
-                allowed(&["set"])?;
-                Workload::Continuous {
-                    rate: rate.unwrap_or(50_000),
-                    set: set.unwrap_or(256 << 20),
-                }
-            }
-            "fill" => {
-                allowed(&["set"])?;
-                Workload::Fill {
-                    rate: rate.unwrap_or(50_000),
-                    set: set.unwrap_or(256 << 20),
-                }
-            }
-            "hotspot" => {
-                allowed(&["skew"])?;
-                Workload::Hotspot {
-                    rate: rate.unwrap_or(50_000),
-                    skew: skew.unwrap_or(1.1),
-                }
-            }
-            _ => {
-                return Err(err(format!(
-                    "unknown workload '{name}' (idle, once, continuous, fill, hotspot)"
-                )))
-            }
-        };
-        Ok(w)
-    }
-}
 
 #[derive(Debug, Default)]
 struct Control {
@@ -250,22 +68,17 @@ impl SyntheticGuest {
         let memory = Arc::new(AtomicMemory::new(page_size, layout.total_pages()));
         super::huge_pages::advise_huge_pages(memory.as_ptr(), memory.byte_len());
         let bitmap = Arc::new(AtomicDirtyBitmap::new(layout));
-        let prefill = match workload {
-            Workload::Continuous { set, .. } => set / layout.page_size(),
-            Workload::Hotspot { .. } | Workload::Fill { .. } => layout.total_pages(),
-            Workload::Idle { .. } | Workload::Once { .. } => 0,
-        }
-        .min(layout.total_pages());
+        let (pages, page_size) = (layout.total_pages(), layout.page_size());
         {
             use rayon::prelude::*;
             // Ranges of 256 pages: a task of 1 MiB of 4 KiB pages.
-            (0..prefill.div_ceil(256))
-                .into_par_iter()
-                .for_each(|chunk| {
-                    for page in chunk * 256..((chunk + 1) * 256).min(prefill) {
-                        write_page_content(&memory, page, page);
+            (0..pages.div_ceil(256)).into_par_iter().for_each(|chunk| {
+                for page in chunk * 256..((chunk + 1) * 256).min(pages) {
+                    if workload.holds_data(page, pages, page_size) {
+                        write_page_content(&memory, page);
                     }
-                });
+                }
+            });
         }
         SyntheticGuest {
             memory,
@@ -400,17 +213,10 @@ impl Drop for SyntheticGuest {
     }
 }
 
-/// Writes page `page`'s content for version `version`: a header word, then text-like
-/// and counter words (compressible, but not trivially), so every write changes bytes.
-fn write_page_content(memory: &AtomicMemory, page: u64, version: u64) {
-    let words = memory_words(memory);
-    for w in 0..words {
-        let v = match w % 8 {
-            0 => version.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ page,
-            1..=4 => u64::from_le_bytes(*b"precopy "),
-            _ => (w as u64) << 32 | (version & 0xffff),
-        };
-        let _ = memory.store_word(page, w, v);
+/// Writes page `page`'s content before the migration ([`super::pages::demo_word`]).
+fn write_page_content(memory: &AtomicMemory, page: u64) {
+    for w in 0..memory_words(memory) {
+        let _ = memory.store_word(page, w, super::pages::demo_word(page, w));
     }
 }
 
@@ -426,17 +232,9 @@ fn writer(
     index: usize,
     threads: usize,
 ) {
-    let pages = bitmap.total_pages();
     let words = memory_words(memory) as u64;
-    let mut rng = Rng::new(0x2545_f491_4f6c_dd1d ^ (index as u64 + 1));
-    let mut next = |bound: u64| rng.below(bound);
-    // Once: this thread's share of pages in order; continuous: its share of the set.
-    let (mut cursor, span) = match workload {
-        Workload::Continuous { set, .. } | Workload::Fill { set, .. } => {
-            (index as u64, (set / (words * 8)).clamp(1, pages))
-        }
-        _ => (index as u64, pages),
-    };
+    let page_size = words * 8;
+    let mut stream = WriteStream::new(workload, bitmap.total_pages(), page_size, index, threads);
     let per_thread = workload.rate() as f64 / threads as f64;
     let tick = Duration::from_millis(1);
     let mut deadline = Instant::now();
@@ -466,26 +264,12 @@ fn writer(
             if n % 4096 == 4095 && control.stop.load(Ordering::Acquire) {
                 break;
             }
-            let page = match workload {
-                Workload::Idle { .. } => next(pages),
-                Workload::Once { .. } => {
-                    if cursor >= pages {
-                        break;
-                    }
-                    let p = cursor;
-                    cursor += threads as u64;
-                    p
-                }
-                Workload::Continuous { .. } | Workload::Fill { .. } => {
-                    let p = cursor % span;
-                    cursor += threads as u64;
-                    p
-                }
-                Workload::Hotspot { skew, .. } => zipf(pages, skew, next(1 << 53)),
+            let Some(page) = stream.next_page() else {
+                break;
             };
             // A real write: a word of the page changes, then the page is marked.
             version += 1;
-            let _ = memory.store_word(page, next(words) as usize, version ^ page);
+            let _ = memory.store_word(page, stream.word(words) as usize, version ^ page);
             let _ = bitmap.mark(page);
             control.writes.fetch_add(1, Ordering::Relaxed);
         }
@@ -502,81 +286,9 @@ fn writer(
     }
 }
 
-/// A page drawn with probability proportional to `rank^-skew` (rank 1 = page 0), by
-/// inverting the continuous approximation of the Zipf distribution; `u53` is a
-/// uniform 53-bit integer.
-fn zipf(pages: u64, skew: f64, u53: u64) -> u64 {
-    let u = u53 as f64 / (1u64 << 53) as f64;
-    // Ranks are drawn from [1, pages + 1) and floored, so every page can come up.
-    let n = pages as f64 + 1.0;
-    let rank = if (skew - 1.0).abs() < 1e-9 {
-        n.powf(u)
-    } else {
-        let e = 1.0 - skew;
-        ((n.powf(e) - 1.0) * u + 1.0).powf(1.0 / e)
-    };
-    (rank as u64).saturating_sub(1).min(pages - 1)
-}
-
-impl core::fmt::Display for Workload {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match *self {
-            Workload::Idle { rate } => write!(f, "idle:rate={rate}"),
-            Workload::Once { rate } => write!(f, "once:rate={rate}"),
-            Workload::Continuous { rate, set } => write!(f, "continuous:rate={rate},set={set}"),
-            Workload::Fill { rate, set } => write!(f, "fill:rate={rate},set={set}"),
-            Workload::Hotspot { rate, skew } => write!(f, "hotspot:rate={rate},skew={skew}"),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::string::ToString;
-
-    #[test]
-    fn workload_specs_parse_and_errors_name_the_problem() {
-        assert_eq!(
-            "continuous:rate=20k,set=64M".parse::<Workload>().unwrap(),
-            Workload::Continuous {
-                rate: 20_000,
-                set: 64 << 20
-            }
-        );
-        assert_eq!(
-            "idle".parse::<Workload>().unwrap(),
-            Workload::Idle { rate: 100 }
-        );
-        let e = |s: &str| s.parse::<Workload>().unwrap_err().to_string();
-        assert_eq!(
-            "fill:rate=10k".parse::<Workload>().unwrap(),
-            Workload::Fill {
-                rate: 10_000,
-                set: 256 << 20
-            }
-        );
-        assert!(e("busy").contains("unknown workload 'busy'"));
-        assert!(e("busy").contains("fill"), "{}", e("busy"));
-        assert!(e("fill:skew=2").contains("'skew' does not apply to fill"));
-        assert!(e("idle:set=1M").contains("'set' does not apply to idle"));
-        assert!(e("once:rate=fast").contains("rate=fast"));
-        assert!(e("once:rate=1.5").contains("rate=1.5: not a number"));
-        assert!(e("hotspot:skew=-1").contains("must be above 0"));
-        assert!(e("continuous:rate").contains("is not key=value"));
-        assert!(e("continuous:rate=1x").contains("unknown suffix"));
-    }
-
-    #[test]
-    fn zipf_stays_in_range_and_prefers_low_pages() {
-        let low = (0..1000u64)
-            .map(|i| zipf(1 << 20, 1.1, i * (1 << 43)))
-            .filter(|&p| p < 1024)
-            .count();
-        assert!(low > 500, "{low}");
-        assert_eq!(zipf(10, 1.0, (1 << 53) - 1), 9);
-        assert_eq!(zipf(10, 2.0, 0), 0);
-    }
 
     #[test]
     fn a_fill_guest_starts_with_every_page_written() {

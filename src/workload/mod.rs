@@ -13,7 +13,9 @@ mod guest;
 pub mod huge_pages;
 pub mod pages;
 mod rng;
+mod spec;
 
 pub use error::WorkloadError;
-pub use guest::{SharedBitmap, SyntheticGuest, Workload};
+pub use guest::{SharedBitmap, SyntheticGuest};
 pub use rng::Rng;
+pub use spec::{Workload, WriteStream, MAX_RATE};

@@ -7,6 +7,24 @@ use std::vec::Vec;
 
 use super::Rng;
 
+/// Word `w` of page `page` of a demo guest's memory before the migration (every
+/// page that holds data; the simulator's default content too): a header word, then
+/// text-like and counter words, compressible but not trivially (LZ4 about 15:1).
+pub fn demo_word(page: u64, w: usize) -> u64 {
+    match w % 8 {
+        0 => page.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ page,
+        1..=4 => u64::from_le_bytes(*b"precopy "),
+        _ => (w as u64) << 32 | (page & 0xffff),
+    }
+}
+
+/// Fills `out` (whole 8-byte words) with page `page`'s [`demo_word`]s.
+pub fn demo_page(page: u64, out: &mut [u8]) {
+    for (w, word) in out.chunks_exact_mut(8).enumerate() {
+        word.copy_from_slice(&demo_word(page, w).to_le_bytes());
+    }
+}
+
 /// Kinds of page in the realistic mix ([`mix_kind`], [`pages`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PageKind {

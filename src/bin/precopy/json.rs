@@ -13,6 +13,15 @@ pub fn line<T: Serialize>(value: &T) {
     }
 }
 
+/// `base`'s JSON object with the fields of `extra` (an object) added.
+pub fn merged<T: Serialize>(base: &T, extra: serde_json::Value) -> serde_json::Value {
+    let mut value = serde_json::to_value(base).unwrap_or(serde_json::Value::Null);
+    if let (serde_json::Value::Object(m), serde_json::Value::Object(e)) = (&mut value, extra) {
+        m.extend(e);
+    }
+    value
+}
+
 /// Milliseconds of `ns`, to a tenth.
 pub fn ms(ns: u64) -> f64 {
     (ns as f64 / 1e5).round() / 10.0

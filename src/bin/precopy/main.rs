@@ -16,6 +16,10 @@ mod recv;
 mod report;
 mod send;
 mod signals;
+mod sim;
+mod sim_plot;
+mod sim_scenarios;
+mod sim_sweep;
 mod tls_args;
 
 /// precopy: pre-copy live migration of VM memory.
@@ -38,6 +42,9 @@ enum Command {
     /// Make a CA and a source and a destination certificate signed by it, for trying
     /// TLS out (`send`/`recv` --tls-cert, --tls-key, --tls-ca).
     Certs(certs::Args),
+    /// Simulate a migration of any size on a virtual clock (the real engines, codecs
+    /// and destination over a modelled link and CPU), printed like `demo`.
+    Sim(sim::Command),
     /// Measure precopy against a peer implementation in the same run.
     Bench {
         #[command(subcommand)]
@@ -65,6 +72,11 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Send(args) => send::run(&args),
+        Command::Sim(cmd) => match sim::main(&cmd) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("the simulated migration did not verify".to_string()),
+            Err(e) => Err(e),
+        },
         Command::Recv(args) => recv::run(&args),
         Command::Certs(args) => certs::run(&args),
         Command::Bench { suite } => match suite {

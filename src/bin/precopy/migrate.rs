@@ -23,9 +23,10 @@ pub struct MigrationArgs {
     /// Guest memory size (bytes; K, M, G, T suffixes), less than this host's memory.
     #[arg(long, default_value = "1G", value_parser = parse_size)]
     pub memory: u64,
-    /// Guest workload: NAME[:key=value,...] with NAME one of idle, once, continuous,
-    /// fill (every page written before the migration, then like continuous), hotspot
-    /// (keys: rate=pages/s, set=bytes, skew).
+    /// Guest workload: NAME[:key=value,...] with NAME one of idle (zero=fraction of
+    /// memory zero), once, continuous (set=all: a loop over all memory), fill (every
+    /// page written before the migration, then like continuous), hotspot, oltp
+    /// (pool=, log=, log_share=percent) (keys: rate=pages/s, set=bytes, skew).
     #[arg(long, default_value = "continuous:rate=50k,set=256M")]
     pub workload: String,
     /// Writer threads (the guest's vCPUs), 1 to 1024.
@@ -423,52 +424,65 @@ impl SourceReport {
         format!("verification: {inside}; {after}")
     }
 
-    /// Prints the summary line (text or JSON, which names `session` if given).
-    pub fn print(&self, json: bool, session: Option<&str>) {
+    /// The text summary's first line: total time, downtime, bytes, writes, verdict.
+    pub fn summary_line(&self) -> String {
         let ms = |ns: u64| format!("{:.1}", ns as f64 / 1e6);
         let ratio = self.wire_bytes as f64 / self.memory_bytes.max(1) as f64;
         let predicted = (self.predicted_ns != u64::MAX).then_some(self.predicted_ns);
+        format!(
+            "total {:.2} s, downtime {} (predicted {}), {:.1} MB on the wire = {ratio:.2} x memory, {} guest writes, verified: {}",
+            self.total_ns as f64 / 1e9,
+            self.downtime_ns.map_or("-".to_string(), |d| format!("{} ms", ms(d))),
+            predicted.map_or("-".to_string(), |d| format!("{} ms", ms(d))),
+            self.wire_bytes as f64 / 1e6,
+            self.writes,
+            if self.verified() { "yes" } else { "no" }
+        )
+    }
+
+    /// The JSON summary (names `session` if given).
+    pub fn json_summary(&self, session: Option<&str>) -> json::SourceSummary {
+        let ratio = self.wire_bytes as f64 / self.memory_bytes.max(1) as f64;
+        let predicted = (self.predicted_ns != u64::MAX).then_some(self.predicted_ns);
+        let (differing_pages, first_differing_pages) = match &self.source_check {
+            SourceCheck::Mismatch {
+                differing, first, ..
+            } => (Some(*differing), Some(first.clone())),
+            _ => (None, None),
+        };
+        json::SourceSummary {
+            kind: "summary",
+            verified: self.verified(),
+            rounds: self.rounds,
+            total_ms: json::ms(self.total_ns),
+            downtime_ms: self.downtime_ns.map(json::ms),
+            downtime_limit_ms: json::ms(self.downtime_limit_ns),
+            downtime_over_limit: self.downtime_over_limit(),
+            predicted_downtime_ms: predicted.map(json::ms),
+            verify: self.verify.name(),
+            verify_in_downtime_ms: self.verify_in_downtime_ns.map(json::ms),
+            verify_after_ms: self.verify_after_ns.map(json::ms),
+            source_check: self.check_name(),
+            wire_bytes: self.wire_bytes,
+            memory_bytes: self.memory_bytes,
+            wire_over_memory: (ratio * 1000.0).round() / 1000.0,
+            guest_writes: self.writes,
+            differing_pages,
+            first_differing_pages,
+            digest: self.digest.map(|d| format!("{d:#034x}")),
+            error: self.error.clone(),
+            writes_after_failure: self.writes_after_failure,
+            session: session.map(str::to_string),
+        }
+    }
+
+    /// Prints the summary line (text or JSON, which names `session` if given).
+    pub fn print(&self, json: bool, session: Option<&str>) {
+        let ms = |ns: u64| format!("{:.1}", ns as f64 / 1e6);
         if json {
-            let (differing_pages, first_differing_pages) = match &self.source_check {
-                SourceCheck::Mismatch {
-                    differing, first, ..
-                } => (Some(*differing), Some(first.clone())),
-                _ => (None, None),
-            };
-            json::line(&json::SourceSummary {
-                kind: "summary",
-                verified: self.verified(),
-                rounds: self.rounds,
-                total_ms: json::ms(self.total_ns),
-                downtime_ms: self.downtime_ns.map(json::ms),
-                downtime_limit_ms: json::ms(self.downtime_limit_ns),
-                downtime_over_limit: self.downtime_over_limit(),
-                predicted_downtime_ms: predicted.map(json::ms),
-                verify: self.verify.name(),
-                verify_in_downtime_ms: self.verify_in_downtime_ns.map(json::ms),
-                verify_after_ms: self.verify_after_ns.map(json::ms),
-                source_check: self.check_name(),
-                wire_bytes: self.wire_bytes,
-                memory_bytes: self.memory_bytes,
-                wire_over_memory: (ratio * 1000.0).round() / 1000.0,
-                guest_writes: self.writes,
-                differing_pages,
-                first_differing_pages,
-                digest: self.digest.map(|d| format!("{d:#034x}")),
-                error: self.error.clone(),
-                writes_after_failure: self.writes_after_failure,
-                session: session.map(str::to_string),
-            });
+            json::line(&self.json_summary(session));
         } else {
-            println!(
-                "total {:.2} s, downtime {} (predicted {}), {:.1} MB on the wire = {ratio:.2} x memory, {} guest writes, verified: {}",
-                self.total_ns as f64 / 1e9,
-                self.downtime_ns.map_or("-".to_string(), |d| format!("{} ms", ms(d))),
-                predicted.map_or("-".to_string(), |d| format!("{} ms", ms(d))),
-                self.wire_bytes as f64 / 1e6,
-                self.writes,
-                if self.verified() { "yes" } else { "no" }
-            );
+            println!("{}", self.summary_line());
             println!("{}", self.verification_line());
             if let (true, Some(d)) = (self.downtime_over_limit(), self.downtime_ns) {
                 println!(
@@ -692,7 +706,8 @@ pub fn run_loopback(
     Ok((report, dest_result))
 }
 
-fn print_final(round: &StreamsFinal, json: bool) {
+/// Prints the final round's row (or JSON line).
+pub fn print_final(round: &StreamsFinal, json: bool) {
     let c = |e| round.codecs.get(e).pages;
     if json {
         json::line(&json::FinalRound {
@@ -738,7 +753,8 @@ fn print_row(
     );
 }
 
-fn print_round(r: &StreamsRound, json: bool) {
+/// Prints a live round's row (or JSON line).
+pub fn print_round(r: &StreamsRound, json: bool) {
     let s = r.outcome.stats;
     let predicted = (s.predicted_downtime_ns != u64::MAX)
         .then(|| format!("{:.1}", s.predicted_downtime_ns as f64 / 1e6));
