@@ -14,7 +14,7 @@ declare -A allowed=(
   [engine]="layout bitmap codec wire memory schedule"
   [runtime]="layout bitmap codec wire memory schedule engine"
   [workload]="layout bitmap codec wire memory schedule engine"
-  [kvm]="layout bitmap codec wire memory schedule engine"
+  [kvm]="layout bitmap codec wire memory schedule engine runtime"
 )
 status=0
 for module in "${!allowed[@]}"; do

@@ -6,8 +6,8 @@
 //! the pre-harvest point ([`DirtyTracker`]). [`KvmGuest`] is the [`Guest`] a
 //! migration drives.
 //!
-//! Like the runtime it uses threads and the OS; it imports the engine and below, not
-//! the runtime.
+//! Like the runtime it uses threads and the OS; it sits above the runtime (which
+//! [`migrate_local`] drives) and below the CLI.
 //!
 //! [`Guest`]: crate::engine::Guest
 
@@ -18,6 +18,7 @@ use std::{format, vec};
 
 mod dirty;
 mod guest;
+mod migrate;
 pub mod program;
 mod ram;
 mod vcpu;
@@ -28,6 +29,7 @@ pub use dirty::{
     RING_ENTRIES,
 };
 pub use guest::{GuestConfig, KvmGuest, GUEST_PAGE};
+pub use migrate::{migrate_local, Continuity, LocalMigration, LocalMigrationError};
 pub use program::{layout_for, PaceExit};
 pub use ram::GuestRam;
 pub use vcpu::{Bitmap, Pacing, VcpuState, VcpuThread, PAUSE_TIMEOUT};

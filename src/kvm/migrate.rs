@@ -1,0 +1,237 @@
+//! A KVM guest migrated in one process: the runtime sends the source guest's RAM over
+//! loopback TCP (one connection per stream) with its vCPU writing, into a destination
+//! [`GuestRam`] (received in place: the destination VM's slots map that same memory);
+//! at the switchover the vCPU pauses, its state is handed over, and a destination VM
+//! continues it.
+
+use std::format;
+use std::net::{TcpListener, TcpStream};
+#[allow(unused_imports)]
+use std::prelude::rust_2021::*;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kvm_ioctls::Kvm;
+
+use super::guest::KvmGuest;
+use super::ram::GuestRam;
+use super::vcpu::VcpuState;
+use super::KvmError;
+use crate::engine::Guest;
+use crate::layout::Shard;
+use crate::memory::KeptHashes;
+use crate::runtime::{
+    accept_streams, migrate_streams, AppliedStreams, Limits, MigrationOptions, MigrationReport,
+    Observer, RuntimeError, SourceLink, StreamsFinal, StreamsRound,
+};
+
+/// How long the destination waits for each stream and each read.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the destination's vCPU runs before the continuity check.
+const CONTINUITY_RUN: Duration = Duration::from_millis(200);
+
+/// What [`migrate_local`] reports.
+#[derive(Debug)]
+pub struct LocalMigration {
+    /// The runtime's report (rounds, bytes, pause and verification times).
+    pub report: MigrationReport,
+    /// Each live round's dirty pages at its end, as the scheduler saw them.
+    pub live_dirty: Vec<u64>,
+    /// What the destination applied and verified.
+    pub applied: AppliedStreams,
+    /// The vCPU state handed over.
+    pub state: VcpuState,
+    /// The counter at the fixed address when the source paused.
+    pub counter_at_pause: u64,
+    /// The first page at which the two memories differ, compared with both VMs
+    /// paused (`None`: byte-equal).
+    pub first_difference: Option<u64>,
+    /// From the source's pause until the destination's vCPU was running, ns (the
+    /// memory comparison excluded).
+    pub resumed_after_ns: u64,
+    /// The continuity check on the destination.
+    pub continuity: Continuity,
+    /// The destination VM, running.
+    pub destination: KvmGuest,
+}
+
+/// The counter after the destination ran [`CONTINUITY_RUN`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Continuity {
+    /// The counter at the fixed address, read with the destination paused.
+    pub counter: u64,
+    /// The value in working-set page `(c + 1) mod set`, `c` the counter at the pause.
+    pub next_page_value: u64,
+    /// Whether the guest continued from where it stopped: the counter went past `c`,
+    /// and page `(c + 1) mod set` holds a value congruent to `c + 1` and above `c`
+    /// (a restart from 0 or a lost state fails this).
+    pub continued: bool,
+}
+
+/// Forwards to the caller's observer and records each live round's dirty pages.
+struct Recording<'a> {
+    inner: &'a mut dyn Observer,
+    live_dirty: Vec<u64>,
+}
+
+impl Observer for Recording<'_> {
+    fn round_done(&mut self, round: &StreamsRound) {
+        self.live_dirty.push(round.outcome.stats.dirty_pages);
+        self.inner.round_done(round);
+    }
+    fn final_round(&mut self, round: &StreamsFinal) {
+        self.inner.final_round(round);
+    }
+    fn progress(&mut self, sent: u64, planned: u64, lz4_streams: u8) {
+        self.inner.progress(sent, planned, lz4_streams);
+    }
+    fn ended(&mut self, report: &MigrationReport) {
+        self.inner.ended(report);
+    }
+}
+
+/// Why an in-process KVM migration failed.
+#[derive(Debug)]
+pub enum LocalMigrationError {
+    /// The migration itself (the source guest was resumed and runs on).
+    Migration(RuntimeError),
+    /// The destination side (receiving, or its VM).
+    Destination(String),
+    /// Setting up (sockets) or the KVM side after the migration.
+    Kvm(KvmError),
+}
+
+impl std::fmt::Display for LocalMigrationError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LocalMigrationError::Migration(e) => {
+                write!(f, "migration failed (the guest runs on at the source): {e}")
+            }
+            LocalMigrationError::Destination(e) => write!(f, "destination: {e}"),
+            LocalMigrationError::Kvm(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for LocalMigrationError {}
+
+impl From<KvmError> for LocalMigrationError {
+    fn from(e: KvmError) -> Self {
+        LocalMigrationError::Kvm(e)
+    }
+}
+
+/// Migrates `source` (running) with `options` over `streams` loopback connections,
+/// then continues it on a destination VM paced at `rate` pages per second over a
+/// working set of `set_pages`, and checks memory equality and counter continuity.
+/// On success the source stays paused and the destination runs.
+pub fn migrate_local(
+    kvm: &Kvm,
+    source: &KvmGuest,
+    streams: u8,
+    options: &MigrationOptions,
+    (rate, set_pages): (u64, u64),
+    observer: &mut dyn Observer,
+) -> Result<LocalMigration, LocalMigrationError> {
+    let setup = |e: std::io::Error| LocalMigrationError::Destination(format!("loopback: {e}"));
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(setup)?;
+    let addr = listener.local_addr().map_err(setup)?;
+    let layout = *source.ram().layout();
+    let limits = Limits {
+        max_memory: layout.total_bytes(),
+        expect: Some(layout),
+    };
+    let destination = std::thread::Builder::new()
+        .name("precopy-dest".into())
+        .spawn(move || receive(&listener, &limits))
+        .map_err(setup)?;
+    let mut links = Vec::new();
+    for _ in 0..streams.max(1) {
+        let stream = TcpStream::connect(addr).map_err(setup)?;
+        stream.set_nodelay(true).map_err(setup)?;
+        links.push(SourceLink::new(stream, addr.to_string()));
+    }
+    let mut recording = Recording {
+        inner: observer,
+        live_dirty: Vec::new(),
+    };
+    let result = migrate_streams(source, links, |l| l.finish(), options, &mut recording);
+    let received = destination
+        .join()
+        .map_err(|_| LocalMigrationError::Destination("the receiving thread panicked".into()));
+    let report = result.map_err(LocalMigrationError::Migration)?;
+    let (dest_ram, applied) = received?.map_err(LocalMigrationError::Destination)?;
+    let state = source
+        .paused_state()
+        .ok_or_else(|| LocalMigrationError::Destination("the source was never paused".into()))?;
+    let counter_at_pause = source.counter()?;
+    // Both VMs paused (the destination's does not exist yet): compare every page.
+    let first_difference = source.ram().first_difference(&dest_ram);
+    let compare_done = Instant::now();
+    let destination = KvmGuest::restore(kvm, dest_ram, &state, rate)?;
+    let paused_at = report.paused_at.unwrap_or(compare_done);
+    let resumed_after_ns = compare_done.saturating_duration_since(paused_at).as_nanos() as u64;
+    std::thread::sleep(CONTINUITY_RUN);
+    destination.pause_vcpu()?;
+    let counter = destination.counter()?;
+    let next = (counter_at_pause + 1) % set_pages.max(1);
+    let next_page_value = destination.working_set_value(next)?;
+    let continued = state.regs.rbx == counter_at_pause
+        && counter > counter_at_pause
+        && next_page_value > counter_at_pause
+        && next_page_value % set_pages.max(1) == next;
+    destination.resume_vcpu();
+    Ok(LocalMigration {
+        report,
+        live_dirty: recording.live_dirty,
+        applied,
+        state,
+        counter_at_pause,
+        first_difference,
+        resumed_after_ns,
+        continuity: Continuity {
+            counter,
+            next_page_value,
+            continued,
+        },
+        destination,
+    })
+}
+
+/// The destination: accepts the streams, sizes its RAM by the header, applies every
+/// stream into it in place (each through a [`KeptHashes`] view of its shard).
+fn receive(
+    listener: &TcpListener,
+    limits: &Limits,
+) -> Result<(Arc<GuestRam>, AppliedStreams), String> {
+    let (first, peer) = listener
+        .accept()
+        .map_err(|e| format!("accepting the source: {e}"))?;
+    let peer = peer.to_string();
+    let incoming = accept_streams(listener, first, &peer, limits, STREAM_TIMEOUT)
+        .map_err(|e| format!("accepting the streams: {e}"))?;
+    let header = *incoming.header();
+    let ram = match GuestRam::new(header.layout) {
+        Ok(ram) => Arc::new(ram),
+        Err(e) => {
+            let reason = RuntimeError::from(std::io::Error::other(e.to_string()));
+            incoming.refuse(&reason);
+            return Err(format!("destination memory: {e}"));
+        }
+    };
+    let count = header.stream.count();
+    let views: Vec<_> = (0..count)
+        .map(|i| KeptHashes::new(&*ram, Shard::new(i, count).unwrap_or(Shard::WHOLE)))
+        .collect();
+    let applied = incoming
+        .apply_into(views)
+        .map_err(|e| format!("applying the streams: {e}"))?;
+    Ok((ram, applied))
+}
+
+/// Asserts the trait bounds the runtime needs of a KVM guest.
+#[allow(dead_code)]
+fn assert_guest_bounds() {
+    fn is<G: Guest + Sync>() {}
+    is::<KvmGuest>();
+}
