@@ -46,9 +46,11 @@ pub struct LocalMigration {
     /// The first page at which the two memories differ, compared with both VMs
     /// paused (`None`: byte-equal).
     pub first_difference: Option<u64>,
-    /// From the source's pause until the destination's vCPU was running, ns (the
-    /// memory comparison excluded).
-    pub resumed_after_ns: u64,
+    /// Creating the destination VM over the received memory, handing it the vCPU state
+    /// and starting its vCPU, ns. A VMM starts it as soon as the destination verified
+    /// (the report's `verified_at`); here the source's re-read and the memory
+    /// comparison run first, so the guest's real pause is the downtime plus this.
+    pub restore_ns: u64,
     /// The continuity check on the destination.
     pub continuity: Continuity,
     /// The destination VM, running.
@@ -167,10 +169,9 @@ pub fn migrate_local(
     let counter_at_pause = source.counter()?;
     // Both VMs paused (the destination's does not exist yet): compare every page.
     let first_difference = source.ram().first_difference(&dest_ram);
-    let compare_done = Instant::now();
+    let restore_start = Instant::now();
     let destination = KvmGuest::restore(kvm, dest_ram, &state, rate)?;
-    let paused_at = report.paused_at.unwrap_or(compare_done);
-    let resumed_after_ns = compare_done.saturating_duration_since(paused_at).as_nanos() as u64;
+    let restore_ns = restore_start.elapsed().as_nanos() as u64;
     std::thread::sleep(CONTINUITY_RUN);
     destination.pause_vcpu()?;
     let counter = destination.counter()?;
@@ -188,7 +189,7 @@ pub fn migrate_local(
         state,
         counter_at_pause,
         first_difference,
-        resumed_after_ns,
+        restore_ns,
         continuity: Continuity {
             counter,
             next_page_value,

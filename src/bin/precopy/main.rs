@@ -8,6 +8,7 @@ mod bench_bitmap;
 mod bench_codec;
 mod bench_pipeline;
 mod demo;
+mod kvm_demo;
 mod migrate;
 mod recv;
 mod report;
@@ -25,6 +26,9 @@ struct Cli {
 enum Command {
     /// Migrate a synthetic guest with writers running, over loopback TCP, and verify it.
     Demo(demo::Args),
+    /// Migrate a real KVM guest (a program writing at a paced rate) live in one process
+    /// and continue it on a destination VM (exit status 3: no /dev/kvm here).
+    KvmDemo(kvm_demo::Args),
     /// Migrate a synthetic guest to a `precopy recv` over TCP, or into a stream file.
     Send(send::Args),
     /// Take a migration from a `precopy send` over TCP, or restore a stream file, and
@@ -53,6 +57,14 @@ fn main() -> ExitCode {
         Command::Demo(args) => match demo::run(&args) {
             Ok(true) => Ok(()),
             Ok(false) => Err("the destination did not verify the migrated memory".to_string()),
+            Err(e) => Err(e),
+        },
+        Command::KvmDemo(args) => match kvm_demo::run(&args) {
+            Ok(kvm_demo::Outcome::Ok) => Ok(()),
+            Ok(kvm_demo::Outcome::NoKvm(line)) => {
+                eprintln!("precopy: {line}");
+                return ExitCode::from(kvm_demo::NO_KVM_EXIT);
+            }
             Err(e) => Err(e),
         },
         Command::Send(args) => send::run(&args),

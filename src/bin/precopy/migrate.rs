@@ -639,7 +639,7 @@ pub fn run_loopback(
     Ok((report, dest_result))
 }
 
-fn print_final(round: &StreamsFinal, json: bool) {
+pub fn print_final(round: &StreamsFinal, json: bool) {
     let c = |e| round.codecs.get(e).pages;
     if json {
         println!(
@@ -678,7 +678,7 @@ fn print_row(
     );
 }
 
-fn print_round(r: &StreamsRound, json: bool) {
+pub fn print_round(r: &StreamsRound, json: bool) {
     let s = r.outcome.stats;
     let predicted = (s.predicted_downtime_ns != u64::MAX)
         .then(|| format!("{:.1}", s.predicted_downtime_ns as f64 / 1e6));
