@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use kvm_ioctls::Kvm;
 use precopy::engine::{Guest, SourceConfig};
 use precopy::kvm::{
-    layout_for, migrate_local, DirtyMode, DirtyOffers, GuestConfig, GuestRam, KvmGuest, PaceExit,
+    layout_for, migrate_local, DirtyMode, DirtyOffers, GuestConfig, GuestRam, KvmGuest,
 };
 use precopy::runtime::{MigrationOptions, Observer, StreamsRound};
 use precopy::schedule::Policy;
@@ -33,14 +33,12 @@ fn open_kvm_or_skip() -> Option<Kvm> {
 }
 
 fn boot(kvm: &Kvm, mode: DirtyMode) -> KvmGuest {
+    boot_with(kvm, GuestConfig::new(SET, RATE, mode))
+}
+
+fn boot_with(kvm: &Kvm, config: GuestConfig) -> KvmGuest {
     let ram = Arc::new(GuestRam::new(layout_for(128 << 20).unwrap()).unwrap());
-    let config = GuestConfig {
-        working_set_pages: SET,
-        rate: RATE,
-        dirty: mode,
-        exit: PaceExit::InvalidOpcode,
-    };
-    KvmGuest::boot(kvm, ram, config).unwrap_or_else(|e| panic!("{mode:?}: boot: {e}"))
+    KvmGuest::boot(kvm, ram, config).unwrap_or_else(|e| panic!("{config:?}: boot: {e}"))
 }
 
 fn options() -> MigrationOptions {
@@ -106,6 +104,11 @@ fn guest_writes_at_its_rate_and_pauses_at_its_pause_point() {
 
 /// Migrates a guest tracked in `mode` and checks everything the issue asks.
 fn migrate_in(mode: DirtyMode) {
+    migrate_with(GuestConfig::new(SET, RATE, mode));
+}
+
+fn migrate_with(config: GuestConfig) {
+    let mode = config.dirty;
     let Some(kvm) = open_kvm_or_skip() else {
         return;
     };
@@ -115,7 +118,7 @@ fn migrate_in(mode: DirtyMode) {
         eprintln!("SKIP: dirty mode {} not offered here", mode.name());
         return;
     }
-    let source = boot(&kvm, mode);
+    let source = boot_with(&kvm, config);
     // Let the guest cover its working set once, so every live round has dirty pages.
     wait_counter(&source, SET, "before the migration");
     let m = migrate_local(&kvm, &source, 2, &options(), (RATE, SET), &mut ())
@@ -146,6 +149,13 @@ fn migrate_in(mode: DirtyMode) {
         m.live_dirty
     );
     assert!(stats.syncs.load(Ordering::Relaxed) >= 2);
+    if mode == DirtyMode::Ring && config.ring_entries <= 1024 {
+        assert!(
+            stats.ring_full_exits.load(Ordering::Relaxed) > 0,
+            "a {}-entry ring never filled",
+            config.ring_entries
+        );
+    }
     assert_eq!(m.state.regs.rbx, m.counter_at_pause);
     assert!(m.continuity.continued, "{:?}", m.continuity);
     // The destination keeps running from there.
@@ -165,6 +175,23 @@ fn migration_with_manual_clear() {
 #[test]
 fn migration_with_the_dirty_ring() {
     migrate_in(DirtyMode::Ring);
+}
+
+/// A ring of 512 entries fills between syncs at this rate: the vCPU's ring-full exits
+/// bring the entries in, and no write is lost.
+#[test]
+fn migration_with_a_dirty_ring_that_fills() {
+    let Some(kvm) = open_kvm_or_skip() else {
+        return;
+    };
+    if !DirtyOffers::probe(&kvm).offers(DirtyMode::Ring) {
+        eprintln!("SKIP: no dirty ring here");
+        return;
+    }
+    migrate_with(GuestConfig {
+        ring_entries: 512,
+        ..GuestConfig::new(SET, RATE, DirtyMode::Ring)
+    });
 }
 
 /// Cuts the migration after its first live round by failing the guest's syncs.

@@ -31,6 +31,23 @@ pub struct GuestConfig {
     pub dirty: DirtyMode,
     /// How the loop exits to be paced.
     pub exit: PaceExit,
+    /// Dirty-ring entries per vCPU in [`DirtyMode::Ring`] (a power of two; the
+    /// kernel's limit if lower). A small ring makes the vCPU exit when it is full.
+    pub ring_entries: usize,
+}
+
+impl GuestConfig {
+    /// A guest writing `rate` pages per second over `working_set_pages`, tracked in
+    /// `dirty`, paced by `ud2` exits, with rings of [`RING_ENTRIES`].
+    pub fn new(working_set_pages: u64, rate: u64, dirty: DirtyMode) -> Self {
+        GuestConfig {
+            working_set_pages,
+            rate,
+            dirty,
+            exit: PaceExit::InvalidOpcode,
+            ring_entries: RING_ENTRIES,
+        }
+    }
 }
 
 /// A VM of one vCPU over [`GuestRam`], running the guest program on its own thread.
@@ -60,6 +77,7 @@ fn create_vm(
     kvm: &Kvm,
     ram: &GuestRam,
     mode: DirtyMode,
+    ring_entries: usize,
 ) -> Result<(VmFd, VcpuFd, DirtyTracker), KvmError> {
     let offers = DirtyOffers::probe(kvm);
     if !offers.offers(mode) {
@@ -78,7 +96,7 @@ fn create_vm(
     match (mode, offers.ring) {
         (DirtyMode::Clear, _) => enable_manual_protect(&vm)?,
         (DirtyMode::Ring, Some((cap, max))) => {
-            ring_bytes = max.min(RING_ENTRIES * std::mem::size_of::<kvm_bindings::kvm_dirty_gfn>());
+            ring_bytes = max.min(ring_entries * std::mem::size_of::<kvm_bindings::kvm_dirty_gfn>());
             enable_dirty_ring(&vm, cap, ring_bytes)?;
         }
         _ => {}
@@ -108,7 +126,7 @@ impl KvmGuest {
         let regs = program::load(&ram, config.working_set_pages, config.exit)?;
         let pacing = Pacing::for_rate(config.rate);
         ram.write_u64(PARAMS_ADDR, pacing.batch)?;
-        let (vm, vcpu, tracker) = create_vm(kvm, &ram, config.dirty)?;
+        let (vm, vcpu, tracker) = create_vm(kvm, &ram, config.dirty, config.ring_entries)?;
         let sregs = program::long_mode_sregs(
             vcpu.get_sregs()
                 .map_err(|e| KvmError::ioctl("KVM_GET_SREGS", e))?,
@@ -126,7 +144,7 @@ impl KvmGuest {
         state: &VcpuState,
         rate: u64,
     ) -> Result<Self, KvmError> {
-        let (vm, vcpu, tracker) = create_vm(kvm, &ram, DirtyMode::Off)?;
+        let (vm, vcpu, tracker) = create_vm(kvm, &ram, DirtyMode::Off, 0)?;
         let batch = ram.read_u64(PARAMS_ADDR)?;
         let pacing = Pacing { batch, rate };
         Self::run(vm, vcpu, tracker, ram, state, pacing)

@@ -93,7 +93,7 @@ mod imp {
     use precopy::engine::{SourceConfig, Verify};
     use precopy::kvm::{
         layout_for, migrate_local, DirtyMode, DirtyOffers, GuestConfig, GuestRam, KvmGuest,
-        LocalMigrationError, PaceExit,
+        LocalMigrationError,
     };
     use precopy::memory::migration_digest;
     use precopy::runtime::{
@@ -168,12 +168,7 @@ mod imp {
             ..policy
         };
         policy.validate().map_err(|e| e.to_string())?;
-        let config = GuestConfig {
-            working_set_pages: set_pages,
-            rate: args.rate,
-            dirty: mode,
-            exit: PaceExit::InvalidOpcode,
-        };
+        let config = GuestConfig::new(set_pages, args.rate, mode);
         let source = KvmGuest::boot(&kvm, ram, config).map_err(|e| format!("source VM: {e}"))?;
         if !args.json {
             println!("{}", offers.describe());
