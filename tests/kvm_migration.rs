@@ -339,3 +339,47 @@ fn kvm_demo_cli_migrates_and_says_so() {
         assert!(summary.contains(want), "{want} not in {summary}");
     }
 }
+
+/// In every mode a sync re-protects what it reported: with the vCPU paused a second
+/// sync reports nothing, and once the guest ran again the next sync reports its pages
+/// (the bitmap gets them, and only after the re-protect).
+#[test]
+fn each_dirty_mode_reprotects_what_it_reported() {
+    let Some(kvm) = open_kvm_or_skip() else {
+        return;
+    };
+    let offers = DirtyOffers::probe(&kvm);
+    for mode in [DirtyMode::Log, DirtyMode::Clear, DirtyMode::Ring] {
+        if !offers.offers(mode) {
+            eprintln!("SKIP: dirty mode {} not offered here", mode.name());
+            continue;
+        }
+        let guest = boot(&kvm, mode);
+        wait_counter(&guest, 200, "first writes");
+        guest.pause_vcpu().unwrap();
+        let tracker = guest.tracker();
+        let first = tracker.sync(guest.bitmap()).unwrap();
+        assert!(first > 0, "{mode:?}: the guest's writes were not reported");
+        let page = precopy::kvm::program::working_set_page(guest.counter().unwrap() % SET);
+        assert!(guest.bitmap().is_dirty(page), "{mode:?}: last written page");
+        let again = tracker.sync(guest.bitmap()).unwrap();
+        assert_eq!(again, 0, "{mode:?}: reported again with the guest paused");
+        let harvested = guest.bitmap().harvest().count();
+        assert!(harvested > 0);
+        let c = guest.counter().unwrap();
+        guest.resume_vcpu();
+        wait_counter(&guest, c + 50, "after resume");
+        guest.pause_vcpu().unwrap();
+        let after = tracker.sync(guest.bitmap()).unwrap();
+        assert!(
+            after > 0,
+            "{mode:?}: writes after the re-protect were not reported"
+        );
+        let page = precopy::kvm::program::working_set_page(guest.counter().unwrap() % SET);
+        assert!(
+            guest.bitmap().is_dirty(page),
+            "{mode:?}: page written after resume"
+        );
+        eprintln!("{mode:?}: reported {first}, then {again} while paused, then {after}");
+    }
+}
