@@ -140,6 +140,20 @@ pub struct SyncStats {
     pub sync_ns: AtomicU64,
     /// Ring-full exits of the vCPUs.
     pub ring_full_exits: AtomicU64,
+    /// Of `sync_ns`: fetching (`KVM_GET_DIRTY_LOG`, which in classic mode also
+    /// re-protects; or collecting the rings).
+    pub fetch_ns: AtomicU64,
+    /// Of `sync_ns`: re-protecting (`KVM_CLEAR_DIRTY_LOG`, `KVM_RESET_DIRTY_RINGS`).
+    pub protect_ns: AtomicU64,
+    /// Of `sync_ns`: ORing into the bitmap.
+    pub import_ns: AtomicU64,
+}
+
+/// Adds the time since `*t` to `counter` and restarts `*t`.
+fn lap(t: &mut std::time::Instant, counter: &AtomicU64) {
+    let now = std::time::Instant::now();
+    counter.fetch_add((now - *t).as_nanos() as u64, Ordering::Relaxed);
+    *t = now;
 }
 
 /// A vCPU's dirty ring, mapped from its fd at `KVM_DIRTY_LOG_PAGE_OFFSET`.
@@ -475,7 +489,10 @@ impl DirtyTracker {
         for (s, log) in self.slots.slots().iter().zip(logs.iter_mut()) {
             // Classic mode: GET clears and re-protects. Manual mode: GET only reads;
             // CLEAR re-protects exactly what it reported.
-            if let Err(e) = get_dirty_log(self.vm_fd, s.slot, log) {
+            let mut t = std::time::Instant::now();
+            let got = get_dirty_log(self.vm_fd, s.slot, log);
+            lap(&mut t, &self.stats.fetch_ns);
+            if let Err(e) = got {
                 first_err.get_or_insert(e);
                 continue;
             }
@@ -485,6 +502,7 @@ impl DirtyTracker {
             } else {
                 Ok(())
             };
+            lap(&mut t, &self.stats.protect_ns);
             // Then OR in: also after a failed CLEAR (the pages stay dirty in KVM too;
             // a superset is safe).
             if let Err(e) = bitmap.import_kvm_dirty_log(&self.slots, s.slot, log) {
@@ -492,6 +510,7 @@ impl DirtyTracker {
                 let _ = bitmap.mark_page_range(s.first_page..s.first_page + s.pages);
                 first_err.get_or_insert(KvmError::Config(format!("slot {}: {e}", s.slot)));
             }
+            lap(&mut t, &self.stats.import_ns);
             if let Err(e) = cleared {
                 first_err.get_or_insert(e);
             }
@@ -508,14 +527,18 @@ impl DirtyTracker {
     where
         W: std::ops::Deref<Target = [std::sync::atomic::AtomicU64]>,
     {
+        let mut t = std::time::Instant::now();
         entries.clear();
         for ring in rings.iter_mut() {
             ring.collect(entries);
         }
+        lap(&mut t, &self.stats.fetch_ns);
         // Re-protect (and recycle the entries), then OR; the entries are imported even
         // if the reset failed.
         let reset = reset_dirty_rings(self.vm_fd);
+        lap(&mut t, &self.stats.protect_ns);
         let imported = bitmap.import_kvm_dirty_ring(&self.slots, entries);
+        lap(&mut t, &self.stats.import_ns);
         reset?;
         imported.map_err(|e| KvmError::Config(format!("dirty ring entry: {e}")))?;
         Ok(entries.len() as u64)

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod bench_bitmap;
 mod bench_codec;
+mod bench_harvest;
 mod bench_pipeline;
 mod demo;
 mod kvm_demo;
@@ -49,6 +50,8 @@ enum BenchSuite {
     Codec(bench_codec::Args),
     /// Whole migrations over loopback TCP (idle, once, continuous), against memcpy.
     Pipeline(bench_pipeline::Args),
+    /// KVM dirty tracking (log, clear, ring) on a running guest: microseconds per sync.
+    Harvest(bench_harvest::Args),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
             BenchSuite::Bitmap(args) => bench_bitmap::run(&args),
             BenchSuite::Codec(args) => bench_codec::run(&args),
             BenchSuite::Pipeline(args) => bench_pipeline::run(&args),
+            BenchSuite::Harvest(args) => bench_harvest::run(&args),
         },
     };
     match result {
