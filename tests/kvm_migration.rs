@@ -383,3 +383,29 @@ fn each_dirty_mode_reprotects_what_it_reported() {
         eprintln!("{mode:?}: reported {first}, then {again} while paused, then {after}");
     }
 }
+
+/// Throttling lengthens the wait at each pacing exit: 75% throttle writes well under
+/// what the unthrottled guest writes in the same time.
+#[test]
+fn throttling_slows_the_guest() {
+    let Some(kvm) = open_kvm_or_skip() else {
+        return;
+    };
+    let guest = boot(&kvm, DirtyMode::Log);
+    let writes_in = |ms: u64| {
+        let c = guest.counter().unwrap();
+        std::thread::sleep(Duration::from_millis(ms));
+        guest.counter().unwrap() - c
+    };
+    let free = writes_in(300);
+    guest.throttle(75);
+    let _ = writes_in(20);
+    let throttled = writes_in(300);
+    guest.throttle(0);
+    eprintln!("writes in 300 ms: {free} free, {throttled} at 75% throttle");
+    assert!(free > 0, "the guest does not write");
+    assert!(
+        (throttled as f64) < free as f64 * 0.5,
+        "75% throttle: {throttled} writes vs {free} unthrottled"
+    );
+}
