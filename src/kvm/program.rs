@@ -42,7 +42,7 @@ const IDT_ADDR: u64 = 0x3000;
 /// The user loop's first instruction.
 pub const CODE_ADDR: u64 = 0x4000;
 /// The #UD handler.
-const UD_HANDLER: u64 = CODE_ADDR + 0x40;
+pub(super) const UD_HANDLER: u64 = CODE_ADDR + 0x40;
 /// The fault stubs (one per vector, [`FAULT_STUB_LEN`] bytes each).
 const FAULT_STUBS: u64 = CODE_ADDR + 0x100;
 /// Bytes per fault stub.
@@ -156,19 +156,14 @@ pub fn load(ram: &GuestRam, set_pages: u64, exit: PaceExit) -> Result<kvm_regs, 
             layout.total_bytes() >> 20
         )));
     }
-    write_page_tables(ram, &layout)?;
-    write_gdt_tss(ram)?;
-    write_idt(ram)?;
-    let mut code = USER_LOOP;
-    if exit == PaceExit::InvalidOpcode {
-        code[PACE_OFFSET..PACE_OFFSET + 2].copy_from_slice(&UD2);
-    }
-    ram.write(CODE_ADDR, &code)?;
-    ram.write(UD_HANDLER, &UD_HANDLER_CODE)?;
-    for v in 0..32u8 {
-        ram.write(FAULT_STUBS + u64::from(v) * FAULT_STUB_LEN, &fault_stub(v))?;
-    }
-    ram.write_u64(PARAMS_ADDR, 0)?;
+    let mut put = |gpa: u64, bytes: &[u8]| ram.write(gpa, bytes);
+    let mut img = Image {
+        base: 0,
+        put: &mut put,
+        tss_type: 0x8b, // busy: the host loads TR
+        ud_handler: &UD_HANDLER_CODE,
+    };
+    write_system(&mut img, &layout, set_pages, 0, exit)?;
     let iopl = match exit {
         PaceExit::PortIo => 3 << 12,
         PaceExit::InvalidOpcode => 0,
@@ -209,25 +204,111 @@ fn check_layout(layout: &GuestLayout) -> Result<(), KvmError> {
     Ok(())
 }
 
+/// Where the system structures go: guest-physical `base + offset` (base 0 in a KVM
+/// guest here; 1 MiB in the multiboot image, where the firmware owns the first MiB).
+pub(super) struct Image<'a> {
+    /// Guest-physical address of offset 0.
+    pub base: u64,
+    /// Writes bytes at a guest-physical address.
+    pub put: &'a mut dyn FnMut(u64, &[u8]) -> Result<(), KvmError>,
+    /// The TSS descriptor's type byte: busy (0x8b) when the host loads TR, available
+    /// (0x89) when the guest's `ltr` does.
+    pub tss_type: u8,
+    /// The #UD handler's code.
+    pub ud_handler: &'a [u8],
+}
+
+impl Image<'_> {
+    fn write(&mut self, offset: u64, bytes: &[u8]) -> Result<(), KvmError> {
+        (self.put)(self.base + offset, bytes)
+    }
+    fn write_u64(&mut self, offset: u64, value: u64) -> Result<(), KvmError> {
+        self.write(offset, &value.to_le_bytes())
+    }
+}
+
+/// The IRQ 0 handler (CPL0, vector 32, at [`IRQ0_HANDLER`]; only the multiboot image's
+/// guest takes interrupts): EOI to the PIC.
+///
+/// ```text
+/// 50           push  %rax
+/// b0 20        mov   $0x20, %al
+/// e6 20        out   %al, $0x20
+/// 58           pop   %rax
+/// 48 cf        iretq
+/// ```
+const IRQ0_CODE: [u8; 8] = [0x50, 0xb0, 0x20, 0xe6, 0x20, 0x58, 0x48, 0xcf];
+/// Offset of the IRQ 0 handler.
+const IRQ0_HANDLER: u64 = CODE_ADDR + 0x60;
+/// IDT entries: the 32 exceptions and IRQ 0 (remapped to 32).
+const IDT_ENTRIES: u64 = 33;
+
+/// Writes everything but the code's first registers: page tables mapping virtual `v`
+/// to the guest-physical address of dense page `v / 4096` of `layout`, GDT, TSS, IDT,
+/// the code and the parameters (batch, set, working-set base, counter address).
+pub(super) fn write_system(
+    img: &mut Image<'_>,
+    layout: &GuestLayout,
+    set_pages: u64,
+    batch: u64,
+    exit: PaceExit,
+) -> Result<(), KvmError> {
+    write_page_tables(img, layout)?;
+    write_gdt_tss(img)?;
+    write_idt(img)?;
+    let mut code = USER_LOOP;
+    if exit == PaceExit::InvalidOpcode {
+        code[PACE_OFFSET..PACE_OFFSET + 2].copy_from_slice(&UD2);
+    }
+    img.write(CODE_ADDR, &code)?;
+    let ud = img.ud_handler;
+    img.write(UD_HANDLER, ud)?;
+    img.write(IRQ0_HANDLER, &IRQ0_CODE)?;
+    for v in 0..32u8 {
+        img.write(FAULT_STUBS + u64::from(v) * FAULT_STUB_LEN, &fault_stub(v))?;
+    }
+    let base = img.base;
+    img.write_u64(PARAMS_ADDR, batch)?;
+    img.write_u64(PARAMS_ADDR + 8, set_pages)?;
+    img.write_u64(PARAMS_ADDR + 16, WORKING_SET_BASE)?;
+    img.write_u64(PARAMS_ADDR + 24, base + COUNTER_ADDR)?;
+    // The descriptor-table pointers the multiboot entry loads (limit u16, base u64).
+    let mut gdt_ptr = [0u8; 10];
+    gdt_ptr[..2].copy_from_slice(&(7u16 * 8 - 1).to_le_bytes());
+    gdt_ptr[2..].copy_from_slice(&(base + GDT_ADDR).to_le_bytes());
+    img.write(GDT_PTR, &gdt_ptr)?;
+    let mut idt_ptr = [0u8; 10];
+    idt_ptr[..2].copy_from_slice(&((IDT_ENTRIES * 16 - 1) as u16).to_le_bytes());
+    idt_ptr[2..].copy_from_slice(&(base + IDT_ADDR).to_le_bytes());
+    img.write(IDT_PTR, &idt_ptr)?;
+    Ok(())
+}
+
+/// Where the GDT pointer lives (for `lgdt`).
+pub(super) const GDT_PTR: u64 = 0x2f00;
+/// Where the IDT pointer lives (for `lidt`).
+pub(super) const IDT_PTR: u64 = 0x2f10;
+
 /// PML4 -> one PDPT -> a page directory per GiB of 2 MiB pages: virtual `v` maps to the
 /// guest-physical address of dense page `v / 4096`. Every level is user-accessible
 /// and writable.
-fn write_page_tables(ram: &GuestRam, layout: &GuestLayout) -> Result<(), KvmError> {
+fn write_page_tables(img: &mut Image<'_>, layout: &GuestLayout) -> Result<(), KvmError> {
     const PRESENT_RW_USER: u64 = 0x7;
     const LARGE: u64 = 0x80;
+    let base = img.base;
     let pdpt = PML4_ADDR + PAGE;
     let first_pd = pdpt + PAGE;
-    ram.write_u64(PML4_ADDR, pdpt | PRESENT_RW_USER)?;
+    img.write_u64(PML4_ADDR, (base + pdpt) | PRESENT_RW_USER)?;
     let chunks = layout.total_bytes() / MAP_GRANULE;
     let pds = chunks.div_ceil(512);
     for i in 0..pds {
-        ram.write_u64(pdpt + i * 8, (first_pd + i * PAGE) | PRESENT_RW_USER)?;
+        img.write_u64(pdpt + i * 8, (base + first_pd + i * PAGE) | PRESENT_RW_USER)?;
     }
     for chunk in 0..chunks {
         let gpa = layout
             .addr_of(chunk * (MAP_GRANULE / PAGE))
             .map_err(|e| KvmError::Config(format!("guest layout: {e}")))?;
-        ram.write_u64(first_pd + chunk * 8, gpa | PRESENT_RW_USER | LARGE)?;
+        img.write_u64(first_pd + chunk * 8, gpa | PRESENT_RW_USER | LARGE)?;
     }
     Ok(())
 }
@@ -240,11 +321,12 @@ const TSS_SEL: u16 = 0x28;
 /// Bytes of the TSS less one.
 const TSS_LIMIT: u32 = 0x67;
 
-fn write_gdt_tss(ram: &GuestRam) -> Result<(), KvmError> {
+fn write_gdt_tss(img: &mut Image<'_>) -> Result<(), KvmError> {
+    let tss = img.base + TSS_ADDR;
     let tss_low = u64::from(TSS_LIMIT & 0xffff)
-        | (TSS_ADDR & 0xff_ffff) << 16
-        | 0x8b << 40 // present, busy 64-bit TSS (as loaded in TR)
-        | ((TSS_ADDR >> 24) & 0xff) << 56;
+        | (tss & 0xff_ffff) << 16
+        | u64::from(img.tss_type) << 40
+        | ((tss >> 24) & 0xff) << 56;
     let gdt: [u64; 7] = [
         0,
         0x00af_9a00_0000_ffff, // kernel code, 64-bit
@@ -252,31 +334,32 @@ fn write_gdt_tss(ram: &GuestRam) -> Result<(), KvmError> {
         0x00cf_f200_0000_ffff, // user data (DPL 3)
         0x00af_fa00_0000_ffff, // user code, 64-bit (DPL 3)
         tss_low,
-        TSS_ADDR >> 32,
+        tss >> 32,
     ];
     for (i, d) in gdt.iter().enumerate() {
-        ram.write_u64(GDT_ADDR + i as u64 * 8, *d)?;
+        img.write_u64(GDT_ADDR + i as u64 * 8, *d)?;
     }
     // TSS: RSP0 at 4, the I/O map base past the limit (no I/O bitmap).
-    ram.write(TSS_ADDR, &[0; 0x68])?;
-    ram.write_u64(TSS_ADDR + 4, KERNEL_STACK_TOP)?;
-    ram.write(TSS_ADDR + 0x66, &0x68u16.to_le_bytes())?;
+    img.write(TSS_ADDR, &[0; 0x68])?;
+    img.write_u64(TSS_ADDR + 4, img.base + KERNEL_STACK_TOP)?;
+    img.write(TSS_ADDR + 0x66, &0x68u16.to_le_bytes())?;
     Ok(())
 }
 
-fn write_idt(ram: &GuestRam) -> Result<(), KvmError> {
-    for v in 0..32u64 {
-        let handler = if v == 6 {
-            UD_HANDLER
-        } else {
-            FAULT_STUBS + v * FAULT_STUB_LEN
-        };
+fn write_idt(img: &mut Image<'_>) -> Result<(), KvmError> {
+    for v in 0..IDT_ENTRIES {
+        let handler = img.base
+            + match v {
+                6 => UD_HANDLER,
+                32 => IRQ0_HANDLER,
+                _ => FAULT_STUBS + v * FAULT_STUB_LEN,
+            };
         let low = (handler & 0xffff)
             | u64::from(KERNEL_CS) << 16
             | 0x8e << 40 // present, DPL 0, 64-bit interrupt gate
             | ((handler >> 16) & 0xffff) << 48;
-        ram.write_u64(IDT_ADDR + v * 16, low)?;
-        ram.write_u64(IDT_ADDR + v * 16 + 8, handler >> 32)?;
+        img.write_u64(IDT_ADDR + v * 16, low)?;
+        img.write_u64(IDT_ADDR + v * 16 + 8, handler >> 32)?;
     }
     Ok(())
 }
@@ -331,7 +414,7 @@ pub fn long_mode_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
     sregs.gdt.base = GDT_ADDR;
     sregs.gdt.limit = 7 * 8 - 1;
     sregs.idt.base = IDT_ADDR;
-    sregs.idt.limit = 32 * 16 - 1;
+    sregs.idt.limit = (IDT_ENTRIES * 16 - 1) as u16;
     sregs.cr3 = PML4_ADDR;
     sregs.cr4 = 1 << 5; // PAE
     sregs.cr0 = 0x8005_0033; // PG, AM, WP, NE, ET, MP, PE
