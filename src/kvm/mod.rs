@@ -19,6 +19,7 @@ use std::{format, vec};
 mod dirty;
 mod guest;
 mod migrate;
+mod multiboot;
 pub mod program;
 mod ram;
 mod vcpu;
@@ -30,6 +31,7 @@ pub use dirty::{
 };
 pub use guest::{GuestConfig, KvmGuest, GUEST_PAGE};
 pub use migrate::{migrate_local, Continuity, LocalMigration, LocalMigrationError};
+pub use multiboot::{multiboot_image, LOAD_ADDR};
 pub use program::{layout_for, PaceExit};
 pub use ram::GuestRam;
 pub use vcpu::{Bitmap, Pacing, VcpuState, VcpuThread, PAUSE_TIMEOUT};

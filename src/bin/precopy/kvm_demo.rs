@@ -319,3 +319,39 @@ mod imp {
         Ok(Outcome::Ok)
     }
 }
+
+/// Options of `precopy kvm-image` (hidden; `scripts/qemu-compare.sh` uses it).
+#[derive(clap::Args, Debug)]
+pub struct ImageArgs {
+    /// Guest memory (QEMU's -m), bytes; K, M, G suffixes.
+    #[arg(long, default_value = "1G", value_parser = crate::migrate::parse_size)]
+    pub memory: u64,
+    /// The working set the guest writes (bytes; K, M, G suffixes).
+    #[arg(long, default_value = "256M", value_parser = crate::migrate::parse_size)]
+    pub working_set: u64,
+    /// Page writes per second (a batch of rate/1000 per 1 kHz timer tick).
+    #[arg(long, default_value = "50k", value_parser = parse_rate)]
+    pub rate: u64,
+    /// Where to write the multiboot image.
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+}
+
+/// Writes the guest program as a multiboot image (for QEMU's -kernel).
+#[cfg(all(feature = "kvm", target_os = "linux", target_arch = "x86_64"))]
+pub fn write_image(args: &ImageArgs) -> Result<(), String> {
+    let batch = if args.rate == 0 {
+        0
+    } else {
+        (args.rate / 1000).max(1)
+    };
+    let bytes = precopy::kvm::multiboot_image(args.memory, args.working_set / 4096, batch)
+        .map_err(|e| e.to_string())?;
+    std::fs::write(&args.out, bytes).map_err(|e| format!("{}: {e}", args.out.display()))
+}
+
+/// Writes the guest program as a multiboot image (needs feature `kvm`).
+#[cfg(not(all(feature = "kvm", target_os = "linux", target_arch = "x86_64")))]
+pub fn write_image(_args: &ImageArgs) -> Result<(), String> {
+    Err("kvm-image needs a precopy built with --features kvm (Linux x86-64)".into())
+}

@@ -30,6 +30,9 @@ enum Command {
     /// Migrate a real KVM guest (a program writing at a paced rate) live in one process
     /// and continue it on a destination VM (exit status 3: no /dev/kvm here).
     KvmDemo(kvm_demo::Args),
+    /// Write kvm-demo's guest program as a multiboot image (for QEMU's -kernel).
+    #[command(hide = true)]
+    KvmImage(kvm_demo::ImageArgs),
     /// Migrate a synthetic guest to a `precopy recv` over TCP, or into a stream file.
     Send(send::Args),
     /// Take a migration from a `precopy send` over TCP, or restore a stream file, and
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
             }
             Err(e) => Err(e),
         },
+        Command::KvmImage(args) => kvm_demo::write_image(&args),
         Command::Send(args) => send::run(&args),
         Command::Recv(args) => recv::run(&args),
         Command::Bench { suite } => match suite {
