@@ -93,7 +93,7 @@ const UD_HANDLER_TICK: [u8; 9] = [0xfb, 0xf4, 0x48, 0x83, 0x04, 0x24, 0x02, 0x48
 pub fn multiboot_image(memory: u64, set_pages: u64, batch: u64) -> Result<Vec<u8>, KvmError> {
     let layout = GuestLayout::flat(PAGE, memory)
         .map_err(|e| KvmError::Config(format!("guest memory: {e}")))?;
-    if memory % MAP_GRANULE != 0 || memory < 8 * MAP_GRANULE || memory > 4 << 30 {
+    if memory % MAP_GRANULE != 0 || !(8 * MAP_GRANULE..=4 << 30).contains(&memory) {
         return Err(KvmError::Config(
             "multiboot image: memory must be a multiple of 2 MiB from 16 MiB to 4 GiB".into(),
         ));

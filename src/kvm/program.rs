@@ -204,13 +204,16 @@ fn check_layout(layout: &GuestLayout) -> Result<(), KvmError> {
     Ok(())
 }
 
+/// Writes bytes at a guest-physical address.
+pub(super) type Put<'a> = dyn FnMut(u64, &[u8]) -> Result<(), KvmError> + 'a;
+
 /// Where the system structures go: guest-physical `base + offset` (base 0 in a KVM
 /// guest here; 1 MiB in the multiboot image, where the firmware owns the first MiB).
 pub(super) struct Image<'a> {
     /// Guest-physical address of offset 0.
     pub base: u64,
     /// Writes bytes at a guest-physical address.
-    pub put: &'a mut dyn FnMut(u64, &[u8]) -> Result<(), KvmError>,
+    pub put: &'a mut Put<'a>,
     /// The TSS descriptor's type byte: busy (0x8b) when the host loads TR, available
     /// (0x89) when the guest's `ltr` does.
     pub tss_type: u8,
