@@ -195,8 +195,8 @@ impl KvmGuest {
         self.ram.read_u64(COUNTER_ADDR)
     }
 
-    /// The value in working-set page `index`, of a set of `set` pages... at its first
-    /// bytes (the counter value last written there).
+    /// The first `u64` of working-set page `index`: the counter value last written
+    /// there.
     pub fn working_set_value(&self, index: u64) -> Result<u64, KvmError> {
         let gpa = self
             .ram

@@ -57,7 +57,7 @@ pub struct LocalMigration {
     pub destination: KvmGuest,
 }
 
-/// The counter after the destination ran [`CONTINUITY_RUN`].
+/// The counter after the destination ran for 200 ms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Continuity {
     /// The counter at the fixed address, read with the destination paused.
