@@ -197,11 +197,14 @@ fn migration_with_a_dirty_ring_that_fills() {
 /// Cuts the migration after its first live round by failing the guest's syncs.
 struct FailSyncAfterBulk<'a> {
     guest: &'a FaultyGuest<'a>,
+    armed: bool,
 }
 
 impl Observer for FailSyncAfterBulk<'_> {
     fn round_done(&mut self, _round: &StreamsRound) {
-        self.guest.fail.store(true, Ordering::SeqCst);
+        if self.armed {
+            self.guest.fail.store(true, Ordering::SeqCst);
+        }
     }
 }
 
@@ -209,6 +212,8 @@ impl Observer for FailSyncAfterBulk<'_> {
 struct FaultyGuest<'a> {
     inner: &'a KvmGuest,
     fail: std::sync::atomic::AtomicBool,
+    /// Fail the syncs from the pause on (the final sync).
+    fail_after_pause: bool,
 }
 
 impl Guest for FaultyGuest<'_> {
@@ -222,7 +227,11 @@ impl Guest for FaultyGuest<'_> {
         self.inner.bitmap()
     }
     fn pause(&self) -> Result<(), Self::Error> {
-        self.inner.pause()
+        self.inner.pause()?;
+        if self.fail_after_pause {
+            self.fail.store(true, Ordering::SeqCst);
+        }
+        Ok(())
     }
     fn resume(&self) {
         self.inner.resume()
@@ -240,8 +249,9 @@ impl Guest for FaultyGuest<'_> {
     }
 }
 
-#[test]
-fn a_failed_sync_fails_the_migration_and_the_guest_runs_on_with_its_pages_tracked() {
+/// Fails a migration by a sync error (after the bulk round, or after the pause) and
+/// checks the guest runs on at the source with its pages still tracked.
+fn failed_sync(after_pause: bool) {
     let Some(kvm) = open_kvm_or_skip() else {
         return;
     };
@@ -250,6 +260,7 @@ fn a_failed_sync_fails_the_migration_and_the_guest_runs_on_with_its_pages_tracke
     let faulty = FaultyGuest {
         inner: &source,
         fail: false.into(),
+        fail_after_pause: after_pause,
     };
     let links = {
         // A real destination (it refuses or errors out once the source stops).
@@ -275,7 +286,10 @@ fn a_failed_sync_fails_the_migration_and_the_guest_runs_on_with_its_pages_tracke
         let s = std::net::TcpStream::connect(addr).unwrap();
         vec![precopy::runtime::SourceLink::new(s, addr.to_string())]
     };
-    let mut observer = FailSyncAfterBulk { guest: &faulty };
+    let mut observer = FailSyncAfterBulk {
+        guest: &faulty,
+        armed: !after_pause,
+    };
     let result = precopy::runtime::migrate_streams(
         &faulty,
         links,
@@ -286,6 +300,14 @@ fn a_failed_sync_fails_the_migration_and_the_guest_runs_on_with_its_pages_tracke
     let err = result.expect_err("the migration should fail on the injected sync error");
     eprintln!("failed as injected: {err}");
     assert!(err.to_string().contains("injected"), "{err}");
+    if after_pause {
+        // It failed with the guest paused: the runtime resumed it.
+        assert!(err.to_string().contains("paused"), "{err}");
+        assert!(
+            source.paused_state().is_some(),
+            "the guest was never paused"
+        );
+    }
     // The guest runs on at the source...
     let c = source.counter().unwrap();
     wait_counter(&source, c + 100, "after the failed migration");
@@ -408,4 +430,14 @@ fn throttling_slows_the_guest() {
         (throttled as f64) < free as f64 * 0.5,
         "75% throttle: {throttled} writes vs {free} unthrottled"
     );
+}
+
+#[test]
+fn a_failed_sync_fails_the_migration_and_the_guest_runs_on_with_its_pages_tracked() {
+    failed_sync(false);
+}
+
+#[test]
+fn a_failed_final_sync_resumes_the_paused_guest_at_the_source() {
+    failed_sync(true);
 }
