@@ -66,7 +66,8 @@ pub struct Continuity {
     pub next_page_value: u64,
     /// Whether the guest continued from where it stopped: the counter went past `c`,
     /// and page `(c + 1) mod set` holds a value congruent to `c + 1` and above `c`
-    /// (a restart from 0 or a lost state fails this).
+    /// (a restart from 0 or a lost state fails this). An idle guest (rate 0) passes
+    /// when its vCPU runs with the counter still at `c`.
     pub continued: bool,
 }
 
@@ -178,9 +179,15 @@ pub fn migrate_local(
     let next = (counter_at_pause + 1) % set_pages.max(1);
     let next_page_value = destination.working_set_value(next)?;
     let continued = state.regs.rbx == counter_at_pause
-        && counter > counter_at_pause
-        && next_page_value > counter_at_pause
-        && next_page_value % set_pages.max(1) == next;
+        && if rate == 0 {
+            // An idle guest writes nothing: it runs (its pacing exits come) with the
+            // counter where it stopped.
+            counter == counter_at_pause && destination.vcpu().exits() > 0
+        } else {
+            counter > counter_at_pause
+                && next_page_value > counter_at_pause
+                && next_page_value % set_pages.max(1) == next
+        };
     destination.resume_vcpu();
     Ok(LocalMigration {
         report,
