@@ -6,6 +6,7 @@
 
 use std::format;
 use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 #[allow(unused_imports)]
 use std::prelude::rust_2021::*;
 use std::sync::Arc;
@@ -138,6 +139,10 @@ pub fn migrate_local(
 ) -> Result<LocalMigration, LocalMigrationError> {
     let setup = |e: std::io::Error| LocalMigrationError::Destination(format!("loopback: {e}"));
     let listener = TcpListener::bind("127.0.0.1:0").map_err(setup)?;
+    // Small socket buffers: a page counts as sent once the kernel took it, so what the
+    // buffers hold is a backlog the destination applies after the source finished;
+    // bounded here, it stays out of the downtime (accepted sockets inherit it).
+    set_buffer(listener.as_raw_fd(), libc::SO_RCVBUF);
     let addr = listener.local_addr().map_err(setup)?;
     let layout = *source.ram().layout();
     let limits = Limits {
@@ -152,6 +157,7 @@ pub fn migrate_local(
     for _ in 0..streams.max(1) {
         let stream = TcpStream::connect(addr).map_err(setup)?;
         stream.set_nodelay(true).map_err(setup)?;
+        set_buffer(stream.as_raw_fd(), libc::SO_SNDBUF);
         links.push(SourceLink::new(stream, addr.to_string()));
     }
     let mut recording = Recording {
@@ -235,6 +241,26 @@ fn receive(
         .apply_into(views)
         .map_err(|e| format!("applying the streams: {e}"))?;
     Ok((ram, applied))
+}
+
+/// Bytes of socket buffer per loopback connection and direction.
+const SOCKET_BUFFER: libc::c_int = 128 << 10;
+
+/// Sets `option` (`SO_SNDBUF` / `SO_RCVBUF`) of socket `fd` to [`SOCKET_BUFFER`];
+/// advice: a refusal keeps the kernel's default.
+fn set_buffer(fd: std::os::fd::RawFd, option: libc::c_int) {
+    let size = SOCKET_BUFFER;
+    // SAFETY: `fd` is a live socket owned by the caller; the option value is a c_int
+    // passed by pointer with its size.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            option,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }
 
 /// Asserts the trait bounds the runtime needs of a KVM guest.
