@@ -194,12 +194,12 @@ mod imp {
                 offers.ring.is_some()
             );
         }
-        // Let the guest cover its working set once before the migration starts (at
-        // most a second).
+        // Let the guest cover its working set once before the migration starts (as
+        // long as that takes at its rate, and a second more at most).
         let warm = Instant::now();
-        while warm.elapsed().as_millis() < 1000
-            && source.counter().unwrap_or(0) < set_pages.min(args.rate)
-        {
+        let limit =
+            std::time::Duration::from_secs_f64(1.0 + set_pages as f64 / args.rate.max(1) as f64);
+        while args.rate > 0 && warm.elapsed() < limit && source.counter().unwrap_or(0) < set_pages {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         let writes_before = source.counter().unwrap_or(0);
@@ -226,11 +226,16 @@ mod imp {
             (args.rate, set_pages),
             &mut table,
         );
-        let total_ns = start.elapsed().as_nanos() as u64;
         let r = table
             .report
             .take()
             .ok_or("the migration reported nothing")?;
+        // Until the destination verified (it may resume the guest there), like QEMU's
+        // total-time: not the memory comparison, restore and continuity run after it.
+        let total_ns = r
+            .verified_at
+            .map_or_else(|| start.elapsed(), |v| v.duration_since(start))
+            .as_nanos() as u64;
         let writes = source.counter().unwrap_or(0) - writes_before;
         let mut report = SourceReport {
             rounds: r.rounds + u32::from(r.digests.is_some()),
