@@ -19,6 +19,10 @@ pub struct Args {
     /// Seconds measured per mode.
     #[arg(long, default_value_t = 2)]
     pub seconds: u64,
+    /// Dirty-ring entries per vCPU (a power of two; smaller rings fill between syncs
+    /// and make the vCPU exit).
+    #[arg(long, default_value_t = 65536)]
+    pub ring_entries: usize,
 }
 
 #[cfg(not(all(feature = "kvm", target_os = "linux", target_arch = "x86_64")))]
@@ -67,7 +71,10 @@ pub fn run(args: &Args) -> Result<(), String> {
         }
         let layout = layout_for(args.memory).map_err(|e| format!("--memory: {e}"))?;
         let ram = Arc::new(GuestRam::new(layout).map_err(|e| e.to_string())?);
-        let config = GuestConfig::new(args.working_set / 4096, args.rate, mode);
+        let config = GuestConfig {
+            ring_entries: args.ring_entries,
+            ..GuestConfig::new(args.working_set / 4096, args.rate, mode)
+        };
         let guest = KvmGuest::boot(&kvm, ram, config).map_err(|e| e.to_string())?;
         std::thread::sleep(Duration::from_millis(300));
         let tracker = guest.tracker();
