@@ -72,7 +72,9 @@ pub const PAGE: u64 = 4096;
 /// How the loop exits to the host to be paced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PaceExit {
-    /// `out` at CPL3 (RFLAGS.IOPL = 3): one port I/O exit, no CPL0 code at all.
+    /// `out` at CPL3 (RFLAGS.IOPL = 3): one port I/O exit, no CPL0 code at all. The
+    /// kvm-pvm this was built on raises #GP for it (the guest stops with "exception
+    /// vector 13"); use [`PaceExit::InvalidOpcode`] there.
     PortIo,
     /// `ud2` at CPL3; the #UD handler (CPL0) does the `out`, skips the `ud2` and
     /// `iretq`s (for a KVM that does not let CPL3 do port I/O).
