@@ -7,6 +7,8 @@ Compared, both ways:
   - every `#[repr(C)] pub struct` against its `typedef struct`: field names, types,
     order, array lengths;
   - every `pub const PRECOPY_*` against its `#define`: the value;
+  - every callback type `pub type PrecopyXFn = Option<unsafe extern "C" fn(..) -> T>`
+    against its `typedef T (*precopy_x_fn_t)(..);`: return and parameter types, names;
   - every size the header asserts with PRECOPY_STATIC_ASSERT_(sizeof(T) == N) against
     the Rust `size_of::<T>() == N` assertion for the same type.
 
@@ -18,7 +20,7 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent
 HEADER = ROOT / "include" / "precopy.h"
-SOURCES = sorted((ROOT / "src").glob("*.rs"))
+SOURCES = sorted((ROOT / "src").rglob("*.rs"))
 
 SCALARS = {
     "u8": "uint8_t",
@@ -75,6 +77,18 @@ def rust_decls():
     for path in SOURCES:
         src = path.read_text()
         code = re.sub(r"//[^\n]*", "", src)
+        for m in re.finditer(
+            r"pub\s+type\s+(Precopy\w+Fn)\s*=\s*Option<\s*unsafe\s+extern\s+\"C\"\s+fn\s*"
+            r"\((.*?)\)\s*(?:->\s*([^>,]+?))?\s*,?\s*>\s*;",
+            code,
+            re.S,
+        ):
+            name, params, ret = m.group(1), m.group(2), m.group(3) or "()"
+            plist = []
+            for p in split_params(params):
+                pname, pty = p.split(":", 1)
+                plist.append((pname.strip(), norm_c(rust_to_c(pty))))
+            fns["(callback) " + c_name(name)] = (norm_c(rust_to_c(ret)), plist)
         for m in re.finditer(
             r"#\[no_mangle\]\s*pub\s+(?:unsafe\s+)?extern\s+\"C\"\s+fn\s+(\w+)\s*"
             r"\((.*?)\)\s*(?:->\s*([^{]+?))?\s*\{",
@@ -136,6 +150,17 @@ def c_decls():
                 fields.append((fm.group(2), norm_c(fm.group(1)), None))
         structs[name] = fields
     fns = {}
+    for m in re.finditer(
+        r"typedef\s+([A-Za-z_][\w \t\*]*?)\s*\(\s*\*\s*(precopy_\w+_fn_t)\s*\)\s*\(([^;]*?)\)\s*;",
+        code,
+        re.S,
+    ):
+        ret, name, params = norm_c(m.group(1)), m.group(2), m.group(3)
+        plist = []
+        for p in split_params(params):
+            pm = re.fullmatch(r"(.+?)\s*\b(\w+)", p, re.S)
+            plist.append((pm.group(2), norm_c(pm.group(1))))
+        fns["(callback) " + name] = (ret, plist)
     for m in re.finditer(r"^([A-Za-z_][\w \t\*]*?)\b(precopy_\w+)\s*\(([^;{]*?)\)\s*;", code, re.M | re.S):
         ret, name, params = norm_c(m.group(1)), m.group(2), m.group(3)
         plist = []

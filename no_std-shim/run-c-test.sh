@@ -40,6 +40,10 @@ if command -v c++ >/dev/null 2>&1; then
   echo "precopy.h compiles and links as C++11"
 fi
 
+step "compile and link tests/c_migrate_test.c (a C host migrating through the engines)"
+"$CC" -std=c11 -O2 -g -Wall -Wextra -Wpedantic -Wconversion -Wno-sign-conversion -Werror \
+  -Iinclude tests/c_migrate_test.c "$LIB" -lpthread -o "$OUT/c_migrate_test"
+
 step "the README's C example"
 awk '/^## Linking from C/ { in_section = 1 } in_section && /^```c$/ { grab = 1; next }
      grab && /^```$/ { exit } grab { print }' ../README.md >"$OUT/readme_example.c"
@@ -50,15 +54,36 @@ example_out=$("$OUT/readme_example")
 echo "$example_out"
 [ "$example_out" = "$(printf 'send page 16\nsend page 17')" ]
 
-step "run the C test"
+step "run the C tests"
 "$OUT/c_api_test"
+"$OUT/c_migrate_test"
+
+step "the C tests under AddressSanitizer and UndefinedBehaviorSanitizer"
+SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all"
+# shellcheck disable=SC2086
+if printf 'int main(void) { return 0; }\n' | "$CC" $SAN -x c - -o "$OUT/san_probe" 2>/dev/null \
+   && "$OUT/san_probe"; then
+  for t in c_api_test c_migrate_test; do
+    # shellcheck disable=SC2086
+    "$CC" -std=c11 -O1 -g $SAN -Wall -Wextra -Werror -Iinclude "tests/$t.c" "$LIB" -lpthread \
+      -o "$OUT/${t}_san"
+    ASAN_OPTIONS=abort_on_error=1:detect_leaks=1 \
+      UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 "$OUT/${t}_san" >"$OUT/${t}_san.log"
+    echo "$t under ASan+UBSan: $(tail -n 1 "$OUT/${t}_san.log"), no sanitizer report"
+  done
+else
+  echo "SKIP sanitizers: $CC cannot build and run -fsanitize=address,undefined here"
+fi
 
 step "the debug build links too (no LTO: needs the weak rust_eh_personality)"
 cargo build
 "$CC" -std=c11 -Iinclude tests/c_api_test.c target/debug/libprecopy.a -lpthread \
   -o "$OUT/c_api_test_debug"
 "$OUT/c_api_test_debug" >/dev/null
-echo "debug archive: C test passes"
+"$CC" -std=c11 -Iinclude tests/c_migrate_test.c target/debug/libprecopy.a -lpthread \
+  -o "$OUT/c_migrate_test_debug"
+"$OUT/c_migrate_test_debug" >/dev/null
+echo "debug archive: C tests pass"
 
 step "archive: size, exported symbols, std symbols"
 size_bytes=$(wc -c <"$LIB")
@@ -106,6 +131,15 @@ for target in x86_64-unknown-none aarch64-unknown-none; do
     cargo build --release --target "$target"
     a="target/$target/release/libprecopy.a"
     echo "$a: $(wc -c <"$a") bytes"
+    # precopy's own code (engines included), not compiler_builtins: under 256 KiB.
+    text=$(size -t "$a" 2>/dev/null | awk '$6 ~ /^precopy-/ { print $1 }')
+    if [ -n "$text" ]; then
+      echo "precopy code for $target: $text bytes text ($(( (text + 1023) / 1024 )) KiB; limit 256 KiB)"
+      if [ "$text" -gt 262144 ]; then
+        echo "FAIL: precopy's code for $target grew past 256 KiB of text"
+        exit 1
+      fi
+    fi
     if grep -q 'std::' <<<"$(nm -C "$a" 2>/dev/null || true)"; then
       echo "FAIL: $a contains std symbols"
       exit 1

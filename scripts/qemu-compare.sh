@@ -130,8 +130,9 @@ def precopy_case(rate):
     if out.returncode != 0 or not s:
         raise RuntimeError(f"kvm-demo failed: {out.stderr.strip()}")
     s = s[0]
+    k = ([l for l in lines if l.get("kind") == "kvm_summary"] or [{}])[0]
     return {"total_ms": s["total_ms"], "downtime_ms": s["downtime_ms"], "bytes": s["wire_bytes"],
-            "rounds": s["rounds"], "mode": s.get("dirty_mode"), "continued": s.get("counter_continued")}
+            "rounds": s["rounds"], "mode": k.get("dirty_mode"), "continued": k.get("counter_continued")}
 
 print(f"{version}; guest: {memory}, working set {set_size}; QEMU: max-bandwidth unlimited, downtime-limit 300 ms")
 print(f"{'case':<22} {'who':<16} {'total ms':>9} {'downtime ms':>12} {'MB':>9} {'rounds':>7} {'guest pg/s':>11} {'continued':>9}")

@@ -147,7 +147,16 @@ fn streams_into_caller_views_and_a_wrong_view_count_is_refused() {
         if views == 2 {
             let applied = result.unwrap();
             assert_eq!(applied.digests.len(), 2);
-            assert!(replies.iter().all(|r| *r == Reply::Ok), "{replies:?}");
+            // Each verdict names the session and that stream's digest.
+            for (reply, digest) in replies.iter().zip(&applied.digests) {
+                assert_eq!(
+                    *reply,
+                    Reply::Verified {
+                        session: header.session_id,
+                        digest: *digest
+                    }
+                );
+            }
             assert!(memory.as_bytes() == source.as_bytes());
         } else {
             let e = result.unwrap_err();
@@ -167,4 +176,71 @@ fn streams_into_caller_views_and_a_wrong_view_count_is_refused() {
             assert!(memory.as_bytes().iter().all(|&b| b == 0), "nothing written");
         }
     }
+}
+
+/// The listener takes a migration whose streams arrive among strangers: a port scan,
+/// junk and a header of another session are refused alone (each reported, each
+/// answered), and the migration's two streams are applied and verified.
+#[test]
+fn strangers_among_the_streams_are_refused_alone() {
+    use precopy::runtime::{listen_streams, receive_into_fresh, ListenOptions};
+    let source = source();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let junk = std::thread::spawn(move || {
+        drop(TcpStream::connect(addr).unwrap());
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.write_all(&[0x5a; 64]).unwrap();
+        read_reply(&mut c).unwrap()
+    });
+    let stream_sender = |i: u8, delay_ms: u64| {
+        let bytes = stream_bytes(&source, Shard::new(i, 2).unwrap());
+        let len = precopy::wire::HeaderPrefix::new_checked(&bytes)
+            .unwrap()
+            .header_len()
+            .unwrap();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(delay_ms));
+            send(addr, bytes, len)
+        })
+    };
+    let first = stream_sender(0, 0);
+    // A header of another session (and its own layout) while stream 1 is awaited.
+    let intruder = std::thread::spawn(move || {
+        // Well after stream 0's header, however loaded the machine.
+        std::thread::sleep(Duration::from_millis(1000));
+        let header = precopy::wire::StreamHeader {
+            features: precopy::wire::Features::ALL,
+            session_id: [9; 16],
+            layout: layout(),
+            stream: Shard::new(1, 2).unwrap(),
+        };
+        let mut bytes = vec![0u8; header.encoded_len()];
+        header.emit(&mut bytes).unwrap();
+        let mut c = TcpStream::connect(addr).unwrap();
+        let _ = c.write_all(&bytes);
+        read_reply(&mut c).unwrap()
+    });
+    let second = stream_sender(1, 2000);
+    let mut refusals = Vec::new();
+    let options = ListenOptions {
+        keep_listening: true,
+        ..ListenOptions::new(Duration::from_secs(20))
+    };
+    let incoming = listen_streams(&listener, None, &limits(), &options, &mut |peer, e| {
+        refusals.push(format!("{peer}: {e}"))
+    })
+    .unwrap();
+    let received = receive_into_fresh(incoming).unwrap();
+    assert!(received.memory == source);
+    for reply in [first.join().unwrap(), second.join().unwrap()] {
+        assert!(matches!(reply, Reply::Verified { .. }), "{reply:?}");
+    }
+    assert!(matches!(junk.join().unwrap(), Reply::Refused(_)));
+    let intruded = intruder.join().unwrap();
+    let Reply::Refused(reason) = intruded else {
+        panic!("the intruder was not refused: {intruded:?}");
+    };
+    assert!(reason.contains("belongs to another migration"), "{reason}");
+    assert!(refusals.len() >= 3, "{refusals:?}");
 }

@@ -13,8 +13,10 @@
  *    PRECOPY_ERR_* code; precopy_strerror() describes each.
  *  - No allocation. State lives in fixed-size structs the caller allocates anywhere
  *    (stack, static, heap): precopy_bitmap_t, precopy_kvm_slots_t,
- *    precopy_scheduler_t, precopy_decoder_t, and the 64-byte aligned precopy_lz4_t and
- *    precopy_digest_t (static, stack or aligned_alloc). Their contents are opaque; use
+ *    precopy_scheduler_t, precopy_decoder_t, precopy_coordinator_t, and the 64-byte
+ *    aligned precopy_lz4_t, precopy_digest_t, precopy_source_t and precopy_applier_t
+ *    (static, stack or aligned_alloc); the engines' pages and buffers live in storage
+ *    the caller sizes with precopy_storage_needs. Their contents are opaque; use
  *    them after their _init call; they own no resources (no _fini). Every output goes
  *    into caller buffers with explicit lengths.
  *  - NULL pointers, misaligned pointers, short buffers, bad lengths, out-of-range
@@ -534,6 +536,270 @@ int precopy_decoder_finish(const precopy_decoder_t *decoder);
  * *len = its full length. buf NULL: a length query (PRECOPY_ERR_BUFFER_TOO_SMALL). */
 int precopy_decoder_error_message(const precopy_decoder_t *decoder, char *buf, size_t *len);
 
+/* ---- Engines over caller memory: source, coordinator, destination ----------------- */
+/*
+ * A migration: one bitmap, one source engine per stream (precopy_source_*), one
+ * coordinator deciding for all streams (precopy_coordinator_*), one applier per
+ * destination stream (precopy_applier_*). The host owns guest memory (reached through
+ * a precopy_page_memory_t of callbacks), the storage of every engine (sized by
+ * precopy_storage_needs or each engine's _storage_size), the threads and the links.
+ *
+ * The loop, per stream i: precopy_source_poll_transmit -> send the bytes; then
+ * precopy_source_poll_event until NONE: ROUND_MEASURED, PAUSE_GUEST and COMPLETE go to
+ * precopy_coordinator_handle_source_event(i); SYNC_DIRTY_LOG is the host's (bring KVM's
+ * log into the bitmap, then precopy_source_dirty_log_synced). Then
+ * precopy_coordinator_poll_event until NONE: DECIDE -> precopy_source_decide on every
+ * stream; PAUSE_GUEST -> pause the guest, precopy_coordinator_guest_paused;
+ * GUEST_PAUSED -> precopy_source_guest_paused on every stream; FINAL_ROUND -> give each
+ * destination's verdict (precopy_coordinator_verdict); DONE: resume at the
+ * destination; FAILED: precopy_source_abort every stream, resume at the source.
+ * A call in the wrong state is PRECOPY_ERR_OUT_OF_ORDER; after an engine ended,
+ * PRECOPY_ERR_ENDED.
+ */
+
+#define PRECOPY_ERR_OUT_OF_ORDER (-25)       /* answer the pending event first */
+#define PRECOPY_ERR_MEMORY (-26)             /* a page-memory callback failed */
+#define PRECOPY_ERR_DIGEST_MISMATCH (-27)    /* destination memory differs */
+#define PRECOPY_ERR_ENDED (-28)              /* the engine ended: no more calls */
+#define PRECOPY_ERR_NOT_CONVERGING (-29)     /* the scheduler gave up */
+#define PRECOPY_ERR_STREAM_FAILED (-30)      /* a stream failed or was refused */
+
+/* Copies page `page` into buf (len bytes, one page); returns 0, or non-zero to fail. */
+typedef int (*precopy_read_page_fn_t)(void *ctx, uint64_t page, uint8_t *buf, size_t len);
+/* Overwrites page `page` with buf (len bytes); returns 0, or non-zero to fail. */
+typedef int (*precopy_write_page_fn_t)(void *ctx, uint64_t page, const uint8_t *buf,
+                                       size_t len);
+
+/* Guest memory the host owns, as the engines see it (copied at _init). */
+typedef struct precopy_page_memory {
+    void *ctx;                          /* passed to every callback */
+    precopy_read_page_fn_t read_page;   /* required */
+    precopy_write_page_fn_t write_page; /* required by an applier; may be NULL at a source */
+    uint64_t page_size;                 /* the layout's */
+    uint64_t total_pages;               /* the layout's */
+} precopy_page_memory_t;
+
+/* Bytes of storage each part of a migration needs (8-byte aligned each). */
+typedef struct precopy_storage_needs {
+    uint64_t bitmap_bytes;        /* the bitmap's words, one bitmap for all streams */
+    uint64_t source_bytes;        /* the largest stream's source engine (stream 0) */
+    uint64_t sources_total_bytes; /* every stream's source engine */
+    uint64_t coordinator_bytes;   /* the coordinator */
+    uint64_t applier_bytes;       /* each destination stream's applier */
+} precopy_storage_needs_t;
+
+/* Storage a migration of the layout over `streams` streams (1 to 255) with a delta
+ * cache of cache_bytes per stream needs, per part. */
+int precopy_storage_needs(uint64_t page_size, const precopy_region_t *regions,
+                          size_t nregions, uint64_t cache_bytes, uint32_t streams,
+                          precopy_storage_needs_t *out);
+
+/* Defined with the coordinator below. */
+typedef struct precopy_coordinator_event precopy_coordinator_event_t;
+
+#define PRECOPY_SOURCE_SIZE 20480
+#define PRECOPY_VERIFY_AFTER_RESUME 0
+#define PRECOPY_VERIFY_IN_DOWNTIME 1
+#define PRECOPY_SOURCE_EVENT_NONE 0
+#define PRECOPY_SOURCE_EVENT_ROUND_MEASURED 1 /* to the coordinator */
+#define PRECOPY_SOURCE_EVENT_SYNC_DIRTY_LOG 2 /* the host's: then _dirty_log_synced */
+#define PRECOPY_SOURCE_EVENT_PAUSE_GUEST 3    /* to the coordinator */
+#define PRECOPY_SOURCE_EVENT_COMPLETE 4       /* to the coordinator */
+
+/* How a source engine migrates (precopy_source_config_default fills it). */
+typedef struct precopy_source_config {
+    uint64_t cache_bytes;         /* delta cache budget (0: no deltas) */
+    uint64_t max_pages_per_poll;  /* at least 1 */
+    uint8_t session_id[16];       /* names the migration in the stream header */
+    uint32_t stream_index;        /* below stream_count */
+    uint32_t stream_count;        /* 1 to 255 */
+    uint32_t defer_redirtied;     /* 0 or 1 */
+    uint32_t sync_before_harvest; /* 0 or 1: SYNC_DIRTY_LOG before every harvest */
+    uint32_t verify;              /* PRECOPY_VERIFY_* */
+    uint32_t lz4;                 /* 0 or 1 */
+} precopy_source_config_t;
+
+/* What a source engine reported. */
+typedef struct precopy_source_event {
+    uint32_t kind;   /* PRECOPY_SOURCE_EVENT_* */
+    uint32_t round;  /* ROUND_MEASURED, COMPLETE (1: the bulk round) */
+    uint32_t paused; /* SYNC_DIRTY_LOG: 1 for the harvest after the pause */
+    uint32_t lz4;    /* LZ4 on at the event */
+    uint64_t pages_sent;
+    uint64_t wire_bytes;
+    uint64_t dirty_pages;    /* ROUND_MEASURED */
+    uint64_t deferred_pages; /* ROUND_MEASURED */
+    uint64_t predicted_downtime_ns;
+    uint64_t digest_lo; /* COMPLETE: the stream's digest */
+    uint64_t digest_hi;
+    uint64_t digest_pages_read;
+    uint64_t digest_pages_folded;
+} precopy_source_event_t;
+
+/* A source engine's state (its pages live in the caller's storage). Opaque, 64-byte
+ * aligned, not to be copied. */
+typedef struct precopy_source {
+    PRECOPY_ALIGN64 uint64_t opaque[PRECOPY_SOURCE_SIZE / 8];
+} precopy_source_t;
+
+/* The defaults: 64 MiB delta cache, LZ4 on, redirtied pages deferred, one stream. */
+int precopy_source_config_default(precopy_source_config_t *config);
+
+/* Bytes of storage precopy_source_init needs for bm's layout and *config. */
+int precopy_source_storage_size(const precopy_bitmap_t *bm,
+                                const precopy_source_config_t *config, size_t *bytes_out);
+
+/* Starts a source engine of one stream at now_ns over bm (marks made before now are
+ * taken: the bulk round sends every page), reading guest memory through *memory, its
+ * state in storage (8-byte aligned, storage_bytes at least _storage_size). bm,
+ * storage and memory's context stay valid while src is used. */
+int precopy_source_init(precopy_source_t *src, const precopy_bitmap_t *bm,
+                        const precopy_source_config_t *config,
+                        const precopy_page_memory_t *memory, uint64_t *storage,
+                        size_t storage_bytes, uint64_t now_ns);
+
+/* The smallest buffer precopy_source_poll_transmit takes. */
+int precopy_source_min_buffer(precopy_source_t *src, size_t *len_out);
+
+/* Fills out with stream bytes (*written; 0 is no error: check the events). An error
+ * ends the engine, its harvested pages back in the bitmap (PRECOPY_ERR_ENDED after). */
+int precopy_source_poll_transmit(precopy_source_t *src, uint64_t now_ns, uint8_t *out,
+                                 size_t out_len, size_t *written);
+
+/* What happened (kind NONE: nothing); each event wants its answer first. */
+int precopy_source_poll_event(precopy_source_t *src, precopy_source_event_t *event);
+
+/* The coordinator's DECIDE event, after ROUND_MEASURED: continue, switch over (a
+ * PAUSE_GUEST event follows) or fail (PRECOPY_ERR_NOT_CONVERGING, the engine ends). */
+int precopy_source_decide(precopy_source_t *src, const precopy_coordinator_event_t *decide);
+
+/* The guest is paused (the coordinator's GUEST_PAUSED): the final harvest. */
+int precopy_source_guest_paused(precopy_source_t *src, uint64_t now_ns);
+
+/* The pre-harvest sync point, after SYNC_DIRTY_LOG: the host cleared its outside log
+ * (KVM_CLEAR_DIRTY_LOG, ring reset), then ORed what it took into the bitmap. */
+int precopy_source_dirty_log_synced(precopy_source_t *src, uint64_t now_ns);
+
+/* Abandons the stream: pages harvested but not in bytes polled go back into the
+ * bitmap; memory was never written. PRECOPY_ERR_ENDED after (and when aborted twice). */
+int precopy_source_abort(precopy_source_t *src);
+
+/* Why the engine ended, for an operator (empty while it runs or after an abort), into
+ * buf (*len bytes, NUL-terminated); *len = its full length. buf NULL: a length query
+ * (PRECOPY_ERR_BUFFER_TOO_SMALL). */
+int precopy_source_error_message(const precopy_source_t *src, char *buf, size_t *len);
+
+/* Marks dirty again every page carried by bytes polled but not delivered (len bytes
+ * from the start of one poll's output); *pages_out (may be NULL): pages marked. */
+int precopy_put_back_undelivered(const precopy_bitmap_t *bm, const uint8_t *bytes,
+                                 size_t len, uint64_t *pages_out);
+
+#define PRECOPY_COORDINATOR_SIZE 4096
+#define PRECOPY_COORDINATOR_EVENT_NONE 0
+#define PRECOPY_COORDINATOR_EVENT_ROUND_DONE 1   /* every stream ended a live round */
+#define PRECOPY_COORDINATOR_EVENT_THROTTLE 2     /* throttle vCPUs by throttle_percent */
+#define PRECOPY_COORDINATOR_EVENT_DECIDE 3       /* to precopy_source_decide, all streams */
+#define PRECOPY_COORDINATOR_EVENT_PAUSE_GUEST 4  /* pause, then _guest_paused */
+#define PRECOPY_COORDINATOR_EVENT_GUEST_PAUSED 5 /* precopy_source_guest_paused, all */
+#define PRECOPY_COORDINATOR_EVENT_FINAL_ROUND 6  /* give every destination's verdict */
+#define PRECOPY_COORDINATOR_EVENT_DONE 7         /* migrated: resume at the destination */
+#define PRECOPY_COORDINATOR_EVENT_FAILED 8       /* abort the sources, resume the source */
+
+/* What the coordinator asks for. */
+typedef struct precopy_coordinator_event {
+    uint32_t kind;             /* PRECOPY_COORDINATOR_EVENT_* */
+    uint32_t decision;         /* DECIDE: PRECOPY_DECISION_* */
+    uint32_t switch_reason;    /* DECIDE: PRECOPY_SWITCH_* */
+    uint32_t throttle_percent; /* THROTTLE, DECIDE */
+    uint32_t round;            /* ROUND_DONE, FINAL_ROUND; DONE: all rounds */
+    int32_t error;             /* FAILED: PRECOPY_ERR_* */
+    uint32_t stream;           /* FAILED: the stream that failed or was refused */
+    uint32_t reserved;
+    uint64_t pages_sent;
+    uint64_t wire_bytes;
+    uint64_t dirty_pages;
+    uint64_t predicted_downtime_ns;
+    uint64_t paused_at_ns; /* DONE */
+} precopy_coordinator_event_t;
+
+/* A coordinator's state (its streams live in the caller's storage). Opaque. */
+typedef struct precopy_coordinator {
+    uint64_t opaque[PRECOPY_COORDINATOR_SIZE / 8];
+} precopy_coordinator_t;
+
+/* Bytes of storage a coordinator of `streams` streams needs. */
+int precopy_coordinator_storage_size(uint32_t streams, size_t *bytes_out);
+
+/* Starts the coordinator of `streams` streams of a guest of total_pages pages of
+ * page_size bytes under *policy at now_ns, its state in storage (8-byte aligned). */
+int precopy_coordinator_init(precopy_coordinator_t *coord, const precopy_policy_t *policy,
+                             uint64_t total_pages, uint64_t page_size, uint32_t streams,
+                             uint64_t *storage, size_t storage_bytes, uint64_t now_ns);
+
+/* Stream `stream`'s ROUND_MEASURED, PAUSE_GUEST or COMPLETE event. Poll the events
+ * after each call (more than 4 waiting: PRECOPY_ERR_OUT_OF_ORDER). */
+int precopy_coordinator_handle_source_event(precopy_coordinator_t *coord, uint32_t stream,
+                                            const precopy_source_event_t *event,
+                                            uint64_t now_ns);
+
+/* The host paused the guest (after PAUSE_GUEST). */
+int precopy_coordinator_guest_paused(precopy_coordinator_t *coord, uint64_t now_ns);
+
+/* Destination stream `stream` verified its pages (1) or refused them (0). */
+int precopy_coordinator_verdict(precopy_coordinator_t *coord, uint32_t stream,
+                                uint32_t verified);
+
+/* Stream `stream` failed (its engine or link): FAILED follows. */
+int precopy_coordinator_stream_failed(precopy_coordinator_t *coord, uint32_t stream);
+
+/* The next thing to do (kind NONE: nothing waits). */
+int precopy_coordinator_poll_event(precopy_coordinator_t *coord,
+                                   precopy_coordinator_event_t *event);
+
+#define PRECOPY_APPLIER_SIZE 2560
+
+/* What a destination stream applied so far. */
+typedef struct precopy_apply_progress {
+    uint64_t zero_pages;
+    uint64_t raw_pages;
+    uint64_t lz4_pages;
+    uint64_t delta_pages;
+    uint64_t rounds;
+    uint32_t complete; /* 1: completion arrived and the memory matched the digest */
+    int32_t error;     /* the error that stopped the stream, or PRECOPY_OK */
+} precopy_apply_progress_t;
+
+/* A destination stream's state (its buffers live in the caller's storage). Opaque,
+ * 64-byte aligned, not to be copied. */
+typedef struct precopy_applier {
+    PRECOPY_ALIGN64 uint64_t opaque[PRECOPY_APPLIER_SIZE / 8];
+} precopy_applier_t;
+
+/* Bytes of storage an applier for pages of page_size bytes needs. */
+int precopy_applier_storage_size(uint64_t page_size, size_t *bytes_out);
+
+/* Starts a destination stream writing into *memory (read and write callbacks), its
+ * buffers in storage (8-byte aligned, at least _storage_size). */
+int precopy_applier_init(precopy_applier_t *app, const precopy_page_memory_t *memory,
+                         uint64_t *storage, size_t storage_bytes);
+
+/* Applies the next len bytes of the stream (any split); *complete_out (may be NULL):
+ * 1 once the memory matched the source's digest. The first error is final. */
+int precopy_applier_feed(precopy_applier_t *app, const uint8_t *bytes, size_t len,
+                         uint32_t *complete_out);
+
+/* What the stream applied so far. */
+int precopy_applier_progress(precopy_applier_t *app, precopy_apply_progress_t *out);
+
+/* The verdict at the end of input: PRECOPY_OK only after a matching digest (to
+ * digest_out[0..2], may be NULL), else the error that stopped the stream. */
+int precopy_applier_verdict(precopy_applier_t *app, uint64_t *digest_out);
+
+/* What precopy_applier_verdict reports, for an operator ("frame 1832 (byte 7405568):
+ * checksum mismatch ..."; empty once verified), into buf (*len bytes, NUL-terminated);
+ * *len = its full length. buf NULL: a length query (PRECOPY_ERR_BUFFER_TOO_SMALL). */
+int precopy_applier_error_message(const precopy_applier_t *app, char *buf, size_t *len);
+
 /* ---- Layout checks (the Rust side asserts the same sizes) ------------------------- */
 
 #if defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
@@ -562,6 +828,17 @@ PRECOPY_STATIC_ASSERT_(sizeof(precopy_frame_t) == 64, "precopy_frame_t");
 PRECOPY_STATIC_ASSERT_(sizeof(precopy_digest_t) == PRECOPY_DIGEST_SIZE, "precopy_digest_t");
 PRECOPY_STATIC_ASSERT_(sizeof(precopy_decoder_t) == PRECOPY_DECODER_SIZE, "precopy_decoder_t");
 PRECOPY_STATIC_ASSERT_(sizeof(precopy_event_t) == 72, "precopy_event_t");
+PRECOPY_STATIC_ASSERT_(sizeof(precopy_page_memory_t) == 40, "precopy_page_memory_t");
+PRECOPY_STATIC_ASSERT_(sizeof(precopy_storage_needs_t) == 40, "precopy_storage_needs_t");
+PRECOPY_STATIC_ASSERT_(sizeof(precopy_source_config_t) == 56, "precopy_source_config_t");
+PRECOPY_STATIC_ASSERT_(sizeof(precopy_source_event_t) == 88, "precopy_source_event_t");
+PRECOPY_STATIC_ASSERT_(sizeof(precopy_source_t) == PRECOPY_SOURCE_SIZE, "precopy_source_t");
+PRECOPY_STATIC_ASSERT_(sizeof(precopy_coordinator_event_t) == 72,
+                       "precopy_coordinator_event_t");
+PRECOPY_STATIC_ASSERT_(sizeof(precopy_coordinator_t) == PRECOPY_COORDINATOR_SIZE,
+                       "precopy_coordinator_t");
+PRECOPY_STATIC_ASSERT_(sizeof(precopy_apply_progress_t) == 48, "precopy_apply_progress_t");
+PRECOPY_STATIC_ASSERT_(sizeof(precopy_applier_t) == PRECOPY_APPLIER_SIZE, "precopy_applier_t");
 
 #ifdef __cplusplus
 }

@@ -71,7 +71,7 @@ pub struct PrecopyKvmDirtyGfn {
     pub offset: u64,
 }
 
-type Bitmap = AtomicDirtyBitmap<&'static [AtomicU64]>;
+pub(crate) type Bitmap = AtomicDirtyBitmap<&'static [AtomicU64]>;
 
 assert_fits!(PrecopyBitmap, Bitmap);
 assert_fits!(PrecopyKvmSlots, KvmSlotTable);
@@ -92,7 +92,7 @@ unsafe impl Blob for PrecopyKvmSlots {
 ///
 /// # Safety
 /// As [`as_slice`] for `regions` and `nregions`.
-unsafe fn layout(
+pub(crate) unsafe fn layout(
     page_size: u64,
     regions: *const PrecopyRegion,
     nregions: usize,
@@ -184,7 +184,7 @@ pub unsafe extern "C" fn precopy_bitmap_init(
 ///
 /// # Safety
 /// `bm` is NULL or points at a `precopy_bitmap_t` valid for `'a`.
-unsafe fn bitmap<'a>(bm: *const PrecopyBitmap) -> Result<&'a Bitmap, c_int> {
+pub(crate) unsafe fn bitmap<'a>(bm: *const PrecopyBitmap) -> Result<&'a Bitmap, c_int> {
     // SAFETY: per this function's contract; bitmaps are only ever accessed shared after
     // init (marks and harvests go through atomics).
     unsafe { PrecopyBitmap::state(bm) }

@@ -5,6 +5,7 @@ use core::ffi::{c_char, c_int, CStr};
 
 use core_precopy::bitmap::BitmapError;
 use core_precopy::codec::CodecError;
+use core_precopy::engine::{ApplyError, CoordinatorError, EngineError};
 use core_precopy::layout::LayoutError;
 use core_precopy::schedule::ScheduleError;
 use core_precopy::wire::{Location, WireErrorKind};
@@ -66,6 +67,21 @@ pub const PRECOPY_ERR_UNSUPPORTED: c_int = -23;
 /// Frames break the stream's rules (page past the end, rounds out of order, ...).
 pub const PRECOPY_ERR_STREAM: c_int = -24;
 
+/// A call that does not fit the engine's state (an event not answered, an answer to
+/// an event never given, a call after the migration ended).
+pub const PRECOPY_ERR_OUT_OF_ORDER: c_int = -25;
+/// A page-memory callback returned an error.
+pub const PRECOPY_ERR_MEMORY: c_int = -26;
+/// The destination's memory differs from the source's: the completion digest or a
+/// delta's base does not match.
+pub const PRECOPY_ERR_DIGEST_MISMATCH: c_int = -27;
+/// The migration ended (aborted, failed, or done): the state takes no more calls.
+pub const PRECOPY_ERR_ENDED: c_int = -28;
+/// The scheduler gave up: the guest dirties memory faster than the link sends it.
+pub const PRECOPY_ERR_NOT_CONVERGING: c_int = -29;
+/// A stream failed or its destination refused it: the migration failed.
+pub const PRECOPY_ERR_STREAM_FAILED: c_int = -30;
+
 /// The message for each code, NUL-terminated, `'static`.
 fn message(code: c_int) -> &'static CStr {
     match code {
@@ -106,6 +122,18 @@ fn message(code: c_int) -> &'static CStr {
             c"stream was written by a newer precopy (version or features unknown here)"
         }
         PRECOPY_ERR_STREAM => c"frames break the stream's rules",
+        PRECOPY_ERR_OUT_OF_ORDER => {
+            c"call out of order: answer the pending event first, or the state ended"
+        }
+        PRECOPY_ERR_MEMORY => c"a page-memory callback returned an error",
+        PRECOPY_ERR_DIGEST_MISMATCH => {
+            c"destination memory differs from the source's (digest or delta base mismatch)"
+        }
+        PRECOPY_ERR_ENDED => c"the migration ended (aborted, failed or done)",
+        PRECOPY_ERR_NOT_CONVERGING => {
+            c"migration not converging: the guest dirties memory faster than it is sent"
+        }
+        PRECOPY_ERR_STREAM_FAILED => c"a stream failed or its destination refused it",
         _ => c"unknown precopy status code",
     }
 }
@@ -159,10 +187,63 @@ pub(crate) fn codec_code(e: CodecError) -> c_int {
     match e {
         CodecError::BadPageSize { .. } => PRECOPY_ERR_BAD_PAGE_SIZE,
         CodecError::BadPageLength { .. } => PRECOPY_ERR_BAD_LENGTH,
-        CodecError::OutputTooSmall { .. } | CodecError::CacheAllocation { .. } => {
+        CodecError::OutputTooSmall { .. }
+        | CodecError::CacheAllocation { .. }
+        | CodecError::CacheStorageTooSmall { .. } => PRECOPY_ERR_BUFFER_TOO_SMALL,
+        CodecError::Lz4Corrupt { .. } | CodecError::DeltaCorrupt { .. } => PRECOPY_ERR_CORRUPT_PAGE,
+    }
+}
+
+/// The code for an engine-layer error (the source engine).
+pub(crate) fn engine_code(e: EngineError) -> c_int {
+    match e {
+        EngineError::Schedule(ScheduleError::NotConverging { .. }) => PRECOPY_ERR_NOT_CONVERGING,
+        EngineError::Schedule(e) => schedule_code(e),
+        EngineError::Memory(_) => PRECOPY_ERR_MEMORY,
+        EngineError::Codec(e) => codec_code(e),
+        EngineError::Bitmap(e) => bitmap_code(e),
+        EngineError::Emit(e) => wire_code(e),
+        EngineError::BufferTooSmall { .. } | EngineError::StorageTooSmall { .. } => {
             PRECOPY_ERR_BUFFER_TOO_SMALL
         }
-        CodecError::Lz4Corrupt { .. } | CodecError::DeltaCorrupt { .. } => PRECOPY_ERR_CORRUPT_PAGE,
+        EngineError::PageSizeMismatch { .. } => PRECOPY_ERR_BAD_PAGE_SIZE,
+        EngineError::InvalidConfig { .. } => PRECOPY_ERR_BAD_ARGUMENT,
+        EngineError::OutOfOrder { .. } => PRECOPY_ERR_OUT_OF_ORDER,
+    }
+}
+
+/// The code for a destination (applier) error.
+pub(crate) fn apply_code(e: ApplyError) -> c_int {
+    match e {
+        ApplyError::Wire(e) => wire_code_at(e.kind, e.location),
+        ApplyError::LayoutMismatch { .. } => PRECOPY_ERR_BAD_GUEST,
+        ApplyError::Codec { error, .. } => codec_code(error),
+        ApplyError::BaseMismatch { .. } | ApplyError::DigestMismatch { .. } => {
+            PRECOPY_ERR_DIGEST_MISMATCH
+        }
+        ApplyError::Memory { .. } => PRECOPY_ERR_MEMORY,
+        ApplyError::PageBufferTooSmall { .. } => PRECOPY_ERR_BUFFER_TOO_SMALL,
+    }
+}
+
+/// The code for a coordinator error (misuse, or why the migration failed).
+pub(crate) fn coordinator_code(e: CoordinatorError) -> c_int {
+    match e {
+        CoordinatorError::StreamCount { .. } | CoordinatorError::StreamOutOfRange { .. } => {
+            PRECOPY_ERR_BAD_ARGUMENT
+        }
+        CoordinatorError::Twice { .. }
+        | CoordinatorError::OutOfOrder { .. }
+        | CoordinatorError::WrongRound { .. } => PRECOPY_ERR_OUT_OF_ORDER,
+        CoordinatorError::Ended => PRECOPY_ERR_ENDED,
+        CoordinatorError::Schedule(ScheduleError::NotConverging { .. }) => {
+            PRECOPY_ERR_NOT_CONVERGING
+        }
+        CoordinatorError::Schedule(e) => schedule_code(e),
+        CoordinatorError::StreamFailed { .. } | CoordinatorError::Refused { .. } => {
+            PRECOPY_ERR_STREAM_FAILED
+        }
+        CoordinatorError::StorageTooSmall { .. } => PRECOPY_ERR_BUFFER_TOO_SMALL,
     }
 }
 

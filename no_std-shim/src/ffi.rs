@@ -16,7 +16,7 @@ use crate::error::{
 };
 
 /// Checks that `ptr` is non-NULL and aligned for `T`.
-fn check_ptr<T>(ptr: *const T) -> Result<(), c_int> {
+pub(crate) fn check_ptr<T>(ptr: *const T) -> Result<(), c_int> {
     if ptr.is_null() {
         Err(PRECOPY_ERR_NULL)
     } else if ptr as usize % align_of::<T>() != 0 {

@@ -7,9 +7,12 @@
 //! Conventions, the same for every function:
 //! - Status codes: `PRECOPY_OK` (0), `PRECOPY_MORE` (1, "call again"), negative
 //!   `PRECOPY_ERR_*` codes; `precopy_strerror` describes each.
-//! - No allocation: state lives in fixed-size, 8-byte aligned structs the caller
-//!   allocates (`precopy_bitmap_t`, `precopy_kvm_slots_t`, `precopy_scheduler_t`), and
-//!   every output goes into caller buffers with explicit lengths.
+//! - No allocation: state lives in fixed-size structs the caller allocates
+//!   (`precopy_bitmap_t`, `precopy_kvm_slots_t`, `precopy_scheduler_t`,
+//!   `precopy_decoder_t`, `precopy_coordinator_t`; 64-byte aligned: `precopy_lz4_t`,
+//!   `precopy_digest_t`, `precopy_source_t`, `precopy_applier_t`), the engines' pages
+//!   and buffers in storage the caller sizes with `precopy_storage_needs`, and every
+//!   output goes into caller buffers with explicit lengths.
 //! - NULL pointers, misaligned pointers, short buffers, bad lengths, out-of-range pages,
 //!   undefined enumeration values and state never initialized return an error code.
 //!   What cannot be checked is each function's contract: a pointer points at as many
@@ -20,17 +23,25 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+mod applier;
 mod bitmap;
 mod codec;
+mod coordinator;
 mod error;
 mod ffi;
+mod memory;
 mod schedule;
+mod source;
 mod wire;
 
+pub use applier::*;
 pub use bitmap::*;
 pub use codec::*;
+pub use coordinator::*;
 pub use error::*;
+pub use memory::*;
 pub use schedule::*;
+pub use source::*;
 pub use wire::*;
 
 /// Version of the C ABI: bumped whenever a declaration in `precopy.h` changes
@@ -64,6 +75,15 @@ const _: () = {
     assert!(size_of::<PrecopyDigest>() == PRECOPY_DIGEST_SIZE);
     assert!(size_of::<PrecopyDecoder>() == PRECOPY_DECODER_SIZE);
     assert!(size_of::<PrecopyEvent>() == 72);
+    assert!(size_of::<PrecopyPageMemory>() == 40);
+    assert!(size_of::<PrecopyStorageNeeds>() == 40);
+    assert!(size_of::<PrecopySourceConfig>() == 56);
+    assert!(size_of::<PrecopySourceEvent>() == 88);
+    assert!(size_of::<PrecopySource>() == PRECOPY_SOURCE_SIZE);
+    assert!(size_of::<PrecopyCoordinatorEvent>() == 72);
+    assert!(size_of::<PrecopyCoordinator>() == PRECOPY_COORDINATOR_SIZE);
+    assert!(size_of::<PrecopyApplyProgress>() == 48);
+    assert!(size_of::<PrecopyApplier>() == PRECOPY_APPLIER_SIZE);
 };
 
 /// Nothing in the API panics on any input (every argument is checked and every error

@@ -268,7 +268,7 @@ impl From<Policy> for PrecopyPolicy {
 }
 
 /// Why a C policy was refused: a field the C encoding adds, or the core's validation.
-enum PolicyFault {
+pub(crate) enum PolicyFault {
     Field {
         code: c_int,
         field: &'static str,
@@ -278,7 +278,7 @@ enum PolicyFault {
 }
 
 impl PolicyFault {
-    fn code(&self) -> c_int {
+    pub(crate) fn code(&self) -> c_int {
         match self {
             PolicyFault::Field { code, .. } => *code,
             PolicyFault::Core(e) => schedule_code(*e),
@@ -325,7 +325,7 @@ fn percent(v: u32, field: &'static str) -> Result<u8, PolicyFault> {
 }
 
 /// The core policy a C policy stands for, validated.
-fn to_policy(c: &PrecopyPolicy) -> Result<Policy, PolicyFault> {
+pub(crate) fn to_policy(c: &PrecopyPolicy) -> Result<Policy, PolicyFault> {
     let on_limit = match c.on_limit {
         PRECOPY_ON_LIMIT_FAIL => OnLimit::Fail,
         PRECOPY_ON_LIMIT_SWITCH_OVER => OnLimit::SwitchOver,

@@ -395,9 +395,11 @@ impl<W: Deref<Target = [AtomicU64]>> AtomicDirtyBitmap<W> {
 
     /// Fetch-and-clear of every page, ORed into `set` (which may already hold pages
     /// deferred from an earlier round). Returns the number of pages taken.
-    #[cfg(feature = "alloc")]
-    pub fn harvest_into(&self, set: &mut super::DirtySet) -> Result<u64, BitmapError> {
-        self.check_set(set)?;
+    pub fn harvest_into<S: AsRef<[u64]> + AsMut<[u64]>>(
+        &self,
+        set: &mut super::DirtySet<S>,
+    ) -> Result<u64, BitmapError> {
+        self.check_set(set.total_pages())?;
         let mut taken = 0;
         // Harvest in 4 KiB chunks through a stack buffer so `set` keeps its old bits.
         let mut buf = [0u64; 512];
@@ -429,18 +431,19 @@ impl<W: Deref<Target = [AtomicU64]>> AtomicDirtyBitmap<W> {
     }
 
     /// Puts every page of `set` back (see [`Self::restore_words`]).
-    #[cfg(feature = "alloc")]
-    pub fn restore(&self, set: &super::DirtySet) -> Result<(), BitmapError> {
-        self.check_set(set)?;
+    pub fn restore<S: AsRef<[u64]> + AsMut<[u64]>>(
+        &self,
+        set: &super::DirtySet<S>,
+    ) -> Result<(), BitmapError> {
+        self.check_set(set.total_pages())?;
         self.restore_words(0, set.words())
     }
 
-    #[cfg(feature = "alloc")]
-    fn check_set(&self, set: &super::DirtySet) -> Result<(), BitmapError> {
-        if set.total_pages() != self.total_pages() {
+    fn check_set(&self, set_pages: u64) -> Result<(), BitmapError> {
+        if set_pages != self.total_pages() {
             return Err(BitmapError::SizeMismatch {
                 expected: self.total_pages(),
-                got: set.total_pages(),
+                got: set_pages,
             });
         }
         Ok(())

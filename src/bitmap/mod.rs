@@ -40,7 +40,6 @@
 //! ```
 
 mod atomic;
-#[cfg(feature = "alloc")]
 mod dirty_set;
 mod error;
 mod iter;
@@ -50,7 +49,6 @@ mod sync;
 mod vm_memory;
 
 pub use atomic::AtomicDirtyBitmap;
-#[cfg(feature = "alloc")]
 pub use dirty_set::DirtySet;
 pub use error::BitmapError;
 pub use iter::{DirtyPages, DirtyRuns};

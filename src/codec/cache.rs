@@ -1,16 +1,19 @@
 //! The bounded cache of "the version last sent" that delta encoding works against.
 
-use alloc::boxed::Box;
-use alloc::vec::Vec;
-
 use super::{base_hash, CodecError};
+use crate::layout::{words_as_bytes, words_as_bytes_mut, OwnedWords};
 
 /// Index entry meaning "no slot".
-const EMPTY: u32 = u32::MAX;
+const EMPTY: u64 = u64::MAX;
 /// Highest heat a slot reaches: a page re-sent this often survives three clock sweeps.
-const MAX_HEAT: u8 = 3;
-/// Bookkeeping bytes per slot charged to the budget (metadata, index, free list).
-pub const SLOT_OVERHEAD: usize = core::mem::size_of::<Slot>() + 3 * 4;
+const MAX_HEAT: u64 = 3;
+/// Words of bookkeeping per slot: page, hash, heat, free-list entry.
+const SLOT_WORDS: usize = 4;
+/// Most slots a cache holds (index positions stay far from `EMPTY`).
+const MAX_SLOTS: usize = u32::MAX as usize / 2;
+/// Bookkeeping bytes per slot charged to the budget: its metadata and free-list entry
+/// (4 words) and up to 4 words of index (the index has at most 4 entries per slot).
+pub const SLOT_OVERHEAD: usize = (SLOT_WORDS + 4) * 8;
 
 /// Counters of a [`PageCache`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -27,13 +30,6 @@ pub struct CacheStats {
     pub drops: u64,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Slot {
-    page: u64,
-    hash: u64,
-    heat: u8,
-}
-
 /// A cached delta base: the bytes last sent for a page and their hash (carried in a
 /// delta frame so the destination can check it holds the same base).
 #[derive(Clone, Copy, Debug)]
@@ -44,8 +40,10 @@ pub struct CachedBase<'a> {
     pub hash: u64,
 }
 
-/// A fixed-size page cache: every byte is allocated once in [`PageCache::new`], from a
-/// budget the caller sets; storing, finding and dropping a page never allocate.
+/// A fixed-size page cache over `u64` words held by `S`: [`OwnedWords`] allocated once
+/// in [`PageCache::new`] from a budget the caller sets, or caller words
+/// ([`PageCache::over`], no allocator); storing, finding and dropping a page never
+/// allocate.
 ///
 /// Eviction is CLOCK with a small frequency count: storing a page that is already
 /// cached (it was re-dirtied and sent again) heats it, the clock hand cools pages as it
@@ -61,60 +59,97 @@ pub struct CachedBase<'a> {
 /// assert!(cache.lookup(8).is_none());
 /// assert_eq!((cache.stats().hits, cache.stats().misses), (1, 1));
 /// ```
-pub struct PageCache {
+pub struct PageCache<S = OwnedWords> {
     page_size: usize,
-    data: Box<[u8]>,
-    slots: Box<[Slot]>,
-    index: Box<[u32]>,
-    free: Box<[u32]>,
+    /// Layout of `words`: page data (`slots * page_size / 8` words), then per slot
+    /// page, hash and heat (`meta`), the index (`index_len` words, a power of two) and
+    /// the free list (`slots` words).
+    words: S,
+    slots: usize,
+    meta: usize,
+    index: usize,
+    index_len: usize,
+    free: usize,
     free_len: usize,
     used: usize,
     hand: usize,
     stats: CacheStats,
 }
 
-impl core::fmt::Debug for PageCache {
+impl<S> core::fmt::Debug for PageCache<S> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("PageCache")
             .field("page_size", &self.page_size)
-            .field("capacity", &self.capacity())
-            .field("len", &self.len())
+            .field("capacity", &self.slots)
+            .field("len", &(self.used - self.free_len))
             .field("stats", &self.stats)
             .finish()
     }
 }
 
-fn try_boxed<T: Clone>(value: T, n: usize) -> Result<Box<[T]>, CodecError> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n)
-        .map_err(|_| CodecError::CacheAllocation {
-            bytes: n.saturating_mul(core::mem::size_of::<T>()),
-        })?;
-    v.resize(n, value);
-    Ok(v.into_boxed_slice())
+/// Slots a budget pays for.
+fn slots_for(page_size: usize, budget_bytes: usize) -> usize {
+    (budget_bytes / (page_size + SLOT_OVERHEAD)).min(MAX_SLOTS)
 }
 
-impl PageCache {
+/// Index entries for `slots` slots: a power of two at least twice as many (none for
+/// a cache that holds nothing).
+fn index_len_for(slots: usize) -> usize {
+    if slots == 0 {
+        0
+    } else {
+        (slots * 2).next_power_of_two()
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl PageCache<OwnedWords> {
     /// A cache of as many pages as fit in `budget_bytes` (page bytes plus
-    /// [`SLOT_OVERHEAD`] each). A budget below one page gives a cache that holds
-    /// nothing (every lookup misses), which turns delta encoding off.
+    /// [`SLOT_OVERHEAD`] each), allocated here. A budget below one page gives a cache
+    /// that holds nothing (every lookup misses), which turns delta encoding off.
     pub fn new(page_size: usize, budget_bytes: usize) -> Result<Self, CodecError> {
         super::check_page_size(page_size)?;
-        let slots = (budget_bytes / (page_size + SLOT_OVERHEAD)).min(EMPTY as usize / 2);
-        let index_len = (slots * 2).next_power_of_two().max(2);
+        let words = Self::storage_words(page_size, budget_bytes)?;
+        let storage = OwnedWords::try_zeroed(words).ok_or(CodecError::CacheAllocation {
+            bytes: words.saturating_mul(8),
+        })?;
+        PageCache::over(page_size, budget_bytes, storage)
+    }
+}
+
+impl PageCache<OwnedWords> {
+    /// Words of storage a cache of `budget_bytes` needs for pages of `page_size`
+    /// (never more than `budget_bytes / 8`; 0 when the budget holds no page).
+    pub fn storage_words(page_size: usize, budget_bytes: usize) -> Result<usize, CodecError> {
+        super::check_page_size(page_size)?;
+        let slots = slots_for(page_size, budget_bytes);
+        Ok(slots * (page_size / 8 + SLOT_WORDS) + index_len_for(slots))
+    }
+}
+
+impl<S: AsRef<[u64]> + AsMut<[u64]>> PageCache<S> {
+    /// A cache of `budget_bytes` (as [`PageCache::new`]) in caller words (no
+    /// allocation): `words` holds at least [`PageCache::storage_words`] words, else
+    /// [`CodecError::CacheStorageTooSmall`].
+    pub fn over(page_size: usize, budget_bytes: usize, mut words: S) -> Result<Self, CodecError> {
+        let needed = PageCache::storage_words(page_size, budget_bytes)?;
+        let got = words.as_ref().len();
+        if got < needed {
+            return Err(CodecError::CacheStorageTooSmall { needed, got });
+        }
+        let slots = slots_for(page_size, budget_bytes);
+        let index_len = index_len_for(slots);
+        let meta = slots * (page_size / 8);
+        let index = meta + 3 * slots;
+        words.as_mut()[index..index + index_len].fill(EMPTY);
         Ok(PageCache {
             page_size,
-            data: try_boxed(0u8, slots * page_size)?,
-            slots: try_boxed(
-                Slot {
-                    page: 0,
-                    hash: 0,
-                    heat: 0,
-                },
-                slots,
-            )?,
-            index: try_boxed(EMPTY, index_len)?,
-            free: try_boxed(0u32, slots)?,
+            words,
+            slots,
+            meta,
+            index,
+            index_len,
+            free: index + index_len,
             free_len: 0,
             used: 0,
             hand: 0,
@@ -124,7 +159,7 @@ impl PageCache {
 
     /// Pages the cache can hold.
     pub fn capacity(&self) -> usize {
-        self.slots.len()
+        self.slots
     }
 
     /// Pages it holds now.
@@ -147,10 +182,9 @@ impl PageCache {
         match self.find(page) {
             Some((_, slot)) => {
                 self.stats.hits += 1;
-                let s = self.slots[slot];
                 Some(CachedBase {
+                    hash: self.w(self.meta + 3 * slot + 1),
                     bytes: self.slot_bytes(slot),
-                    hash: s.hash,
                 })
             }
             None => {
@@ -171,35 +205,35 @@ impl PageCache {
     /// [`base_hash`] of `data` when it stored it (computed anyway for the entry), so
     /// a caller that also needs it does not hash the page twice.
     pub fn store(&mut self, page: u64, data: &[u8]) -> Option<u64> {
-        if self.slots.is_empty() || data.len() != self.page_size {
+        if self.slots == 0 || data.len() != self.page_size {
             return None;
         }
         self.stats.stores += 1;
         let slot = match self.find(page) {
             Some((_, slot)) => {
-                let s = &mut self.slots[slot];
-                s.heat = (s.heat + 1).min(MAX_HEAT);
+                let heat = self.meta + 3 * slot + 2;
+                let h = (self.w(heat) + 1).min(MAX_HEAT);
+                self.set_w(heat, h);
                 slot
             }
             None => {
                 let slot = self.take_slot();
-                self.slots[slot] = Slot {
-                    page,
-                    hash: 0,
-                    heat: 0,
-                };
+                let m = self.meta + 3 * slot;
+                self.set_w(m, page);
+                self.set_w(m + 2, 0);
                 let mut i = self.home(page);
-                while self.index[i] != EMPTY {
-                    i = (i + 1) & (self.index.len() - 1);
+                while self.w(self.index + i) != EMPTY {
+                    i = (i + 1) & (self.index_len - 1);
                 }
-                self.index[i] = slot as u32;
+                self.set_w(self.index + i, slot as u64);
                 slot
             }
         };
         let hash = base_hash(data);
-        self.slots[slot].hash = hash;
-        let start = slot * self.page_size;
-        self.data[start..start + self.page_size].copy_from_slice(data);
+        self.set_w(self.meta + 3 * slot + 1, hash);
+        let pw = self.page_size / 8;
+        let start = slot * pw;
+        words_as_bytes_mut(&mut self.words.as_mut()[start..start + pw]).copy_from_slice(data);
         Some(hash)
     }
 
@@ -209,7 +243,7 @@ impl PageCache {
         if let Some((i, slot)) = self.find(page) {
             self.stats.drops += 1;
             self.unindex(i);
-            self.free[self.free_len] = slot as u32;
+            self.set_w(self.free + self.free_len, slot as u64);
             self.free_len += 1;
         }
     }
@@ -225,7 +259,7 @@ impl PageCache {
             return;
         }
         for slot in 0..self.used {
-            let page = self.slots[slot].page;
+            let page = self.w(self.meta + 3 * slot);
             // A free slot keeps a stale page number: `drop_page` finds only what the
             // index holds.
             if (first..end).contains(&page) {
@@ -234,26 +268,43 @@ impl PageCache {
         }
     }
 
-    fn slot_bytes(&self, slot: usize) -> &[u8] {
-        let start = slot * self.page_size;
-        &self.data[start..start + self.page_size]
+    #[inline]
+    fn w(&self, i: usize) -> u64 {
+        self.words.as_ref()[i]
     }
 
+    #[inline]
+    fn set_w(&mut self, i: usize, value: u64) {
+        self.words.as_mut()[i] = value;
+    }
+
+    fn slot_bytes(&self, slot: usize) -> &[u8] {
+        let pw = self.page_size / 8;
+        words_as_bytes(&self.words.as_ref()[slot * pw..(slot + 1) * pw])
+    }
+
+    #[inline]
     fn home(&self, page: u64) -> usize {
         let h = page.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        (h >> 32) as usize & (self.index.len() - 1)
+        (h >> 32) as usize & (self.index_len - 1)
     }
 
     /// (index position, slot) of `page`.
+    #[inline]
     fn find(&self, page: u64) -> Option<(usize, usize)> {
-        let mask = self.index.len() - 1;
+        if self.slots == 0 {
+            return None;
+        }
+        let words = self.words.as_ref();
+        let index = &words[self.index..self.index + self.index_len];
+        let mask = self.index_len - 1;
         let mut i = self.home(page);
         loop {
-            let slot = self.index[i];
+            let slot = index[i];
             if slot == EMPTY {
                 return None;
             }
-            if self.slots[slot as usize].page == page {
+            if words[self.meta + 3 * slot as usize] == page {
                 return Some((i, slot as usize));
             }
             i = (i + 1) & mask;
@@ -264,39 +315,40 @@ impl PageCache {
     fn take_slot(&mut self) -> usize {
         if self.free_len > 0 {
             self.free_len -= 1;
-            return self.free[self.free_len] as usize;
+            return self.w(self.free + self.free_len) as usize;
         }
-        if self.used < self.slots.len() {
+        if self.used < self.slots {
             self.used += 1;
             return self.used - 1;
         }
         loop {
             let slot = self.hand;
-            self.hand = (self.hand + 1) % self.slots.len();
-            if self.slots[slot].heat == 0 {
-                let page = self.slots[slot].page;
+            self.hand = (self.hand + 1) % self.slots;
+            let heat = self.meta + 3 * slot + 2;
+            if self.w(heat) == 0 {
+                let page = self.w(self.meta + 3 * slot);
                 if let Some((i, _)) = self.find(page) {
                     self.unindex(i);
                 }
                 self.stats.evictions += 1;
                 return slot;
             }
-            self.slots[slot].heat -= 1;
+            self.set_w(heat, self.w(heat) - 1);
         }
     }
 
     /// Removes index entry `i`, shifting later entries of the probe run back so that
     /// lookups never stop early (linear probing without tombstones).
     fn unindex(&mut self, mut i: usize) {
-        let mask = self.index.len() - 1;
+        let mask = self.index_len - 1;
         let mut j = i;
         loop {
             j = (j + 1) & mask;
-            let slot = self.index[j];
+            let slot = self.w(self.index + j);
             if slot == EMPTY {
                 break;
             }
-            let home = self.home(self.slots[slot as usize].page);
+            let home = self.home(self.w(self.meta + 3 * slot as usize));
             // Entry j may move to i if its home is not in the cyclic range (i, j].
             let movable = if i <= j {
                 home <= i || home > j
@@ -304,11 +356,11 @@ impl PageCache {
                 home <= i && home > j
             };
             if movable {
-                self.index[i] = slot;
+                self.set_w(self.index + i, slot);
                 i = j;
             }
         }
-        self.index[i] = EMPTY;
+        self.set_w(self.index + i, EMPTY);
     }
 }
 
@@ -355,6 +407,32 @@ mod tests {
         }
         cache.store(5, &[9; 512]);
         assert_eq!(cache.lookup(5).map(|b| b.hash), Some(base_hash(&[9; 512])));
+    }
+
+    #[test]
+    fn caller_words_hold_the_same_cache() {
+        let words = PageCache::storage_words(512, 8 * (512 + SLOT_OVERHEAD)).unwrap();
+        assert!(words * 8 <= 8 * (512 + SLOT_OVERHEAD), "within the budget");
+        let mut storage = alloc::vec![0u64; words];
+        let mut cache = PageCache::over(512, 8 * (512 + SLOT_OVERHEAD), &mut storage[..]).unwrap();
+        assert_eq!(cache.capacity(), 8);
+        for p in 0..20u64 {
+            cache.store(p, &[p as u8; 512]);
+        }
+        assert_eq!(cache.len(), 8);
+        let hit = (0..20u64).filter(|&p| cache.lookup(p).is_some()).count();
+        assert_eq!(hit, 8);
+        let short = PageCache::over(512, 8 * (512 + SLOT_OVERHEAD), &mut storage[..words - 1]);
+        assert_eq!(
+            short.unwrap_err(),
+            CodecError::CacheStorageTooSmall {
+                needed: words,
+                got: words - 1
+            }
+        );
+        // A budget of no page needs no storage and caches nothing.
+        let mut none = PageCache::over(512, 100, &mut [][..]).unwrap();
+        assert!(none.store(1, &[1; 512]).is_none() && none.lookup(1).is_none());
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The per-page chooser: zero, delta, LZ4 or raw, and the cache kept in step.
 
 use super::stats::{Clock, CodecStats, Encoding, NoClock};
+use crate::layout::OwnedWords;
+
 use super::{
     check_page_size, delta_encode, is_zero_page, lz4_max_output_len, CacheStats, CodecError,
     Lz4Compressor, PageCache,
@@ -71,35 +73,59 @@ pub struct EncodedPage {
 /// let sent = enc.encode(3, &page, &mut out).unwrap();
 /// assert_eq!((sent.encoding, sent.len), (Encoding::Delta, 3));
 /// ```
+///
+/// The delta cache lives in `u64` words held by `S`: [`OwnedWords`] allocated by
+/// [`new`](PageEncoder::new) and [`with_clock`](PageEncoder::with_clock) (feature
+/// `alloc`), or caller words given to [`over`](PageEncoder::over) (no allocator; size
+/// them with [`PageCache::storage_words`] of the configured budget).
 #[derive(Debug)]
-pub struct PageEncoder<C: Clock = NoClock> {
+pub struct PageEncoder<C: Clock = NoClock, S = OwnedWords> {
     config: EncoderConfig,
-    cache: PageCache,
+    cache: PageCache<S>,
     lz4: Lz4Compressor,
     stats: CodecStats,
     clock: C,
     lz4_enabled: bool,
 }
 
-impl PageEncoder<NoClock> {
+#[cfg(feature = "alloc")]
+impl PageEncoder<NoClock, OwnedWords> {
     /// An encoder whose statistics count pages and bytes but not time.
     pub fn new(config: EncoderConfig) -> Result<Self, CodecError> {
         Self::with_clock(config, NoClock)
     }
 }
 
-impl<C: Clock> PageEncoder<C> {
-    /// An encoder that times each codec with `clock` (see [`Clock`]).
+#[cfg(feature = "alloc")]
+impl<C: Clock> PageEncoder<C, OwnedWords> {
+    /// An encoder that times each codec with `clock` (see [`Clock`]), its delta cache
+    /// allocated here.
     pub fn with_clock(config: EncoderConfig, clock: C) -> Result<Self, CodecError> {
         check_page_size(config.page_size)?;
-        Ok(PageEncoder {
+        let cache = PageCache::new(config.page_size, config.cache_bytes)?;
+        Ok(Self::with_cache(config, clock, cache))
+    }
+}
+
+impl<C: Clock, S: AsRef<[u64]> + AsMut<[u64]>> PageEncoder<C, S> {
+    /// An encoder whose delta cache lives in caller words (no allocation): `cache`
+    /// holds at least [`PageCache::storage_words`]`(config.page_size,
+    /// config.cache_bytes)` words, else [`CodecError::CacheStorageTooSmall`].
+    pub fn over(config: EncoderConfig, clock: C, cache: S) -> Result<Self, CodecError> {
+        check_page_size(config.page_size)?;
+        let cache = PageCache::over(config.page_size, config.cache_bytes, cache)?;
+        Ok(Self::with_cache(config, clock, cache))
+    }
+
+    fn with_cache(config: EncoderConfig, clock: C, cache: PageCache<S>) -> Self {
+        PageEncoder {
             config,
-            cache: PageCache::new(config.page_size, config.cache_bytes)?,
+            cache,
             lz4: Lz4Compressor::new(),
             stats: CodecStats::default(),
             clock,
             lz4_enabled: true,
-        })
+        }
     }
 
     /// The configuration.

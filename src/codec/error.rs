@@ -30,6 +30,14 @@ pub enum CodecError {
         /// Bytes asked for.
         bytes: usize,
     },
+    /// Caller storage for the page cache holds fewer words than its budget needs
+    /// (see [`PageCache::storage_words`](crate::codec::PageCache::storage_words)).
+    CacheStorageTooSmall {
+        /// Words needed.
+        needed: usize,
+        /// Words given.
+        got: usize,
+    },
     /// LZ4 data is corrupt or does not decode to exactly one page.
     Lz4Corrupt {
         /// What is wrong.
@@ -105,6 +113,11 @@ impl fmt::Display for CodecError {
             CodecError::CacheAllocation { bytes } => write!(
                 f,
                 "could not allocate {bytes} bytes for the delta page cache (lower its budget)"
+            ),
+            CodecError::CacheStorageTooSmall { needed, got } => write!(
+                f,
+                "delta page cache storage of {got} words is smaller than its budget needs \
+                 ({needed} words): give more storage or lower the cache budget"
             ),
             CodecError::Lz4Corrupt {
                 reason: Lz4Fault::Malformed,

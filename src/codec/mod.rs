@@ -1,9 +1,10 @@
 //! How a page is sent cheaply: zero-page elision, LZ4, and XBZRLE-style deltas against
 //! a bounded cache of the version last sent, chosen per page.
 //!
-//! Every codec works over caller buffers and never allocates; only the
-//! [`PageCache`] (and so the [`PageEncoder`] that owns one) allocates, once, when it is
-//! built (feature `alloc`).
+//! Every codec works over caller buffers and never allocates; the [`PageCache`] (and
+//! so the [`PageEncoder`] that owns one) keeps its pages in `u64` words it allocates
+//! once when built with `new` (feature `alloc`), or in caller words (`over`, no
+//! allocator).
 //!
 //! | codec | encode | decode |
 //! | --- | --- | --- |
@@ -14,9 +15,7 @@
 //!
 //! [`decode_page`] undoes any of them.
 
-#[cfg(feature = "alloc")]
 mod cache;
-#[cfg(feature = "alloc")]
 mod choose;
 mod delta;
 mod error;
@@ -25,9 +24,7 @@ mod stats;
 mod varint;
 mod zero;
 
-#[cfg(feature = "alloc")]
 pub use cache::{CacheStats, CachedBase, PageCache, SLOT_OVERHEAD};
-#[cfg(feature = "alloc")]
 pub use choose::{EncodedPage, EncoderConfig, PageEncoder};
 pub use delta::{delta_apply, delta_encode};
 pub use error::{CodecError, DeltaFault, Lz4Fault};

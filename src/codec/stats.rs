@@ -64,6 +64,7 @@ impl Encoding {
 
 /// Counters of one codec.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct CodecCounters {
     /// Times the codec was run on a page (including runs that gave up).
     pub attempts: u64,
@@ -79,6 +80,7 @@ pub struct CodecCounters {
 
 /// Counters of every codec.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct CodecStats {
     counters: [CodecCounters; 4],
 }
@@ -89,7 +91,6 @@ impl CodecStats {
         &self.counters[encoding as usize]
     }
 
-    #[cfg(feature = "alloc")]
     pub(crate) fn get_mut(&mut self, encoding: Encoding) -> &mut CodecCounters {
         &mut self.counters[encoding as usize]
     }

@@ -131,6 +131,7 @@ pub enum Progress {
 
 /// Counts of what was applied.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct ApplyStats {
     /// Pages written as zero (by zero runs).
     pub zero_pages: u64,

@@ -35,24 +35,34 @@
 //! [`CoordinatorReport::rounds`] (all rounds, the final one included, so equal to the
 //! final round's number).
 //!
-//! **Storage.** Needs feature `alloc`: a few words per stream (`Vec`, sized once at
-//! [`Coordinator::new`]) and a short queue of pending events (at most four at a time,
-//! plus the report's digests, one `u128` per stream). No clock, thread or I/O.
+//! **Storage.** [`CoordinatorCore`] is the state machine over caller words (three per
+//! stream, [`coordinator_storage_words`]) with a fixed queue of 8 events: no
+//! allocator. [`Coordinator`] (feature `alloc`) is that core over words it allocates,
+//! with a queue that grows and the report's digests in a `Vec`. No clock, thread or
+//! I/O.
 //!
 //! **Misuse** (a stream out of range, an event twice or out of order) is answered with
 //! a [`CoordinatorError`] from the `handle_*` call and changes nothing; the migration
 //! itself fails only through [`CoordinatorEvent::Failed`].
 
+#[cfg(feature = "alloc")]
 use alloc::collections::VecDeque;
-use alloc::vec;
+#[cfg(feature = "alloc")]
 use alloc::vec::Vec;
 use core::fmt;
 
+#[cfg(feature = "alloc")]
 use super::{FinalRound, StreamRound};
 use crate::codec::CodecStats;
-use crate::schedule::{
-    Decision, DowntimeReport, Policy, RoundMeasurement, RoundOutcome, ScheduleError, Scheduler,
-};
+#[cfg(feature = "alloc")]
+use crate::layout::OwnedWords;
+#[cfg(feature = "alloc")]
+use crate::schedule::{Decision, DowntimeReport, Scheduler};
+use crate::schedule::{Policy, RoundOutcome, ScheduleError};
+
+mod state;
+
+pub use state::{coordinator_storage_words, CoordinatorCore, CoreEvent, CoreReport};
 
 /// A live round over all streams: the scheduler's view of the summed measurements,
 /// and the sums the per-round table shows.
@@ -83,6 +93,7 @@ pub struct CoordinatorConfig {
 }
 
 /// What the caller must do, from [`Coordinator::poll_event`], in the order given.
+#[cfg(feature = "alloc")]
 #[derive(Clone, Debug, PartialEq)]
 pub enum CoordinatorEvent {
     /// Every stream ended a live round: the summed round, for the per-round table.
@@ -118,6 +129,7 @@ pub enum CoordinatorEvent {
 }
 
 /// How a coordinated migration went, with [`CoordinatorEvent::Done`].
+#[cfg(feature = "alloc")]
 #[derive(Clone, Debug, PartialEq)]
 pub struct CoordinatorReport {
     /// Rounds with the guest running (the bulk round and the iterative rounds).
@@ -191,6 +203,14 @@ pub enum CoordinatorError {
         /// The stream.
         stream: usize,
     },
+    /// Caller storage for a [`CoordinatorCore`] is smaller than
+    /// [`coordinator_storage_words`] of the stream count (none at all included).
+    StorageTooSmall {
+        /// Bytes needed.
+        needed_bytes: usize,
+        /// Bytes given.
+        got_bytes: usize,
+    },
 }
 
 impl fmt::Display for CoordinatorError {
@@ -230,6 +250,14 @@ impl fmt::Display for CoordinatorError {
             CoordinatorError::Refused { stream } => {
                 write!(f, "destination stream {stream} did not verify its pages")
             }
+            CoordinatorError::StorageTooSmall {
+                needed_bytes,
+                got_bytes,
+            } => write!(
+                f,
+                "coordinator storage of {got_bytes} bytes is too small: its streams need \
+                 {needed_bytes} bytes (24 per stream)"
+            ),
         }
     }
 }
@@ -243,31 +271,9 @@ impl From<ScheduleError> for CoordinatorError {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    /// Live rounds: collecting each stream's measurement of the round in progress.
-    Live,
-    /// Switchover decided: collecting pause requests.
-    Switching,
-    /// `PauseGuest` given; waiting for `handle_guest_paused`.
-    Pausing,
-    /// The guest is paused: collecting completions and verdicts.
-    Final,
-    Done,
-    Failed,
-}
-
-/// Per stream: what it reported in the current phase.
-#[derive(Clone, Copy, Debug, Default)]
-struct Stream {
-    /// Its measurement of the live round in progress, and whether LZ4 was on.
-    measured: Option<(StreamRound, bool)>,
-    pause_wanted: bool,
-    digest: Option<u128>,
-    verified: bool,
-}
-
-/// The multi-stream coordinator; see the [module docs](self).
+/// The multi-stream coordinator; see the [module docs](self). A [`CoordinatorCore`]
+/// over words it allocates, with a queue of events that grows and the report's digests
+/// in a `Vec`.
 ///
 /// ```
 /// use precopy::engine::{Coordinator, CoordinatorConfig, CoordinatorError};
@@ -281,88 +287,58 @@ struct Stream {
 ///            Err(CoordinatorError::StreamOutOfRange { stream: 5, streams: 2 }));
 /// assert_eq!(c.poll_event(), None);
 /// ```
+#[cfg(feature = "alloc")]
 #[derive(Debug)]
 pub struct Coordinator {
-    scheduler: Scheduler,
-    streams: Vec<Stream>,
-    phase: Phase,
+    core: CoordinatorCore<OwnedWords>,
     events: VecDeque<CoordinatorEvent>,
-    throttle_percent: u8,
-    /// Wire bytes and pages of the live rounds, all streams.
-    live_wire_bytes: u64,
-    live_pages: u64,
-    /// The final round, summed over the streams that completed.
-    fin: FinalRound,
-    completed: usize,
-    verified: usize,
-    paused_at_ns: u64,
 }
 
+#[cfg(feature = "alloc")]
 impl Coordinator {
     /// A coordinator for `config.streams` streams; the bulk round starts at `now_ns`.
     pub fn new(config: CoordinatorConfig, now_ns: u64) -> Result<Self, CoordinatorError> {
-        let n = config.streams;
-        if n == 0 || n > usize::from(crate::layout::MAX_STREAMS) {
-            return Err(CoordinatorError::StreamCount { streams: n });
-        }
-        let scheduler =
-            Scheduler::new(config.policy, config.total_pages, config.page_size, now_ns)?;
+        let words = OwnedWords::zeroed(coordinator_storage_words(
+            config.streams.min(usize::from(crate::layout::MAX_STREAMS)),
+        ));
         Ok(Coordinator {
-            scheduler,
-            streams: vec![Stream::default(); n],
-            phase: Phase::Live,
+            core: CoordinatorCore::over(config, now_ns, words)?,
             events: VecDeque::with_capacity(4),
-            throttle_percent: 0,
-            live_wire_bytes: 0,
-            live_pages: 0,
-            fin: FinalRound {
-                round: 0,
-                pages_sent: 0,
-                wire_bytes: 0,
-                codecs: CodecStats::default(),
-                predicted_downtime_ns: 0,
-                digest_pages_read: 0,
-                digest_pages_folded: 0,
-            },
-            completed: 0,
-            verified: 0,
-            paused_at_ns: 0,
         })
     }
 
     /// Streams coordinated.
     pub fn streams(&self) -> usize {
-        self.streams.len()
+        self.core.streams()
     }
 
     /// The one scheduler (policy, live rounds so far, last prediction).
     pub fn scheduler(&self) -> &Scheduler {
-        &self.scheduler
+        self.core.scheduler()
     }
 
     /// Predicted against real downtime, once the destination confirmed: the
     /// scheduler's prediction at the switchover beside `real_downtime_ns` (measured by
     /// the caller, from the pause to the destination's go).
     pub fn downtime_report(&self, real_downtime_ns: u64) -> DowntimeReport {
-        self.scheduler.finish(real_downtime_ns)
+        self.core.downtime_report(real_downtime_ns)
     }
 
     /// The live round in progress or last ended, counted from 1 (the bulk round).
     pub fn round(&self) -> u32 {
-        match self.phase {
-            Phase::Live => self.scheduler.rounds() + 1,
-            _ => self.scheduler.rounds(),
-        }
+        self.core.round()
     }
 
     /// Each stream's digest, in stream order, once every stream completed.
     pub fn digests(&self) -> Option<Vec<u128>> {
-        self.streams.iter().map(|s| s.digest).collect()
+        (0..self.core.streams())
+            .map(|i| self.core.digest(i))
+            .collect()
     }
 
     /// Whether the migration ended (done or failed).
     pub fn is_ended(&self) -> bool {
-        matches!(self.phase, Phase::Done | Phase::Failed)
+        self.core.is_ended()
     }
 
     /// The next thing to do, in order; `None` until more is handled.
@@ -381,130 +357,26 @@ impl Coordinator {
         lz4: bool,
         now_ns: u64,
     ) -> Result<(), CoordinatorError> {
-        let s = self.stream(stream)?;
-        if self.phase != Phase::Live {
-            return Err(CoordinatorError::OutOfOrder {
-                stream,
-                what: "a live round ended after the switchover was decided",
-            });
-        }
-        if s.measured.is_some() {
-            return Err(CoordinatorError::Twice {
-                stream,
-                what: "the end of a live round",
-            });
-        }
-        let expected = self.scheduler.rounds() + 1;
-        let got = round.round;
-        if got != expected {
-            return Err(CoordinatorError::WrongRound {
-                stream,
-                expected,
-                got,
-            });
-        }
-        self.streams[stream].measured = Some((round, lz4));
-        if self.streams.iter().all(|s| s.measured.is_some()) {
-            self.end_round(now_ns);
-        }
-        Ok(())
-    }
-
-    /// The barrier: every stream measured the round.
-    fn end_round(&mut self, now_ns: u64) {
-        let mut m = RoundMeasurement {
-            now_ns,
-            pages_sent: 0,
-            wire_bytes: 0,
-            dirty_pages: 0,
-        };
-        let (mut codecs, mut deferred_pages, mut lz4_streams) = (CodecStats::default(), 0, 0u8);
-        for (r, lz4) in self.streams.iter_mut().filter_map(|s| s.measured.take()) {
-            m.pages_sent += r.pages_sent;
-            m.wire_bytes += r.wire_bytes;
-            m.dirty_pages += r.dirty_pages;
-            codecs.add(&r.codecs);
-            deferred_pages += r.deferred_pages;
-            lz4_streams = lz4_streams.saturating_add(u8::from(lz4));
-        }
-        self.live_pages += m.pages_sent;
-        self.live_wire_bytes += m.wire_bytes;
-        let outcome = self.scheduler.round_done(m);
-        self.events
-            .push_back(CoordinatorEvent::RoundDone(StreamsRound {
-                outcome,
-                codecs,
-                deferred_pages,
-                lz4_streams,
-            }));
-        let decision = outcome.decision;
-        match decision {
-            Decision::Continue { throttle_percent } => {
-                if throttle_percent != self.throttle_percent {
-                    self.throttle_percent = throttle_percent;
-                    self.events
-                        .push_back(CoordinatorEvent::Throttle(throttle_percent));
-                }
-                self.events.push_back(CoordinatorEvent::Decide(decision));
-            }
-            Decision::SwitchOver {
-                predicted_downtime_ns,
-                ..
-            } => {
-                self.fin.predicted_downtime_ns = predicted_downtime_ns;
-                self.phase = Phase::Switching;
-                self.events.push_back(CoordinatorEvent::Decide(decision));
-            }
-            Decision::Fail(e) => {
-                self.events.push_back(CoordinatorEvent::Decide(decision));
-                self.fail(CoordinatorError::Schedule(e));
-            }
-        }
+        let result = self.core.handle_round_measured(stream, round, lz4, now_ns);
+        self.drain();
+        result
     }
 
     /// Stream `stream`'s engine asks for the pause
     /// ([`SourceEvent::PauseGuest`](super::SourceEvent::PauseGuest)). When every
     /// stream has, [`CoordinatorEvent::PauseGuest`] follows, once.
     pub fn handle_pause_wanted(&mut self, stream: usize) -> Result<(), CoordinatorError> {
-        let s = self.stream(stream)?;
-        if self.phase != Phase::Switching {
-            return Err(CoordinatorError::OutOfOrder {
-                stream,
-                what: "asked for the pause before the switchover was decided",
-            });
-        }
-        if s.pause_wanted {
-            return Err(CoordinatorError::Twice {
-                stream,
-                what: "the pause request",
-            });
-        }
-        self.streams[stream].pause_wanted = true;
-        if self.streams.iter().all(|s| s.pause_wanted) {
-            self.phase = Phase::Pausing;
-            self.events.push_back(CoordinatorEvent::PauseGuest {
-                predicted_downtime_ns: self.fin.predicted_downtime_ns,
-            });
-        }
-        Ok(())
+        let result = self.core.handle_pause_wanted(stream);
+        self.drain();
+        result
     }
 
     /// The caller paused the guest (after [`CoordinatorEvent::PauseGuest`]), at
     /// `now_ns`: [`CoordinatorEvent::GuestPaused`] follows.
     pub fn handle_guest_paused(&mut self, now_ns: u64) -> Result<(), CoordinatorError> {
-        if self.is_ended() {
-            return Err(CoordinatorError::Ended);
-        }
-        if self.phase != Phase::Pausing {
-            return Err(CoordinatorError::OutOfOrder {
-                stream: 0,
-                what: "the guest was paused before every stream asked for it",
-            });
-        }
-        self.phase = Phase::Final;
-        self.paused_at_ns = now_ns;
-        self.events.push_back(CoordinatorEvent::GuestPaused);
-        Ok(())
+        let result = self.core.handle_guest_paused(now_ns);
+        self.drain();
+        result
     }
 
     /// Stream `stream`'s engine produced its final round and completion frame
@@ -516,127 +388,61 @@ impl Coordinator {
         digest: u128,
         round: FinalRound,
     ) -> Result<(), CoordinatorError> {
-        let s = self.stream(stream)?;
-        if self.phase != Phase::Final {
-            return Err(CoordinatorError::OutOfOrder {
-                stream,
-                what: "completed before the guest was paused",
-            });
-        }
-        if s.digest.is_some() {
-            return Err(CoordinatorError::Twice {
-                stream,
-                what: "its completion",
-            });
-        }
-        let expected = self.scheduler.rounds() + 1;
-        if round.round != expected {
-            return Err(CoordinatorError::WrongRound {
-                stream,
-                expected,
-                got: round.round,
-            });
-        }
-        self.streams[stream].digest = Some(digest);
-        self.fin.round = expected;
-        self.fin.pages_sent += round.pages_sent;
-        self.fin.wire_bytes += round.wire_bytes;
-        self.fin.codecs.add(&round.codecs);
-        self.fin.digest_pages_read += round.digest_pages_read;
-        self.fin.digest_pages_folded += round.digest_pages_folded;
-        self.completed += 1;
-        if self.completed == self.streams.len() {
-            self.events
-                .push_back(CoordinatorEvent::FinalRound(self.fin));
-            self.finish_if_verified();
-        }
-        Ok(())
+        let result = self.core.handle_complete(stream, digest, round);
+        self.drain();
+        result
     }
 
     /// Destination stream `stream` verified its pages (`ok`) or did not. Every stream
     /// verified: [`CoordinatorEvent::Done`]; one did not:
     /// [`CoordinatorEvent::Failed`] with [`CoordinatorError::Refused`].
     pub fn handle_verdict(&mut self, stream: usize, ok: bool) -> Result<(), CoordinatorError> {
-        let s = self.stream(stream)?;
-        if s.digest.is_none() {
-            return Err(CoordinatorError::OutOfOrder {
-                stream,
-                what: "a verdict before the stream completed",
-            });
-        }
-        if s.verified {
-            return Err(CoordinatorError::Twice {
-                stream,
-                what: "its verdict",
-            });
-        }
-        if !ok {
-            self.fail(CoordinatorError::Refused { stream });
-            return Ok(());
-        }
-        self.streams[stream].verified = true;
-        self.verified += 1;
-        self.finish_if_verified();
-        Ok(())
+        let result = self.core.handle_verdict(stream, ok);
+        self.drain();
+        result
     }
 
     /// Stream `stream` failed (its engine, its transport; the caller keeps the
     /// cause): [`CoordinatorEvent::Failed`] follows. Failures after the first are
     /// echoes and are ignored.
     pub fn handle_failure(&mut self, stream: usize) -> Result<(), CoordinatorError> {
-        self.stream_index(stream)?;
-        match self.phase {
-            Phase::Failed => Ok(()),
-            Phase::Done => Err(CoordinatorError::Ended),
-            _ => {
-                self.fail(CoordinatorError::StreamFailed { stream });
-                Ok(())
-            }
-        }
+        let result = self.core.handle_failure(stream);
+        self.drain();
+        result
     }
 
-    fn finish_if_verified(&mut self) {
-        if self.completed < self.streams.len() || self.verified < self.streams.len() {
-            return;
+    /// Moves the core's events into the queue (so the core never refuses a call for
+    /// want of room).
+    fn drain(&mut self) {
+        while let Some(event) = self.core.poll_event() {
+            let event = match event {
+                CoreEvent::RoundDone(r) => CoordinatorEvent::RoundDone(r),
+                CoreEvent::Throttle(p) => CoordinatorEvent::Throttle(p),
+                CoreEvent::Decide(d) => CoordinatorEvent::Decide(d),
+                CoreEvent::PauseGuest {
+                    predicted_downtime_ns,
+                } => CoordinatorEvent::PauseGuest {
+                    predicted_downtime_ns,
+                },
+                CoreEvent::GuestPaused => CoordinatorEvent::GuestPaused,
+                CoreEvent::FinalRound(f) => CoordinatorEvent::FinalRound(f),
+                CoreEvent::Done(r) => CoordinatorEvent::Done(CoordinatorReport {
+                    live_rounds: r.live_rounds,
+                    rounds: r.rounds,
+                    predicted_downtime_ns: r.predicted_downtime_ns,
+                    paused_at_ns: r.paused_at_ns,
+                    wire_bytes: r.wire_bytes,
+                    pages_sent: r.pages_sent,
+                    digests: (0..self.core.streams())
+                        .map(|i| self.core.digest(i).unwrap_or(0))
+                        .collect(),
+                }),
+                CoreEvent::Failed(e) => CoordinatorEvent::Failed(e),
+            };
+            self.events.push_back(event);
         }
-        self.phase = Phase::Done;
-        let live_rounds = self.scheduler.rounds();
-        self.events
-            .push_back(CoordinatorEvent::Done(CoordinatorReport {
-                live_rounds,
-                rounds: live_rounds + 1,
-                predicted_downtime_ns: self.fin.predicted_downtime_ns,
-                paused_at_ns: self.paused_at_ns,
-                wire_bytes: self.live_wire_bytes + self.fin.wire_bytes,
-                pages_sent: self.live_pages + self.fin.pages_sent,
-                digests: self.streams.iter().map(|s| s.digest.unwrap_or(0)).collect(),
-            }));
-    }
-
-    fn fail(&mut self, error: CoordinatorError) {
-        self.phase = Phase::Failed;
-        self.events.push_back(CoordinatorEvent::Failed(error));
-    }
-
-    fn stream_index(&self, stream: usize) -> Result<usize, CoordinatorError> {
-        if stream >= self.streams.len() {
-            return Err(CoordinatorError::StreamOutOfRange {
-                stream,
-                streams: self.streams.len(),
-            });
-        }
-        Ok(stream)
-    }
-
-    /// Stream `stream`'s state, for a call that needs the migration running.
-    fn stream(&self, stream: usize) -> Result<Stream, CoordinatorError> {
-        let i = self.stream_index(stream)?;
-        if self.is_ended() {
-            return Err(CoordinatorError::Ended);
-        }
-        Ok(self.streams[i])
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "alloc"))]
 mod tests;

@@ -31,6 +31,14 @@ pub enum EngineError {
         /// Bytes given.
         got: usize,
     },
+    /// Caller storage for an engine is smaller than it needs (none at all included):
+    /// size it with the engine's sizing function.
+    StorageTooSmall {
+        /// Bytes needed.
+        needed_bytes: usize,
+        /// Bytes given.
+        got_bytes: usize,
+    },
     /// The encoder's page size differs from the bitmap's.
     PageSizeMismatch {
         /// The bitmap's page size.
@@ -61,6 +69,22 @@ impl fmt::Display for EngineError {
             EngineError::BufferTooSmall { needed, got } => write!(
                 f,
                 "output buffer of {got} bytes is too small, the engine needs {needed}"
+            ),
+            EngineError::StorageTooSmall {
+                needed_bytes,
+                got_bytes: 0,
+            } => write!(
+                f,
+                "no engine storage given: this layout, stream and cache budget need \
+                 {needed_bytes} bytes (see the storage sizing functions)"
+            ),
+            EngineError::StorageTooSmall {
+                needed_bytes,
+                got_bytes,
+            } => write!(
+                f,
+                "engine storage of {got_bytes} bytes is too small: this layout, stream and \
+                 cache budget need {needed_bytes} bytes (see the storage sizing functions)"
             ),
             EngineError::PageSizeMismatch { expected, got } => write!(
                 f,

@@ -9,31 +9,31 @@
 
 mod apply;
 pub mod compression;
-#[cfg(feature = "alloc")]
 pub mod coordinator;
 mod error;
 mod guest;
 #[cfg(feature = "alloc")]
 mod migration;
-#[cfg(feature = "alloc")]
+mod sizing;
 mod source;
 mod transport;
 mod undelivered;
 
 pub use apply::{Applier, ApplyError, ApplyStats, Progress};
 pub use compression::{Compression, CompressionChoice, UnknownCompression};
-#[cfg(feature = "alloc")]
 pub use coordinator::{
-    Coordinator, CoordinatorConfig, CoordinatorError, CoordinatorEvent, CoordinatorReport,
-    StreamsRound,
+    coordinator_storage_words, CoordinatorConfig, CoordinatorCore, CoordinatorError, CoreEvent,
+    CoreReport, StreamsRound,
 };
+#[cfg(feature = "alloc")]
+pub use coordinator::{Coordinator, CoordinatorEvent, CoordinatorReport};
 pub use error::EngineError;
 pub use guest::Guest;
 #[cfg(feature = "alloc")]
 pub use migration::{Migration, MigrationEvent};
-#[cfg(feature = "alloc")]
+pub use sizing::{storage_needs, StorageNeeds};
 pub use source::{
-    FinalRound, SourceConfig, SourceEngine, SourceEvent, StreamRound, Verify,
+    source_storage_words, FinalRound, SourceConfig, SourceEngine, SourceEvent, StreamRound, Verify,
     DEFAULT_MAX_PAGES_PER_POLL,
 };
 pub use transport::Transport;

@@ -1,13 +1,12 @@
 //! The source engine: dirty set and guest memory in, stream bytes out.
 
-use alloc::vec;
-use alloc::vec::Vec;
 use core::ops::Deref;
 use core::sync::atomic::AtomicU64;
 
 use super::EngineError;
 use crate::bitmap::{AtomicDirtyBitmap, DirtySet};
-use crate::codec::{CodecStats, EncoderConfig, PageEncoder};
+use crate::codec::{CodecStats, NoClock, PageEncoder};
+use crate::layout::{words_as_bytes_mut, OwnedWords};
 use crate::layout::{Shard, SHARD_CHUNK_PAGES};
 use crate::memory::MemoryDigest;
 use crate::memory::PageMemory;
@@ -15,164 +14,13 @@ use crate::schedule::Decision;
 use crate::wire::header::header_len;
 use crate::wire::{max_frame_len, Features, Frame, PageFramer, StreamHeader};
 
-/// Where the source's half of the end-to-end check runs.
-///
-/// Either way the completion frame carries a digest of the stream's pages that the
-/// destination compares with its own (a fold of the hashes it kept as it wrote the
-/// pages): that catches any page lost or corrupted between the two. What differs is
-/// how the source's digest is made, and so what it catches and what it costs with
-/// the guest paused.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Verify {
-    /// The digest folds the XXH3-64 of every page as it was sent (kept per page,
-    /// updated on every send): with the guest paused this costs the final round's
-    /// pages plus 8 bytes per page of memory, whatever the memory size. A write the
-    /// dirty log missed (the source's memory differs from what it sent) is caught by
-    /// re-reading the source's frozen memory after the destination took over and
-    /// comparing it with the kept hashes ([`SourceEngine::sent_hashes`]): the caller
-    /// (the runtime) does that while it still holds the paused source, so it can fail
-    /// back. The default.
-    #[default]
-    AfterResume,
-    /// The digest re-reads and hashes all of the stream's memory with the guest
-    /// paused (a lost write makes the destination refuse the migration before it
-    /// resumes): downtime grows with memory size. For tests and the paranoid.
-    InDowntime,
-}
+mod storage;
+mod types;
 
-/// The default of [`SourceConfig::max_pages_per_poll`].
-pub const DEFAULT_MAX_PAGES_PER_POLL: u64 = 16384;
-
-/// How a [`SourceEngine`] migrates. The policy (when to switch over) is not here: it
-/// belongs to the one scheduler of the migration, the
-/// [`Coordinator`](super::Coordinator)'s ([`CoordinatorConfig::policy`](super::CoordinatorConfig)).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct SourceConfig {
-    /// Codec choices and the delta cache budget.
-    pub encoder: EncoderConfig,
-    /// Names the migration in the stream header.
-    pub session_id: [u8; 16],
-    /// Skip pages dirtied again after their harvest until the next round (Xen's idea):
-    /// they would be stale by the time they land. On by default.
-    pub defer_redirtied: bool,
-    /// Which pages this engine sends: [`Shard::WHOLE`] (the default) for a
-    /// single-stream migration, or one stream of several, each with its own engine.
-    pub stream: Shard,
-    /// How the completion frame's digest is made (see [`Verify`]):
-    /// [`Verify::AfterResume`] by default.
-    pub verify: Verify,
-    /// Stop before every harvest (the end of each live round, and the final harvest
-    /// after the pause) with [`SourceEvent::SyncDirtyLog`] until the caller has
-    /// brought outside dirty sources into the bitmap and called
-    /// [`SourceEngine::dirty_log_synced`]. For a VMM whose dirty pages are also
-    /// tracked elsewhere (KVM's dirty log or dirty ring). Off by default.
-    pub sync_before_harvest: bool,
-    /// Pages one [`poll_transmit`](SourceEngine::poll_transmit) walks at most (sent,
-    /// deferred, or a run of zero pages skipped at once), whatever room the buffer
-    /// has left: zero and deferred pages produce no bytes, so without a bound one
-    /// poll over an idle guest would walk all of memory. At least 1;
-    /// [`DEFAULT_MAX_PAGES_PER_POLL`] by default.
-    pub max_pages_per_poll: u64,
-}
-
-impl SourceConfig {
-    /// Defaults for pages of `page_size` bytes: the default codecs.
-    pub fn new(page_size: usize) -> Self {
-        SourceConfig {
-            encoder: EncoderConfig::new(page_size),
-            session_id: [0; 16],
-            defer_redirtied: true,
-            stream: Shard::WHOLE,
-            verify: Verify::AfterResume,
-            sync_before_harvest: false,
-            max_pages_per_poll: DEFAULT_MAX_PAGES_PER_POLL,
-        }
-    }
-}
-
-/// What one stream's live round did ([`SourceEvent::RoundMeasured`]), for the
-/// coordinator that decides.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct StreamRound {
-    /// The round, counted from 1 (the bulk round) like
-    /// [`RoundStats::round`](crate::schedule::RoundStats) (the stream's round frames
-    /// count from 0: see [`wire::Frame::RoundBegin`](crate::wire::Frame)).
-    pub round: u32,
-    /// Pages sent in it (a run of zero pages skipped at once counts its pages).
-    pub pages_sent: u64,
-    /// Bytes it put on the wire (the bulk round's include the stream header).
-    pub wire_bytes: u64,
-    /// Pages of this stream harvested dirty at its end.
-    pub dirty_pages: u64,
-    /// Per-codec counts for this round alone.
-    pub codecs: CodecStats,
-    /// Pages skipped because the guest dirtied them again before they were sent.
-    pub deferred_pages: u64,
-}
-
-/// What happened, from [`SourceEngine::poll_event`]: each asks the caller to do
-/// something before the engine produces more.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum SourceEvent {
-    /// A live round ended (its frames are in the bytes polled) and this stream's
-    /// dirty pages were harvested. Nothing more is produced until
-    /// [`SourceEngine::decide`] (the coordinator's decision for every stream).
-    RoundMeasured(StreamRound),
-    /// With [`SourceConfig::sync_before_harvest`]: a harvest is due. Bring every
-    /// outside dirty source into the bitmap, then call
-    /// [`SourceEngine::dirty_log_synced`], which harvests. Nothing more is produced
-    /// until then.
-    ///
-    /// The rule, for KVM: first re-protect and clear in KVM (`KVM_CLEAR_DIRTY_LOG`
-    /// for the pages taken, or `KVM_RESET_DIRTY_RINGS` after collecting the rings),
-    /// then OR what was taken into this engine's bitmap, then call
-    /// `dirty_log_synced`. A guest write after the clear is then either in a later
-    /// KVM log or already in the bitmap; clearing after the OR would lose writes made
-    /// in between.
-    SyncDirtyLog {
-        /// The harvest after the pause (the final round's); else the end of a live
-        /// round.
-        paused: bool,
-    },
-    /// Pause the guest, then call [`SourceEngine::guest_paused`]. Nothing more is
-    /// produced until then.
-    PauseGuest {
-        /// The downtime predicted at the switchover decision, ns.
-        predicted_downtime_ns: u64,
-    },
-    /// The completion frame is in the bytes polled (the final round's pages were in
-    /// earlier ones): once they reach the destination and it reports success, the
-    /// migration is done. The poll that produced it did nothing but make the digest
-    /// and emit the completion frame, so a caller that times that poll measures what
-    /// verification cost with the guest paused (the core reads no clock).
-    Complete {
-        /// Digest of the source's memory (the destination must match it).
-        digest: u128,
-        /// The final round.
-        round: FinalRound,
-    },
-}
-
-/// The final round, sent with the guest paused.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct FinalRound {
-    /// Round number, counted from 1 (the bulk round) like [`StreamRound::round`].
-    pub round: u32,
-    /// Pages sent in it.
-    pub pages_sent: u64,
-    /// Bytes it put on the wire, completion frame included.
-    pub wire_bytes: u64,
-    /// Per-codec counts for the final round.
-    pub codecs: CodecStats,
-    /// The downtime predicted at the switchover decision, ns.
-    pub predicted_downtime_ns: u64,
-    /// Pages the completion digest read from guest memory: none with
-    /// [`Verify::AfterResume`] (it folds the kept hashes), every page of the stream
-    /// with [`Verify::InDowntime`].
-    pub digest_pages_read: u64,
-    /// Page hashes the completion digest folded (every page of the stream).
-    pub digest_pages_folded: u64,
-}
+pub use storage::source_storage_words;
+pub use types::{
+    FinalRound, SourceConfig, SourceEvent, StreamRound, Verify, DEFAULT_MAX_PAGES_PER_POLL,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -223,25 +71,34 @@ enum Phase {
 /// one, read through [`PageMemory`] into a private buffer after the harvest (the
 /// bitmap's ordering contract). After switchover the guest is paused, the last dirty
 /// pages and a digest are sent.
+///
+/// **Storage.** The engine keeps its state (the round's dirty set, the kept hashes,
+/// its page buffers and the delta cache) in `u64` words held by `S`:
+/// [`new`](SourceEngine::new) allocates them ([`OwnedWords`], feature `alloc`),
+/// [`over`](SourceEngine::over) carves them out of caller words, sized by
+/// [`source_storage_words`] (no allocator: a C host, a kernel module). Both run the
+/// same code.
 #[derive(Debug)]
-pub struct SourceEngine<'b, W: Deref<Target = [AtomicU64]>> {
+pub struct SourceEngine<'b, W: Deref<Target = [AtomicU64]>, S = OwnedWords> {
     bitmap: &'b AtomicDirtyBitmap<W>,
     config: SourceConfig,
-    encoder: PageEncoder,
+    encoder: PageEncoder<NoClock, S>,
     phase: Phase,
     /// The event not yet taken by [`poll_event`](Self::poll_event). The engine
     /// produces nothing more after an event until the caller answers it, so one
     /// slot is enough.
     event: Option<SourceEvent>,
     /// Pages of the current iterative or final round (unused in the bulk round).
-    set: DirtySet,
+    set: DirtySet<S>,
     /// Next page to consider in the current round.
     cursor: u64,
     /// A run of zero pages not yet emitted: (first, count).
     /// Frames the pages, merging neighbouring zero pages into runs.
     framer: PageFramer,
-    page_buf: Vec<u8>,
-    payload_buf: Vec<u8>,
+    /// One page (the private copy encoded), as words.
+    page_buf: S,
+    /// At least LZ4's worst case for a page, as words.
+    payload_buf: S,
     round_pages: u64,
     round_planned: u64,
     round_wire_bytes: u64,
@@ -257,7 +114,7 @@ pub struct SourceEngine<'b, W: Deref<Target = [AtomicU64]>> {
     zero_hash: u64,
     /// Per page of the stream (by [`Shard::local_index`]): XXH3-64 of the version
     /// last sent.
-    sent_hashes: Vec<u64>,
+    sent_hashes: S,
 }
 
 /// The stream's round frames count from 0: round `round` (1: the bulk round) is
@@ -266,65 +123,7 @@ fn wire_round(round: u32) -> u32 {
     round.saturating_sub(1)
 }
 
-impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
-    /// Starts a migration of the memory tracked by `bitmap`, at `now_ns`. Marks made
-    /// before now are taken out of the bitmap: the bulk round sends every page anyway.
-    pub fn new(
-        bitmap: &'b AtomicDirtyBitmap<W>,
-        config: SourceConfig,
-        now_ns: u64,
-    ) -> Result<Self, EngineError> {
-        // The engine keeps no clock of its own: the time is the coordinator's.
-        let _ = now_ns;
-        let layout = *bitmap.layout();
-        let page_size = layout.page_size() as usize;
-        if config.encoder.page_size != page_size {
-            return Err(EngineError::PageSizeMismatch {
-                expected: page_size,
-                got: config.encoder.page_size,
-            });
-        }
-        if config.max_pages_per_poll == 0 {
-            return Err(EngineError::InvalidConfig {
-                what: "max_pages_per_poll is 0: a poll must walk at least one page",
-            });
-        }
-        let encoder = PageEncoder::new(config.encoder)?;
-        let payload_len = encoder.max_payload_len();
-        let mut set = DirtySet::new(layout.total_pages());
-        // Only this stream's pages: the other streams' engines may already be sending.
-        harvest_stream(bitmap, config.stream, &mut set)?;
-        set.clear();
-        // Every page is sent in the bulk round, which overwrites these (a run of
-        // pages known zero keeps this value); until then a page stands as zero, as on
-        // a destination's fresh memory.
-        let zero_hash = crate::memory::zero_page_hash(page_size);
-        let stream_pages = config.stream.pages(layout.total_pages());
-        let sent_hashes = vec![zero_hash; stream_pages as usize];
-        Ok(SourceEngine {
-            bitmap,
-            config,
-            round_codecs_start: *encoder.stats(),
-            encoder,
-            phase: Phase::Header,
-            event: None,
-            set,
-            cursor: 0,
-            framer: PageFramer::new(page_size),
-            page_buf: vec![0; page_size],
-            payload_buf: vec![0; payload_len],
-            round_pages: 0,
-            round_planned: 0,
-            round_wire_bytes: 0,
-            round_deferred: 0,
-            announce_final: false,
-            announce_round: false,
-            predicted_downtime_ns: 0,
-            zero_hash,
-            sent_hashes,
-        })
-    }
-
+impl<'b, W: Deref<Target = [AtomicU64]>, S: AsRef<[u64]> + AsMut<[u64]>> SourceEngine<'b, W, S> {
     /// The configuration the engine runs with.
     pub fn config(&self) -> &SourceConfig {
         &self.config
@@ -339,15 +138,7 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
     /// lost write). With [`Verify::AfterResume`] the completion digest is the fold of
     /// these.
     pub fn sent_hashes(&self) -> &[u64] {
-        &self.sent_hashes
-    }
-
-    /// Takes the kept hashes out (see [`sent_hashes`](Self::sent_hashes)) once the
-    /// migration is complete, for a check of the source's memory that outlives the
-    /// engine; `None` before the completion frame was produced.
-    pub fn take_sent_hashes(&mut self) -> Option<Vec<u64>> {
-        self.is_complete()
-            .then(|| core::mem::take(&mut self.sent_hashes))
+        self.sent_hashes.as_ref()
     }
 
     /// The smallest buffer [`poll_transmit`](Self::poll_transmit) accepts.
@@ -694,6 +485,7 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
         let from = self.config.stream.local_index(page) as usize;
         let hashes = self
             .sent_hashes
+            .as_mut()
             .get_mut(from..from + count as usize)
             .ok_or(EngineError::OutOfOrder {
                 what: "a page outside this engine's stream",
@@ -721,19 +513,21 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
         page: u64,
         out: &mut [u8],
     ) -> Result<usize, EngineError> {
-        memory.read_page(page, &mut self.page_buf)?;
-        let encoded = self
-            .encoder
-            .encode(page, &self.page_buf, &mut self.payload_buf)?;
+        let page_size = self.page_size();
+        let page_buf = &mut words_as_bytes_mut(self.page_buf.as_mut())[..page_size];
+        memory.read_page(page, page_buf)?;
+        let payload_buf = words_as_bytes_mut(self.payload_buf.as_mut());
+        let encoded = self.encoder.encode(page, page_buf, payload_buf)?;
         // What the destination will hold for this page: the private copy just encoded.
         let hash = match (encoded.encoding, encoded.page_hash) {
             (crate::codec::Encoding::Zero, _) => self.zero_hash,
             // Hashed already, to store it as the next delta base.
             (_, Some(hash)) => hash,
-            (_, None) => crate::codec::base_hash(&self.page_buf),
+            (_, None) => crate::codec::base_hash(page_buf),
         };
         let slot = self
             .sent_hashes
+            .as_mut()
             .get_mut(self.config.stream.local_index(page) as usize)
             .ok_or(EngineError::OutOfOrder {
                 what: "a page outside this engine's stream",
@@ -748,7 +542,7 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
                 page,
                 encoded.encoding,
                 encoded.base_hash,
-                &self.payload_buf[..encoded.len],
+                &payload_buf[..encoded.len],
                 out,
             )
             .map_err(EngineError::Emit)?;
@@ -830,15 +624,20 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
         round: u32,
         out: &mut [u8],
     ) -> Result<usize, EngineError> {
-        let stream_pages = self.sent_hashes.len() as u64;
+        let page_size = self.page_size();
+        let stream_pages = self.sent_hashes.as_ref().len() as u64;
         let (digest, digest_pages_read) = match self.config.verify {
             Verify::AfterResume => {
                 let mut digest = MemoryDigest::new();
-                digest.update_hashes(&self.sent_hashes);
+                digest.update_hashes(self.sent_hashes.as_ref());
                 (digest.finish(), 0)
             }
             Verify::InDowntime => (
-                crate::memory::digest_stream(memory, self.config.stream, &mut self.page_buf)?,
+                crate::memory::digest_stream(
+                    memory,
+                    self.config.stream,
+                    &mut words_as_bytes_mut(self.page_buf.as_mut())[..page_size],
+                )?,
                 stream_pages,
             ),
         };
@@ -868,10 +667,10 @@ impl<'b, W: Deref<Target = [AtomicU64]>> SourceEngine<'b, W> {
 }
 
 /// Fetch-and-clear of `stream`'s pages of `bitmap`, ORed into `set`.
-fn harvest_stream<W: Deref<Target = [AtomicU64]>>(
+fn harvest_stream<W: Deref<Target = [AtomicU64]>, S: AsRef<[u64]> + AsMut<[u64]>>(
     bitmap: &AtomicDirtyBitmap<W>,
     stream: Shard,
-    set: &mut DirtySet,
+    set: &mut DirtySet<S>,
 ) -> Result<u64, EngineError> {
     if stream == Shard::WHOLE {
         return Ok(bitmap.harvest_into(set)?);

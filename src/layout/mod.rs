@@ -20,8 +20,11 @@ mod error;
 mod guest;
 mod page_size;
 mod shard;
+mod words;
 
 pub use error::LayoutError;
 pub use guest::{GuestLayout, Region, MAX_REGIONS};
 pub use page_size::{PageSize, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MIN_PAGE_SIZE};
 pub use shard::{Shard, MAX_STREAMS, SHARD_CHUNK_PAGES};
+pub use words::OwnedWords;
+pub(crate) use words::{words_as_bytes, words_as_bytes_mut};

@@ -73,8 +73,8 @@ impl fmt::Display for MemoryError {
             }
             MemoryError::TooLarge { page_size, pages } => write!(
                 f,
-                "guest memory of {pages} pages of {page_size} bytes does not fit this \
-                 machine's address space"
+                "guest memory of {pages} pages of {page_size} bytes cannot be allocated \
+                 on this machine (more than its memory or address space allows)"
             ),
             MemoryError::Inaccessible { page, addr } => write!(
                 f,
@@ -250,7 +250,27 @@ fn check_page_access(
 
 /// Zeros for [`PageMemory::zero_pages`]'s default: as large as the largest page the
 /// codecs and the stream format take (64 KiB).
-static ZERO_PAGE: [u8; 64 * 1024] = [0; 64 * 1024];
+static ZERO_PAGE: ZeroPage = ZeroPage(core::cell::UnsafeCell::new([0; 64 * 1024]));
+
+/// 64 KiB of zeros that is never written. An immutable all-zero array would sit in
+/// the read-only data of every binary that links precopy (64 KiB of a bare-metal
+/// image's text); behind an `UnsafeCell` it is zero-initialized writable data (`.bss`),
+/// which takes no room in the image.
+struct ZeroPage(core::cell::UnsafeCell<[u8; 64 * 1024]>);
+
+// SAFETY: nothing ever writes the cell (no `&mut` to it is made anywhere; the only
+// access is `ZeroPage::get`'s shared borrow), so shared reads from any thread are fine.
+unsafe impl Sync for ZeroPage {}
+
+impl core::ops::Deref for ZeroPage {
+    type Target = [u8; 64 * 1024];
+
+    fn deref(&self) -> &Self::Target {
+        // SAFETY: the cell is never written (see the `Sync` impl), so a shared
+        // reference to its contents for any lifetime is sound.
+        unsafe { &*self.0.get() }
+    }
+}
 
 /// Guest memory in a `Vec<u8>`, for tests, the simulator and file restores.
 #[cfg(feature = "alloc")]
@@ -272,6 +292,22 @@ impl VecMemory {
             page_size,
             bytes: alloc::vec![0; page_size * pages as usize],
         }
+    }
+
+    /// Zeroed memory of `pages` pages of `page_size` bytes, or `TooLarge` when this
+    /// machine will not give that much (never an abort): what a destination sizes
+    /// from a stream's header uses.
+    pub fn try_new(page_size: usize, pages: u64) -> Result<Self, MemoryError> {
+        if !page_size.is_power_of_two() {
+            return Err(MemoryError::BadPageSize { page_size });
+        }
+        let len = usize::try_from(pages)
+            .ok()
+            .and_then(|p| p.checked_mul(page_size));
+        let bytes = len
+            .and_then(try_zeroed_vec::<u8>)
+            .ok_or(MemoryError::TooLarge { page_size, pages })?;
+        Ok(VecMemory { page_size, bytes })
     }
 
     /// All of memory as bytes.
@@ -424,6 +460,35 @@ impl AtomicMemory {
             w.store(u64::from_le_bytes(b), core::sync::atomic::Ordering::Relaxed);
         }
         Ok(())
+    }
+}
+
+/// Integers, for which all-zero bytes are a valid value.
+#[cfg(feature = "alloc")]
+pub(crate) trait ZeroIsValid: Copy {}
+#[cfg(feature = "alloc")]
+impl ZeroIsValid for u8 {}
+#[cfg(feature = "alloc")]
+impl ZeroIsValid for u64 {}
+
+/// `len` zeroes from a zeroed allocation (untouched pages stay unbacked), or `None`
+/// when the allocator refuses: a size read from a peer must never abort the process.
+#[cfg(feature = "alloc")]
+pub(crate) fn try_zeroed_vec<T: ZeroIsValid>(len: usize) -> Option<alloc::vec::Vec<T>> {
+    if len == 0 {
+        return Some(alloc::vec::Vec::new());
+    }
+    let layout = core::alloc::Layout::array::<T>(len).ok()?;
+    // SAFETY: `layout` has a non-zero size (len > 0 and T is an integer). The
+    // allocation is zeroed, and all-zero bytes are a valid T (ZeroIsValid), so the
+    // `len` elements are initialized. The vector frees it with the same layout (the
+    // global allocator, capacity `len` of T).
+    unsafe {
+        let ptr = alloc::alloc::alloc_zeroed(layout).cast::<T>();
+        if ptr.is_null() {
+            return None;
+        }
+        Some(alloc::vec::Vec::from_raw_parts(ptr, len, len))
     }
 }
 

@@ -347,8 +347,8 @@ pub struct FreshMemory {
 
 impl FreshMemory {
     /// Zeroed memory of `pages` pages of `page_size` bytes (a power of two), allocated
-    /// lazily by the OS. Errors when the page size is not a power of two or the size
-    /// does not fit this machine's address space.
+    /// lazily by the OS. Errors when the page size is not a power of two or this
+    /// machine will not give memory of that size.
     pub fn new(page_size: usize, pages: u64) -> Result<Self, MemoryError> {
         let too_large = MemoryError::TooLarge { page_size, pages };
         if !page_size.is_power_of_two() {
@@ -359,12 +359,12 @@ impl FreshMemory {
         if isize::try_from(bytes).is_err() || count.checked_mul(8).is_none() {
             return Err(too_large);
         }
+        // Zeroed allocations: untouched pages stay unbacked. One this machine will not
+        // give is an error, never an abort.
         Ok(FreshMemory {
-            // `vec![0; n]` asks the allocator for zeroed memory: untouched pages stay
-            // unbacked.
-            memory: VecMemory::new(page_size, pages),
-            written: alloc::vec![0; count.div_ceil(64)],
-            hashes: alloc::vec![0; count],
+            memory: VecMemory::try_new(page_size, pages)?,
+            written: super::try_zeroed_vec(count.div_ceil(64)).ok_or(too_large)?,
+            hashes: super::try_zeroed_vec(count).ok_or(too_large)?,
         })
     }
 

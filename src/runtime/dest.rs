@@ -6,14 +6,14 @@
 //! is verified only when every stream's digest matched.
 
 use std::format;
-use std::io::ErrorKind;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::string::{String, ToString};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use std::vec::Vec;
 
-use super::session::{apply_from, check_memory, read_header, write_reply, Limits, Reply};
+use super::listen::{ListenOptions, Timed};
+use super::session::{apply_from, check_memory, write_reply, Limits, Reply};
 use super::RuntimeError;
 use crate::engine::{Applier, ApplyStats};
 use crate::memory::{FreshMemory, PageMemory, VecMemory};
@@ -49,10 +49,10 @@ pub struct AppliedStreams {
 }
 
 /// One stream's connection, its header and the header's bytes.
-struct Stream {
-    conn: TcpStream,
-    peer: String,
-    header_bytes: Vec<u8>,
+pub(crate) struct Stream {
+    pub(crate) conn: Timed,
+    pub(crate) peer: String,
+    pub(crate) header_bytes: Vec<u8>,
 }
 
 /// A multi-stream migration whose every stream connected with a header that was
@@ -81,9 +81,11 @@ impl core::fmt::Debug for IncomingStreams {
 
 /// Takes a migration whose first connection is `first` (from `peer`): reads its
 /// header, checks it against `limits`, and accepts the migration's other streams on
-/// `listener` (waiting at most `timeout` for each). Every connection gets `timeout` as
-/// its read and write timeout. A refusal is sent to every connection with the error's
-/// text; acceptance waits for [`IncomingStreams::apply_into`].
+/// `listener` (waiting at most `timeout` for each); a connection that is not one of
+/// them is refused alone. Every connection gets `timeout` as its read and write
+/// timeout. A refusal is sent to every connection with the error's text; acceptance
+/// waits for [`IncomingStreams::apply_into`]. [`listen_streams`](super::listen_streams)
+/// does the same with deadlines, TLS and a listener that outlives refusals.
 pub fn accept_streams(
     listener: &TcpListener,
     first: TcpStream,
@@ -91,43 +93,39 @@ pub fn accept_streams(
     limits: &Limits,
     timeout: Duration,
 ) -> Result<IncomingStreams, RuntimeError> {
-    let (header, header_bytes) = match read_header_from(&first, timeout) {
-        Ok(h) => h,
-        Err(e) => return Err(refuse(&first, e)),
-    };
-    if let Err(e) = limits.check(&header) {
-        return Err(refuse(&first, e));
-    }
-    let count = usize::from(header.stream.count());
-    let mut streams: Vec<Option<Stream>> = (0..count).map(|_| None).collect();
-    streams[usize::from(header.stream.index())] = Some(Stream {
-        conn: first,
-        peer: peer.to_string(),
-        header_bytes,
-    });
-    if let Err(e) = accept_rest(listener, &header, &mut streams, timeout) {
-        for s in streams.iter().flatten() {
-            let _ = write_reply(&mut &s.conn, &Reply::Refused(e.to_string()));
-        }
-        return Err(e);
-    }
-    Ok(IncomingStreams {
-        header,
-        streams: streams.into_iter().flatten().collect(),
-    })
+    let addr = first
+        .peer_addr()
+        .map_err(|e| RuntimeError::io(format!("accepting {peer}"), e))?;
+    super::listen_streams(
+        listener,
+        Some((first, addr)),
+        limits,
+        &ListenOptions::new(timeout),
+        &mut |_, _| {},
+    )
 }
 
 impl IncomingStreams {
+    /// A migration whose streams (in stream order) all arrived.
+    pub(crate) fn new(header: StreamHeader, streams: Vec<Stream>) -> Self {
+        IncomingStreams { header, streams }
+    }
+
     /// The first stream's validated header: the guest layout the memory must have,
     /// and the stream count (the views [`apply_into`](Self::apply_into) needs).
     pub fn header(&self) -> &StreamHeader {
         &self.header
     }
 
+    /// The first stream's peer (its address).
+    pub fn peer(&self) -> &str {
+        self.streams.first().map_or("", |s| s.peer.as_str())
+    }
+
     /// Tells every stream's source why this destination does not take the migration.
-    pub fn refuse(self, reason: &RuntimeError) {
-        for s in &self.streams {
-            let _ = write_reply(&mut &s.conn, &Reply::Refused(reason.to_string()));
+    pub fn refuse(mut self, reason: &RuntimeError) {
+        for s in &mut self.streams {
+            let _ = write_reply(&mut s.conn, &Reply::Refused(reason.to_string()));
         }
     }
 
@@ -142,15 +140,16 @@ impl IncomingStreams {
         self,
         views: Vec<M>,
     ) -> Result<AppliedStreams, RuntimeError> {
-        let streams = self.streams;
+        let mut streams = self.streams;
         let header = self.header;
-        let refuse_all = |e: RuntimeError| {
-            for s in &streams {
-                let _ = write_reply(&mut &s.conn, &Reply::Refused(e.to_string()));
+        let count = streams.len();
+        let mut refuse_all = |e: RuntimeError| {
+            for s in &mut streams {
+                let _ = write_reply(&mut s.conn, &Reply::Refused(e.to_string()));
             }
             e
         };
-        if views.len() != streams.len() {
+        if views.len() != count {
             return Err(refuse_all(RuntimeError::WrongViewCount {
                 views: views.len(),
                 streams: header.stream.count(),
@@ -159,32 +158,41 @@ impl IncomingStreams {
         if let Some(e) = views.iter().find_map(|v| check_memory(&header, v).err()) {
             return Err(refuse_all(e));
         }
-        for s in &streams {
-            write_reply(&mut &s.conn, &Reply::Ok)
+        // Sockets to shut down from another stream's thread when one fails.
+        let mut sockets = Vec::with_capacity(streams.len());
+        for s in &mut streams {
+            let cloned = s.conn.tcp.try_clone();
+            let answered = cloned.and_then(|c| {
+                sockets.push(c);
+                write_reply(&mut s.conn, &Reply::Ok)
+            });
+            answered
                 .map_err(|e| RuntimeError::io(format!("answering the source {}", s.peer), e))?;
         }
         let first_error: Mutex<Option<String>> = Mutex::new(None);
         let results: Vec<Result<(ApplyStats, u64, u128), RuntimeError>> = std::thread::scope(|s| {
             let handles: Vec<_> = streams
-                .iter()
+                .iter_mut()
                 .zip(views)
                 .enumerate()
                 .map(|(i, (stream, view))| {
-                    let (streams, first_error) = (&streams, &first_error);
+                    let (sockets, first_error) = (&sockets, &first_error);
                     let name = format!("precopy-recv{i}");
                     std::thread::Builder::new()
                         .name(name)
                         .spawn_scoped(s, move || {
                             let mut applier = Applier::with_memory(view);
                             let result = apply_from(
-                                &mut &stream.conn,
+                                &mut stream.conn,
                                 &mut applier,
                                 &stream.header_bytes,
                                 true,
                             )
                             .map(|(bytes, digest)| (applier.stats(), bytes, digest));
                             if let Err(e) = &result {
-                                fail_all(streams, first_error, e);
+                                // Every source stream is told the first failure.
+                                let reason = fail_all(sockets, first_error, e);
+                                let _ = write_reply(&mut stream.conn, &Reply::Refused(reason));
                             }
                             result
                         })
@@ -222,8 +230,13 @@ impl IncomingStreams {
             applied.stream_bytes += bytes;
             applied.digests.push(digest);
         }
-        for s in &streams {
-            write_reply(&mut &s.conn, &Reply::Ok).map_err(|e| {
+        for (s, &digest) in streams.iter_mut().zip(&applied.digests) {
+            // The verdict names what it verified: this session, this stream's digest.
+            let verdict = Reply::Verified {
+                session: header.session_id,
+                digest,
+            };
+            write_reply(&mut s.conn, &verdict).map_err(|e| {
                 RuntimeError::io(
                     format!("telling the source {} the memory is verified", s.peer),
                     e,
@@ -244,7 +257,12 @@ pub fn receive_streams(
     limits: &Limits,
     timeout: Duration,
 ) -> Result<ReceivedStreams, RuntimeError> {
-    let incoming = accept_streams(listener, first, peer, limits, timeout)?;
+    receive_into_fresh(accept_streams(listener, first, peer, limits, timeout)?)
+}
+
+/// Allocates a [`FreshMemory`] for `incoming`'s validated layout (refusing the
+/// sources when this host cannot give it) and applies every stream into it.
+pub fn receive_into_fresh(incoming: IncomingStreams) -> Result<ReceivedStreams, RuntimeError> {
     let header = *incoming.header();
     let mut memory = match FreshMemory::new(header.page_size(), header.layout.total_pages()) {
         Ok(m) => m,
@@ -266,122 +284,22 @@ pub fn receive_streams(
     })
 }
 
-/// The first failure of any stream: every source connection is told why (a source
-/// stream that fails to send reads the reason) and shut down, which ends the other
-/// streams' reads.
-fn fail_all(streams: &[Stream], first_error: &Mutex<Option<String>>, e: &RuntimeError) {
+/// The first failure of any stream: the other streams' sockets are shut down for
+/// reading, which ends their reads (each then tells its source this first reason).
+/// Returns the first failure's text.
+fn fail_all(
+    sockets: &[TcpStream],
+    first_error: &Mutex<Option<String>>,
+    e: &RuntimeError,
+) -> String {
     let mut first = first_error.lock().unwrap_or_else(|p| p.into_inner());
-    if first.is_some() {
-        return;
+    if let Some(reason) = &*first {
+        return reason.clone();
     }
-    *first = Some(e.to_string());
-    for s in streams {
-        let _ = write_reply(&mut &s.conn, &Reply::Refused(e.to_string()));
-        let _ = s.conn.shutdown(Shutdown::Both);
+    let reason = e.to_string();
+    *first = Some(reason.clone());
+    for s in sockets {
+        let _ = s.shutdown(Shutdown::Read);
     }
-}
-
-/// Tells the source on `conn` why it is refused; returns the error.
-fn refuse(conn: &TcpStream, e: RuntimeError) -> RuntimeError {
-    let _ = write_reply(&mut &*conn, &Reply::Refused(e.to_string()));
-    e
-}
-
-fn read_header_from(
-    conn: &TcpStream,
-    timeout: Duration,
-) -> Result<(StreamHeader, Vec<u8>), RuntimeError> {
-    let setup = |e| RuntimeError::io("setting up the connection", e);
-    conn.set_read_timeout(Some(timeout)).map_err(setup)?;
-    conn.set_write_timeout(Some(timeout)).map_err(setup)?;
-    read_header(&mut &*conn)
-}
-
-/// Accepts the migration's other streams: same session, layout and stream count, each
-/// index once.
-fn accept_rest(
-    listener: &TcpListener,
-    first: &StreamHeader,
-    streams: &mut [Option<Stream>],
-    timeout: Duration,
-) -> Result<(), RuntimeError> {
-    while let Some(missing) = streams.iter().position(Option::is_none) {
-        let (conn, addr) = accept_within(listener, timeout).map_err(|e| {
-            RuntimeError::io(
-                format!(
-                    "waiting for stream {missing} of {} of the migration",
-                    streams.len()
-                ),
-                e,
-            )
-        })?;
-        let peer = addr.to_string();
-        let (header, header_bytes) = match read_header_from(&conn, timeout) {
-            Ok(h) => h,
-            Err(e) => {
-                let e = RuntimeError::Peer(format!(
-                    "{peer} connected as a further stream of the migration but: {e}"
-                ));
-                return Err(refuse(&conn, e));
-            }
-        };
-        let index = usize::from(header.stream.index());
-        let problem = if header.session_id != first.session_id {
-            Some("it belongs to another migration (session id differs)".to_string())
-        } else if header.layout != first.layout || header.features != first.features {
-            Some("its guest layout or features differ from the first stream's".to_string())
-        } else if header.stream.count() != first.stream.count() {
-            Some(format!(
-                "it says the migration has {} streams, the first stream said {}",
-                header.stream.count(),
-                first.stream.count()
-            ))
-        } else if streams[index].is_some() {
-            Some(format!("stream {index} already arrived"))
-        } else {
-            None
-        };
-        if let Some(problem) = problem {
-            let e = RuntimeError::Peer(format!(
-                "{peer} connected as stream {index} of the migration, but {problem}"
-            ));
-            return Err(refuse(&conn, e));
-        }
-        streams[index] = Some(Stream {
-            conn,
-            peer,
-            header_bytes,
-        });
-    }
-    Ok(())
-}
-
-/// `listener.accept()`, giving up after `timeout`.
-fn accept_within(
-    listener: &TcpListener,
-    timeout: Duration,
-) -> std::io::Result<(TcpStream, std::net::SocketAddr)> {
-    listener.set_nonblocking(true)?;
-    let deadline = Instant::now() + timeout;
-    let result = loop {
-        match listener.accept() {
-            Ok((conn, addr)) => {
-                conn.set_nonblocking(false)?;
-                break Ok((conn, addr));
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                break Err(std::io::Error::new(
-                    ErrorKind::TimedOut,
-                    "timed out: the source did not open it",
-                ))
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => break Err(e),
-        }
-    };
-    listener.set_nonblocking(false)?;
-    result
+    reason
 }

@@ -56,6 +56,9 @@ pub enum RuntimeError {
         /// The guest's error.
         error: std::boxed::Box<dyn std::error::Error + Send + Sync>,
     },
+    /// TLS could not be set up (a certificate, key or CA file, or the handshake's
+    /// configuration); the message names the option or file.
+    Tls(String),
     /// The destination refused the migration.
     Refused {
         /// The destination (its address).
@@ -151,6 +154,7 @@ impl fmt::Display for RuntimeError {
                 "{thread} panicked (a bug in precopy); the migration failed"
             ),
             RuntimeError::Guest { what, error } => write!(f, "{what}: {error}"),
+            RuntimeError::Tls(what) => write!(f, "TLS: {what}"),
             RuntimeError::Refused { peer, reason } => {
                 write!(f, "{peer} refused the migration: {reason}")
             }

@@ -31,6 +31,15 @@ impl FileSink {
         })
     }
 
+    /// A sink over an open `file` (e.g. standard output), named `path` in errors.
+    pub fn from_file(file: File, path: &Path) -> Self {
+        FileSink {
+            file,
+            path: path.to_path_buf(),
+            written: 0,
+        }
+    }
+
     /// Bytes written so far.
     pub fn written(&self) -> u64 {
         self.written

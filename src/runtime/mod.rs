@@ -9,14 +9,21 @@ mod dest;
 mod error;
 pub mod file;
 mod hash;
+mod listen;
 pub mod pacer;
 pub mod session;
 pub mod streams;
+#[cfg(feature = "tls")]
+pub mod tls;
 
-pub use dest::{accept_streams, receive_streams, AppliedStreams, IncomingStreams, ReceivedStreams};
+pub use dest::{
+    accept_streams, receive_into_fresh, receive_streams, AppliedStreams, IncomingStreams,
+    ReceivedStreams,
+};
 pub use error::{RuntimeError, Size};
 pub use file::FileSink;
 pub use hash::{digest_parallel, hash_pages_parallel, ParallelHash};
+pub use listen::{listen_streams, ConnIo, ListenOptions, Wrap};
 pub use session::{accept, receive, Applied, Incoming, Limits, Received, Reply, SourceLink};
 pub use streams::{
     check_source, migrate_streams, MigrationOptions, MigrationReport, Observer, SourceCheck,

@@ -41,30 +41,50 @@ pub const MAX_REASON_LEN: usize = 1024;
 
 const STATUS_OK: u8 = 1;
 const STATUS_REFUSED: u8 = 0;
+const STATUS_VERIFIED: u8 = 2;
+/// A verdict's body: the session id and the stream's digest (u128 LE).
+const VERDICT_LEN: usize = 32;
 
 /// A destination's answer to the stream header or to the whole stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
-    /// Header accepted, or memory verified.
+    /// Header accepted.
     Ok,
+    /// The whole stream verified: the verdict names the session and the digest the
+    /// destination computed, so only a destination that received this stream can
+    /// give it.
+    Verified {
+        /// The session id of the stream's header.
+        session: [u8; 16],
+        /// The stream's memory digest, as the destination computed it.
+        digest: u128,
+    },
     /// Refused, and why.
     Refused(String),
 }
 
 /// Writes `reply` (the reason cut to [`MAX_REASON_LEN`] bytes) and flushes.
 pub fn write_reply<W: Write + ?Sized>(w: &mut W, reply: &Reply) -> io::Result<()> {
-    let (status, reason) = match reply {
-        Reply::Ok => (STATUS_OK, ""),
-        Reply::Refused(r) => (STATUS_REFUSED, r.as_str()),
+    let mut verdict = [0u8; VERDICT_LEN];
+    let (status, body) = match reply {
+        Reply::Ok => (STATUS_OK, &b""[..]),
+        Reply::Verified { session, digest } => {
+            verdict[..16].copy_from_slice(session);
+            verdict[16..].copy_from_slice(&digest.to_le_bytes());
+            (STATUS_VERIFIED, &verdict[..])
+        }
+        Reply::Refused(r) => (STATUS_REFUSED, r.as_bytes()),
     };
+    let reason = body;
+    let text = core::str::from_utf8(reason).unwrap_or("");
     let mut end = reason.len().min(MAX_REASON_LEN);
-    while !reason.is_char_boundary(end) {
+    while status == STATUS_REFUSED && !text.is_char_boundary(end) {
         end -= 1;
     }
     let mut msg = Vec::with_capacity(3 + end);
     msg.push(status);
     msg.extend_from_slice(&(end as u16).to_le_bytes());
-    msg.extend_from_slice(&reason.as_bytes()[..end]);
+    msg.extend_from_slice(&reason[..end]);
     w.write_all(&msg)?;
     w.flush()
 }
@@ -74,7 +94,8 @@ pub fn read_reply<R: Read + ?Sized>(r: &mut R) -> io::Result<Reply> {
     let mut head = [0u8; 3];
     r.read_exact(&mut head)?;
     let len = usize::from(u16::from_le_bytes([head[1], head[2]]));
-    if head[0] > STATUS_OK || len > MAX_REASON_LEN {
+    let bad_verdict = head[0] == STATUS_VERIFIED && len != VERDICT_LEN;
+    if head[0] > STATUS_VERIFIED || len > MAX_REASON_LEN || bad_verdict {
         return Err(io::Error::new(
             ErrorKind::InvalidData,
             format!(
@@ -87,6 +108,15 @@ pub fn read_reply<R: Read + ?Sized>(r: &mut R) -> io::Result<Reply> {
     r.read_exact(&mut reason)?;
     Ok(if head[0] == STATUS_OK {
         Reply::Ok
+    } else if head[0] == STATUS_VERIFIED {
+        let mut session = [0u8; 16];
+        session.copy_from_slice(&reason[..16]);
+        let mut digest = [0u8; 16];
+        digest.copy_from_slice(&reason[16..]);
+        Reply::Verified {
+            session,
+            digest: u128::from_le_bytes(digest),
+        }
     } else {
         // One line, whatever the peer sent.
         let text: String = String::from_utf8_lossy(&reason)
@@ -356,7 +386,10 @@ impl<R: Read + ?Sized> Incoming<'_, R> {
         let result = self.apply_inner(memory);
         if let Some(w) = self.replies.as_mut() {
             let reply = match &result {
-                Ok(_) => Reply::Ok,
+                Ok(applied) => Reply::Verified {
+                    session: applied.header.session_id,
+                    digest: applied.digest,
+                },
                 Err(e) => Reply::Refused(e.to_string()),
             };
             let answered = write_reply(w, &reply);
@@ -487,7 +520,14 @@ pub struct SourceLink<S> {
     peer: String,
     accepted: bool,
     sent: u64,
+    /// The header sent (its session id and page size bind the verdict).
+    header: Option<StreamHeader>,
+    /// The last bytes sent: after the completion frame, that frame.
+    tail: [u8; COMPLETE_FRAME_LEN],
 }
+
+/// A completion frame's length: frame header and body (total pages, digest).
+const COMPLETE_FRAME_LEN: usize = crate::wire::frame::FRAME_HEADER_LEN + 24;
 
 impl<S: Read + Write> SourceLink<S> {
     /// A link over a connected `stream` to `peer` (named in errors, e.g. "the
@@ -498,6 +538,8 @@ impl<S: Read + Write> SourceLink<S> {
             peer: peer.into(),
             accepted: false,
             sent: 0,
+            header: None,
+            tail: [0; COMPLETE_FRAME_LEN],
         }
     }
 
@@ -512,18 +554,54 @@ impl<S: Read + Write> SourceLink<S> {
     }
 
     /// Waits for the destination's verdict on the whole stream: `Ok` only when it
-    /// verified the memory digest.
+    /// verified the memory digest, and named this stream's session and the digest of
+    /// the completion frame this link sent (a destination that did not receive the
+    /// stream cannot answer so).
     pub fn finish(&mut self) -> Result<(), RuntimeError> {
-        self.await_reply("the verdict")
+        let sent = self.header.map(|h| {
+            let digest = match crate::wire::Frame::parse(&self.tail, h.page_size()) {
+                Ok(crate::wire::Frame::Complete { digest, .. }) => Some(digest),
+                _ => None,
+            };
+            (h.session_id, digest)
+        });
+        let Some((session, Some(digest))) = sent else {
+            return Err(RuntimeError::Peer(format!(
+                "asked for the verdict of {} before the stream's completion frame was sent",
+                self.peer
+            )));
+        };
+        match self.await_reply("the verdict")? {
+            Reply::Verified {
+                session: s,
+                digest: d,
+            } if s == session && d == digest => Ok(()),
+            Reply::Verified {
+                session: s,
+                digest: d,
+            } => Err(RuntimeError::Peer(format!(
+                "{} answered \"verified\" for another stream (session {}, digest {d:#034x}; \
+                 this stream is session {}, digest {digest:#034x}): the verdict is not this \
+                 migration's",
+                self.peer,
+                hex(&s),
+                hex(&session)
+            ))),
+            _ => Err(RuntimeError::Peer(format!(
+                "{} answered \"verified\" without naming the session and digest it verified: \
+                 not a verdict on this stream",
+                self.peer
+            ))),
+        }
     }
 
-    fn await_reply(&mut self, what: &str) -> Result<(), RuntimeError> {
+    fn await_reply(&mut self, what: &str) -> Result<Reply, RuntimeError> {
         match read_reply(&mut self.stream) {
-            Ok(Reply::Ok) => Ok(()),
             Ok(Reply::Refused(reason)) => Err(RuntimeError::Refused {
                 peer: self.peer.clone(),
                 reason,
             }),
+            Ok(reply) => Ok(reply),
             Err(e) if e.kind() == ErrorKind::UnexpectedEof => Err(RuntimeError::Peer(format!(
                 "{} closed the connection before sending {what}",
                 self.peer
@@ -546,6 +624,12 @@ impl<S: Read + Write> SourceLink<S> {
                 Ok(0) => return Err(ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     self.sent += n as u64;
+                    // Keep the last COMPLETE_FRAME_LEN bytes sent.
+                    let took = &bytes[..n];
+                    let keep = took.len().min(COMPLETE_FRAME_LEN);
+                    self.tail.copy_within(keep.., 0);
+                    self.tail[COMPLETE_FRAME_LEN - keep..]
+                        .copy_from_slice(&took[took.len() - keep..]);
                     bytes = &bytes[n..];
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -558,6 +642,16 @@ impl<S: Read + Write> SourceLink<S> {
     fn write(&mut self, bytes: &[u8]) -> Result<(), RuntimeError> {
         match self.write_counted(bytes) {
             Ok(()) => Ok(()),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                // A destination that takes nothing: no reason to wait for.
+                Err(RuntimeError::io(
+                    format!("sending to {} after {} bytes", self.peer, self.sent),
+                    io::Error::new(
+                        ErrorKind::TimedOut,
+                        "timed out: the destination took no bytes within the timeout",
+                    ),
+                ))
+            }
             Err(e) => {
                 // A destination that refused the stream says why before it closes.
                 if let Ok(Reply::Refused(reason)) = read_reply(&mut self.stream) {
@@ -606,8 +700,17 @@ impl<S: Read + Write> Transport for SourceLink<S> {
                     ),
                 )
             })?;
+        self.header = StreamHeader::parse(&bytes[..len]).ok();
         self.write(&bytes[..len])?;
-        self.await_reply("an answer to the stream header")?;
+        match self.await_reply("an answer to the stream header")? {
+            Reply::Ok => {}
+            _ => {
+                return Err(RuntimeError::Peer(format!(
+                    "{} answered the stream header with a verdict: not a precopy destination",
+                    self.peer
+                )))
+            }
+        }
         self.accepted = true;
         self.write(&bytes[len..])
     }
@@ -617,6 +720,11 @@ impl<S: Read + Write> Transport for SourceLink<S> {
             .read(buf)
             .map_err(|e| read_error(&format!("reading from {}", self.peer), e))
     }
+}
+
+/// Hex of a session id.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

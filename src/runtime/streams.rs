@@ -98,6 +98,7 @@ impl MigrationOptions {
 
 /// The final round over all streams.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct StreamsFinal {
     /// Round number (1 is the bulk round).
     pub round: u32,
@@ -140,12 +141,14 @@ impl Observer for () {}
 /// How a multi-stream migration went: returned on success, and passed to
 /// [`Observer::ended`] whatever the outcome (after a failure, as far as it got).
 #[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct MigrationReport {
     /// Live rounds the scheduler saw.
     pub rounds: u32,
     /// The scheduler's last downtime prediction, ns (`u64::MAX`: none).
     pub predicted_downtime_ns: u64,
     /// When the guest was paused (`None`: never).
+    #[cfg_attr(feature = "serde", serde(skip))]
     pub paused_at: Option<Instant>,
     /// Stream bytes handed to the transports.
     pub wire_bytes: u64,
@@ -156,6 +159,7 @@ pub struct MigrationReport {
     /// When every destination stream had verified its pages (`None`: not all did):
     /// the destination may resume the guest from here, so the downtime ends here,
     /// and the source's check ([`source_check`](Self::source_check)) runs after it.
+    #[cfg_attr(feature = "serde", serde(skip))]
     pub verified_at: Option<Instant>,
     /// Verification inside the downtime, ns: the longest of the streams' polls that
     /// made the completion digest (the streams make theirs at the same time). That
@@ -180,6 +184,7 @@ pub struct MigrationReport {
 /// The verdict of the source's check after the switchover: its paused memory re-read
 /// and every page's XXH3-64 compared with that of the version it sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub enum SourceCheck {
     /// Not run: the migration did not get as far as every destination verifying.
     NotRun,
@@ -300,6 +305,15 @@ where
         pages_put_back: 0,
     };
     let result = run_streams(guest, links, &verdict, options, observer, &mut report, &now);
+    match &result {
+        Ok(()) => log::info!(
+            "migration verified: {} rounds, {} bytes on the wire, source check {:?}",
+            report.rounds,
+            report.wire_bytes,
+            report.source_check
+        ),
+        Err(e) => log::error!("migration failed, the guest runs on at the source: {e}"),
+    }
     if result.is_err() {
         // The guest goes on at the source.
         guest.throttle(0);
@@ -634,9 +648,21 @@ fn coordinate<G: Guest + ?Sized>(
         }
         while let Some(event) = coordinator.poll_event() {
             match event {
-                CoordinatorEvent::RoundDone(sum) => observer.round_done(&sum),
+                CoordinatorEvent::RoundDone(sum) => {
+                    let s = sum.outcome.stats;
+                    log::info!(
+                        "round {} done: {} pages, {} bytes, predicted downtime {} ns, {:?}",
+                        s.round,
+                        s.pages_sent,
+                        s.wire_bytes,
+                        s.predicted_downtime_ns,
+                        sum.outcome.decision
+                    );
+                    observer.round_done(&sum)
+                }
                 CoordinatorEvent::Throttle(percent) => guest.throttle(percent),
                 CoordinatorEvent::Decide(decision) => {
+                    log::debug!("round decided: {decision:?}");
                     // Dirty pages tracked outside the bitmap (a KVM dirty log) come
                     // in before the engines go on: the next round's harvest has them.
                     if let Err(e) = guest.sync_dirty() {
@@ -645,6 +671,7 @@ fn coordinate<G: Guest + ?Sized>(
                     broadcast(&|| Command::Decide(decision))
                 }
                 CoordinatorEvent::PauseGuest { .. } => {
+                    log::info!("switchover: pausing the guest for the final round");
                     if let Err(e) = guest.pause() {
                         return fail(RuntimeError::guest("pausing the guest", e));
                     }

@@ -53,6 +53,7 @@ pub enum Decision {
 
 /// One round as the scheduler saw it (the per-round statistics line).
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct RoundStats {
     /// Round number, 1 = the bulk round.
     pub round: u32,
@@ -88,6 +89,7 @@ pub struct RoundOutcome {
 
 /// Predicted against real downtime, after the fact.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct DowntimeReport {
     /// The prediction at switchover, ns.
     pub predicted_ns: u64,

@@ -250,7 +250,8 @@ impl fmt::Display for WireErrorKind {
             ChecksumMismatch { stored, computed } => write!(
                 f,
                 "checksum mismatch (stored {stored:#010x}, computed {computed:#010x}): \
-                 the stream was corrupted in transit"
+                 the stream's bytes changed after they were written (on the network, \
+                 on disk or in a copy)"
             ),
             UnknownFrameKind { kind } => write!(f, "unknown frame kind {kind}"),
             BadFrameLength {

@@ -96,6 +96,9 @@ fn parse_scaled(value: &str, key: &str, units: &[(char, u64)]) -> Result<u64, St
         .ok_or_else(|| format!("{key}={value}: too large"))
 }
 
+/// The highest `rate` a workload takes, page writes per second (all writers).
+pub const MAX_RATE: u64 = 100_000_000;
+
 impl FromStr for Workload {
     type Err = WorkloadError;
 
@@ -113,9 +116,25 @@ impl FromStr for Workload {
                 .split_once('=')
                 .ok_or_else(|| err(format!("'{kv}' is not key=value")))?;
             let rates = [('k', 1_000), ('m', 1_000_000)];
+            if args
+                .split(',')
+                .filter(|o| o.split('=').next() == Some(k))
+                .count()
+                > 1
+            {
+                return Err(err(format!("'{k}' is given more than once")));
+            }
             let sizes = [('K', 1 << 10), ('M', 1 << 20), ('G', 1 << 30)];
             match k {
-                "rate" => rate = Some(parse_scaled(v, k, &rates).map_err(err)?),
+                "rate" => {
+                    let r = parse_scaled(v, k, &rates).map_err(err)?;
+                    if r > MAX_RATE {
+                        return Err(err(format!(
+                            "rate={v}: at most {MAX_RATE} page writes per second (100m)"
+                        )));
+                    }
+                    rate = Some(r);
+                }
                 "set" => set = Some(parse_scaled(v, k, &sizes).map_err(err)?),
                 "skew" => {
                     let s: f64 = v
@@ -442,7 +461,11 @@ fn writer(
         carry += per_thread * (100.0 - throttle) / 100.0 / 1000.0;
         let quota = carry as u64;
         carry -= quota as f64;
-        for _ in 0..quota {
+        for n in 0..quota {
+            // A high rate's quota must not hold off a stop.
+            if n % 4096 == 4095 && control.stop.load(Ordering::Acquire) {
+                break;
+            }
             let page = match workload {
                 Workload::Idle { .. } => next(pages),
                 Workload::Once { .. } => {

@@ -18,7 +18,8 @@ pub struct Args {
     /// Print one JSON object per case.
     #[arg(long)]
     json: bool,
-    /// Guest memory size in GiB for every case.
+    /// Guest memory size in GiB for every case (1 to what this host's memory holds
+    /// the bitmaps of).
     #[arg(long, default_value_t = 64)]
     guest_gib: u64,
     /// Timed repetitions per case (the fastest is reported).
@@ -33,16 +34,26 @@ const RANGE_MARKS: usize = 1 << 18;
 type Ours = AtomicDirtyBitmap<Box<[AtomicU64]>>;
 
 pub fn run(args: &Args) -> Result<(), String> {
-    if args.guest_gib == 0 || args.guest_gib > 1 << 20 {
+    // The two bitmaps take a bit per 4 KiB page each: keep them within a quarter of
+    // this host's memory (a 1 PiB guest's would need 64 GiB).
+    let max_gib = crate::options::host_memory()
+        .map_or(1 << 20, |host| (host / 4 * 16384) >> 30)
+        .clamp(1, 1 << 20);
+    if args.guest_gib == 0 || args.guest_gib > max_gib {
         return Err(format!(
-            "--guest-gib {} is out of range (1..=1048576)",
+            "--guest-gib {} is out of range (1 to {max_gib} on this host: the bitmaps \
+             of a larger guest do not fit its memory)",
             args.guest_gib
         ));
+    }
+    if args.reps == 0 || args.reps > 1000 {
+        return Err(format!("--reps {} is out of range (1 to 1000)", args.reps));
     }
     let bytes = args.guest_gib << 30;
     let layout = GuestLayout::flat(PAGE, bytes).map_err(|e| e.to_string())?;
     let pages = layout.total_pages();
     let ours = Ours::new(layout);
+    // Invariant: PAGE is the constant 4096.
     let page_size = NonZeroUsize::new(PAGE as usize).expect("non-zero");
     let peer = AtomicBitmap::new(bytes as usize, page_size);
     let reps = args.reps;

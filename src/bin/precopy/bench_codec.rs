@@ -78,6 +78,7 @@ fn best_of(
     mut setup: impl FnMut(&mut [u8]),
     mut f: impl FnMut(usize, &[u8], &mut [u8]),
 ) -> Duration {
+    // Invariant: reps.max(1) + 1 runs, one skipped, so min() has a value.
     (0..=reps.max(1))
         .map(|_| {
             setup(dst);
@@ -157,6 +158,7 @@ fn compressed(pages: &[u8]) -> Packed {
     let mut lz4 = Lz4Compressor::new();
     let mut out = vec![0u8; lz4_max_output_len(PAGE)];
     Packed::new(pages.chunks_exact(PAGE).map(|p| {
+        // Invariant: the benchmark's own pages and buffers, sized for the worst case.
         let n = lz4.compress(p, &mut out).expect("room");
         out[..n].to_vec()
     }))
@@ -169,6 +171,7 @@ fn deltas(old: &[u8], new: &[u8]) -> Packed {
         old.chunks_exact(PAGE)
             .zip(new.chunks_exact(PAGE))
             .map(|(o, n)| {
+                // Invariant: the benchmark's own pages and buffers, sized for the worst case.
                 let len = delta_encode(o, n, &mut out).expect("pages").expect("fits");
                 out[..len].to_vec()
             }),
@@ -257,6 +260,7 @@ pub fn run(args: &Args) -> Result<(), String> {
         |_| (),
         |i, p, dst| {
             let out = &mut dst[i * PAGE..][..out_max];
+            // Invariant: the benchmark's own pages and buffers, sized for the worst case.
             std::hint::black_box(lz4.compress(p, out).expect("room"));
         },
     ));
@@ -270,6 +274,7 @@ pub fn run(args: &Args) -> Result<(), String> {
         |_| (),
         |i, p, dst| {
             let out = &mut dst[i * PAGE..][..out_max];
+            // Invariant: the benchmark's own pages and buffers, sized for the worst case.
             std::hint::black_box(lz4_flex::block::compress_into(p, out).expect("room"));
         },
     ));
@@ -288,6 +293,7 @@ pub fn run(args: &Args) -> Result<(), String> {
         |_| (),
         |i, p, dst| {
             let frame = &mut dst[i * PAGE..][..slack];
+            // Invariant: the benchmark's own pages and buffers, sized for the worst case.
             let len = lz4
                 .compress(p, &mut frame[PAGE_PAYLOAD_OFFSET..])
                 .expect("room");
@@ -298,6 +304,7 @@ pub fn run(args: &Args) -> Result<(), String> {
                 (Encoding::Raw, PAGE)
             };
             let sealed = seal_page_frame(frame, PAGE, i as u64, encoding, 0, len);
+            // Invariant: the benchmark's own pages and buffers, sized for the worst case.
             std::hint::black_box(sealed.expect("room"));
         },
     ));
@@ -320,6 +327,7 @@ pub fn run(args: &Args) -> Result<(), String> {
             |_| (),
             |i, _, dst| {
                 let page = &mut dst[i * PAGE..][..PAGE];
+                // Invariant: the benchmark's own pages and buffers, sized for the worst case.
                 lz4_decompress_page(blocks.get(i), page).expect("own block");
             },
         ));
@@ -341,6 +349,7 @@ pub fn run(args: &Args) -> Result<(), String> {
             |i, p, dst| {
                 let o = &old[i * PAGE..][..PAGE];
                 let out = &mut dst[i * PAGE..][..PAGE + 8];
+                // Invariant: the benchmark's own pages and buffers, sized for the worst case.
                 std::hint::black_box(delta_encode(o, p, out).expect("pages"));
             },
         ));
@@ -365,6 +374,7 @@ pub fn run(args: &Args) -> Result<(), String> {
         |dst| dst[..size].copy_from_slice(&old),
         |i, _, dst| {
             let t = &mut dst[i * PAGE..][..PAGE];
+            // Invariant: the benchmark's own pages and buffers, sized for the worst case.
             delta_apply(t, deltas5.get(i)).expect("own delta");
         },
     ));

@@ -19,6 +19,13 @@ pub struct Args {
     /// Stream counts to measure each case with (comma-separated).
     #[arg(long, default_value = "1,2", value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..))]
     streams: Vec<u8>,
+    /// Also measure each case that has a destination over TLS 1.3 with mutual
+    /// authentication (certificates made for the run), right after it in plain TCP.
+    #[arg(long)]
+    tls: bool,
+    /// Measure only these cases (comma-separated; default all).
+    #[arg(long, value_delimiter = ',')]
+    cases: Vec<String>,
     /// Print one JSON object per case.
     #[arg(long)]
     json: bool,
@@ -71,6 +78,7 @@ fn cpu_time() -> Duration {
 fn copy_gbps(len: usize, fresh: bool) -> f64 {
     let src: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
     let mut written = vec![1u8; if fresh { 0 } else { len }];
+    // Invariant: three runs (0..3), so min() has a value.
     let best = (0..3)
         .map(|_| {
             let t = Instant::now();
@@ -104,60 +112,77 @@ pub fn run(args: &Args) -> Result<(), String> {
             args.memory >> 20
         );
     }
+    let pair = if args.tls {
+        Some(crate::tls_args::loopback_pair()?)
+    } else {
+        None
+    };
+    let modes: &[bool] = if args.tls { &[false, true] } else { &[false] };
     for (case, workload, to_destination) in CASES {
+        if !args.cases.is_empty() && !args.cases.iter().any(|c| c == case) {
+            continue;
+        }
         for &streams in &args.streams {
-            let migration = MigrationArgs {
-                memory: args.memory,
-                workload: workload.to_string(),
-                writers: 1,
-                // The end-to-end digest of a large guest takes long: this measures
-                // throughput, not the downtime target.
-                downtime_ms: 60_000,
-                max_rounds: 30,
-                force_switchover: true,
-                cache: 64 << 20,
-                page_size: 4096,
-                link: None,
-                streams: Some(streams),
-                max_bandwidth: None,
-                compression: precopy::engine::Compression::Auto,
-                verify: migrate::VerifyMode::After,
-                inject_lost_write: false,
-                dump_memory: None,
-                json: false,
-            };
-            let mut source = migration.source(*b"precopy-bench-pl")?;
-            source.quiet = true;
-            let listener =
-                TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind 127.0.0.1: {e}"))?;
-            let cpu = cpu_time();
-            let start = Instant::now();
-            let (report, dest) = if to_destination {
-                let (report, dest) = migrate::run_loopback(&mut source, listener, 1, false)?;
-                (report, dest.map(drop))
-            } else {
-                let sinks = (0..streams).map(|_| Discard).collect();
-                let report = migrate::run_source(&mut source, 1, false, sinks, |_| Ok(()));
-                (report, Ok(()))
-            };
-            let elapsed = start.elapsed();
-            let cpu = cpu_time() - cpu;
-            if let Some(e) = report.error {
-                return Err(format!("{case}: {e}"));
-            }
-            dest.map_err(|e| format!("{case}: {e}"))?;
-            let gbps = args.memory as f64 / elapsed.as_secs_f64() / 1e9;
-            if args.json {
-                println!(
-                "{{\"case\": \"{case}\", \"streams\": {streams}, \"gbps\": {gbps:.3}, \"wire_bytes\": {}, \"rounds\": {}, \"cpu_s\": {:.3}, \"wall_s\": {:.3}, \"baseline\": \"memcpy\", \"baseline_gbps\": {baseline:.3}, \"fresh_copy_gbps\": {fresh:.3}}}",
+            for &tls in modes {
+                if tls && !to_destination {
+                    continue;
+                }
+                let transport = if tls { "tls" } else { "tcp" };
+                let migration = MigrationArgs {
+                    memory: args.memory,
+                    workload: workload.to_string(),
+                    writers: 1,
+                    // The end-to-end digest of a large guest takes long: this measures
+                    // throughput, not the downtime target.
+                    downtime_ms: 60_000,
+                    strict_downtime: false,
+                    max_rounds: 30,
+                    force_switchover: true,
+                    cache: 64 << 20,
+                    page_size: 4096,
+                    link: None,
+                    streams: Some(streams),
+                    max_bandwidth: None,
+                    compression: precopy::engine::Compression::Auto,
+                    verify: migrate::VerifyMode::After,
+                    inject_lost_write: false,
+                    dump_memory: None,
+                    json: false,
+                };
+                let mut source = migration.source(*b"precopy-bench-pl")?;
+                source.quiet = true;
+                let listener =
+                    TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind 127.0.0.1: {e}"))?;
+                let cpu = cpu_time();
+                let start = Instant::now();
+                let (report, dest) = if to_destination {
+                    let pair = if tls { pair.clone() } else { None };
+                    let (report, dest) =
+                        migrate::run_loopback(&mut source, listener, 1, false, pair)?;
+                    (report, dest.map(drop))
+                } else {
+                    let sinks = (0..streams).map(|_| Discard).collect();
+                    let report = migrate::run_source(&mut source, 1, false, sinks, |_| Ok(()));
+                    (report, Ok(()))
+                };
+                let elapsed = start.elapsed();
+                let cpu = cpu_time() - cpu;
+                if let Some(e) = report.error {
+                    return Err(format!("{case}: {e}"));
+                }
+                dest.map_err(|e| format!("{case}: {e}"))?;
+                let gbps = args.memory as f64 / elapsed.as_secs_f64() / 1e9;
+                if args.json {
+                    println!(
+                "{{\"case\": \"{case}\", \"transport\": \"{transport}\", \"streams\": {streams}, \"gbps\": {gbps:.3}, \"wire_bytes\": {}, \"rounds\": {}, \"cpu_s\": {:.3}, \"wall_s\": {:.3}, \"baseline\": \"memcpy\", \"baseline_gbps\": {baseline:.3}, \"fresh_copy_gbps\": {fresh:.3}}}",
                 report.wire_bytes,
                 report.rounds,
                 cpu.as_secs_f64(),
                 elapsed.as_secs_f64()
             );
-            } else {
-                println!(
-                "{case:<11} {streams} stream(s) {gbps:>6.2} GB/s of guest memory ({:>5.2}x memcpy, {:>5.2}x fresh copy), {:>8.1} MB on the wire, {} rounds, {:.2} s wall, {:.2} s CPU",
+                } else {
+                    println!(
+                "{case:<11} {transport} {streams} stream(s) {gbps:>6.2} GB/s of guest memory ({:>5.2}x memcpy, {:>5.2}x fresh copy), {:>8.1} MB on the wire, {} rounds, {:.2} s wall, {:.2} s CPU",
                 gbps / baseline,
                 gbps / fresh,
                 report.wire_bytes as f64 / 1e6,
@@ -165,6 +190,7 @@ pub fn run(args: &Args) -> Result<(), String> {
                 elapsed.as_secs_f64(),
                 cpu.as_secs_f64()
             );
+                }
             }
         }
     }

@@ -16,6 +16,8 @@ pub struct Args {
 /// Runs the demo; `Ok(true)` when the destination verified the memory.
 pub fn run(args: &Args) -> Result<bool, String> {
     let args = &args.migration;
+    // Source and destination in one process: the host must hold both.
+    args.validate(2)?;
     let mut source = args.source(*b"precopy-demo-001")?;
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind 127.0.0.1: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
@@ -30,11 +32,12 @@ pub fn run(args: &Args) -> Result<bool, String> {
     }
     migrate::print_table_header(args.json);
     let (report, dest_result) =
-        migrate::run_loopback(&mut source, listener, args.writers, args.json)?;
-    report.print(args.json, "");
+        migrate::run_loopback(&mut source, listener, args.writers, args.json, None)?;
+    report.print(args.json, None);
     if let Some(e) = &report.error {
         return Err(e.clone());
     }
+    report.check_downtime(args.strict_downtime)?;
     let dest = dest_result?;
     if let (Some(path), true) = (&args.dump_memory, report.verified()) {
         migrate::dump(path, &migrate::guest_bytes(&source.guest)?)?;

@@ -248,6 +248,7 @@ mod imp {
             verify_in_downtime_ns: r.verify_in_downtime_ns,
             verify_after_ns: r.verify_after_ns,
             source_check: r.source_check.clone(),
+            downtime_limit_ns: args.downtime_ms.saturating_mul(1_000_000),
             predicted_ns: r.predicted_downtime_ns,
             wire_bytes: r.wire_bytes,
             memory_bytes: layout.total_bytes(),
@@ -264,7 +265,7 @@ mod imp {
             Ok(m) => m,
             Err(e) => {
                 report.error = Some(e.to_string());
-                report.print(args.json, "");
+                report.print(args.json, None);
                 if let LocalMigrationError::Migration(_) = e {
                     let c = source.counter().unwrap_or(0);
                     std::thread::sleep(std::time::Duration::from_millis(200));
@@ -280,16 +281,17 @@ mod imp {
         let c = m.counter_at_pause;
         if args.json {
             let extra = format!(
-                ",\"dirty_mode\":\"{}\",\"syncs\":{syncs},\"sync_us\":{sync_us:.1},\"ring_full_exits\":{ring_full},\"counter_at_pause\":{c},\"pause_rip\":{},\"restore_ms\":{:.1},\"counter_after\":{},\"counter_continued\":{},\"memory_equal\":{equal}",
+                "{{\"kind\":\"kvm_summary\",\"dirty_mode\":\"{}\",\"syncs\":{syncs},\"sync_us\":{sync_us:.1},\"ring_full_exits\":{ring_full},\"counter_at_pause\":{c},\"pause_rip\":{},\"restore_ms\":{:.1},\"counter_after\":{},\"counter_continued\":{},\"memory_equal\":{equal}",
                 mode.name(),
                 m.state.regs.rip,
                 m.restore_ns as f64 / 1e6,
                 m.continuity.counter,
                 m.continuity.continued
             );
-            report.print(true, &extra);
+            report.print(true, None);
+            println!("{extra}}}");
         } else {
-            report.print(false, "");
+            report.print(false, None);
             println!(
                 "dirty sync ({}): {syncs} syncs, {sync_us:.0} us each, {ring_full} ring-full exits",
                 mode.name()

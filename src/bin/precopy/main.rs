@@ -8,12 +8,17 @@ mod bench_bitmap;
 mod bench_codec;
 mod bench_harvest;
 mod bench_pipeline;
+mod certs;
 mod demo;
+mod json;
 mod kvm_demo;
 mod migrate;
+mod options;
 mod recv;
 mod report;
 mod send;
+mod signals;
+mod tls_args;
 
 /// precopy: pre-copy live migration of VM memory.
 #[derive(Parser, Debug)]
@@ -38,6 +43,9 @@ enum Command {
     /// Take a migration from a `precopy send` over TCP, or restore a stream file, and
     /// verify the memory digest.
     Recv(recv::Args),
+    /// Make a CA and a source and a destination certificate signed by it, for trying
+    /// TLS out (`send`/`recv` --tls-cert, --tls-key, --tls-ca).
+    Certs(certs::Args),
     /// Measure precopy against a peer implementation in the same run.
     Bench {
         #[command(subcommand)]
@@ -58,6 +66,7 @@ enum BenchSuite {
 }
 
 fn main() -> ExitCode {
+    signals::install();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => match demo::run(&args) {
@@ -76,6 +85,7 @@ fn main() -> ExitCode {
         Command::KvmImage(args) => kvm_demo::write_image(&args),
         Command::Send(args) => send::run(&args),
         Command::Recv(args) => recv::run(&args),
+        Command::Certs(args) => certs::run(&args),
         Command::Bench { suite } => match suite {
             BenchSuite::Bitmap(args) => bench_bitmap::run(&args),
             BenchSuite::Codec(args) => bench_codec::run(&args),

@@ -15,10 +15,12 @@ use precopy::runtime::{
 use precopy::schedule::{OnLimit, Policy};
 use precopy::workload::{SyntheticGuest, Workload, WorkloadError};
 
+use crate::{json, options};
+
 /// The options of a migration's source (`precopy demo`, `precopy send`).
 #[derive(clap::Args, Debug)]
 pub struct MigrationArgs {
-    /// Guest memory size (bytes; K, M, G suffixes).
+    /// Guest memory size (bytes; K, M, G, T suffixes), less than this host's memory.
     #[arg(long, default_value = "1G", value_parser = parse_size)]
     pub memory: u64,
     /// Guest workload: NAME[:key=value,...] with NAME one of idle, once, continuous,
@@ -26,23 +28,28 @@ pub struct MigrationArgs {
     /// (keys: rate=pages/s, set=bytes, skew).
     #[arg(long, default_value = "continuous:rate=50k,set=256M")]
     pub workload: String,
-    /// Writer threads (the guest's vCPUs).
-    #[arg(long, default_value_t = 1)]
+    /// Writer threads (the guest's vCPUs), 1 to 1024.
+    #[arg(long, default_value = "1", value_parser = options::parse_writers)]
     pub writers: usize,
-    /// Downtime limit, milliseconds.
-    #[arg(long, default_value_t = 300)]
+    /// Downtime limit, milliseconds (1 to 600000).
+    #[arg(long, default_value = "300", value_parser = options::parse_downtime_ms)]
     pub downtime_ms: u64,
-    /// Most live rounds before giving up (or switching over, with --force-switchover).
-    #[arg(long, default_value_t = 30)]
+    /// Fail the migration (non-zero exit) when the downtime was over --downtime-ms,
+    /// even though the destination verified the memory.
+    #[arg(long)]
+    pub strict_downtime: bool,
+    /// Most live rounds before giving up (or switching over, with --force-switchover),
+    /// 1 to 10000.
+    #[arg(long, default_value = "30", value_parser = options::parse_rounds)]
     pub max_rounds: u32,
     /// At the round limit, switch over anyway instead of failing.
     #[arg(long)]
     pub force_switchover: bool,
-    /// Delta cache size (bytes; K, M, G suffixes); 0 turns delta encoding off.
+    /// Delta cache size (bytes; K, M, G, T suffixes); 0 turns delta encoding off.
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     pub cache: u64,
-    /// Page size in bytes.
-    #[arg(long, default_value_t = 4096)]
+    /// Page size: a power of two from 512 to 64K (bytes; K suffix).
+    #[arg(long, default_value = "4096", value_parser = options::parse_page_size)]
     pub page_size: u64,
     /// Emulate a link of this speed (1gbe, 10gbe, 25gbe, 40gbe, 100gbe): sends are
     /// paced to it and the scheduler is told the cap. Default: as fast as the
@@ -54,9 +61,10 @@ pub struct MigrationArgs {
     /// file holds one).
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..))]
     pub streams: Option<u8>,
-    /// Cap the bandwidth of all streams together (bytes per second; K, M, G
-    /// suffixes): a token bucket paces the sends, and the scheduler is told the cap.
-    #[arg(long, value_parser = parse_size)]
+    /// Cap the bandwidth of all streams together (bytes per second, at least 64K; K,
+    /// M, G suffixes): a token bucket paces the sends, and the scheduler is told the
+    /// cap. A cap that would take over an hour to send the guest once is refused.
+    #[arg(long, value_parser = options::parse_bandwidth)]
     pub max_bandwidth: Option<u64>,
     /// LZ4 compression: `auto` measures each stream's page rate raw and with LZ4 (a
     /// probe now and then) and compresses only where LZ4 is clearly faster (a slow
@@ -132,20 +140,7 @@ pub fn parse_compression(s: &str) -> Result<Compression, String> {
         .map_err(|e: precopy::engine::UnknownCompression| format!("'{s}': {e}"))
 }
 
-/// Parses a byte size with an optional K/M/G suffix.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let (digits, shift) = match s.chars().last() {
-        Some('K') | Some('k') => (&s[..s.len() - 1], 10),
-        Some('M') | Some('m') => (&s[..s.len() - 1], 20),
-        Some('G') | Some('g') => (&s[..s.len() - 1], 30),
-        _ => (s, 0),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("'{s}' is not a size (e.g. 4096, 64M, 1G)"))?;
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("'{s}' is too large"))
-}
+pub use crate::options::parse_size;
 
 /// A source ready to migrate: the guest (writers not started) and the engine's
 /// configuration.
@@ -173,12 +168,39 @@ pub struct Source {
 }
 
 impl MigrationArgs {
+    /// Checks the options that clap's parsers cannot check alone, before anything is
+    /// allocated: the guest (`copies` times: a demo holds source and destination) and
+    /// the delta cache fit this host, and a bandwidth cap sends the guest once within
+    /// an hour.
+    pub fn validate(&self, copies: u64) -> Result<(), String> {
+        options::check_fits_host("--memory", self.memory, copies)?;
+        options::check_fits_host("--cache", self.cache, 1)?;
+        let cap = match (self.link, self.max_bandwidth) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(cap) = cap {
+            let secs = self.memory / cap.max(1);
+            if secs > 3600 {
+                return Err(format!(
+                    "--max-bandwidth {cap}: sending the {} guest once would take {:.1} hours; \
+                     give at least {} bytes per second (one hour), or a smaller --memory",
+                    options::size(self.memory),
+                    secs as f64 / 3600.0,
+                    self.memory.div_ceil(3600)
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Validates the options and builds the guest and the engine configuration.
     pub fn source(&self, session_id: [u8; 16]) -> Result<Source, String> {
+        self.validate(1)?;
         let workload: Workload = self
             .workload
             .parse()
-            .map_err(|e: WorkloadError| e.to_string())?;
+            .map_err(|e: WorkloadError| format!("--workload: {e}"))?;
         let layout = GuestLayout::flat(self.page_size, self.memory).map_err(|e| {
             format!(
                 "--memory {} with --page-size {}: {e}",
@@ -204,7 +226,18 @@ impl MigrationArgs {
             },
             ..Policy::default()
         };
-        policy.validate().map_err(|e| e.to_string())?;
+        let reserved_ms = Policy::default().non_memory_downtime_ns / 1_000_000;
+        if self.downtime_ms <= reserved_ms {
+            return Err(format!(
+                "--downtime-ms {} leaves no time to send memory: {reserved_ms} ms of the \
+                 downtime are kept for the device state and the final harvest; give more \
+                 than {reserved_ms}",
+                self.downtime_ms
+            ));
+        }
+        policy
+            .validate()
+            .map_err(|e| format!("--downtime-ms, --max-rounds or --max-bandwidth: {e}"))?;
         let guest = SyntheticGuest::new(layout, workload);
         // The final round ends with the part of the end-to-end check that runs with
         // the guest paused: predict that too.
@@ -246,9 +279,6 @@ impl MigrationArgs {
             verify,
             ..SourceConfig::new(page_size)
         };
-        if self.max_bandwidth == Some(0) {
-            return Err("--max-bandwidth must be above 0 bytes per second".to_string());
-        }
         Ok(Source {
             streams: self.streams.unwrap_or(2),
             inject_lost_write: self.inject_lost_write,
@@ -297,6 +327,8 @@ pub struct SourceReport {
     /// resume the guest), or until the failure, ns (`None` if the guest was never
     /// paused).
     pub downtime_ns: Option<u64>,
+    /// `--downtime-ms`, ns.
+    pub downtime_limit_ns: u64,
     /// `--verify`.
     pub verify: VerifyMode,
     /// Of the downtime, the source's part of the end-to-end check, ns: the longest
@@ -327,6 +359,23 @@ impl SourceReport {
     /// Whether the destination verified the memory and the source's check passed.
     pub fn verified(&self) -> bool {
         self.error.is_none() && self.source_check.passed()
+    }
+
+    /// Whether the measured downtime was over `--downtime-ms`.
+    pub fn downtime_over_limit(&self) -> bool {
+        self.downtime_ns.is_some_and(|d| d > self.downtime_limit_ns)
+    }
+
+    /// With `--strict-downtime`, a downtime over the limit is a failure.
+    pub fn check_downtime(&self, strict: bool) -> Result<(), String> {
+        match self.downtime_ns {
+            Some(d) if strict && self.downtime_over_limit() => Err(format!(
+                "the downtime was {:.1} ms, over --downtime-ms {} (--strict-downtime)",
+                d as f64 / 1e6,
+                self.downtime_limit_ns / 1_000_000
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The source check's verdict as a JSON name.
@@ -374,46 +423,42 @@ impl SourceReport {
         format!("verification: {inside}; {after}")
     }
 
-    /// Prints the summary line (text or JSON); `extra` is added to the JSON object
-    /// (`,"key":value...`).
-    pub fn print(&self, json: bool, extra: &str) {
+    /// Prints the summary line (text or JSON, which names `session` if given).
+    pub fn print(&self, json: bool, session: Option<&str>) {
         let ms = |ns: u64| format!("{:.1}", ns as f64 / 1e6);
         let ratio = self.wire_bytes as f64 / self.memory_bytes.max(1) as f64;
         let predicted = (self.predicted_ns != u64::MAX).then_some(self.predicted_ns);
         if json {
-            let mut line = format!(
-                "{{\"kind\":\"summary\",\"verified\":{},\"rounds\":{},\"total_ms\":{},\"downtime_ms\":{},\"predicted_downtime_ms\":{},\"verify\":\"{}\",\"verify_in_downtime_ms\":{},\"verify_after_ms\":{},\"source_check\":\"{}\",\"wire_bytes\":{},\"memory_bytes\":{},\"wire_over_memory\":{ratio:.3},\"guest_writes\":{}",
-                self.verified(),
-                self.rounds,
-                ms(self.total_ns),
-                self.downtime_ns.map_or("null".to_string(), ms),
-                predicted.map_or("null".to_string(), ms),
-                self.verify.name(),
-                self.verify_in_downtime_ns.map_or("null".to_string(), ms),
-                self.verify_after_ns.map_or("null".to_string(), ms),
-                self.check_name(),
-                self.wire_bytes,
-                self.memory_bytes,
-                self.writes
-            );
-            if let SourceCheck::Mismatch {
-                differing, first, ..
-            } = &self.source_check
-            {
-                line += &format!(
-                    ",\"differing_pages\":{differing},\"first_differing_pages\":{first:?}"
-                );
-            }
-            if let Some(d) = self.digest {
-                line += &format!(",\"digest\":\"{d:#034x}\"");
-            }
-            if let Some(e) = &self.error {
-                line += &format!(",\"error\":{}", json_string(e));
-            }
-            if let Some(w) = self.writes_after_failure {
-                line += &format!(",\"writes_after_failure\":{w}");
-            }
-            println!("{line}{extra}}}");
+            let (differing_pages, first_differing_pages) = match &self.source_check {
+                SourceCheck::Mismatch {
+                    differing, first, ..
+                } => (Some(*differing), Some(first.clone())),
+                _ => (None, None),
+            };
+            json::line(&json::SourceSummary {
+                kind: "summary",
+                verified: self.verified(),
+                rounds: self.rounds,
+                total_ms: json::ms(self.total_ns),
+                downtime_ms: self.downtime_ns.map(json::ms),
+                downtime_limit_ms: json::ms(self.downtime_limit_ns),
+                downtime_over_limit: self.downtime_over_limit(),
+                predicted_downtime_ms: predicted.map(json::ms),
+                verify: self.verify.name(),
+                verify_in_downtime_ms: self.verify_in_downtime_ns.map(json::ms),
+                verify_after_ms: self.verify_after_ns.map(json::ms),
+                source_check: self.check_name(),
+                wire_bytes: self.wire_bytes,
+                memory_bytes: self.memory_bytes,
+                wire_over_memory: (ratio * 1000.0).round() / 1000.0,
+                guest_writes: self.writes,
+                differing_pages,
+                first_differing_pages,
+                digest: self.digest.map(|d| format!("{d:#034x}")),
+                error: self.error.clone(),
+                writes_after_failure: self.writes_after_failure,
+                session: session.map(str::to_string),
+            });
         } else {
             println!(
                 "total {:.2} s, downtime {} (predicted {}), {:.1} MB on the wire = {ratio:.2} x memory, {} guest writes, verified: {}",
@@ -425,27 +470,18 @@ impl SourceReport {
                 if self.verified() { "yes" } else { "no" }
             );
             println!("{}", self.verification_line());
+            if let (true, Some(d)) = (self.downtime_over_limit(), self.downtime_ns) {
+                println!(
+                    "DOWNTIME OVER THE LIMIT: {} ms, against a limit of {} ms (--strict-downtime makes this a failure)",
+                    ms(d),
+                    ms(self.downtime_limit_ns)
+                );
+            }
             if let Some(w) = self.writes_after_failure {
                 println!("the migration failed; the guest's writers were let go again: {w} page writes in the 200 ms after");
             }
         }
     }
-}
-
-/// `s` as a JSON string literal.
-pub fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// The terminal (and the lost-write test hook), as the multi-stream runtime's
@@ -557,6 +593,7 @@ where
             Some(v) => v.duration_since(p).as_nanos() as u64,
             None => total_ns.saturating_sub(p.duration_since(start).as_nanos() as u64),
         }),
+        downtime_limit_ns: source.policy.downtime_limit_ns,
         verify: source.verify,
         verify_in_downtime_ns: r.verify_in_downtime_ns,
         verify_after_ns: r.verify_after_ns,
@@ -609,19 +646,30 @@ pub fn run_loopback(
     listener: std::net::TcpListener,
     writers: usize,
     json: bool,
+    tls: Option<crate::tls_args::TlsPair>,
 ) -> Result<(SourceReport, Result<VecMemory, String>), String> {
-    use precopy::runtime::{receive_streams, Limits, SourceLink};
+    use precopy::runtime::{listen_streams, receive_into_fresh, Limits, ListenOptions};
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let limits = Limits {
         max_memory: source.layout.total_bytes(),
         expect: Some(source.layout),
     };
+    let (server, client) = match tls {
+        Some((server, client)) => (
+            Some(precopy::runtime::tls::server_wrap(server)),
+            Some(client),
+        ),
+        None => (None, None),
+    };
+    let options = ListenOptions {
+        wrap: server,
+        ..ListenOptions::new(Duration::from_secs(30))
+    };
     let destination = std::thread::spawn(move || -> Result<VecMemory, String> {
-        let (stream, peer) = listener
-            .accept()
+        let incoming = listen_streams(&listener, None, &limits, &options, &mut |_, _| {})
             .map_err(|e| format!("accepting the source: {e}"))?;
-        let peer = peer.to_string();
-        receive_streams(&listener, stream, &peer, &limits, Duration::from_secs(30))
+        let peer = incoming.peer().to_string();
+        receive_into_fresh(incoming)
             .map(|r| r.memory)
             .map_err(|e| format!("receiving from {peer}: {e}"))
     });
@@ -630,7 +678,12 @@ pub fn run_loopback(
         let stream =
             std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        links.push(SourceLink::new(stream, addr.to_string()));
+        links.push(crate::tls_args::source_link(
+            stream,
+            client.as_ref(),
+            "127.0.0.1",
+            addr.to_string(),
+        )?);
     }
     let report = run_source(source, writers, json, links, |l| l.finish());
     let dest_result = destination
@@ -642,10 +695,17 @@ pub fn run_loopback(
 pub fn print_final(round: &StreamsFinal, json: bool) {
     let c = |e| round.codecs.get(e).pages;
     if json {
-        println!(
-            "{{\"kind\":\"round\",\"round\":{},\"final\":true,\"pages\":{},\"zero\":{},\"delta\":{},\"lz4\":{},\"raw\":{},\"wire_bytes\":{}}}",
-            round.round, round.pages_sent, c(Encoding::Zero), c(Encoding::Delta), c(Encoding::Lz4), c(Encoding::Raw), round.wire_bytes
-        );
+        json::line(&json::FinalRound {
+            kind: "round",
+            round: round.round,
+            r#final: true,
+            pages: round.pages_sent,
+            zero: c(Encoding::Zero),
+            delta: c(Encoding::Delta),
+            lz4: c(Encoding::Lz4),
+            raw: c(Encoding::Raw),
+            wire_bytes: round.wire_bytes,
+        });
     } else {
         let dash = || "-".to_string();
         let row = (format!("{}*", round.round), round.pages_sent);
@@ -684,14 +744,25 @@ pub fn print_round(r: &StreamsRound, json: bool) {
         .then(|| format!("{:.1}", s.predicted_downtime_ns as f64 / 1e6));
     if json {
         let c = |e| r.codecs.get(e).pages;
-        println!(
-            "{{\"kind\":\"round\",\"round\":{},\"dirty_pages\":{},\"pages\":{},\"zero\":{},\"delta\":{},\"lz4\":{},\"raw\":{},\"deferred\":{},\"wire_bytes\":{},\"duration_ms\":{:.2},\"bandwidth_bytes_per_sec\":{:.0},\"dirty_pages_per_sec\":{:.0},\"predicted_downtime_ms\":{},\"throttle_percent\":{},\"lz4_streams\":{}}}",
-            s.round, s.dirty_pages, s.pages_sent, c(Encoding::Zero), c(Encoding::Delta), c(Encoding::Lz4), c(Encoding::Raw),
-            r.deferred_pages, s.wire_bytes, s.duration_ns as f64 / 1e6, s.bandwidth_bytes_per_sec, s.dirty_pages_per_sec,
-            predicted.unwrap_or_else(|| "null".to_string()),
-            s.throttle_percent,
-            r.lz4_streams
-        );
+        json::line(&json::Round {
+            kind: "round",
+            round: s.round,
+            dirty_pages: s.dirty_pages,
+            pages: s.pages_sent,
+            zero: c(Encoding::Zero),
+            delta: c(Encoding::Delta),
+            lz4: c(Encoding::Lz4),
+            raw: c(Encoding::Raw),
+            deferred: r.deferred_pages,
+            wire_bytes: s.wire_bytes,
+            duration_ms: (s.duration_ns as f64 / 1e4).round() / 100.0,
+            bandwidth_bytes_per_sec: s.bandwidth_bytes_per_sec.round(),
+            dirty_pages_per_sec: s.dirty_pages_per_sec.round(),
+            predicted_downtime_ms: (s.predicted_downtime_ns != u64::MAX)
+                .then(|| json::ms(s.predicted_downtime_ns)),
+            throttle_percent: s.throttle_percent,
+            lz4_streams: r.lz4_streams,
+        });
     } else {
         print_row(
             (s.round.to_string(), s.dirty_pages),
@@ -715,9 +786,11 @@ fn progress_bar(json: bool) -> Option<indicatif::ProgressBar> {
         return None;
     }
     let bar = indicatif::ProgressBar::new(1);
-    let style = indicatif::ProgressStyle::with_template("{msg:>14} [{bar:40}] {pos}/{len} pages")
-        .ok()?
-        .progress_chars("=> ");
+    let style = indicatif::ProgressStyle::with_template(
+        "{msg:>14} [{bar:40}] {pos}/{len} pages, {elapsed} so far, about {eta} left",
+    )
+    .ok()?
+    .progress_chars("=> ");
     bar.set_style(style);
     Some(bar)
 }

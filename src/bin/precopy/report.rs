@@ -11,6 +11,7 @@ pub fn best_of_with_setup<S, T>(
 ) -> Duration {
     let s = setup();
     std::hint::black_box(f(s));
+    // Invariant: reps.max(1) runs, so min() has a value.
     (0..reps.max(1))
         .map(|_| {
             let s = setup();

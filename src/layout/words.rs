@@ -1,0 +1,73 @@
+//! Word storage: what the engines keep their state in, owned or the caller's.
+//!
+//! Every engine that needs more than a fixed amount of state (the dirty set, the delta
+//! cache, the source engine's kept hashes and page buffers, the coordinator's streams)
+//! keeps it in `u64` words held by a storage parameter `S: AsRef<[u64]> + AsMut<[u64]>`:
+//! [`OwnedWords`] (feature `alloc`, what the `new` constructors allocate) or
+//! `&mut [u64]` the caller provides (no allocator: a C host, a kernel module, a
+//! bare-metal monitor). Both run the same code.
+
+/// Words the `alloc` conveniences own (a boxed slice, allocated once at construction).
+/// Without feature `alloc` the type still exists, so every engine's default storage
+/// parameter can be named, but no value of it can be made: use `&mut [u64]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedWords {
+    #[cfg(feature = "alloc")]
+    words: alloc::boxed::Box<[u64]>,
+    #[cfg(not(feature = "alloc"))]
+    never: core::convert::Infallible,
+}
+
+#[cfg(feature = "alloc")]
+impl OwnedWords {
+    /// `len` zeroed words.
+    pub fn zeroed(len: usize) -> Self {
+        OwnedWords {
+            words: alloc::vec![0u64; len].into_boxed_slice(),
+        }
+    }
+
+    /// `len` zeroed words, or `None` when the allocator refuses them.
+    pub fn try_zeroed(len: usize) -> Option<Self> {
+        let mut v = alloc::vec::Vec::new();
+        v.try_reserve_exact(len).ok()?;
+        v.resize(len, 0u64);
+        Some(OwnedWords {
+            words: v.into_boxed_slice(),
+        })
+    }
+}
+
+impl AsRef<[u64]> for OwnedWords {
+    fn as_ref(&self) -> &[u64] {
+        #[cfg(feature = "alloc")]
+        return &self.words;
+        #[cfg(not(feature = "alloc"))]
+        match self.never {}
+    }
+}
+
+impl AsMut<[u64]> for OwnedWords {
+    fn as_mut(&mut self) -> &mut [u64] {
+        #[cfg(feature = "alloc")]
+        return &mut self.words;
+        #[cfg(not(feature = "alloc"))]
+        match self.never {}
+    }
+}
+
+/// The bytes of `words` (native byte order).
+pub(crate) fn words_as_bytes(words: &[u64]) -> &[u8] {
+    // SAFETY: `u8` has alignment 1 and every byte of an initialized `u64` is an
+    // initialized `u8`; the length is the same memory in bytes (no overflow: the
+    // slice already spans it) and the borrow keeps `words` alive and unwritten.
+    unsafe { core::slice::from_raw_parts(words.as_ptr().cast::<u8>(), words.len() * 8) }
+}
+
+/// The bytes of `words` (native byte order), writable.
+pub(crate) fn words_as_bytes_mut(words: &mut [u64]) -> &mut [u8] {
+    // SAFETY: as in `words_as_bytes`; any byte pattern is a valid `u64`, so writes
+    // through the byte view leave valid words, and the exclusive borrow is moved into
+    // the result.
+    unsafe { core::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 8) }
+}
