@@ -15,6 +15,7 @@ declare -A allowed=(
   [runtime]="layout bitmap codec wire memory schedule engine"
   [workload]="layout bitmap codec wire memory schedule engine"
   [sim]="layout bitmap codec wire memory schedule engine workload"
+  [kvm]="layout bitmap codec wire memory schedule engine runtime"
 )
 status=0
 for module in "${!allowed[@]}"; do

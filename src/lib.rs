@@ -35,6 +35,8 @@ pub mod engine;
 #[cfg(feature = "alloc")]
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(all(feature = "kvm", target_os = "linux", target_arch = "x86_64"))]
+pub mod kvm;
 pub mod layout;
 pub mod memory;
 #[cfg(feature = "std")]

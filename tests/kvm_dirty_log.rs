@@ -11,10 +11,12 @@
 mod kvm_guest;
 
 use kvm_guest::{
-    dense_pages, dirty_ring_cap, enable_dirty_ring, expected_slot_pages, layout, log_pages,
-    open_kvm_or_skip, reset_dirty_rings, slot_table, DirtyRing, TestVm, PAGE, SLOTS,
+    dense_pages, expected_slot_pages, layout, log_pages, open_kvm_or_skip, slot_table, TestVm,
+    PAGE, SLOTS,
 };
 use precopy::bitmap::{words_for_pages, AtomicDirtyBitmap, KvmSlotTable};
+use precopy::kvm::{enable_dirty_ring, reset_dirty_rings, DirtyOffers, DirtyRing};
+use std::os::fd::AsRawFd;
 
 const SLOT1: u32 = 0x40_0000;
 const P: u32 = PAGE as u32;
@@ -148,7 +150,7 @@ fn dirty_ring_of_a_real_guest_imports_exactly_the_written_pages() {
     let Some(kvm) = open_kvm_or_skip() else {
         return;
     };
-    let Some((cap, max_bytes)) = dirty_ring_cap(&kvm) else {
+    let Some((cap, max_bytes)) = DirtyOffers::probe(&kvm).ring else {
         eprintln!(
             "SKIP: dirty ring not available (KVM_CAP_DIRTY_LOG_RING and \
              KVM_CAP_DIRTY_LOG_RING_ACQ_REL both report 0)"
@@ -157,8 +159,10 @@ fn dirty_ring_of_a_real_guest_imports_exactly_the_written_pages() {
     };
     // 4096 entries of 16 bytes (the kernel's own limit, if lower).
     let bytes = max_bytes.min(4096 * 16);
-    let mut g = TestVm::new(&kvm, |vm| enable_dirty_ring(vm, cap, bytes))
-        .unwrap_or_else(|e| panic!("VM setup with a {bytes}-byte dirty ring: {e}"));
+    let mut g = TestVm::new(&kvm, |vm| {
+        enable_dirty_ring(vm, cap, bytes).map_err(|e| e.to_string())
+    })
+    .unwrap_or_else(|e| panic!("VM setup with a {bytes}-byte dirty ring: {e}"));
     let mut ring = DirtyRing::map(g.vcpu_fd(), bytes).unwrap_or_else(|e| panic!("dirty ring: {e}"));
     eprintln!("dirty ring: capability {cap}, {bytes} bytes per vCPU (kernel max {max_bytes})");
 
@@ -168,7 +172,12 @@ fn dirty_ring_of_a_real_guest_imports_exactly_the_written_pages() {
         g.vm.get_dirty_log(0, SLOTS[0].bytes() as usize).is_err(),
         "KVM_GET_DIRTY_LOG should fail on a VM with a dirty ring"
     );
-    assert_eq!(ring.collect(), [], "ring entries before the guest ran");
+    let mut before = Vec::new();
+    assert_eq!(
+        ring.collect(&mut before),
+        0,
+        "ring entries before the guest ran"
+    );
 
     let table = slot_table();
     let bitmap = AtomicDirtyBitmap::new(layout());
@@ -176,7 +185,8 @@ fn dirty_ring_of_a_real_guest_imports_exactly_the_written_pages() {
     for (run, addrs, tag) in [("run 1", RUN1, 0x3333_3333), ("run 2", RUN2, 0x4444_4444)] {
         g.run_writes(addrs, tag)
             .unwrap_or_else(|e| panic!("{run}: {e}"));
-        let entries = ring.collect();
+        let mut entries = Vec::new();
+        ring.collect(&mut entries);
         let mut reported: Vec<(u32, u64)> = entries.iter().map(|e| (e.slot, e.offset)).collect();
         reported.sort_unstable();
         reported.dedup();
@@ -187,7 +197,7 @@ fn dirty_ring_of_a_real_guest_imports_exactly_the_written_pages() {
             .unwrap_or_else(|e| panic!("{run}: import of ring entries: {e}"));
         let harvested: Vec<u64> = bitmap.harvest().pages().collect();
         assert_eq!(harvested, dense_pages(&expected), "{run}: harvested pages");
-        let reset = reset_dirty_rings(&g.vm).unwrap_or_else(|e| panic!("{run}: {e}"));
+        let reset = reset_dirty_rings(g.vm.as_raw_fd()).unwrap_or_else(|e| panic!("{run}: {e}"));
         assert_eq!(
             reset as usize,
             entries.len(),

@@ -369,6 +369,14 @@ where
         .policy
         .bandwidth_cap
         .map(|rate| TokenBucket::new(rate, options.buffer_bytes.max(1) as u64 * n as u64));
+    // With `sync_before_harvest`, each engine's harvest waits for the guest's dirty
+    // sources (a KVM dirty log or ring) to be brought in, on its encoder thread.
+    let sync = || {
+        guest
+            .sync_dirty()
+            .map_err(|e| RuntimeError::guest("pulling the guest's dirty pages", e))
+    };
+    let sync: &(dyn Fn() -> Result<(), RuntimeError> + Sync) = &sync;
     let stop = AtomicBool::new(false);
     let sent_bytes = AtomicU64::new(0);
     let put_back = AtomicU64::new(0);
@@ -398,6 +406,7 @@ where
             let name = std::format!("precopy-enc{i}");
             spawn_named(scope, name, i, &note_tx, move || {
                 let encoder = Encoder {
+                    sync,
                     data_tx,
                     free_rx,
                     command_rx,
@@ -725,6 +734,8 @@ struct Encoder<'a> {
     data_tx: Sender<Chunk>,
     free_rx: Receiver<Vec<u8>>,
     command_rx: Receiver<Command>,
+    /// Brings the guest's outside dirty sources into the bitmap (`SyncDirtyLog`).
+    sync: &'a (dyn Fn() -> Result<(), RuntimeError> + Sync),
     stop: &'a AtomicBool,
     progress: &'a Progress,
     end: &'a Mutex<Option<StreamEnd>>,
@@ -822,9 +833,12 @@ impl Encoder<'_> {
                         // The wait for the other streams is no poll's time.
                         poll_start = now();
                     }
-                    // The runtime's guest marks the bitmap itself: nothing outside it
-                    // to bring in.
-                    SourceEvent::SyncDirtyLog { .. } => engine.dirty_log_synced(now())?,
+                    // Re-protect in KVM and OR into the bitmap (the guest's
+                    // `sync_dirty`), then harvest.
+                    SourceEvent::SyncDirtyLog { .. } => {
+                        (self.sync)()?;
+                        engine.dirty_log_synced(now())?
+                    }
                     SourceEvent::PauseGuest { .. } => {
                         note(Note::PauseWanted)?;
                         match self.command_rx.recv() {

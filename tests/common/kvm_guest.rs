@@ -8,17 +8,16 @@
 //! read, so the only guest pages KVM logs as dirty are the ones the table names.
 //!
 //! Shared by `tests/kvm_dirty_log.rs` and `examples/kvm_dirty_log.rs` (each uses a
-//! part of it).
+//! part of it). The dirty-ring code lives in the library (`precopy::kvm`).
 #![allow(dead_code)]
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use kvm_bindings::{kvm_enable_cap, kvm_segment, kvm_userspace_memory_region};
-use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
-use precopy::bitmap::{KvmDirtyGfn, KvmSlotTable};
+use kvm_bindings::{kvm_segment, kvm_userspace_memory_region};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use precopy::bitmap::KvmSlotTable;
 use precopy::layout::GuestLayout;
 
 /// Guest page size (x86 base pages; KVM logs at this granularity).
@@ -94,13 +93,6 @@ const TABLE_END: u32 = 0xffff_ffff;
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many `KVM_RUN` calls one guest run may take (retries after `EINTR`/`EAGAIN`).
 const MAX_RUN_CALLS: usize = 16;
-
-/// `KVM_DIRTY_GFN_F_DIRTY`: the entry was filled by KVM.
-pub const KVM_DIRTY_GFN_F_DIRTY: u32 = 1;
-/// `KVM_DIRTY_GFN_F_RESET`: the entry was collected by the VMM.
-pub const KVM_DIRTY_GFN_F_RESET: u32 = 2;
-/// `KVM_RESET_DIRTY_RINGS` = `_IO(KVMIO, 0xc7)` (not wrapped by kvm-ioctls 0.25).
-const KVM_RESET_DIRTY_RINGS: libc::c_ulong = 0xaec7;
 
 /// Opens `/dev/kvm`, or prints the project's skip line and returns `None`.
 pub fn open_kvm_or_skip() -> Option<Kvm> {
@@ -435,120 +427,4 @@ pub fn log_pages(slot: u32, log: &[u64]) -> Vec<(u32, u64)> {
         }
     }
     out
-}
-
-/// Whether this KVM offers a dirty ring, and which capability to enable: the ring size
-/// limit in bytes of `KVM_CAP_DIRTY_LOG_RING`, else of `KVM_CAP_DIRTY_LOG_RING_ACQ_REL`.
-pub fn dirty_ring_cap(kvm: &Kvm) -> Option<(u32, usize)> {
-    let plain = kvm.check_extension_int(Cap::DirtyLogRing);
-    if plain > 0 {
-        return Some((kvm_bindings::KVM_CAP_DIRTY_LOG_RING, plain as usize));
-    }
-    let acq_rel = kvm.check_extension_raw(kvm_bindings::KVM_CAP_DIRTY_LOG_RING_ACQ_REL.into());
-    (acq_rel > 0).then_some((
-        kvm_bindings::KVM_CAP_DIRTY_LOG_RING_ACQ_REL,
-        acq_rel as usize,
-    ))
-}
-
-/// Enables the dirty ring capability `cap` with rings of `bytes` bytes per vCPU.
-pub fn enable_dirty_ring(vm: &VmFd, cap: u32, bytes: usize) -> Result<(), String> {
-    let mut enable = kvm_enable_cap {
-        cap,
-        ..Default::default()
-    };
-    enable.args[0] = bytes as u64;
-    vm.enable_cap(&enable)
-        .map_err(|e| format!("KVM_ENABLE_CAP({cap}, {bytes} bytes): {e}"))
-}
-
-/// A vCPU's dirty ring, mapped from its fd at `KVM_DIRTY_LOG_PAGE_OFFSET`.
-pub struct DirtyRing {
-    ptr: *mut kvm_bindings::kvm_dirty_gfn,
-    entries: usize,
-    bytes: usize,
-    /// Index of the next entry to collect (free-running, like KVM's own).
-    next: usize,
-}
-
-impl DirtyRing {
-    /// Maps the ring of `bytes` bytes of the vCPU with fd `vcpu_fd`.
-    pub fn map(vcpu_fd: RawFd, bytes: usize) -> Result<Self, String> {
-        let offset = kvm_bindings::KVM_DIRTY_LOG_PAGE_OFFSET as libc::off_t * PAGE as libc::off_t;
-        // SAFETY: a new shared mapping of the vCPU fd's dirty-ring pages; no existing
-        // memory is affected and the result is checked before use.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                vcpu_fd,
-                offset,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(format!(
-                "mmap dirty ring: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        Ok(DirtyRing {
-            ptr: ptr.cast(),
-            entries: bytes / std::mem::size_of::<kvm_bindings::kvm_dirty_gfn>(),
-            bytes,
-            next: 0,
-        })
-    }
-
-    /// Collects every entry KVM has published since the last call (flags `DIRTY`),
-    /// marks each one `RESET` for the kernel, and returns them. The VMM then calls
-    /// [`reset_dirty_rings`] so KVM recycles them and write-protects the pages again.
-    pub fn collect(&mut self) -> Vec<KvmDirtyGfn> {
-        let mut out = Vec::new();
-        while out.len() < self.entries {
-            // SAFETY: `next % entries` indexes an entry inside the mapping.
-            let entry = unsafe { self.ptr.add(self.next % self.entries) };
-            // SAFETY: `flags` is the entry's first field, a 4-byte-aligned u32 in shared
-            // memory the kernel also accesses atomically; viewing it as an AtomicU32 is
-            // how the KVM API asks userspace to read (acquire) and write (release) it.
-            let flags = unsafe { &*std::ptr::addr_of!((*entry).flags).cast::<AtomicU32>() };
-            if flags.load(Ordering::Acquire) & KVM_DIRTY_GFN_F_DIRTY == 0 {
-                break;
-            }
-            // SAFETY: in-bounds, aligned entry; published by KVM (acquire above) and not
-            // rewritten until we hand it back with RESET.
-            let e = unsafe { std::ptr::read_volatile(entry) };
-            out.push(KvmDirtyGfn {
-                flags: e.flags,
-                slot: e.slot,
-                offset: e.offset,
-            });
-            flags.store(KVM_DIRTY_GFN_F_RESET, Ordering::Release);
-            self.next += 1;
-        }
-        out
-    }
-}
-
-impl Drop for DirtyRing {
-    fn drop(&mut self) {
-        // SAFETY: exactly the mapping made in `map`, unmapped once.
-        unsafe { libc::munmap(self.ptr.cast(), self.bytes) };
-    }
-}
-
-/// `KVM_RESET_DIRTY_RINGS`: KVM takes back every collected (`RESET`) entry of every
-/// vCPU and write-protects those pages again. Returns the number of entries reset.
-pub fn reset_dirty_rings(vm: &VmFd) -> Result<u32, String> {
-    // SAFETY: KVM_RESET_DIRTY_RINGS takes no argument and only touches the VM's own
-    // rings; `vm` is a live VM fd.
-    let ret = unsafe { libc::ioctl(vm.as_raw_fd(), KVM_RESET_DIRTY_RINGS as _) };
-    if ret < 0 {
-        return Err(format!(
-            "KVM_RESET_DIRTY_RINGS: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    Ok(ret as u32)
 }

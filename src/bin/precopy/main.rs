@@ -6,10 +6,12 @@ use clap::{Parser, Subcommand};
 
 mod bench_bitmap;
 mod bench_codec;
+mod bench_harvest;
 mod bench_pipeline;
 mod certs;
 mod demo;
 mod json;
+mod kvm_demo;
 mod migrate;
 mod options;
 mod recv;
@@ -34,6 +36,12 @@ struct Cli {
 enum Command {
     /// Migrate a synthetic guest with writers running, over loopback TCP, and verify it.
     Demo(demo::Args),
+    /// Migrate a real KVM guest (a program writing at a paced rate) live in one process
+    /// and continue it on a destination VM (exit status 3: no /dev/kvm here).
+    KvmDemo(kvm_demo::Args),
+    /// Write kvm-demo's guest program as a multiboot image (for QEMU's -kernel).
+    #[command(hide = true)]
+    KvmImage(kvm_demo::ImageArgs),
     /// Migrate a synthetic guest to a `precopy recv` over TCP, or into a stream file.
     Send(send::Args),
     /// Take a migration from a `precopy send` over TCP, or restore a stream file, and
@@ -60,6 +68,8 @@ enum BenchSuite {
     Codec(bench_codec::Args),
     /// Whole migrations over loopback TCP (idle, once, continuous), against memcpy.
     Pipeline(bench_pipeline::Args),
+    /// KVM dirty tracking (log, clear, ring) on a running guest: microseconds per sync.
+    Harvest(bench_harvest::Args),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +81,15 @@ fn main() -> ExitCode {
             Ok(false) => Err("the destination did not verify the migrated memory".to_string()),
             Err(e) => Err(e),
         },
+        Command::KvmDemo(args) => match kvm_demo::run(&args) {
+            Ok(kvm_demo::Outcome::Ok) => Ok(()),
+            Ok(kvm_demo::Outcome::NoKvm(line)) => {
+                eprintln!("precopy: {line}");
+                return ExitCode::from(kvm_demo::NO_KVM_EXIT);
+            }
+            Err(e) => Err(e),
+        },
+        Command::KvmImage(args) => kvm_demo::write_image(&args),
         Command::Send(args) => send::run(&args),
         Command::Sim(cmd) => match sim::main(&cmd) {
             Ok(true) => Ok(()),
@@ -83,6 +102,7 @@ fn main() -> ExitCode {
             BenchSuite::Bitmap(args) => bench_bitmap::run(&args),
             BenchSuite::Codec(args) => bench_codec::run(&args),
             BenchSuite::Pipeline(args) => bench_pipeline::run(&args),
+            BenchSuite::Harvest(args) => bench_harvest::run(&args),
         },
     };
     match result {
