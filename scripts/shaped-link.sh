@@ -33,7 +33,7 @@ ip -n "$src" link set "v$src" up
 ip -n "$dst" link set "v$dst" up
 ip netns exec "$src" tc qdisc add dev "v$src" root tbf rate "$rate" burst 1mb latency 10ms
 out=$(mktemp)
-ip netns exec "$dst" "$bin" recv --listen 10.77.0.2:7000 >"$out" 2>&1 &
+ip netns exec "$dst" "$bin" recv --listen 10.77.0.2:7000 --insecure >"$out" 2>&1 &
 recv=$!
 for _ in $(seq 50); do grep -q listening "$out" && break; sleep 0.1; done
 status=0
