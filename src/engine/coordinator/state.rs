@@ -246,27 +246,15 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> CoordinatorCore<S> {
         lz4: bool,
         now_ns: u64,
     ) -> Result<(), CoordinatorError> {
-        let flags = self.stream(stream)?;
-        if self.phase != Phase::Live {
-            return Err(CoordinatorError::OutOfOrder {
-                stream,
-                what: "a live round ended after the switchover was decided",
-            });
-        }
-        if flags & MEASURED != 0 {
-            return Err(CoordinatorError::Twice {
-                stream,
-                what: "the end of a live round",
-            });
-        }
-        let expected = self.scheduler.rounds() + 1;
-        if round.round != expected {
-            return Err(CoordinatorError::WrongRound {
-                stream,
-                expected,
-                got: round.round,
-            });
-        }
+        let live = self.phase == Phase::Live;
+        let flags = self.admit(
+            stream,
+            |_| live,
+            "a live round ended after the switchover was decided",
+            MEASURED,
+            "the end of a live round",
+        )?;
+        self.expect_round(stream, round.round)?;
         self.set_flags(stream, flags | MEASURED);
         let m = &mut self.round_measurement;
         m.pages_sent += round.pages_sent;
@@ -333,19 +321,14 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> CoordinatorCore<S> {
 
     /// See [`Coordinator::handle_pause_wanted`](super::Coordinator::handle_pause_wanted).
     pub fn handle_pause_wanted(&mut self, stream: usize) -> Result<(), CoordinatorError> {
-        let flags = self.stream(stream)?;
-        if self.phase != Phase::Switching {
-            return Err(CoordinatorError::OutOfOrder {
-                stream,
-                what: "asked for the pause before the switchover was decided",
-            });
-        }
-        if flags & PAUSE_WANTED != 0 {
-            return Err(CoordinatorError::Twice {
-                stream,
-                what: "the pause request",
-            });
-        }
+        let switching = self.phase == Phase::Switching;
+        let flags = self.admit(
+            stream,
+            |_| switching,
+            "asked for the pause before the switchover was decided",
+            PAUSE_WANTED,
+            "the pause request",
+        )?;
         self.set_flags(stream, flags | PAUSE_WANTED);
         self.pause_wanted += 1;
         if self.pause_wanted == self.streams {
@@ -382,32 +365,20 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> CoordinatorCore<S> {
         digest: u128,
         round: FinalRound,
     ) -> Result<(), CoordinatorError> {
-        let flags = self.stream(stream)?;
-        if self.phase != Phase::Final {
-            return Err(CoordinatorError::OutOfOrder {
-                stream,
-                what: "completed before the guest was paused",
-            });
-        }
-        if flags & COMPLETED != 0 {
-            return Err(CoordinatorError::Twice {
-                stream,
-                what: "its completion",
-            });
-        }
-        let expected = self.scheduler.rounds() + 1;
-        if round.round != expected {
-            return Err(CoordinatorError::WrongRound {
-                stream,
-                expected,
-                got: round.round,
-            });
-        }
+        let paused = self.phase == Phase::Final;
+        let flags = self.admit(
+            stream,
+            |_| paused,
+            "completed before the guest was paused",
+            COMPLETED,
+            "its completion",
+        )?;
+        self.expect_round(stream, round.round)?;
         self.set_flags(stream, flags | COMPLETED);
         let w = self.words.as_mut();
         w[STREAM_WORDS * stream + 1] = digest as u64;
         w[STREAM_WORDS * stream + 2] = (digest >> 64) as u64;
-        self.fin.round = expected;
+        self.fin.round = round.round;
         self.fin.pages_sent += round.pages_sent;
         self.fin.wire_bytes += round.wire_bytes;
         self.fin.codecs.add(&round.codecs);
@@ -423,19 +394,13 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> CoordinatorCore<S> {
 
     /// See [`Coordinator::handle_verdict`](super::Coordinator::handle_verdict).
     pub fn handle_verdict(&mut self, stream: usize, ok: bool) -> Result<(), CoordinatorError> {
-        let flags = self.stream(stream)?;
-        if flags & COMPLETED == 0 {
-            return Err(CoordinatorError::OutOfOrder {
-                stream,
-                what: "a verdict before the stream completed",
-            });
-        }
-        if flags & VERIFIED != 0 {
-            return Err(CoordinatorError::Twice {
-                stream,
-                what: "its verdict",
-            });
-        }
+        let flags = self.admit(
+            stream,
+            |flags| flags & COMPLETED != 0,
+            "a verdict before the stream completed",
+            VERIFIED,
+            "its verdict",
+        )?;
         if !ok {
             self.fail(CoordinatorError::Refused { stream });
             return Ok(());
@@ -494,6 +459,43 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> CoordinatorCore<S> {
             return Err(CoordinatorError::OutOfOrder {
                 stream,
                 what: "events are waiting: poll_event until it gives none, then call again",
+            });
+        }
+        Ok(())
+    }
+
+    /// Stream `stream`'s flags, for a call that is in order only when `in_order(flags)`
+    /// holds (else [`CoordinatorError::OutOfOrder`] saying `out_of_order`) and may come
+    /// once, recorded by flag `once` (else [`CoordinatorError::Twice`] naming `what`).
+    fn admit(
+        &self,
+        stream: usize,
+        in_order: impl FnOnce(u64) -> bool,
+        out_of_order: &'static str,
+        once: u64,
+        what: &'static str,
+    ) -> Result<u64, CoordinatorError> {
+        let flags = self.stream(stream)?;
+        if !in_order(flags) {
+            return Err(CoordinatorError::OutOfOrder {
+                stream,
+                what: out_of_order,
+            });
+        }
+        if flags & once != 0 {
+            return Err(CoordinatorError::Twice { stream, what });
+        }
+        Ok(flags)
+    }
+
+    /// Whether `got` is the round the scheduler is in (its rounds so far plus one).
+    fn expect_round(&self, stream: usize, got: u32) -> Result<(), CoordinatorError> {
+        let expected = self.scheduler.rounds() + 1;
+        if got != expected {
+            return Err(CoordinatorError::WrongRound {
+                stream,
+                expected,
+                got,
             });
         }
         Ok(())
