@@ -6,94 +6,19 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_precopy");
-const TIMEOUT: Duration = Duration::from_secs(90);
+#[path = "common/cli_proc.rs"]
+mod cli_proc;
+use cli_proc::{run, Proc, BIN, TIMEOUT};
+
 const GUEST: [&str; 4] = [
     "--memory",
     "16M",
     "--workload",
     "continuous:rate=20k,set=4M",
 ];
-
-/// A child whose stdout lines arrive on a channel; killed when dropped.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    stderr: Option<std::thread::JoinHandle<String>>,
-}
-
-impl Proc {
-    fn spawn(args: &[&str]) -> Proc {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn precopy");
-        let (tx, lines) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut err = child.stderr.take().unwrap();
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        });
-        Proc {
-            child,
-            lines,
-            stderr: Some(stderr),
-        }
-    }
-
-    fn listening_addr(&mut self) -> String {
-        let line = self.lines.recv_timeout(TIMEOUT).expect("a line in time");
-        line.strip_prefix("{\"kind\":\"listening\",\"addr\":\"")
-            .and_then(|r| r.strip_suffix("\"}"))
-            .unwrap_or_else(|| panic!("not a listening line: {line}"))
-            .to_string()
-    }
-
-    fn finish(mut self) -> (ExitStatus, Vec<String>, String) {
-        let start = Instant::now();
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(start.elapsed() < TIMEOUT, "precopy ran past {TIMEOUT:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut out = Vec::new();
-        while let Ok(line) = self.lines.recv_timeout(TIMEOUT) {
-            out.push(line);
-        }
-        let err = self
-            .stderr
-            .take()
-            .map_or_else(String::new, |t| t.join().unwrap());
-        (status, out, err)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn run(args: &[&str]) -> (ExitStatus, Vec<String>, String) {
-    Proc::spawn(args).finish()
-}
 
 fn send(args: &[&str]) -> (ExitStatus, Vec<String>, String) {
     let mut all = vec!["send"];

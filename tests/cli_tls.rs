@@ -4,88 +4,24 @@
 //! and the destination listens on for the real source; listening beyond loopback
 //! without TLS needs --insecure. Certificates are made here with rcgen.
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::ExitStatus;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_precopy");
-const TIMEOUT: Duration = Duration::from_secs(90);
+#[path = "common/cli_proc.rs"]
+mod cli_proc;
+use cli_proc::{Proc, TIMEOUT};
+
 const GUEST: [&str; 4] = [
     "--memory",
     "16M",
     "--workload",
     "continuous:rate=20k,set=4M",
 ];
-
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    stderr: Option<std::thread::JoinHandle<String>>,
-}
-
-impl Proc {
-    fn spawn(args: &[&str]) -> Proc {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn precopy");
-        let (tx, lines) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut err = child.stderr.take().unwrap();
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        });
-        Proc {
-            child,
-            lines,
-            stderr: Some(stderr),
-        }
-    }
-
-    fn finish(mut self) -> (ExitStatus, Vec<String>, String) {
-        let start = Instant::now();
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(start.elapsed() < TIMEOUT, "precopy ran past {TIMEOUT:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut out = Vec::new();
-        while let Ok(line) = self.lines.recv_timeout(TIMEOUT) {
-            out.push(line);
-        }
-        let err = self
-            .stderr
-            .take()
-            .map_or_else(String::new, |t| t.join().unwrap());
-        (status, out, err)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A CA; `host` makes a certificate it signed for `names` and writes NAME.pem and
 /// NAME.key into the directory.
