@@ -212,6 +212,13 @@ impl IncomingStreams {
                 .collect()
         });
         if let Some(reason) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            // A stream that applied all of its frames before another failed waits for
+            // its verdict: it is told the reason too, not left to see the close.
+            for (s, r) in streams.iter_mut().zip(&results) {
+                if r.is_ok() {
+                    let _ = write_reply(&mut s.conn, &Reply::Refused(reason.clone()));
+                }
+            }
             // The first error, not the echo of it on the streams shut down after it.
             let e = results
                 .into_iter()

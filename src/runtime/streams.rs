@@ -595,6 +595,9 @@ fn coordinate<G: Guest + ?Sized>(
         stop.store(true, Ordering::Relaxed);
         Err(e)
     };
+    // Streams that completed and have not had their verdict yet: after a failure, their
+    // verdicts are still coming (a refusal among them is the telling error).
+    let mut awaiting_verdict = vec![false; commands.len()];
     loop {
         let (i, note) = match notes.recv_timeout(Duration::from_millis(100)) {
             Ok(x) => x,
@@ -615,6 +618,13 @@ fn coordinate<G: Guest + ?Sized>(
         };
         // The runtime's own reason, when a stream failed: richer than the core's.
         let mut cause = None;
+        if let Some(awaiting) = awaiting_verdict.get_mut(i) {
+            match note {
+                Note::Complete(..) => *awaiting = true,
+                Note::Verdict(_) => *awaiting = false,
+                _ => {}
+            }
+        }
         let handled = match note {
             Note::Round(r, lz4) => coordinator.handle_round_measured(i, r, lz4, now()),
             Note::PauseWanted => coordinator.handle_pause_wanted(i),
@@ -702,7 +712,10 @@ fn coordinate<G: Guest + ?Sized>(
                 CoordinatorEvent::Failed(e) => {
                     stop.store(true, Ordering::Relaxed);
                     return fail(match (cause, e) {
-                        (Some(cause), _) => most_telling(cause, notes),
+                        (Some(cause), _) => {
+                            let awaiting = awaiting_verdict.iter().filter(|&&a| a).count();
+                            most_telling(cause, notes, awaiting)
+                        }
                         (None, CoordinatorError::Schedule(e)) => RuntimeError::Engine(e.into()),
                         (None, e) => RuntimeError::Coordinator(e),
                     });
@@ -713,16 +726,40 @@ fn coordinate<G: Guest + ?Sized>(
 }
 
 /// The error to report of a failed migration: the first one, unless another stream
-/// reports the destination's reason (a refusal) within a moment: a destination that
-/// refuses one stream closes the others, and their resets may arrive first.
-fn most_telling(first: RuntimeError, notes: &Receiver<(usize, Note)>) -> RuntimeError {
+/// reports the destination's reason (a refusal): a destination that refuses one stream
+/// closes the others, and their resets may arrive first. `awaiting` streams completed
+/// and wait for their verdicts: those come (each sender reads its reply and reports it),
+/// so they are waited for, up to 10 s on a loaded machine; otherwise a refusal gets
+/// 300 ms to show up among the failures.
+fn most_telling(
+    first: RuntimeError,
+    notes: &Receiver<(usize, Note)>,
+    mut awaiting: usize,
+) -> RuntimeError {
     let refusal = |e: &RuntimeError| matches!(e, RuntimeError::Refused { .. });
-    let deadline = Instant::now() + Duration::from_millis(300);
+    let wait = if awaiting > 0 {
+        Duration::from_secs(10)
+    } else {
+        Duration::from_millis(300)
+    };
+    let deadline = Instant::now() + wait;
+    let waiting_for_verdicts = awaiting > 0;
     let mut best = first;
     while !refusal(&best) {
         match notes.recv_deadline(deadline) {
-            Ok((_, Note::Failed(e) | Note::Verdict(Err(e)))) if refusal(&e) => best = e,
-            Ok(_) => {}
+            Ok((_, note)) => {
+                if let Note::Verdict(_) = note {
+                    awaiting = awaiting.saturating_sub(1);
+                }
+                if let Note::Failed(e) | Note::Verdict(Err(e)) = note {
+                    if refusal(&e) {
+                        best = e;
+                    }
+                }
+                if waiting_for_verdicts && awaiting == 0 {
+                    break;
+                }
+            }
             Err(_) => break,
         }
     }
