@@ -9,36 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
 
-/// A small guest with writers dirtying a working set.
 #[path = "common/cli_proc.rs"]
 mod cli_proc;
-use cli_proc::{run, Proc, TIMEOUT};
-
-const GUEST: [&str; 4] = [
-    "--memory",
-    "16M",
-    "--workload",
-    "continuous:rate=20k,set=4M",
-];
-
-/// `precopy send` of the small test guest, with `args`.
-fn send(args: &[&str]) -> (ExitStatus, Vec<String>, String) {
-    let mut all = vec!["send"];
-    all.extend(args);
-    all.extend(GUEST);
-    run(&all)
-}
-
-/// The failure contract: exit code 1, exactly one line on stderr, `precopy: ` then
-/// a message containing `needle`, no panic.
-#[track_caller]
-fn assert_fails_with(status: ExitStatus, stderr: &str, needle: &str) {
-    assert_eq!(status.code(), Some(1), "exit status; stderr: {stderr}");
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    assert_eq!(stderr.lines().count(), 1, "one line on stderr: {stderr:?}");
-    assert!(stderr.starts_with("precopy: "), "{stderr}");
-    assert!(stderr.contains(needle), "expected {needle:?} in {stderr:?}");
-}
+use cli_proc::{assert_fails_with, run, send, Proc, GUEST, TIMEOUT};
 
 /// The JSON summary line among `lines`.
 fn summary(lines: &[String]) -> &str {

@@ -6,35 +6,12 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[path = "common/cli_proc.rs"]
 mod cli_proc;
-use cli_proc::{run, Proc, BIN, TIMEOUT};
-
-const GUEST: [&str; 4] = [
-    "--memory",
-    "16M",
-    "--workload",
-    "continuous:rate=20k,set=4M",
-];
-
-fn send(args: &[&str]) -> (ExitStatus, Vec<String>, String) {
-    let mut all = vec!["send"];
-    all.extend(args);
-    all.extend(GUEST);
-    run(&all)
-}
-
-/// Exit code 1, one line on stderr naming `needle`, no panic.
-#[track_caller]
-fn assert_fails_with(status: ExitStatus, stderr: &str, needle: &str) {
-    assert_eq!(status.code(), Some(1), "exit status; stderr: {stderr}");
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    assert_eq!(stderr.lines().count(), 1, "one line on stderr: {stderr:?}");
-    assert!(stderr.contains(needle), "expected {needle:?} in {stderr:?}");
-}
+use cli_proc::{assert_fails_with, run, send, Proc, BIN, GUEST, TIMEOUT};
 
 /// Clap's refusal of an option: exit code 2, the option named, no panic.
 #[track_caller]

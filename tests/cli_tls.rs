@@ -14,14 +14,7 @@ use rcgen::{
 
 #[path = "common/cli_proc.rs"]
 mod cli_proc;
-use cli_proc::{Proc, TIMEOUT};
-
-const GUEST: [&str; 4] = [
-    "--memory",
-    "16M",
-    "--workload",
-    "continuous:rate=20k,set=4M",
-];
+use cli_proc::{Proc, GUEST, TIMEOUT};
 
 /// A CA; `host` makes a certificate it signed for `names` and writes NAME.pem and
 /// NAME.key into the directory.

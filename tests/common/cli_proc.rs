@@ -115,3 +115,30 @@ impl Drop for Proc {
 pub fn run(args: &[&str]) -> (ExitStatus, Vec<String>, String) {
     Proc::spawn(args).finish()
 }
+
+/// A small guest with writers dirtying a working set.
+pub const GUEST: [&str; 4] = [
+    "--memory",
+    "16M",
+    "--workload",
+    "continuous:rate=20k,set=4M",
+];
+
+/// `precopy send` of the small test guest, with `args`.
+pub fn send(args: &[&str]) -> (ExitStatus, Vec<String>, String) {
+    let mut all = vec!["send"];
+    all.extend(args);
+    all.extend(GUEST);
+    run(&all)
+}
+
+/// The failure contract: exit code 1, exactly one line on stderr, `precopy: ` then
+/// a message containing `needle`, no panic.
+#[track_caller]
+pub fn assert_fails_with(status: ExitStatus, stderr: &str, needle: &str) {
+    assert_eq!(status.code(), Some(1), "exit status; stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line on stderr: {stderr:?}");
+    assert!(stderr.starts_with("precopy: "), "{stderr}");
+    assert!(stderr.contains(needle), "expected {needle:?} in {stderr:?}");
+}
