@@ -5,7 +5,8 @@
 # with multifd on 2 channels), reads query-migrate, then runs `precopy kvm-demo` with the
 # same memory, working set and rate, and prints both side by side.
 #
-#   scripts/qemu-compare.sh [MEMORY] [WORKING_SET] [RATES...]   (default: 1G 256M 0 10k 50k)
+#   [REPS=N] scripts/qemu-compare.sh [MEMORY] [WORKING_SET] [RATES...]   (default: 1G 256M 0 10k 50k;
+#   REPS repeats the whole list N times, interleaving QEMU and precopy runs)
 #
 # Skips with a message where qemu-system-x86_64 is not installed (as root it installs
 # Debian's qemu-system-x86 first) or /dev/kvm is missing. The QEMU guest boots through
@@ -75,6 +76,16 @@ def counter(q):
     # The counter page is at 1 MiB + 0x5000 in the image's layout.
     return int(q.hmp("xp /1gx 0x105000").split()[-1], 16)
 
+def size_bytes(text):
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(text[:-1]) * units[text[-1].upper()] if text[-1].upper() in units else int(text)
+
+def rate_value(text):
+    return int(text[:-1]) * 1000 if text[-1] in "kK" else int(text)
+
+set_pages = size_bytes(set_size) // 4096
+reps = int(os.environ.get("REPS", "1"))
+
 def free_port():
     s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close(); return port
 
@@ -86,11 +97,13 @@ def qemu_case(rate, variant):
     src, qs = qemu("src", image, [])
     dst, qd = qemu("dst", image, ["-incoming", f"tcp:127.0.0.1:{port}"])
     try:
-        deadline = time.time() + 120
-        while counter(qs) == 0 and rate != "0":
-            if time.time() > deadline: raise RuntimeError("the QEMU guest never started writing")
-            time.sleep(0.5)
-        time.sleep(2)  # the working set written once, the rate settled
+        # Like kvm-demo: the guest covers its working set once before the migration
+        # (counter >= set pages), so both sides start from the same memory contents.
+        deadline = time.time() + 120 + set_pages / max(rate_value(rate), 1)
+        while rate != "0" and counter(qs) < set_pages:
+            if time.time() > deadline: raise RuntimeError("the QEMU guest never covered its working set")
+            time.sleep(0.2)
+        time.sleep(1)  # the rate settled
         before = counter(qs); t = time.time(); time.sleep(1)
         measured = (counter(qs) - before) / (time.time() - t)
         caps = []
@@ -136,7 +149,7 @@ def precopy_case(rate):
 
 print(f"{version}; guest: {memory}, working set {set_size}; QEMU: max-bandwidth unlimited, downtime-limit 300 ms")
 print(f"{'case':<22} {'who':<16} {'total ms':>9} {'downtime ms':>12} {'MB':>9} {'rounds':>7} {'guest pg/s':>11} {'continued':>9}")
-for rate in rates:
+for rate in [r for _ in range(reps) for r in rates]:
     for variant in ("default", "xbzrle", "multifd"):
         if variant != "default" and rate == "0":
             continue

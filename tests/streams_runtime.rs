@@ -1,7 +1,8 @@
 //! The std runtime's multi-stream migration as a VMM uses it: `migrate_streams` over
 //! real TCP connections with real writer threads dirtying the guest, against
 //! `receive_streams` on another thread; and links that fail mid-round, after which
-//! every page whose latest content did not reach the destination is still marked.
+//! every page whose latest content did not reach the destination is still marked; and a
+//! destination that fails one stream, which the source reports as that refusal.
 
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -346,4 +347,105 @@ fn a_link_cut_in_a_later_round_leaves_every_undelivered_page_marked() {
     let (rounds, put_back) = cut_link_keeps_undelivered_pages_marked(0, 18 << 20);
     assert!(rounds >= 1, "cut after the bulk round");
     assert!(put_back > 0, "queued buffers were put back");
+}
+
+/// Stream `stream`'s view of the destination's memory, failing the write of page
+/// `fail_at` as memory that stopped mapping it would.
+struct FailingView<'a> {
+    memory: &'a AtomicMemory,
+    fail_at: u64,
+}
+
+impl PageMemory for FailingView<'_> {
+    fn page_size(&self) -> usize {
+        self.memory.page_size()
+    }
+    fn total_pages(&self) -> u64 {
+        self.memory.total_pages()
+    }
+    fn read_page(&self, page: u64, buf: &mut [u8]) -> Result<(), precopy::memory::MemoryError> {
+        self.memory.read_page(page, buf)
+    }
+    fn write_page(&mut self, page: u64, data: &[u8]) -> Result<(), precopy::memory::MemoryError> {
+        if page == self.fail_at {
+            return Err(precopy::memory::MemoryError::Inaccessible {
+                page,
+                addr: page * PAGE as u64,
+            });
+        }
+        let mut memory = self.memory;
+        memory.write_page(page, data)
+    }
+}
+
+/// A destination that fails one stream mid-bulk (its memory refuses a page) answers
+/// every stream with that reason, and the source reports the destination's refusal
+/// with it: never the reset of a stream the destination closed after the failure,
+/// in any of several runs (the resets race the refusal). The guest runs on.
+#[test]
+fn a_destination_failing_one_stream_is_reported_as_its_refusal_every_time() {
+    const STREAMS: usize = 3;
+    let layout = GuestLayout::flat(PAGE as u64, 8 << 20).unwrap();
+    for run in 0..5 {
+        let workload = "continuous:rate=20k,set=2M".parse().unwrap();
+        let mut guest = SyntheticGuest::new(layout, workload);
+        guest.start(1);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        // Page 600 is in chunk 1 (pages 512..1024), carried by stream 1.
+        let fail_at = 600 + run;
+        let dest = std::thread::spawn(move || {
+            let (first, peer) = listener.accept().unwrap();
+            let limits = Limits {
+                max_memory: layout.total_bytes(),
+                expect: Some(layout),
+            };
+            let incoming = precopy::runtime::accept_streams(
+                &listener,
+                first,
+                &peer.to_string(),
+                &limits,
+                Duration::from_secs(20),
+            )?;
+            let memory = AtomicMemory::new(PAGE, layout.total_pages());
+            let views = (0..STREAMS)
+                .map(|i| FailingView {
+                    memory: &memory,
+                    fail_at: if i == 1 { fail_at } else { u64::MAX },
+                })
+                .collect();
+            incoming.apply_into(views).map(|_| ())
+        });
+        let mut seen = Seen::default();
+        let e = migrate_streams(
+            &guest,
+            links(&addr, STREAMS),
+            |l| l.finish(),
+            &options(None),
+            &mut seen,
+        )
+        .unwrap_err();
+        let reason = format!("page {fail_at}");
+        match &e {
+            RuntimeError::Refused { reason: r, .. } => {
+                assert!(r.contains(&reason), "run {run}: the reason lost: {r}")
+            }
+            other => panic!("run {run}: expected the destination's refusal, got: {other}"),
+        }
+        assert!(e.to_string().contains("refused the migration"), "{e}");
+        let dest_err = dest.join().unwrap().unwrap_err().to_string();
+        assert!(dest_err.contains(&reason), "run {run}: {dest_err}");
+        assert!(seen.report.is_some(), "the observer hears how far it got");
+        // Paused or not when the refusal came, the guest runs on at the source.
+        let before = guest.writes();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while guest.writes() == before {
+            assert!(
+                Instant::now() < deadline,
+                "run {run}: the guest stays paused"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        guest.stop();
+    }
 }
