@@ -652,7 +652,9 @@ int precopy_source_storage_size(const precopy_bitmap_t *bm,
 /* Starts a source engine of one stream at now_ns over bm (marks made before now are
  * taken: the bulk round sends every page), reading guest memory through *memory, its
  * state in storage (8-byte aligned, storage_bytes at least _storage_size). bm,
- * storage and memory's context stay valid while src is used. */
+ * storage and memory's context stay valid while src is used. src is written whatever
+ * it held: init over a source still running forgets the pages it harvested and has
+ * not sent; call precopy_source_abort on it first (that puts them back into bm). */
 int precopy_source_init(precopy_source_t *src, const precopy_bitmap_t *bm,
                         const precopy_source_config_t *config,
                         const precopy_page_memory_t *memory, uint64_t *storage,

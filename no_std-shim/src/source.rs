@@ -221,7 +221,9 @@ pub unsafe extern "C" fn precopy_source_storage_size(
 /// marks made before now are taken: the bulk round sends every page), with `*config`,
 /// reading guest memory through `*memory` (its page size and count the bitmap's; the
 /// table is copied), its state in `storage` (8-byte aligned, `storage_bytes` at least
-/// what `precopy_source_storage_size` says).
+/// what `precopy_source_storage_size` says). `src` is written whatever it held (its
+/// bytes may be garbage, so they are not read): init over a source still running
+/// forgets the pages it harvested and has not sent; `precopy_source_abort` it first.
 ///
 /// # Safety
 /// `src` points at writable storage for a `precopy_source_t`; `bm` at a bitmap,
