@@ -2,9 +2,6 @@
 
 use super::sync::{fence, AtomicU64, Ordering};
 use core::ops::{Deref, Range};
-// Statistics only (pages harvested so far), not part of the ordering protocol: kept a
-// `core` atomic so the model check does not spend its interleavings on it.
-use core::sync::atomic::AtomicU64 as Counter;
 
 use super::iter::WordBits;
 use super::{words_for_pages, BitmapError};
@@ -19,10 +16,10 @@ use crate::layout::GuestLayout;
 #[derive(Debug)]
 pub struct AtomicDirtyBitmap<W: Deref<Target = [AtomicU64]>> {
     layout: GuestLayout,
+    // No other field, and none with interior mutability: `&self` is then read-only
+    // to the compiler, which keeps `layout` and `words` in registers across the
+    // atomics of a caller's marking loop instead of reloading them after each one.
     words: W,
-    /// Pages taken out by harvests so far (minus pages put back by `restore`), counted
-    /// by harvesters only so marking never touches a shared counter.
-    harvested: Counter,
 }
 
 #[cfg(feature = "alloc")]
@@ -32,11 +29,7 @@ impl AtomicDirtyBitmap<alloc::boxed::Box<[AtomicU64]>> {
         let words = (0..words_for_pages(layout.total_pages()))
             .map(|_| AtomicU64::new(0))
             .collect();
-        AtomicDirtyBitmap {
-            layout,
-            words,
-            harvested: Counter::new(0),
-        }
+        AtomicDirtyBitmap { layout, words }
     }
 }
 
@@ -55,11 +48,7 @@ impl<'a> AtomicDirtyBitmap<&'a [AtomicU64]> {
         for w in words {
             w.store(0, Ordering::Relaxed);
         }
-        Ok(AtomicDirtyBitmap {
-            layout,
-            words,
-            harvested: Counter::new(0),
-        })
+        Ok(AtomicDirtyBitmap { layout, words })
     }
 }
 
@@ -200,13 +189,6 @@ impl<W: Deref<Target = [AtomicU64]>> AtomicDirtyBitmap<W> {
             .sum()
     }
 
-    /// Page dirtyings seen since creation: each page counts once per harvest interval
-    /// in which it was marked (pages harvested so far plus pages dirty now). The
-    /// scheduler's dirty-rate input.
-    pub fn marked_since_creation(&self) -> u64 {
-        self.harvested.load(core::sync::atomic::Ordering::Relaxed) + self.dirty_pages()
-    }
-
     /// Fetch-and-clear of word range `words` into `out` (`out[i]` gets word
     /// `words.start + i`; zero words are skipped without a write). Returns the number of
     /// dirty pages taken. The primitive under every harvest; needs no allocator.
@@ -235,8 +217,6 @@ impl<W: Deref<Target = [AtomicU64]>> AtomicDirtyBitmap<W> {
             out[i - first] = bits;
             taken += u64::from(bits.count_ones());
         });
-        self.harvested
-            .fetch_add(taken, core::sync::atomic::Ordering::Relaxed);
         Ok(taken)
     }
 
@@ -340,8 +320,6 @@ impl<W: Deref<Target = [AtomicU64]>> AtomicDirtyBitmap<W> {
         // A harvest that took nothing still ends with the fence: pages the caller reads
         // after it see the writes whose marks it could have raced with.
         fence(Ordering::SeqCst);
-        self.harvested
-            .fetch_add(taken, core::sync::atomic::Ordering::Relaxed);
         Ok(taken)
     }
 
@@ -367,20 +345,11 @@ impl<W: Deref<Target = [AtomicU64]>> AtomicDirtyBitmap<W> {
                 }
             }
         }
-        let mut restored = 0u64;
         for (dst, &bits) in self.words[first_word..end].iter().zip(words) {
             if bits != 0 {
                 dst.fetch_or(bits, Ordering::Release);
-                restored += u64::from(bits.count_ones());
             }
         }
-        // `fetch_sub` would wrap if restoring more than was harvested (a caller bug, or
-        // bits the caller made up); saturate so the counter stays meaningful.
-        let _ = self.harvested.fetch_update(
-            core::sync::atomic::Ordering::Relaxed,
-            core::sync::atomic::Ordering::Relaxed,
-            |h| Some(h.saturating_sub(restored)),
-        );
         Ok(())
     }
 
@@ -424,10 +393,7 @@ impl<W: Deref<Target = [AtomicU64]>> AtomicDirtyBitmap<W> {
         self.take_words(0..self.words.len(), |i, bits| {
             out.extend(WordBits::new(bits, i as u64 * 64));
         });
-        let taken = (out.len() - before) as u64;
-        self.harvested
-            .fetch_add(taken, core::sync::atomic::Ordering::Relaxed);
-        taken
+        (out.len() - before) as u64
     }
 
     /// Puts every page of `set` back (see [`Self::restore_words`]).
