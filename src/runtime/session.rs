@@ -408,7 +408,7 @@ impl<R: Read + ?Sized> Incoming<'_, R> {
             write_reply(w, &Reply::Ok).map_err(|e| RuntimeError::io("answering the source", e))?;
         }
         let mut applier = Applier::with_memory(memory);
-        let (stream_bytes, digest) = apply_from(
+        let (stream_bytes, digest, _) = apply_from(
             self.input,
             &mut applier,
             &self.header_bytes,
@@ -462,13 +462,13 @@ pub fn receive<R: Read + ?Sized>(
 
 /// Feeds `header_bytes` and then `input` to `applier` until the completion frame (with
 /// `stop_at_complete`, a connection) or the end of input (a file): returns the stream
-/// bytes read and the verified digest.
+/// bytes read, the verified digest and the device state the stream carried.
 pub(crate) fn apply_from<R, M>(
     input: &mut R,
-    applier: &mut Applier<M, Vec<u8>, Vec<u8>>,
+    applier: &mut crate::engine::OwnedApplier<M>,
     header_bytes: &[u8],
     stop_at_complete: bool,
-) -> Result<(u64, u128), RuntimeError>
+) -> Result<(u64, u128, Vec<crate::engine::OwnedDeviceState>), RuntimeError>
 where
     R: Read + ?Sized,
     M: crate::memory::PageMemory,
@@ -507,7 +507,15 @@ where
                 offset: stream_bytes,
             }),
         )))?;
-    Ok((stream_bytes, digest))
+    let device = applier
+        .device_state()
+        .map(|items| {
+            items
+                .map(|d| crate::engine::OwnedDeviceState::from_item(&d))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((stream_bytes, digest, device))
 }
 
 /// The source's end of a connection to a destination, as a [`Transport`]: the first
