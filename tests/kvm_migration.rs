@@ -15,6 +15,7 @@ use kvm_ioctls::Kvm;
 use precopy::engine::{Guest, SourceConfig};
 use precopy::kvm::{
     layout_for, migrate_local, DirtyMode, DirtyOffers, GuestConfig, GuestRam, KvmGuest,
+    VCPU_STATE_ID, VCPU_STATE_LEN, VCPU_STATE_VERSION,
 };
 use precopy::runtime::{MigrationOptions, Observer, StreamsRound};
 use precopy::schedule::Policy;
@@ -156,6 +157,18 @@ fn migrate_with(config: GuestConfig) {
             config.ring_entries
         );
     }
+    // The vCPU state travelled in the stream: one device-state item, restored from it.
+    let items: Vec<_> = m
+        .applied
+        .device_state
+        .iter()
+        .map(|d| (d.id, d.version, d.data.len()))
+        .collect();
+    assert_eq!(
+        items,
+        [(VCPU_STATE_ID, VCPU_STATE_VERSION, VCPU_STATE_LEN)],
+        "device state received"
+    );
     assert_eq!(m.state.regs.rbx, m.counter_at_pause);
     assert!(m.continuity.continued, "{:?}", m.continuity);
     // The destination keeps running from there.

@@ -403,10 +403,13 @@ where
                     cache_bytes: config.encoder.cache_bytes / n,
                     ..config.encoder
                 },
-                device_state: i == 0 && has_device_state,
+                // Every stream's header announces it (a migration's streams share
+                // their features); stream 0 carries it, the others send none.
+                device_state: has_device_state,
                 ..config
             };
-            let (stop, progress, end, device) = (&stop, &progress[i], &ends[i], &device);
+            let (stop, progress, end) = (&stop, &progress[i], &ends[i]);
+            let device = (i == 0).then_some(&device);
             let note = note_tx.clone();
             let name = std::format!("precopy-enc{i}");
             spawn_named(scope, name, i, &note_tx, move || {
@@ -792,8 +795,9 @@ struct Encoder<'a> {
     command_rx: Receiver<Command>,
     /// Brings the guest's outside dirty sources into the bitmap (`SyncDirtyLog`).
     sync: &'a (dyn Fn() -> Result<(), RuntimeError> + Sync),
-    /// The paused guest's device state (stream 0 sends it after its final round).
-    device: &'a Mutex<Vec<OwnedDeviceState>>,
+    /// The paused guest's device state, for stream 0 (which sends it after its
+    /// final round); `None` for the others (they send none).
+    device: Option<&'a Mutex<Vec<OwnedDeviceState>>>,
     stop: &'a AtomicBool,
     progress: &'a Progress,
     end: &'a Mutex<Option<StreamEnd>>,
@@ -900,9 +904,9 @@ impl Encoder<'_> {
                     // The paused guest's device state, saved by the coordinator at
                     // the pause: framed after the final round, before the digest.
                     SourceEvent::DeviceState => {
-                        let items = std::mem::take(
-                            &mut *self.device.lock().unwrap_or_else(|p| p.into_inner()),
-                        );
+                        let items = self.device.map_or_else(Vec::new, |d| {
+                            std::mem::take(&mut *d.lock().unwrap_or_else(|p| p.into_inner()))
+                        });
                         let items: Vec<_> = items.iter().map(OwnedDeviceState::item).collect();
                         let needed = items.iter().map(|d| d.frame_len()).sum::<usize>();
                         // The buffer joins the free pool: it must fit any poll.

@@ -67,8 +67,9 @@ pub struct SourceConfig {
     /// after the final round's pages the engine stops with
     /// [`SourceEvent::DeviceState`] until the caller hands the state to
     /// [`SourceEngine::send_device_state`](super::SourceEngine::send_device_state),
-    /// which frames it before the completion frame. One stream of a migration
-    /// carries it (the runtime's stream 0). Off by default.
+    /// which frames it before the completion frame. A migration's streams share their
+    /// header features: the runtime sets it on every stream, gives stream 0 the
+    /// items and the others none. Off by default.
     pub device_state: bool,
 }
 
