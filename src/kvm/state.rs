@@ -261,14 +261,15 @@ mod tests {
     use super::*;
 
     fn sample() -> VcpuState {
-        let mut regs = kvm_regs::default();
-        regs.rax = 1;
-        regs.rbx = 0x1234_5678_9abc_def0;
-        regs.r15 = u64::MAX;
-        regs.rip = 0x40_1000;
-        regs.rflags = 0x202;
-        let mut sregs = kvm_sregs::default();
-        sregs.cs = kvm_segment {
+        let regs = kvm_regs {
+            rax: 1,
+            rbx: 0x1234_5678_9abc_def0,
+            r15: u64::MAX,
+            rip: 0x40_1000,
+            rflags: 0x202,
+            ..Default::default()
+        };
+        let cs = kvm_segment {
             base: 0,
             limit: 0xffff_ffff,
             selector: 0x2b,
@@ -283,19 +284,29 @@ mod tests {
             unusable: 0,
             padding: 0,
         };
-        sregs.tr.base = 0x9000;
-        sregs.ldt.unusable = 1;
-        sregs.gdt = kvm_dtable {
-            base: 0x1000,
-            limit: 0x3f,
-            padding: [0; 3],
+        let sregs = kvm_sregs {
+            cs,
+            tr: kvm_segment {
+                base: 0x9000,
+                ..Default::default()
+            },
+            ldt: kvm_segment {
+                unusable: 1,
+                ..Default::default()
+            },
+            gdt: kvm_dtable {
+                base: 0x1000,
+                limit: 0x3f,
+                padding: [0; 3],
+            },
+            cr0: 0x8000_0011,
+            cr3: 0x2000,
+            cr4: 0x20,
+            efer: 0x500,
+            apic_base: 0xfee0_0900,
+            interrupt_bitmap: [0, 0, 0, 1 << 63],
+            ..Default::default()
         };
-        sregs.cr0 = 0x8000_0011;
-        sregs.cr3 = 0x2000;
-        sregs.cr4 = 0x20;
-        sregs.efer = 0x500;
-        sregs.apic_base = 0xfee0_0900;
-        sregs.interrupt_bitmap[3] = 1 << 63;
         VcpuState { regs, sregs }
     }
 
