@@ -20,6 +20,10 @@ pub struct RecvArgs {
     /// Page writes per second the guest makes (pacing on the destination).
     #[arg(long)]
     pub rate: u64,
+    /// Exit (status 2) when standard input closes: the parent that started this
+    /// destination died, so nothing will connect or read the report.
+    #[arg(long)]
+    pub exit_with_parent: bool,
 }
 
 /// What the destination process reported.
@@ -75,6 +79,15 @@ mod imp {
 
     /// The destination process: listens, receives, resumes, reports one JSON line.
     pub fn recv(args: &RecvArgs) -> Result<(), String> {
+        if args.exit_with_parent {
+            // The parent holds our stdin open: its end closes when it dies (a
+            // SIGINT or SIGKILL runs no destructor that would kill this process).
+            std::thread::spawn(|| {
+                let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+                eprintln!("precopy kvm-recv: the source process is gone; exiting");
+                std::process::exit(2);
+            });
+        }
         let kvm = kvm_ioctls::Kvm::new().map_err(|e| format!("/dev/kvm: {e}"))?;
         let layout = layout_for(args.memory).map_err(|e| format!("--memory: {e}"))?;
         let listener = TcpListener::bind(&args.listen)
@@ -182,9 +195,9 @@ mod imp {
             .args(["kvm-recv", "--listen", "127.0.0.1:0"])
             .args(["--memory", &memory.to_string()])
             .args(["--working-set", &working_set.to_string()])
-            .args(["--rate", &rate.to_string()])
+            .args(["--rate", &rate.to_string(), "--exit-with-parent"])
             .stdout(Stdio::piped())
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .spawn()
             .map_err(|e| dest_err(format!("starting the destination process: {e}")))?;
         let stdout = child
