@@ -299,6 +299,16 @@ pub fn receive_migration(
 /// Bytes of socket buffer per loopback connection and direction.
 const SOCKET_BUFFER: libc::c_int = 128 << 10;
 
+/// Keeps a loopback migration's socket buffers small (128 KiB each way), as
+/// [`migrate_local`] does: a page counts as sent once the kernel took it, so what the
+/// buffers hold is a backlog the destination applies after the source finished; kept
+/// small, it stays out of the downtime. For a listener (accepted sockets inherit it)
+/// and the source's connections; advice: a refusal keeps the kernel's default.
+pub fn small_socket_buffers(socket: &impl AsRawFd) {
+    set_buffer(socket.as_raw_fd(), libc::SO_SNDBUF);
+    set_buffer(socket.as_raw_fd(), libc::SO_RCVBUF);
+}
+
 /// Sets `option` (`SO_SNDBUF` / `SO_RCVBUF`) of socket `fd` to [`SOCKET_BUFFER`];
 /// advice: a refusal keeps the kernel's default.
 fn set_buffer(fd: std::os::fd::RawFd, option: libc::c_int) {

@@ -31,6 +31,7 @@ pub use dirty::{
     RING_ENTRIES,
 };
 pub use guest::{GuestConfig, KvmGuest, GUEST_PAGE};
+pub use migrate::small_socket_buffers;
 pub use migrate::{
     migrate_local, receive_migration, resume_received, Continuity, LocalMigration,
     LocalMigrationError, Resumed,

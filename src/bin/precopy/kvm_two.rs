@@ -68,7 +68,9 @@ mod imp {
     use std::process::{Child, ChildStdout, Command, Stdio};
     use std::time::{Duration, Instant};
 
-    use precopy::kvm::{layout_for, receive_migration, resume_received, KvmGuest};
+    use precopy::kvm::{
+        layout_for, receive_migration, resume_received, small_socket_buffers, KvmGuest,
+    };
     use precopy::memory::digest_memory;
     use precopy::runtime::{
         migrate_streams, Limits, MigrationOptions, MigrationReport, Observer, RuntimeError,
@@ -92,6 +94,8 @@ mod imp {
         let layout = layout_for(args.memory).map_err(|e| format!("--memory: {e}"))?;
         let listener = TcpListener::bind(&args.listen)
             .map_err(|e| format!("listening on {}: {e}", args.listen))?;
+        // Accepted sockets inherit it: the backlog stays out of the downtime.
+        small_socket_buffers(&listener);
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         println!("{{\"kind\":\"kvm_recv_listening\",\"addr\":\"{addr}\"}}");
         std::io::stdout().flush().map_err(|e| e.to_string())?;
@@ -220,6 +224,7 @@ mod imp {
             let s = TcpStream::connect(&addr)
                 .map_err(|e| dest_err(format!("connecting to {addr}: {e}")))?;
             s.set_nodelay(true).map_err(|e| dest_err(e.to_string()))?;
+            small_socket_buffers(&s);
             links.push(SourceLink::new(s, addr.clone()));
         }
         let result: Result<MigrationReport, RuntimeError> =
