@@ -312,3 +312,17 @@ fn device_state_of_a_stream_whose_digest_differs_is_never_given_out() {
     ));
     assert!(applier.device_state().is_none());
 }
+
+#[test]
+fn a_single_stream_destination_hands_the_device_state_over() {
+    // The runtime's one-stream destination (a file here): the device state comes
+    // with the verified memory.
+    let bytes = stream(Features::ALL, &[VCPU, EMPTY]);
+    let limits = precopy::runtime::Limits {
+        max_memory: PAGES * PAGE as u64,
+        expect: None,
+    };
+    let received = precopy::runtime::receive(&mut &bytes[..], None, &limits).unwrap();
+    let items: Vec<_> = received.device_state.iter().map(|d| d.item()).collect();
+    assert_eq!(items, [VCPU, EMPTY]);
+}
