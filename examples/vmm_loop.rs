@@ -13,6 +13,10 @@
 //!   KVM guest would instead bring KVM's dirty log in at the `SyncDirtyLog` event);
 //! - the socket: every byte `poll_transmit` returns goes out, in order;
 //! - the pause: at `PauseGuest` it stops the vCPUs, then calls `guest_paused`;
+//! - the device state (with `SourceConfig::device_state`): at `DeviceState`, after the
+//!   final round's pages, it hands over the paused vCPUs' state (here one "register",
+//!   the vCPU's counter) with `send_device_state` and sends those bytes too; the
+//!   destination gets them from `Applier::device_state` once the memory verified;
 //! - the verdict: after `Complete` it reads the destination's answer and passes it
 //!   to `handle_verdict`; `Done` ends the migration.
 //!
@@ -24,7 +28,7 @@
 use std::error::Error;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use precopy::bitmap::AtomicDirtyBitmap;
@@ -32,6 +36,7 @@ use precopy::engine::{Applier, Migration, MigrationEvent, Progress, SourceConfig
 use precopy::layout::{GuestLayout, Shard};
 use precopy::memory::{KeptHashes, VmMemory};
 use precopy::schedule::Policy;
+use precopy::wire::DeviceState;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const PAGE: u64 = 4096;
@@ -53,15 +58,20 @@ fn main() -> Result<()> {
     let bitmap = AtomicDirtyBitmap::new(layout);
     let (mut link, mut destination_link) = UnixStream::pair()?;
     let (pause, parked) = (AtomicBool::new(false), AtomicBool::new(false));
+    // The vCPU's one "register", saved when it parks.
+    let register = AtomicU64::new(0);
 
     let (report, downtime) = std::thread::scope(|s| -> Result<_> {
-        s.spawn(|| vcpu(&source_ram, &layout, &bitmap, &pause, &parked));
+        s.spawn(|| vcpu(&source_ram, &layout, &bitmap, &pause, &parked, &register));
         let destination = s.spawn(|| receive(&destination_ram, &mut destination_link));
 
         let start = Instant::now();
         let now = || start.elapsed().as_nanos() as u64;
-        let mut migration =
-            Migration::new(&bitmap, SourceConfig::new(4096), Policy::default(), now())?;
+        let config = SourceConfig {
+            device_state: true,
+            ..SourceConfig::new(4096)
+        };
+        let mut migration = Migration::new(&bitmap, config, Policy::default(), now())?;
         let mut buf = vec![0u8; (256 << 10).max(migration.min_buffer_len())];
         let mut paused_at = None;
         let report = 'migration: loop {
@@ -92,6 +102,17 @@ fn main() -> Result<()> {
                         paused_at = Some(Instant::now());
                         migration.guest_paused(now())?;
                     }
+                    MigrationEvent::DeviceState => {
+                        let state = register.load(Ordering::Acquire).to_le_bytes();
+                        let item = DeviceState {
+                            id: VCPU0,
+                            version: 1,
+                            data: &state,
+                        };
+                        let mut out = vec![0u8; item.frame_len()];
+                        let len = migration.send_device_state(&[item], &mut out)?;
+                        link.write_all(&out[..len])?;
+                    }
                     MigrationEvent::Complete { .. } => {
                         let mut verdict = [0u8; 1];
                         link.read_exact(&mut verdict)?;
@@ -101,9 +122,11 @@ fn main() -> Result<()> {
                 }
             }
         };
-        destination
+        let resumed_at = destination
             .join()
             .map_err(|_| "the destination panicked")??;
+        // The destination's vCPU would resume from this counter.
+        assert_eq!(resumed_at, register.load(Ordering::Acquire));
         let downtime = paused_at.map(|p| p.elapsed()).unwrap_or_default();
         Ok((report, downtime))
     })?;
@@ -136,6 +159,7 @@ fn vcpu(
     bitmap: &AtomicDirtyBitmap<Box<[std::sync::atomic::AtomicU64]>>,
     pause: &AtomicBool,
     parked: &AtomicBool,
+    register: &AtomicU64,
 ) {
     let mut counter = 0u64;
     while !pause.load(Ordering::Acquire) {
@@ -149,11 +173,16 @@ fn vcpu(
             std::thread::sleep(Duration::from_millis(1));
         }
     }
+    register.store(counter, Ordering::Release);
     parked.store(true, Ordering::Release);
 }
 
-/// The destination VMM: applies the stream into its own RAM, answers the verdict.
-fn receive(ram: &GuestMemoryMmap, link: &mut UnixStream) -> Result<()> {
+/// The device-state id of vCPU 0's registers (the VMM's own numbering).
+const VCPU0: u32 = 0;
+
+/// The destination VMM: applies the stream into its own RAM, answers the verdict;
+/// returns the vCPU's counter from the device state received.
+fn receive(ram: &GuestMemoryMmap, link: &mut UnixStream) -> Result<u64> {
     // Keeping the hash of every page it writes, its half of the end-to-end check
     // folds 8 bytes per page at the switchover instead of reading all its RAM.
     let memory = KeptHashes::new(VmMemory::new(ram, PAGE)?, Shard::WHOLE);
@@ -174,7 +203,13 @@ fn receive(ram: &GuestMemoryMmap, link: &mut UnixStream) -> Result<()> {
             }
         }
     }
-    // The memory's digest matched the source's: the guest may resume here.
+    // The memory's digest matched the source's: the guest may resume here, its vCPU
+    // restored from the device state (given out only now, verified).
+    let vcpu = applier
+        .device_state()
+        .and_then(|mut items| items.find(|d| d.id == VCPU0 && d.version == 1))
+        .ok_or("no vCPU state in the stream")?;
+    let register = u64::from_le_bytes(vcpu.data.try_into()?);
     link.write_all(&[1])?;
-    Ok(())
+    Ok(register)
 }

@@ -134,6 +134,11 @@ impl StreamBuilder {
         });
     }
 
+    /// A device-state frame (after the final round, before completion).
+    pub fn device_state(&mut self, item: crate::wire::DeviceState<'_>) {
+        self.push(Frame::DeviceState(item));
+    }
+
     /// The switchover frame.
     pub fn switchover(&mut self, remaining_pages: u64) {
         self.push(Frame::Switchover { remaining_pages });
@@ -194,6 +199,9 @@ pub fn event_print(event: &Event<'_>) -> EventPrint {
                     total_pages,
                     digest,
                 } => EventPrint::Frame(k, total_pages, 0, digest),
+                Frame::DeviceState(d) => {
+                    EventPrint::Frame(k, d.id.into(), d.version.into(), h(d.data))
+                }
             }
         }
     }
@@ -383,8 +391,22 @@ pub fn apply_stream_completes(data: &[u8]) -> bool {
     }
     assert!(applier.is_complete());
     assert_eq!(applier.finish(), Ok(()), "complete but finish fails");
+    let device: Vec<EventPrint> = applier
+        .device_state()
+        .expect("complete: the device state is given out")
+        .map(|d| event_print(&Event::Frame(Frame::DeviceState(d))))
+        .collect();
     // An independent decode must agree that the stream is whole.
     let (events, end) = decode_in_pieces(data, core::iter::empty());
+    let sent: Vec<EventPrint> = events
+        .iter()
+        .filter(|e| matches!(e, EventPrint::Frame(9, ..)))
+        .cloned()
+        .collect();
+    assert_eq!(
+        device, sent,
+        "the applier's device state differs from the frames"
+    );
     assert_eq!(
         end,
         Ok(()),

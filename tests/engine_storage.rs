@@ -16,6 +16,7 @@ use precopy::engine::{
 use precopy::layout::{GuestLayout, Shard};
 use precopy::memory::{PageMemory, VecMemory};
 use precopy::schedule::{OnLimit, Policy};
+use precopy::wire::DeviceState;
 
 const PAGE: usize = 4096;
 const PAGES: u64 = 3000;
@@ -42,9 +43,18 @@ fn config(stream: u8) -> SourceConfig {
             ..EncoderConfig::new(PAGE)
         },
         stream: Shard::new(stream, STREAMS).unwrap(),
+        // Stream 0 carries the guest's device state.
+        device_state: stream == 0,
         ..SourceConfig::new(PAGE)
     }
 }
+
+/// The device state the paused guest hands over (a vCPU's registers, say).
+const VCPU_STATE: DeviceState<'static> = DeviceState {
+    id: 3,
+    version: 1,
+    data: &[0xa5; 40],
+};
 
 /// A guest with varied pages: zero, repetitive and incompressible ones.
 fn guest() -> VecMemory {
@@ -110,6 +120,13 @@ where
                         .unwrap(),
                     SourceEvent::PauseGuest { .. } => coordinator.handle_pause_wanted(i).unwrap(),
                     SourceEvent::SyncDirtyLog { .. } => engine.dirty_log_synced(now).unwrap(),
+                    SourceEvent::DeviceState => {
+                        assert_eq!(i, 0, "only stream 0 carries device state");
+                        // Framed into a buffer on the stack: no allocation.
+                        let mut frame = [0u8; 64];
+                        let n = engine.send_device_state(&[VCPU_STATE], &mut frame).unwrap();
+                        out[i].extend_from_slice(&frame[..n]);
+                    }
                     SourceEvent::Complete { digest, round } => {
                         coordinator.handle_complete(i, digest, round).unwrap()
                     }
@@ -135,6 +152,9 @@ where
                             progress = dest.feed(piece).unwrap();
                         }
                         assert_eq!(progress, Progress::Complete, "stream {i}");
+                        let device: Vec<_> = dest.device_state().unwrap().collect();
+                        let expected: &[DeviceState<'_>] = if i == 0 { &[VCPU_STATE] } else { &[] };
+                        assert_eq!(device, expected, "stream {i}'s device state");
                         let shard = Shard::new(i as u8, engines.len() as u8).unwrap();
                         let (mut a, mut b) = (vec![0u8; PAGE], vec![0u8; PAGE]);
                         for range in shard.ranges(PAGES) {

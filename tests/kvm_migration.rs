@@ -15,6 +15,7 @@ use kvm_ioctls::Kvm;
 use precopy::engine::{Guest, SourceConfig};
 use precopy::kvm::{
     layout_for, migrate_local, DirtyMode, DirtyOffers, GuestConfig, GuestRam, KvmGuest,
+    VCPU_STATE_ID, VCPU_STATE_LEN, VCPU_STATE_VERSION,
 };
 use precopy::runtime::{MigrationOptions, Observer, StreamsRound};
 use precopy::schedule::Policy;
@@ -156,6 +157,18 @@ fn migrate_with(config: GuestConfig) {
             config.ring_entries
         );
     }
+    // The vCPU state travelled in the stream: one device-state item, restored from it.
+    let items: Vec<_> = m
+        .applied
+        .device_state
+        .iter()
+        .map(|d| (d.id, d.version, d.data.len()))
+        .collect();
+    assert_eq!(
+        items,
+        [(VCPU_STATE_ID, VCPU_STATE_VERSION, VCPU_STATE_LEN)],
+        "device state received"
+    );
     assert_eq!(m.state.regs.rbx, m.counter_at_pause);
     assert!(m.continuity.continued, "{:?}", m.continuity);
     // The destination keeps running from there.
@@ -444,4 +457,104 @@ fn a_failed_sync_fails_the_migration_and_the_guest_runs_on_with_its_pages_tracke
 #[test]
 fn a_failed_final_sync_resumes_the_paused_guest_at_the_source() {
     failed_sync(true);
+}
+
+/// `precopy kvm-demo --two-process`: the destination is another process (`precopy
+/// kvm-recv`, started by the demo) with its own VM over the memory it received, its
+/// vCPU restored from the stream's device-state frame; it verifies, the counter
+/// continues there, and both memories have the same digest.
+#[test]
+fn kvm_demo_two_process_resumes_the_guest_in_another_process() {
+    if Kvm::new().is_err() {
+        eprintln!("SKIP: /dev/kvm cannot be opened here");
+        return;
+    }
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_precopy"))
+        .args([
+            "kvm-demo",
+            "--memory",
+            "64M",
+            "--working-set",
+            "8M",
+            "--rate",
+            "10k",
+            "--dirty",
+            "log",
+            "--two-process",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let demo_pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout {stdout}\nstderr {stderr}");
+    let summary = stdout
+        .lines()
+        .find(|l| l.contains("\"kind\":\"summary\""))
+        .unwrap_or_else(|| panic!("no summary in {stdout}"));
+    assert!(summary.contains("\"verified\":true"), "{summary}");
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("\"kind\":\"kvm_summary\""))
+        .unwrap_or_else(|| panic!("no kvm_summary in {stdout}"));
+    let kvm: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(kvm["memory_equal"], true, "{line}");
+    assert_eq!(kvm["counter_continued"], true, "{line}");
+    assert_eq!(kvm["device_state_bytes"], VCPU_STATE_LEN, "{line}");
+    let pid = kvm["destination_pid"].as_u64().expect("a destination pid");
+    assert_ne!(
+        pid,
+        u64::from(demo_pid),
+        "the destination ran in the demo's process"
+    );
+    assert_ne!(pid, u64::from(std::process::id()));
+    let (before, after) = (
+        kvm["counter_at_pause"].as_u64().unwrap(),
+        kvm["counter_after"].as_u64().unwrap(),
+    );
+    assert!(after > before, "the counter did not go on: {line}");
+}
+
+/// A destination refuses to resume without a vCPU state, or with one of another
+/// version or length, with an error that says so.
+#[test]
+fn resuming_needs_the_vcpu_state_in_its_version() {
+    let Some(kvm) = open_kvm_or_skip() else {
+        return;
+    };
+    let layout = layout_for(16 << 20).unwrap();
+    let ram = Arc::new(GuestRam::new(layout).unwrap());
+    let applied = |device_state| precopy::runtime::AppliedStreams {
+        header: precopy::wire::StreamHeader {
+            features: precopy::wire::Features::ALL,
+            session_id: [0; 16],
+            layout,
+            stream: precopy::layout::Shard::WHOLE,
+        },
+        stats: Default::default(),
+        stream_bytes: 0,
+        digests: Vec::new(),
+        device_state,
+    };
+    let item = |version, len| precopy::engine::OwnedDeviceState {
+        id: VCPU_STATE_ID,
+        version,
+        data: vec![0; len],
+    };
+    for (items, want) in [
+        (vec![], "no vCPU state"),
+        (vec![item(9, VCPU_STATE_LEN)], "version 9 is unknown"),
+        (
+            vec![item(VCPU_STATE_VERSION, 100)],
+            "vCPU state of 100 bytes",
+        ),
+    ] {
+        let err = precopy::kvm::resume_received(&kvm, ram.clone(), &applied(items), (0, 1))
+            .expect_err("resumed without a valid vCPU state");
+        assert!(err.to_string().contains(want), "{err}");
+    }
 }

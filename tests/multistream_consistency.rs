@@ -119,6 +119,7 @@ fn migrate(
                 }
             }
             Some(SourceEvent::SyncDirtyLog { .. }) => panic!("stream {i}: a sync not asked for"),
+            Some(SourceEvent::DeviceState) => panic!("stream {i}: device state not announced"),
             Some(SourceEvent::RoundMeasured(r)) => {
                 assert!(!switching && measured[i].is_none(), "stream {i}: {r:?}");
                 measured[i] = Some(r);

@@ -10,6 +10,7 @@ use precopy::fuzzing::{StreamBuilder, APPLY_PAGES, APPLY_PAGE_SIZE};
 use precopy::layout::GuestLayout;
 use precopy::layout::Shard;
 use precopy::memory::{PageMemory, VecMemory};
+use precopy::wire::DeviceState;
 
 /// A valid stream over the fuzz guest: `kinds` picks each page's content.
 fn stream(kinds: &[u8], edits: &[(usize, u8)]) -> (VecMemory, Vec<u8>) {
@@ -61,6 +62,31 @@ fn second_of_two_streams() -> (VecMemory, Vec<u8>) {
     (mem.clone(), s.complete(&mem))
 }
 
+/// A stream that carries device state after its final round (a vCPU's registers and
+/// an empty item), as a KVM migration's stream 0 does.
+fn with_device_state() -> (VecMemory, Vec<u8>) {
+    let ps = APPLY_PAGE_SIZE;
+    let layout = GuestLayout::flat(ps as u64, APPLY_PAGES * ps as u64).unwrap();
+    let mut mem = VecMemory::new(ps, APPLY_PAGES);
+    mem.as_bytes_mut()[3 * ps..3 * ps + 12].copy_from_slice(b"guest text, ");
+    let mut s = StreamBuilder::new(layout, 1 << 16);
+    s.round(&mem, &(0..APPLY_PAGES).collect::<Vec<_>>());
+    s.switchover(0);
+    s.round(&mem, &[]);
+    let regs: Vec<u8> = (0..64u8).collect();
+    s.device_state(DeviceState {
+        id: 0x100,
+        version: 1,
+        data: &regs,
+    });
+    s.device_state(DeviceState {
+        id: 7,
+        version: 2,
+        data: &[],
+    });
+    (mem.clone(), s.complete(&mem))
+}
+
 fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     let mut out = Vec::new();
     let streams = [
@@ -77,9 +103,10 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             ),
         ),
     ];
-    let streams = streams
-        .into_iter()
-        .chain([("second_of_two_streams", second_of_two_streams())]);
+    let streams = streams.into_iter().chain([
+        ("second_of_two_streams", second_of_two_streams()),
+        ("with_device_state", with_device_state()),
+    ]);
     for (name, (_, bytes)) in streams {
         out.push(("wire_decode", name, bytes.clone()));
         out.push(("apply_stream", name, bytes));
@@ -124,6 +151,9 @@ fn seed_corpus_is_current_and_valid() {
         if target == "apply_stream" {
             let mut applier = Applier::with_memory(VecMemory::new(APPLY_PAGE_SIZE, APPLY_PAGES));
             assert_eq!(applier.feed(&bytes), Ok(Progress::Complete), "{name}");
+            let items = applier.device_state().unwrap().count();
+            assert_eq!(items, if name == "with_device_state" { 2 } else { 0 });
+            assert!(precopy::fuzzing::apply_stream_completes(&bytes), "{name}");
             assert!(applier.memory().total_pages() == APPLY_PAGES);
         }
         precopy::fuzzing::wire_decode(&bytes);

@@ -145,6 +145,7 @@ fn migrate_with_cache(shard: Shard, verify: Verify, lose: Option<u64>, cache_byt
                     done = Some((digest, round.digest_pages_read))
                 }
                 SourceEvent::SyncDirtyLog { .. } => unreachable!("no sync asked for"),
+                SourceEvent::DeviceState => unreachable!("no device state announced"),
             }
         }
         if let Some(done) = done {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use precopy::bitmap::AtomicDirtyBitmap;
 use precopy::codec::EncoderConfig;
-use precopy::engine::{Applier, Compression, Guest, SourceConfig, Transport};
+use precopy::engine::{Applier, Compression, Guest, OwnedDeviceState, SourceConfig, Transport};
 use precopy::layout::{GuestLayout, Shard};
 use precopy::memory::{AtomicMemory, PageMemory, VecMemory};
 use precopy::runtime::{
@@ -19,14 +19,35 @@ use precopy::runtime::{
     ReceivedStreams, RuntimeError, SourceLink, StreamsRound,
 };
 use precopy::schedule::{OnLimit, Policy};
+use precopy::wire::{DeviceState, Features};
 use precopy::workload::SyntheticGuest;
 
 const PAGE: usize = 4096;
 
-/// The synthetic guest, counting the pauses the runtime asks for.
+/// The synthetic guest, counting the pauses the runtime asks for; with `device`, it has
+/// device state (two items, the first naming the pauses seen when it was saved).
 struct Counted<'a> {
     guest: &'a SyntheticGuest,
     pauses: AtomicU32,
+    device: bool,
+}
+
+/// The device state a `Counted` guest saves after `pauses` pauses.
+fn device_items(pauses: u32) -> Vec<OwnedDeviceState> {
+    let mut regs = pauses.to_le_bytes().to_vec();
+    regs.extend((0..600u32).map(|i| (i * 7) as u8));
+    vec![
+        OwnedDeviceState {
+            id: 0x100,
+            version: 3,
+            data: regs,
+        },
+        OwnedDeviceState {
+            id: 0x200,
+            version: 1,
+            data: Vec::new(),
+        },
+    ]
 }
 
 impl Guest for Counted<'_> {
@@ -48,6 +69,15 @@ impl Guest for Counted<'_> {
     }
     fn throttle(&self, percent: u8) {
         Guest::throttle(self.guest, percent)
+    }
+    fn has_device_state(&self) -> bool {
+        self.device
+    }
+    fn save_device_state(&self, save: &mut dyn FnMut(DeviceState<'_>)) -> Result<(), Self::Error> {
+        for item in device_items(self.pauses.load(Ordering::Relaxed)) {
+            save(item.item());
+        }
+        Ok(())
     }
 }
 
@@ -129,6 +159,7 @@ fn three_streams_with_writers_running_end_with_equal_memory() {
     let counted = Counted {
         guest: &guest,
         pauses: AtomicU32::new(0),
+        device: false,
     };
     let mut seen = Seen::default();
     let report = migrate_streams(
@@ -151,12 +182,44 @@ fn three_streams_with_writers_running_end_with_equal_memory() {
     }
     assert_eq!(received.digests, report.digests.unwrap());
     assert_eq!(received.header.stream.count(), 3);
+    assert!(received.device_state.is_empty());
+    assert!(!received.header.features.contains(Features::DEVICE_STATE));
     assert_eq!(pauses, 1, "the guest is paused once for all streams");
     assert!(
         rounds >= 2,
         "the bulk round and at least one more: {rounds}"
     );
     assert!(guest.writes() > 0);
+    guest.stop();
+}
+
+/// A guest with device state: every stream announces it, stream 0 carries what the
+/// guest saved after its pause, and the destination hands it over once verified.
+#[test]
+fn the_guests_device_state_travels_after_the_final_round() {
+    let layout = GuestLayout::flat(PAGE as u64, 8 << 20).unwrap();
+    let workload = "continuous:rate=20k,set=2M".parse().unwrap();
+    let mut guest = SyntheticGuest::new(layout, workload);
+    let (addr, dest) = destination(layout);
+    guest.start(1);
+    let counted = Counted {
+        guest: &guest,
+        pauses: AtomicU32::new(0),
+        device: true,
+    };
+    let report = migrate_streams(
+        &counted,
+        links(&addr, 2),
+        |l| l.finish(),
+        &options(None),
+        &mut Seen::default(),
+    )
+    .unwrap();
+    let received = dest.join().unwrap().unwrap();
+    assert_eq!(received.digests, report.digests.unwrap());
+    assert!(received.header.features.contains(Features::DEVICE_STATE));
+    // Saved once, with the guest paused (one pause seen), and received as saved.
+    assert_eq!(received.device_state, device_items(1));
     guest.stop();
 }
 

@@ -395,6 +395,7 @@ int precopy_page_decode(uint32_t encoding, const uint8_t *payload, size_t len, u
 
 #define PRECOPY_FEATURE_LZ4 1   /* LZ4 page frames may appear */
 #define PRECOPY_FEATURE_DELTA 2 /* delta page frames may appear */
+#define PRECOPY_FEATURE_DEVICE_STATE 4 /* device-state frames may appear */
 
 #define PRECOPY_FRAME_ZERO_RUN 1    /* pages page..page+pages are zero */
 #define PRECOPY_FRAME_RAW 2         /* page `page` is data (one page) */
@@ -404,6 +405,7 @@ int precopy_page_decode(uint32_t encoding, const uint8_t *payload, size_t len, u
 #define PRECOPY_FRAME_ROUND_END 6   /* round `round` ends, `pages` carried */
 #define PRECOPY_FRAME_SWITCHOVER 7  /* guest paused, `pages` remain */
 #define PRECOPY_FRAME_COMPLETE 8    /* all `pages` sent; digest_lo/hi = memory digest */
+#define PRECOPY_FRAME_DEVICE_STATE 9 /* VMM state `data` (<= a page), id `page`, version `round` */
 
 /* The stream header. */
 typedef struct precopy_stream_header {
@@ -421,8 +423,8 @@ typedef struct precopy_stream_header {
  * when decoded. */
 typedef struct precopy_frame {
     uint32_t kind;       /* PRECOPY_FRAME_* */
-    uint32_t round;      /* ROUND_BEGIN, ROUND_END */
-    uint64_t page;       /* RAW, LZ4, DELTA: the page; ZERO_RUN: the first page */
+    uint32_t round;      /* ROUND_BEGIN, ROUND_END; DEVICE_STATE: the state's version */
+    uint64_t page;       /* RAW, LZ4, DELTA: the page; ZERO_RUN: the first page; DEVICE_STATE: id */
     uint64_t pages;      /* a page count, see PRECOPY_FRAME_* */
     uint64_t base_hash;  /* DELTA: precopy_base_hash of the base */
     uint64_t digest_lo;  /* COMPLETE: memory digest, low 64 bits */

@@ -223,6 +223,8 @@ pub(crate) fn apply_code(e: ApplyError) -> c_int {
         }
         ApplyError::Memory { .. } => PRECOPY_ERR_MEMORY,
         ApplyError::PageBufferTooSmall { .. } => PRECOPY_ERR_BUFFER_TOO_SMALL,
+        // The C applier keeps no device state: a stream carrying some is refused.
+        ApplyError::DeviceStateTooLarge { .. } => PRECOPY_ERR_UNSUPPORTED,
     }
 }
 
@@ -272,6 +274,7 @@ pub(crate) fn wire_code(e: WireErrorKind) -> c_int {
         | RoundCountMismatch { .. }
         | DuplicateSwitchover
         | CompleteBeforeSwitchover
+        | DeviceStateBeforeSwitchover
         | TotalPagesMismatch { .. }
         | TrailingData
         | PageOnOtherStream { .. }

@@ -165,6 +165,9 @@ fn to_config(c: &PrecopySourceConfig, page_size: usize) -> Result<(SourceConfig,
         verify,
         sync_before_harvest: flag(c.sync_before_harvest)?,
         max_pages_per_poll: c.max_pages_per_poll,
+        // The C ABI's source carries no device state (the host sends its own after
+        // the stream, or uses the Rust API).
+        device_state: false,
     };
     Ok((config, flag(c.lz4)?))
 }
@@ -361,6 +364,8 @@ pub unsafe extern "C" fn precopy_source_poll_event(
                 deferred_pages: r.deferred_pages,
                 ..PrecopySourceEvent::default()
             },
+            // Never: the C source does not announce device state.
+            Some(SourceEvent::DeviceState) => return Err(PRECOPY_ERR_OUT_OF_ORDER),
             Some(SourceEvent::SyncDirtyLog { paused }) => PrecopySourceEvent {
                 kind: PRECOPY_SOURCE_EVENT_SYNC_DIRTY_LOG,
                 paused: u32::from(paused),

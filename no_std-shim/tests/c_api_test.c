@@ -937,7 +937,7 @@ static void test_wire(void) {
     CHECK_RC(precopy_stream_header_encode(&h, buf, &len), PRECOPY_ERR_BUFFER_TOO_SMALL);
     CHECK(len == hlen);
     precopy_stream_header_t hb = h;
-    hb.features = 4;
+    hb.features = 8; /* unknown (4 is device state) */
     len = sizeof buf;
     CHECK_RC(precopy_stream_header_encode(&hb, buf, &len), PRECOPY_ERR_BAD_ARGUMENT);
     hb = h;
@@ -994,6 +994,10 @@ static void test_wire(void) {
         {PRECOPY_FRAME_SWITCHOVER, 0, 0, 77, 0, 0, 0, NULL, 0},
         {PRECOPY_FRAME_COMPLETE, 0, 0, 300, 0, 0x0123456789abcdefULL, 0xfedcba9876543210ULL,
          NULL, 0},
+        /* device state: version in `round`, id in `page`, the state in `data` */
+        {PRECOPY_FRAME_DEVICE_STATE, 1, 0x100, 0, 0, 0, 0, page, 436},
+        {PRECOPY_FRAME_DEVICE_STATE, 65535, 0xffffffffULL, 0, 0, 0, 0, NULL, 0},
+        {PRECOPY_FRAME_DEVICE_STATE, 2, 7, 0, 0, 0, 0, page, 4096},
     };
     for (size_t i = 0; i < sizeof frames / sizeof frames[0]; i++) {
         len = sizeof fbuf;
@@ -1017,8 +1021,17 @@ static void test_wire(void) {
     fb = frames[1];
     fb.data = NULL;
     CHECK_RC(precopy_frame_encode(&fb, 4096, fbuf, &len), PRECOPY_ERR_NULL);
-    fb.kind = 9;
+    fb.kind = 10;
     CHECK_RC(precopy_frame_encode(&fb, 4096, fbuf, &len), PRECOPY_ERR_BAD_ARGUMENT);
+    /* device state: a version past u16, an id past u32, more than a page */
+    fb = (precopy_frame_t){PRECOPY_FRAME_DEVICE_STATE, 65536, 1, 0, 0, 0, 0, page, 8};
+    CHECK_RC(precopy_frame_encode(&fb, 4096, fbuf, &len), PRECOPY_ERR_BAD_ARGUMENT);
+    fb.round = 1;
+    fb.page = 1ULL << 32;
+    CHECK_RC(precopy_frame_encode(&fb, 4096, fbuf, &len), PRECOPY_ERR_BAD_ARGUMENT);
+    fb.page = 1;
+    fb.data_len = 513; /* a page of 512 bytes and one more */
+    CHECK_RC(precopy_frame_encode(&fb, 512, fbuf, &len), PRECOPY_ERR_BAD_LENGTH);
     len = 100;
     CHECK_RC(precopy_frame_encode(&frames[1], 4096, fbuf, &len), PRECOPY_ERR_BUFFER_TOO_SMALL);
     CHECK(len == 12 + 8 + 4096);
@@ -1038,7 +1051,7 @@ static void test_wire(void) {
     fbuf[flen - 1] ^= 0x10;
     CHECK_RC(precopy_frame_decode(fbuf, flen, 4096, &f, &consumed), PRECOPY_ERR_CHECKSUM);
     fbuf[flen - 1] ^= 0x10;
-    fbuf[0] = 9;
+    fbuf[0] = 10;
     CHECK_RC(precopy_frame_decode(fbuf, flen, 4096, &f, &consumed), PRECOPY_ERR_BAD_FRAME);
     fbuf[0] = PRECOPY_FRAME_DELTA;
     fbuf[1] = 1; /* reserved */

@@ -9,6 +9,8 @@ use crate::memory::digest_stream;
 use crate::memory::{MemoryError, PageMemory};
 use crate::wire::{Decoder, Event, Frame, Location, WireError, WireErrorKind};
 
+use super::device::{store, DeviceStateStore, DeviceStates, NoDeviceState};
+
 /// Why the destination stopped applying a stream. Guest memory is never written with
 /// bytes that failed a check: a failed page is left as it was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +62,14 @@ pub enum ApplyError {
         /// The digest of the destination's memory.
         computed: u128,
     },
+    /// The stream carries more device state than the applier's store holds (none at
+    /// all for an applier without one).
+    DeviceStateTooLarge {
+        /// Frame number.
+        frame: u64,
+        /// Bytes the store holds.
+        capacity: usize,
+    },
     /// The page buffer given to the applier is shorter than a page.
     PageBufferTooSmall {
         /// Bytes given.
@@ -102,6 +112,16 @@ impl fmt::Display for ApplyError {
                 f,
                 "memory digest {computed:#034x} differs from the source's {expected:#034x}: \
                  the destination's memory is not a copy of the source's"
+            ),
+            ApplyError::DeviceStateTooLarge { frame, capacity: 0 } => write!(
+                f,
+                "frame {frame}: the stream carries device state but this destination keeps \
+                 none (give the applier a device-state store)"
+            ),
+            ApplyError::DeviceStateTooLarge { frame, capacity } => write!(
+                f,
+                "frame {frame}: the stream's device state exceeds the destination's store \
+                 of {capacity} bytes"
             ),
             ApplyError::PageBufferTooSmall { len, page_size } => write!(
                 f,
@@ -166,6 +186,12 @@ impl ApplyStats {
 /// the digest of all of memory equals the one the source sent. The first error is
 /// final.
 ///
+/// Device-state frames (the VMM's vCPU and device state, after the final round) go
+/// into the applier's [`DeviceStateStore`] (`D`: a `Vec<u8>` for
+/// [`with_memory`](Self::with_memory), none for [`new`](Applier::new) until
+/// [`with_device_store`](Self::with_device_store)); [`device_state`](Self::device_state)
+/// gives them out only once the stream verified.
+///
 /// ```
 /// use precopy::engine::{Applier, Progress};
 /// use precopy::memory::VecMemory;
@@ -176,10 +202,11 @@ impl ApplyStats {
 /// assert!(err.to_string().starts_with("stream header: not a precopy stream"));
 /// ```
 #[derive(Debug)]
-pub struct Applier<M, B, S> {
+pub struct Applier<M, B, S, D = NoDeviceState> {
     memory: M,
     decoder: Decoder<B>,
     page_buf: S,
+    device: D,
     stats: ApplyStats,
     complete: bool,
     /// The digest the source sent, once memory was verified against it.
@@ -187,15 +214,23 @@ pub struct Applier<M, B, S> {
     failed: Option<ApplyError>,
 }
 
+/// The applier [`Applier::with_memory`] makes: its buffers and device-state store
+/// allocated.
 #[cfg(feature = "alloc")]
-impl<M: PageMemory> Applier<M, alloc::vec::Vec<u8>, alloc::vec::Vec<u8>> {
-    /// An applier that allocates its two buffers for `memory`'s page size.
+pub type OwnedApplier<M> =
+    Applier<M, alloc::vec::Vec<u8>, alloc::vec::Vec<u8>, alloc::vec::Vec<u8>>;
+
+#[cfg(feature = "alloc")]
+impl<M: PageMemory> OwnedApplier<M> {
+    /// An applier that allocates its two buffers for `memory`'s page size, and keeps
+    /// device state in a `Vec` (at most
+    /// [`MAX_DEVICE_STATE_BYTES`](super::MAX_DEVICE_STATE_BYTES)).
     pub fn with_memory(memory: M) -> Self {
         let page_size = memory.page_size();
         let frame_buf = alloc::vec![0; crate::wire::decoder_buffer_len(page_size)];
         let page_buf = alloc::vec![0; page_size];
-        match Self::new(memory, frame_buf, page_buf) {
-            Ok(applier) => applier,
+        match Applier::new(memory, frame_buf, page_buf) {
+            Ok(applier) => applier.with_device_store(alloc::vec::Vec::new()),
             Err(_) => unreachable!("a page buffer of the page size is large enough"),
         }
     }
@@ -209,7 +244,8 @@ where
 {
     /// An applier over caller buffers: `frame_buf` for the decoder
     /// ([`decoder_buffer_len`](crate::wire::decoder_buffer_len) of the page size) and
-    /// `page_buf` (at least one page) for decoding pages.
+    /// `page_buf` (at least one page) for decoding pages. It keeps no device state (a
+    /// stream carrying some fails) until [`with_device_store`](Self::with_device_store).
     pub fn new(memory: M, frame_buf: B, mut page_buf: S) -> Result<Self, ApplyError> {
         let page_size = memory.page_size();
         let len = page_buf.as_mut().len();
@@ -220,11 +256,43 @@ where
             memory,
             decoder: Decoder::new(frame_buf),
             page_buf,
+            device: NoDeviceState,
             stats: ApplyStats::default(),
             complete: false,
             digest: None,
             failed: None,
         })
+    }
+}
+
+impl<M, B, S, D> Applier<M, B, S, D>
+where
+    M: PageMemory,
+    B: AsRef<[u8]> + AsMut<[u8]>,
+    S: AsMut<[u8]>,
+    D: DeviceStateStore,
+{
+    /// The same applier keeping received device state in `store` (before the first
+    /// [`feed`](Self::feed); what the old store held is dropped).
+    pub fn with_device_store<E: DeviceStateStore>(self, store: E) -> Applier<M, B, S, E> {
+        Applier {
+            memory: self.memory,
+            decoder: self.decoder,
+            page_buf: self.page_buf,
+            device: store,
+            stats: self.stats,
+            complete: self.complete,
+            digest: self.digest,
+            failed: self.failed,
+        }
+    }
+
+    /// The device state the stream carried, in the order it arrived, once the stream
+    /// completed and its digest verified (`None` before: device state is only valid
+    /// with the memory it belongs to).
+    pub fn device_state(&self) -> Option<DeviceStates<'_>> {
+        self.complete
+            .then(|| DeviceStates::new(self.device.records()))
     }
 
     /// The guest memory.
@@ -289,6 +357,7 @@ where
             memory,
             decoder,
             page_buf,
+            device,
             stats,
             complete,
             digest: verified,
@@ -314,6 +383,13 @@ where
                             memory_pages: mn,
                         });
                     }
+                }
+                Event::Frame(Frame::DeviceState(item)) => {
+                    // Kept, not given out, until the completion frame verified.
+                    store(device, &item).map_err(|capacity| ApplyError::DeviceStateTooLarge {
+                        frame: frame_no,
+                        capacity,
+                    })?;
                 }
                 Event::Frame(frame) => {
                     apply_frame(memory, page_buf, stats, frame, frame_no)?;
@@ -398,7 +474,10 @@ fn apply_frame<M: PageMemory>(
             stats.delta_pages += 1;
         }
         Frame::RoundEnd { .. } => stats.rounds += 1,
-        Frame::RoundBegin { .. } | Frame::Switchover { .. } | Frame::Complete { .. } => {}
+        Frame::RoundBegin { .. }
+        | Frame::Switchover { .. }
+        | Frame::Complete { .. }
+        | Frame::DeviceState(_) => {}
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ use core::sync::atomic::AtomicU64;
 
 use crate::bitmap::AtomicDirtyBitmap;
 use crate::memory::PageMemory;
+use crate::wire::DeviceState;
 
 /// A running guest as the source of a migration sees it: what the VMM (or the
 /// synthetic guest of the workloads, or a simulator) gives the migration to drive.
@@ -52,6 +53,25 @@ pub trait Guest {
     /// migration calls it before harvests; the default does nothing (every write
     /// marks the bitmap directly).
     fn sync_dirty(&self) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    /// Whether the guest has device state to send with the migration (vCPU
+    /// registers, device models): then the migration's first stream announces it in
+    /// its header and carries what [`save_device_state`](Self::save_device_state)
+    /// gives after the final round. The default: none.
+    fn has_device_state(&self) -> bool {
+        false
+    }
+
+    /// The paused guest's device state: calls `save` once per item (each at most a
+    /// page of bytes; split larger state into several items), in the order the
+    /// destination should see them. Called once, after [`pause`](Self::pause)
+    /// succeeded and before the final round, when
+    /// [`has_device_state`](Self::has_device_state) is true. A failure fails the
+    /// migration (the guest is resumed at the source).
+    fn save_device_state(&self, save: &mut dyn FnMut(DeviceState<'_>)) -> Result<(), Self::Error> {
+        let _ = save;
         Ok(())
     }
 }

@@ -32,6 +32,9 @@ pub enum MigrationEvent {
         /// The harvest after the pause; else the end of a live round.
         paused: bool,
     },
+    /// With [`SourceConfig::device_state`]: the guest is paused and the final round's
+    /// pages are out; call [`Migration::send_device_state`] with its device state.
+    DeviceState,
     /// Pause the guest, then call [`Migration::guest_paused`].
     PauseGuest {
         /// The downtime the scheduler expects, ns.
@@ -196,6 +199,17 @@ impl<'b, W: Deref<Target = [AtomicU64]>> Migration<'b, W> {
         self.route(now_ns)
     }
 
+    /// The paused guest's device state (after [`MigrationEvent::DeviceState`]): its
+    /// frames into `out` (see [`SourceEngine::send_device_state`]); returns the bytes
+    /// written, to send before the next poll's.
+    pub fn send_device_state(
+        &mut self,
+        items: &[crate::wire::DeviceState<'_>],
+        out: &mut [u8],
+    ) -> Result<usize, EngineError> {
+        self.engine.send_device_state(items, out)
+    }
+
     /// Outside dirty sources are in the bitmap (after
     /// [`MigrationEvent::SyncDirtyLog`]), at `now_ns`: the harvest happens here.
     pub fn dirty_log_synced(&mut self, now_ns: u64) -> Result<(), EngineError> {
@@ -251,6 +265,7 @@ impl<'b, W: Deref<Target = [AtomicU64]>> Migration<'b, W> {
                         self.events
                             .push_back(MigrationEvent::SyncDirtyLog { paused });
                     }
+                    SourceEvent::DeviceState => self.events.push_back(MigrationEvent::DeviceState),
                     SourceEvent::PauseGuest { .. } => c.handle_pause_wanted(0).map_err(misuse)?,
                     SourceEvent::Complete { digest, round } => {
                         self.digest = Some(digest);

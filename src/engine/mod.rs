@@ -10,6 +10,7 @@
 mod apply;
 pub mod compression;
 pub mod coordinator;
+mod device;
 mod error;
 mod guest;
 #[cfg(feature = "alloc")]
@@ -19,6 +20,8 @@ mod source;
 mod transport;
 mod undelivered;
 
+#[cfg(feature = "alloc")]
+pub use apply::OwnedApplier;
 pub use apply::{Applier, ApplyError, ApplyStats, Progress};
 pub use compression::{Compression, CompressionChoice, UnknownCompression};
 pub use coordinator::{
@@ -27,6 +30,11 @@ pub use coordinator::{
 };
 #[cfg(feature = "alloc")]
 pub use coordinator::{Coordinator, CoordinatorEvent, CoordinatorReport};
+#[cfg(feature = "alloc")]
+pub use device::OwnedDeviceState;
+pub use device::{
+    DeviceStateBuf, DeviceStateStore, DeviceStates, NoDeviceState, MAX_DEVICE_STATE_BYTES,
+};
 pub use error::EngineError;
 pub use guest::Guest;
 #[cfg(feature = "alloc")]

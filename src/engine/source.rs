@@ -12,7 +12,7 @@ use crate::memory::MemoryDigest;
 use crate::memory::PageMemory;
 use crate::schedule::Decision;
 use crate::wire::header::header_len;
-use crate::wire::{max_frame_len, Features, Frame, PageFramer, StreamHeader};
+use crate::wire::{max_frame_len, DeviceState, Features, Frame, PageFramer, StreamHeader};
 
 mod storage;
 mod types;
@@ -43,6 +43,10 @@ enum Phase {
     },
     /// The switchover was decided after live round `round`.
     AwaitPause {
+        round: u32,
+    },
+    /// The final round `round` is out; the caller's device state is awaited.
+    AwaitDeviceState {
         round: u32,
     },
     /// The final round `round` is out; the next poll makes the digest.
@@ -294,6 +298,59 @@ impl<'b, W: Deref<Target = [AtomicU64]>, S: AsRef<[u64]> + AsMut<[u64]>> SourceE
         Ok(())
     }
 
+    /// After [`SourceEvent::DeviceState`]: writes one device-state frame per item of
+    /// `items` (the paused guest's state, read by the caller; none is allowed) into
+    /// `out`, and returns the bytes written, which the caller sends after every byte
+    /// polled so far and before the next poll's (that poll makes the digest and the
+    /// completion frame). `out` needs the sum of the items'
+    /// [`frame_len`](DeviceState::frame_len); an item longer than a page is an
+    /// [`EngineError::Emit`] (split it into several items). Nothing is kept: the
+    /// caller's bytes are framed at once, with no allocation. On error nothing was
+    /// written and the engine still waits.
+    pub fn send_device_state(
+        &mut self,
+        items: &[DeviceState<'_>],
+        out: &mut [u8],
+    ) -> Result<usize, EngineError> {
+        let Phase::AwaitDeviceState { round } = self.phase else {
+            return Err(EngineError::OutOfOrder {
+                what: "send_device_state called before the engine asked for device state",
+            });
+        };
+        let needed: usize = items.iter().map(DeviceState::frame_len).sum();
+        if out.len() < needed {
+            return Err(EngineError::BufferTooSmall {
+                needed,
+                got: out.len(),
+            });
+        }
+        let page_size = self.page_size();
+        let (_, max_body) = crate::wire::FrameKind::DeviceState.body_len_range(page_size);
+        if let Some(item) = items
+            .iter()
+            .find(|i| i.frame_len() - crate::wire::FRAME_HEADER_LEN > max_body)
+        {
+            return Err(EngineError::Emit(
+                crate::wire::WireErrorKind::BadFrameLength {
+                    kind: crate::wire::FrameKind::DeviceState as u8,
+                    len: (item.frame_len() - crate::wire::FRAME_HEADER_LEN) as u64,
+                    min: crate::wire::DEVICE_STATE_FIXED_LEN as u64,
+                    max: max_body as u64,
+                },
+            ));
+        }
+        let mut len = 0;
+        for item in items {
+            len += Frame::DeviceState(*item)
+                .emit(page_size, &mut out[len..])
+                .map_err(EngineError::Emit)?;
+        }
+        // Part of the final round's bytes (the downtime's).
+        self.round_wire_bytes += len as u64;
+        self.phase = Phase::Digest { round };
+        Ok(len)
+    }
+
     /// Abandons the migration (a transport error, an operator's cancel): pages
     /// harvested but not sent go back into the bitmap (in the bulk round, every page
     /// it did not reach), so a later attempt or another consumer loses nothing. Pages
@@ -356,8 +413,13 @@ impl<'b, W: Deref<Target = [AtomicU64]>, S: AsRef<[u64]> + AsMut<[u64]>> SourceE
         loop {
             match self.phase {
                 Phase::Header => {
+                    let features = if self.config.device_state {
+                        Features::CODECS | Features::DEVICE_STATE
+                    } else {
+                        Features::CODECS
+                    };
                     let header = StreamHeader {
-                        features: Features::ALL,
+                        features,
                         session_id: self.config.session_id,
                         layout: *self.bitmap.layout(),
                         stream: self.config.stream,
@@ -448,6 +510,7 @@ impl<'b, W: Deref<Target = [AtomicU64]>, S: AsRef<[u64]> + AsMut<[u64]>> SourceE
                     return self.complete(memory, round, out);
                 }
                 Phase::AwaitSync { .. }
+                | Phase::AwaitDeviceState { .. }
                 | Phase::AwaitDecision { .. }
                 | Phase::AwaitPause { .. }
                 | Phase::Done => return Ok(len),
@@ -576,6 +639,11 @@ impl<'b, W: Deref<Target = [AtomicU64]>, S: AsRef<[u64]> + AsMut<[u64]>> SourceE
             &mut out[len..],
         )?;
         if fin {
+            if self.config.device_state {
+                self.phase = Phase::AwaitDeviceState { round };
+                self.event = Some(SourceEvent::DeviceState);
+                return Ok(len);
+            }
             // Every dirty page is out; the next poll makes the digest alone, so that
             // a caller timing it sees what verification costs.
             self.phase = Phase::Digest { round };

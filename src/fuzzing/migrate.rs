@@ -7,7 +7,9 @@ use alloc::vec::Vec;
 
 use crate::bitmap::AtomicDirtyBitmap;
 use crate::engine::SourceConfig;
-use crate::engine::{put_back_undelivered, Applier, Migration, MigrationEvent, Progress};
+use crate::engine::{
+    put_back_undelivered, Applier, Migration, MigrationEvent, OwnedDeviceState, Progress,
+};
 use crate::layout::GuestLayout;
 use crate::memory::{FreshMemory, PageMemory, VecMemory};
 use crate::schedule::{OnLimit, Policy};
@@ -87,6 +89,7 @@ pub fn migrate_interleaved(data: &[u8]) -> MigrateOutcome {
     config.defer_redirtied = flags & 1 == 1;
     config.sync_before_harvest = flags & 2 == 2;
     config.max_pages_per_poll = 1 << ((flags >> 2) & 7);
+    config.device_state = flags & 0x20 == 0x20;
     let max_rounds = 2 + u32::from(input.byte() % 40);
     let policy = Policy {
         downtime_limit_ns: 1_000_000 * (1 + u64::from(input.byte())),
@@ -138,6 +141,26 @@ pub fn migrate_interleaved(data: &[u8]) -> MigrateOutcome {
                 state.pause_pending = false;
                 state.paused = true;
                 migration.guest_paused(now).expect("pause when asked");
+                state.take_events(&mut migration, now, &mut outcome);
+            }
+            1 | 6 if state.device_pending => {
+                // The paused guest's device state: up to a page of bytes named by the
+                // input, framed straight into a buffer sent like a poll's.
+                let len = usize::from(input.byte()) * MIGRATE_PAGE_SIZE / 255;
+                let (id, version, salt) = (input.byte(), input.byte(), input.byte());
+                let item = OwnedDeviceState {
+                    id: u32::from(id),
+                    version: u16::from(version),
+                    data: (0..len).map(|i| i as u8 ^ salt).collect(),
+                };
+                let mut buf = vec![0u8; item.item().frame_len()];
+                let n = migration
+                    .send_device_state(&[item.item()], &mut buf)
+                    .expect("device state when asked");
+                assert_eq!(n, buf.len(), "one frame of the item's length");
+                pending.push(buf);
+                state.device_pending = false;
+                state.device_sent = Some(item);
                 state.take_events(&mut migration, now, &mut outcome);
             }
             1 | 6 if state.sync_pending => {
@@ -207,6 +230,16 @@ pub fn migrate_interleaved(data: &[u8]) -> MigrateOutcome {
     );
     assert!(applier.is_complete(), "all bytes delivered, not complete");
     assert_eq!(applier.finish(), Ok(()));
+    let received: Vec<OwnedDeviceState> = applier
+        .device_state()
+        .expect("verified: the device state is given out")
+        .map(|d| OwnedDeviceState::from_item(&d))
+        .collect();
+    assert_eq!(
+        received,
+        state.device_sent.take().into_iter().collect::<Vec<_>>(),
+        "the device state received differs from the one sent"
+    );
     assert_eq!(applier.digest(), source_digest, "digests differ");
     drop(applier);
     assert!(
@@ -228,6 +261,8 @@ struct State {
     pause_pending: bool,
     paused: bool,
     sync_pending: bool,
+    device_pending: bool,
+    device_sent: Option<OwnedDeviceState>,
     source_digest: Option<u128>,
 }
 
@@ -244,6 +279,7 @@ impl State {
                 MigrationEvent::RoundDone(_) => outcome.rounds += 1,
                 MigrationEvent::SyncDirtyLog { .. } => self.sync_pending = true,
                 MigrationEvent::PauseGuest { .. } => self.pause_pending = true,
+                MigrationEvent::DeviceState => self.device_pending = true,
                 MigrationEvent::Complete { digest, .. } => self.source_digest = Some(digest),
                 MigrationEvent::Throttle(_) | MigrationEvent::Done(_) => {}
             }
@@ -298,7 +334,7 @@ fn deliver<M: PageMemory>(
     pending: &mut Vec<Vec<u8>>,
     delivered_of_first: &mut usize,
     mut budget: usize,
-    applier: &mut Applier<M, Vec<u8>, Vec<u8>>,
+    applier: &mut crate::engine::OwnedApplier<M>,
 ) {
     while budget > 0 && !pending.is_empty() {
         let first = &pending[0];

@@ -255,4 +255,27 @@ impl Guest for KvmGuest {
     fn sync_dirty(&self) -> Result<(), KvmError> {
         self.tracker.sync(&self.bitmap).map(|_| ())
     }
+
+    fn has_device_state(&self) -> bool {
+        true
+    }
+
+    /// The vCPU's registers, taken at the pause, as one item
+    /// ([`VCPU_STATE_ID`](super::VCPU_STATE_ID), version
+    /// [`VCPU_STATE_VERSION`](super::VCPU_STATE_VERSION)).
+    fn save_device_state(
+        &self,
+        save: &mut dyn FnMut(crate::wire::DeviceState<'_>),
+    ) -> Result<(), KvmError> {
+        let state = self
+            .paused_state()
+            .ok_or_else(|| KvmError::Vcpu("device state asked for before the pause".into()))?;
+        let bytes = state.to_bytes();
+        save(crate::wire::DeviceState {
+            id: super::state::VCPU_STATE_ID,
+            version: super::state::VCPU_STATE_VERSION,
+            data: &bytes,
+        });
+        Ok(())
+    }
 }

@@ -1,8 +1,10 @@
 //! A KVM guest migrated in one process: the runtime sends the source guest's RAM over
 //! loopback TCP (one connection per stream) with its vCPU writing, into a destination
 //! [`GuestRam`] (received in place: the destination VM's slots map that same memory);
-//! at the switchover the vCPU pauses, its state is handed over, and a destination VM
-//! continues it.
+//! at the switchover the vCPU pauses, its state travels in the stream (a device-state
+//! frame on stream 0, [`VcpuState::to_bytes`]), and a destination VM continues it
+//! from the received bytes. [`receive_migration`] and [`resume_received`] are the
+//! destination's half, which `precopy kvm-demo --two-process` runs in another process.
 
 use std::format;
 use std::net::{TcpListener, TcpStream};
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 use kvm_ioctls::Kvm;
 
 use super::guest::KvmGuest;
+use super::program::COUNTER_ADDR;
 use super::ram::GuestRam;
 use super::vcpu::VcpuState;
 use super::KvmError;
@@ -40,7 +43,8 @@ pub struct LocalMigration {
     pub live_dirty: Vec<u64>,
     /// What the destination applied and verified.
     pub applied: AppliedStreams,
-    /// The vCPU state handed over.
+    /// The vCPU state the destination restored: decoded from the stream's
+    /// device-state frame (and checked equal to the source's at the pause).
     pub state: VcpuState,
     /// The counter at the fixed address when the source paused.
     pub counter_at_pause: u64,
@@ -151,7 +155,7 @@ pub fn migrate_local(
     };
     let destination = std::thread::Builder::new()
         .name("precopy-dest".into())
-        .spawn(move || receive(&listener, &limits))
+        .spawn(move || receive_migration(&listener, &limits))
         .map_err(setup)?;
     let mut links = Vec::new();
     for _ in 0..streams.max(1) {
@@ -170,14 +174,65 @@ pub fn migrate_local(
         .map_err(|_| LocalMigrationError::Destination("the receiving thread panicked".into()));
     let report = result.map_err(LocalMigrationError::Migration)?;
     let (dest_ram, applied) = received?.map_err(LocalMigrationError::Destination)?;
-    let state = source
+    let source_state = source
         .paused_state()
         .ok_or_else(|| LocalMigrationError::Destination("the source was never paused".into()))?;
-    let counter_at_pause = source.counter()?;
     // Both VMs paused (the destination's does not exist yet): compare every page.
     let first_difference = source.ram().first_difference(&dest_ram);
+    // The destination's vCPU continues from the state the stream carried, not from
+    // this process's copy; the two must agree.
+    let resumed = resume_received(kvm, dest_ram, &applied, (rate, set_pages))?;
+    if resumed.state.regs != source_state.regs || resumed.state.sregs != source_state.sregs {
+        return Err(LocalMigrationError::Destination(
+            "the vCPU state received differs from the one the source paused with".into(),
+        ));
+    }
+    Ok(LocalMigration {
+        report,
+        live_dirty: recording.live_dirty,
+        applied,
+        state: resumed.state,
+        counter_at_pause: resumed.counter_at_pause,
+        first_difference,
+        restore_ns: resumed.restore_ns,
+        continuity: resumed.continuity,
+        destination: resumed.destination,
+    })
+}
+
+/// A destination VM resumed from a received migration ([`resume_received`]).
+#[derive(Debug)]
+pub struct Resumed {
+    /// The vCPU state decoded from the stream's device-state frame.
+    pub state: VcpuState,
+    /// The counter at the fixed address in the received memory: where the guest
+    /// stopped at the source.
+    pub counter_at_pause: u64,
+    /// Creating the VM over the received memory, setting the vCPU state and starting
+    /// the vCPU, ns.
+    pub restore_ns: u64,
+    /// The continuity check after the destination ran for 200 ms.
+    pub continuity: Continuity,
+    /// The destination VM, running.
+    pub destination: KvmGuest,
+}
+
+/// Continues a received migration: decodes vCPU 0's state from the device state the
+/// streams carried ([`VcpuState::from_items`]: a missing item, an unknown version or a
+/// wrong length is an error), creates a VM over `ram` (the received memory, in
+/// place), sets the state, runs it for 200 ms paced at `rate` over a working set of
+/// `set_pages`, and checks that the counter continued. The VM is left running.
+pub fn resume_received(
+    kvm: &Kvm,
+    ram: Arc<GuestRam>,
+    applied: &AppliedStreams,
+    (rate, set_pages): (u64, u64),
+) -> Result<Resumed, LocalMigrationError> {
+    let state = VcpuState::from_items(&applied.device_state)
+        .map_err(|e| LocalMigrationError::Destination(e.to_string()))?;
+    let counter_at_pause = ram.read_u64(COUNTER_ADDR)?;
     let restore_start = Instant::now();
-    let destination = KvmGuest::restore(kvm, dest_ram, &state, rate)?;
+    let destination = KvmGuest::restore(kvm, ram, &state, rate)?;
     let restore_ns = restore_start.elapsed().as_nanos() as u64;
     std::thread::sleep(CONTINUITY_RUN);
     destination.pause_vcpu()?;
@@ -195,13 +250,9 @@ pub fn migrate_local(
                 && next_page_value % set_pages.max(1) == next
         };
     destination.resume_vcpu();
-    Ok(LocalMigration {
-        report,
-        live_dirty: recording.live_dirty,
-        applied,
+    Ok(Resumed {
         state,
         counter_at_pause,
-        first_difference,
         restore_ns,
         continuity: Continuity {
             counter,
@@ -212,9 +263,11 @@ pub fn migrate_local(
     })
 }
 
-/// The destination: accepts the streams, sizes its RAM by the header, applies every
-/// stream into it in place (each through a [`KeptHashes`] view of its shard).
-fn receive(
+/// The destination: accepts a migration's streams on `listener`, sizes its RAM by the
+/// header (within `limits`), applies every stream into it in place (each through a
+/// [`KeptHashes`] view of its shard) and answers the verdicts. The device state the
+/// streams carried is in the [`AppliedStreams`]. Errors are the text to report.
+pub fn receive_migration(
     listener: &TcpListener,
     limits: &Limits,
 ) -> Result<(Arc<GuestRam>, AppliedStreams), String> {
@@ -245,6 +298,16 @@ fn receive(
 
 /// Bytes of socket buffer per loopback connection and direction.
 const SOCKET_BUFFER: libc::c_int = 128 << 10;
+
+/// Keeps a loopback migration's socket buffers small (128 KiB each way), as
+/// [`migrate_local`] does: a page counts as sent once the kernel took it, so what the
+/// buffers hold is a backlog the destination applies after the source finished; kept
+/// small, it stays out of the downtime. For a listener (accepted sockets inherit it)
+/// and the source's connections; advice: a refusal keeps the kernel's default.
+pub fn small_socket_buffers(socket: &impl AsRawFd) {
+    set_buffer(socket.as_raw_fd(), libc::SO_SNDBUF);
+    set_buffer(socket.as_raw_fd(), libc::SO_RCVBUF);
+}
 
 /// Sets `option` (`SO_SNDBUF` / `SO_RCVBUF`) of socket `fd` to [`SOCKET_BUFFER`];
 /// advice: a refusal keeps the kernel's default.

@@ -22,6 +22,7 @@ mod migrate;
 mod multiboot;
 pub mod program;
 mod ram;
+mod state;
 mod vcpu;
 
 pub use dirty::{
@@ -30,10 +31,15 @@ pub use dirty::{
     RING_ENTRIES,
 };
 pub use guest::{GuestConfig, KvmGuest, GUEST_PAGE};
-pub use migrate::{migrate_local, Continuity, LocalMigration, LocalMigrationError};
+pub use migrate::small_socket_buffers;
+pub use migrate::{
+    migrate_local, receive_migration, resume_received, Continuity, LocalMigration,
+    LocalMigrationError, Resumed,
+};
 pub use multiboot::{multiboot_image, LOAD_ADDR};
 pub use program::{layout_for, PaceExit};
 pub use ram::GuestRam;
+pub use state::{VcpuStateError, VCPU_STATE_ID, VCPU_STATE_LEN, VCPU_STATE_VERSION};
 pub use vcpu::{Bitmap, Pacing, VcpuState, VcpuThread, PAUSE_TIMEOUT};
 
 /// What went wrong with a KVM guest.

@@ -15,7 +15,7 @@ use std::vec::Vec;
 use super::listen::{ListenOptions, Timed};
 use super::session::{apply_from, check_memory, write_reply, Limits, Reply};
 use super::RuntimeError;
-use crate::engine::{Applier, ApplyStats};
+use crate::engine::{Applier, ApplyStats, OwnedDeviceState};
 use crate::memory::{FreshMemory, PageMemory, VecMemory};
 use crate::wire::StreamHeader;
 
@@ -32,6 +32,9 @@ pub struct ReceivedStreams {
     pub stream_bytes: u64,
     /// Each stream's verified digest, in stream order.
     pub digests: Vec<u128>,
+    /// The device state the streams carried (stream 0's, in the order sent), given
+    /// out only because every stream verified.
+    pub device_state: Vec<OwnedDeviceState>,
 }
 
 /// A multi-stream migration applied into the caller's memory and verified on every
@@ -46,6 +49,9 @@ pub struct AppliedStreams {
     pub stream_bytes: u64,
     /// Each stream's verified digest, in stream order.
     pub digests: Vec<u128>,
+    /// The device state the streams carried (stream 0's, in the order sent: the
+    /// guest's vCPU and device state), given out only because every stream verified.
+    pub device_state: Vec<OwnedDeviceState>,
 }
 
 /// One stream's connection, its header and the header's bytes.
@@ -170,7 +176,8 @@ impl IncomingStreams {
                 .map_err(|e| RuntimeError::io(format!("answering the source {}", s.peer), e))?;
         }
         let first_error: Mutex<Option<String>> = Mutex::new(None);
-        let results: Vec<Result<(ApplyStats, u64, u128), RuntimeError>> = std::thread::scope(|s| {
+        type StreamResult = Result<(ApplyStats, u64, u128, Vec<OwnedDeviceState>), RuntimeError>;
+        let results: Vec<StreamResult> = std::thread::scope(|s| {
             let handles: Vec<_> = streams
                 .iter_mut()
                 .zip(views)
@@ -188,7 +195,9 @@ impl IncomingStreams {
                                 &stream.header_bytes,
                                 true,
                             )
-                            .map(|(bytes, digest)| (applier.stats(), bytes, digest));
+                            .map(|(bytes, digest, device)| {
+                                (applier.stats(), bytes, digest, device)
+                            });
                             if let Err(e) = &result {
                                 // Every source stream is told the first failure.
                                 let reason = fail_all(sockets, first_error, e);
@@ -230,12 +239,14 @@ impl IncomingStreams {
             stats: ApplyStats::default(),
             stream_bytes: 0,
             digests: Vec::with_capacity(streams.len()),
+            device_state: Vec::new(),
         };
         for r in results {
-            let (stats, bytes, digest) = r?;
+            let (stats, bytes, digest, device) = r?;
             applied.stats.add(&stats);
             applied.stream_bytes += bytes;
             applied.digests.push(digest);
+            applied.device_state.extend(device);
         }
         for (s, &digest) in streams.iter_mut().zip(&applied.digests) {
             // The verdict names what it verified: this session, this stream's digest.
@@ -288,6 +299,7 @@ pub fn receive_into_fresh(incoming: IncomingStreams) -> Result<ReceivedStreams, 
         stats: applied.stats,
         stream_bytes: applied.stream_bytes,
         digests: applied.digests,
+        device_state: applied.device_state,
     })
 }
 

@@ -278,10 +278,13 @@ pub struct Received {
     pub stream_bytes: u64,
     /// The memory digest both sides agreed on.
     pub digest: u128,
+    /// The device state the stream carried (in the order sent), given out only
+    /// because the digest verified.
+    pub device_state: Vec<crate::engine::OwnedDeviceState>,
 }
 
 /// A stream applied into the caller's memory and verified ([`Incoming::apply_into`]).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Applied {
     /// The stream header (session id, layout).
     pub header: StreamHeader,
@@ -291,6 +294,9 @@ pub struct Applied {
     pub stream_bytes: u64,
     /// The memory digest both sides agreed on.
     pub digest: u128,
+    /// The device state the stream carried (in the order sent), given out only
+    /// because the digest verified.
+    pub device_state: Vec<crate::engine::OwnedDeviceState>,
 }
 
 /// A migration whose stream header was read and checked against the destination's
@@ -408,7 +414,7 @@ impl<R: Read + ?Sized> Incoming<'_, R> {
             write_reply(w, &Reply::Ok).map_err(|e| RuntimeError::io("answering the source", e))?;
         }
         let mut applier = Applier::with_memory(memory);
-        let (stream_bytes, digest) = apply_from(
+        let (stream_bytes, digest, device_state) = apply_from(
             self.input,
             &mut applier,
             &self.header_bytes,
@@ -419,6 +425,7 @@ impl<R: Read + ?Sized> Incoming<'_, R> {
             stats: applier.stats(),
             stream_bytes,
             digest,
+            device_state,
         })
     }
 }
@@ -457,18 +464,19 @@ pub fn receive<R: Read + ?Sized>(
         stats: applied.stats,
         stream_bytes: applied.stream_bytes,
         digest: applied.digest,
+        device_state: applied.device_state,
     })
 }
 
 /// Feeds `header_bytes` and then `input` to `applier` until the completion frame (with
 /// `stop_at_complete`, a connection) or the end of input (a file): returns the stream
-/// bytes read and the verified digest.
+/// bytes read, the verified digest and the device state the stream carried.
 pub(crate) fn apply_from<R, M>(
     input: &mut R,
-    applier: &mut Applier<M, Vec<u8>, Vec<u8>>,
+    applier: &mut crate::engine::OwnedApplier<M>,
     header_bytes: &[u8],
     stop_at_complete: bool,
-) -> Result<(u64, u128), RuntimeError>
+) -> Result<(u64, u128, Vec<crate::engine::OwnedDeviceState>), RuntimeError>
 where
     R: Read + ?Sized,
     M: crate::memory::PageMemory,
@@ -507,7 +515,15 @@ where
                 offset: stream_bytes,
             }),
         )))?;
-    Ok((stream_bytes, digest))
+    let device = applier
+        .device_state()
+        .map(|items| {
+            items
+                .map(|d| crate::engine::OwnedDeviceState::from_item(&d))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((stream_bytes, digest, device))
 }
 
 /// The source's end of a connection to a destination, as a [`Transport`]: the first

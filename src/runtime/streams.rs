@@ -49,8 +49,8 @@ use crate::codec::CodecStats;
 pub use crate::engine::StreamsRound;
 use crate::engine::{
     put_back_undelivered, Compression, CompressionChoice, Coordinator, CoordinatorConfig,
-    CoordinatorError, CoordinatorEvent, EngineError, FinalRound, Guest, SourceConfig, SourceEngine,
-    SourceEvent, StreamRound, Transport, Verify,
+    CoordinatorError, CoordinatorEvent, EngineError, FinalRound, Guest, OwnedDeviceState,
+    SourceConfig, SourceEngine, SourceEvent, StreamRound, Transport, Verify,
 };
 use crate::layout::Shard;
 use crate::memory::PageMemory;
@@ -382,6 +382,10 @@ where
     let put_back = AtomicU64::new(0);
     let progress: Vec<Progress> = (0..n).map(|_| Progress::default()).collect();
     let ends: Vec<Mutex<Option<StreamEnd>>> = (0..n).map(|_| Mutex::new(None)).collect();
+    // The paused guest's device state, from the coordinator (at the pause) to stream
+    // 0's encoder (after its final round); the pause command orders the two.
+    let device: Mutex<Vec<OwnedDeviceState>> = Mutex::new(Vec::new());
+    let has_device_state = guest.has_device_state();
     let (note_tx, note_rx) = unbounded::<(usize, Note)>();
     let mut command_txs = Vec::with_capacity(n);
     let mut result = Ok(());
@@ -399,14 +403,19 @@ where
                     cache_bytes: config.encoder.cache_bytes / n,
                     ..config.encoder
                 },
+                // Every stream's header announces it (a migration's streams share
+                // their features); stream 0 carries it, the others send none.
+                device_state: has_device_state,
                 ..config
             };
             let (stop, progress, end) = (&stop, &progress[i], &ends[i]);
+            let device = (i == 0).then_some(&device);
             let note = note_tx.clone();
             let name = std::format!("precopy-enc{i}");
             spawn_named(scope, name, i, &note_tx, move || {
                 let encoder = Encoder {
                     sync,
+                    device,
                     data_tx,
                     free_rx,
                     command_rx,
@@ -443,7 +452,7 @@ where
             &note_rx,
             &command_txs,
             &mut coordinator,
-            guest,
+            (guest, &device),
             observer,
             &progress,
             report,
@@ -580,7 +589,7 @@ fn coordinate<G: Guest + ?Sized>(
     notes: &Receiver<(usize, Note)>,
     commands: &[Sender<Command>],
     coordinator: &mut Coordinator,
-    guest: &G,
+    (guest, device): (&G, &Mutex<Vec<OwnedDeviceState>>),
     observer: &mut dyn Observer,
     progress: &[Progress],
     report: &mut MigrationReport,
@@ -694,6 +703,19 @@ fn coordinate<G: Guest + ?Sized>(
                             e,
                         ));
                     }
+                    if guest.has_device_state() {
+                        let mut items = Vec::new();
+                        let saved = guest.save_device_state(&mut |d| {
+                            items.push(OwnedDeviceState::from_item(&d));
+                        });
+                        if let Err(e) = saved {
+                            return fail(RuntimeError::guest(
+                                "saving the paused guest's device state",
+                                e,
+                            ));
+                        }
+                        *device.lock().unwrap_or_else(|p| p.into_inner()) = items;
+                    }
                     if let Err(e) = coordinator.handle_guest_paused(now()) {
                         return fail(RuntimeError::Coordinator(e));
                     }
@@ -773,6 +795,9 @@ struct Encoder<'a> {
     command_rx: Receiver<Command>,
     /// Brings the guest's outside dirty sources into the bitmap (`SyncDirtyLog`).
     sync: &'a (dyn Fn() -> Result<(), RuntimeError> + Sync),
+    /// The paused guest's device state, for stream 0 (which sends it after its
+    /// final round); `None` for the others (they send none).
+    device: Option<&'a Mutex<Vec<OwnedDeviceState>>>,
     stop: &'a AtomicBool,
     progress: &'a Progress,
     end: &'a Mutex<Option<StreamEnd>>,
@@ -875,6 +900,21 @@ impl Encoder<'_> {
                     SourceEvent::SyncDirtyLog { .. } => {
                         (self.sync)()?;
                         engine.dirty_log_synced(now())?
+                    }
+                    // The paused guest's device state, saved by the coordinator at
+                    // the pause: framed after the final round, before the digest.
+                    SourceEvent::DeviceState => {
+                        let items = self.device.map_or_else(Vec::new, |d| {
+                            std::mem::take(&mut *d.lock().unwrap_or_else(|p| p.into_inner()))
+                        });
+                        let items: Vec<_> = items.iter().map(OwnedDeviceState::item).collect();
+                        let needed = items.iter().map(|d| d.frame_len()).sum::<usize>();
+                        // The buffer joins the free pool: it must fit any poll.
+                        let mut buf = vec![0u8; needed.max(buffer_len)];
+                        let len = engine.send_device_state(&items, &mut buf)?;
+                        self.data_tx
+                            .send(Chunk::Bytes(buf, len))
+                            .map_err(|_| stopped())?;
                     }
                     SourceEvent::PauseGuest { .. } => {
                         note(Note::PauseWanted)?;

@@ -311,6 +311,12 @@ impl Sim<'_, '_> {
                     notes.push(Note::PauseWanted);
                     waiting = true;
                 }
+                SourceEvent::DeviceState => {
+                    // The simulated guest has no device state: its engines never
+                    // announce any.
+                    self.failed = Some(format!("stream {i}: device state asked for"));
+                    return Ok(());
+                }
                 SourceEvent::Complete { digest, round } => {
                     // The digest folds every page's kept hash (or re-reads them).
                     cost += self.config.cpu.fold_ns * s.pages as f64

@@ -113,6 +113,14 @@ impl Rules {
                 self.switched_over = true;
                 return Ok(());
             }
+            Frame::DeviceState(_) => {
+                feature(Features::DEVICE_STATE, "device state")?;
+                self.not_in_round()?;
+                if !self.switched_over {
+                    return Err(WireErrorKind::DeviceStateBeforeSwitchover);
+                }
+                return Ok(());
+            }
             Frame::Complete { total_pages, .. } => {
                 self.not_in_round()?;
                 if !self.switched_over {

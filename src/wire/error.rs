@@ -160,6 +160,8 @@ pub enum WireErrorKind {
     },
     /// A second switchover frame.
     DuplicateSwitchover,
+    /// A device-state frame before the switchover (the guest was still running).
+    DeviceStateBeforeSwitchover,
     /// A completion frame before the switchover frame.
     CompleteBeforeSwitchover,
     /// The completion frame states a memory size other than the header's layout.
@@ -253,7 +255,11 @@ impl fmt::Display for WireErrorKind {
                  the stream's bytes changed after they were written (on the network, \
                  on disk or in a copy)"
             ),
-            UnknownFrameKind { kind } => write!(f, "unknown frame kind {kind}"),
+            UnknownFrameKind { kind } => write!(
+                f,
+                "unknown frame kind {kind}: the stream is corrupt or was written by a newer \
+                 precopy (upgrade the destination)"
+            ),
             BadFrameLength {
                 kind,
                 len,
@@ -299,6 +305,10 @@ impl fmt::Display for WireErrorKind {
                 "round {round} states {stated} pages but carried {carried}: frames were lost"
             ),
             DuplicateSwitchover => f.write_str("second switchover frame"),
+            DeviceStateBeforeSwitchover => f.write_str(
+                "device-state frame before the switchover: device state travels only with \
+                 the guest paused, after the final round",
+            ),
             CompleteBeforeSwitchover => f.write_str("completion frame before switchover"),
             TotalPagesMismatch { stated, layout } => write!(
                 f,

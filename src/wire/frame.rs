@@ -11,9 +11,17 @@
 //! kind 6 round end   round (u32), pages carried by the round's frames (u64)
 //! kind 7 switchover  pages still to send (u64)
 //! kind 8 complete    total pages (u64), digest of guest memory (u128, XXH3-128 over per-page XXH3-64)
+//! kind 9 device state  id (u32), state format version (u16), reserved (u16, zero),
+//!                      the state's bytes (0..=page size bytes, opaque to precopy)
 //! ```
 //! Integers are little-endian. Body lengths are bounded by the header's page size, so
 //! a frame never needs more than [`max_frame_len`] bytes of buffer.
+//!
+//! **Device state** (kind 9, feature [`Features::DEVICE_STATE`](super::Features)) is
+//! the VMM's own bytes (vCPU registers, device models) under an id and a version of
+//! its format that only the VMM interprets. It travels after the final round ends and
+//! before the completion frame (the guest is paused: it is part of the downtime); a
+//! state longer than a page travels as several items.
 //!
 //! **Round numbers.** The round frames' `round` field counts from 0 (the bulk round is
 //! frame round 0): the stream format keeps it. Every Rust type above the wire
@@ -23,7 +31,7 @@
 
 use crate::codec::Encoding;
 
-use super::{crc32, get_u32, get_u64, WireErrorKind};
+use super::{crc32, get_u16, get_u32, get_u64, WireErrorKind};
 
 /// Bytes of a frame header.
 pub const FRAME_HEADER_LEN: usize = 12;
@@ -31,6 +39,29 @@ pub const FRAME_HEADER_LEN: usize = 12;
 /// The longest frame for pages of `page_size` bytes (a delta of a whole page).
 pub const fn max_frame_len(page_size: usize) -> usize {
     FRAME_HEADER_LEN + 16 + page_size
+}
+
+/// Bytes of a device-state frame's body before the state: id, version, reserved.
+pub const DEVICE_STATE_FIXED_LEN: usize = 8;
+
+/// One item of the VMM's device state as a device-state frame carries it: bytes
+/// precopy does not interpret, named by `id` and tagged with the `version` of their
+/// format (both the VMM's to choose). At most a page of bytes per item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceState<'a> {
+    /// Which state this is (e.g. a vCPU's registers; the VMM's numbering).
+    pub id: u32,
+    /// The version of the state's format, for the destination's decoder.
+    pub version: u16,
+    /// The state's bytes.
+    pub data: &'a [u8],
+}
+
+impl DeviceState<'_> {
+    /// Bytes of the frame carrying this item.
+    pub fn frame_len(&self) -> usize {
+        FRAME_HEADER_LEN + DEVICE_STATE_FIXED_LEN + self.data.len()
+    }
 }
 
 /// Frame kind bytes.
@@ -53,6 +84,8 @@ pub enum FrameKind {
     Switchover = 7,
     /// All memory sent; carries the digest.
     Complete = 8,
+    /// The VMM's opaque device state (after the final round, before completion).
+    DeviceState = 9,
 }
 
 impl FrameKind {
@@ -60,7 +93,15 @@ impl FrameKind {
     pub fn from_byte(b: u8) -> Option<Self> {
         use FrameKind::*;
         [
-            ZeroRun, Raw, Lz4, Delta, RoundBegin, RoundEnd, Switchover, Complete,
+            ZeroRun,
+            Raw,
+            Lz4,
+            Delta,
+            RoundBegin,
+            RoundEnd,
+            Switchover,
+            Complete,
+            DeviceState,
         ]
         .get(usize::from(b).wrapping_sub(1))
         .copied()
@@ -76,6 +117,7 @@ impl FrameKind {
             FrameKind::RoundBegin | FrameKind::RoundEnd => (12, 12),
             FrameKind::Switchover => (8, 8),
             FrameKind::Complete => (24, 24),
+            FrameKind::DeviceState => (DEVICE_STATE_FIXED_LEN, DEVICE_STATE_FIXED_LEN + page_size),
         }
     }
 }
@@ -201,6 +243,8 @@ pub enum Frame<'a> {
         /// XXH3-64 of each page, in page order.
         digest: u128,
     },
+    /// An item of the VMM's device state (the guest is paused; after the final round).
+    DeviceState(DeviceState<'a>),
 }
 
 impl<'a> Frame<'a> {
@@ -235,13 +279,16 @@ impl<'a> Frame<'a> {
             Frame::RoundEnd { .. } => FrameKind::RoundEnd,
             Frame::Switchover { .. } => FrameKind::Switchover,
             Frame::Complete { .. } => FrameKind::Complete,
+            Frame::DeviceState(_) => FrameKind::DeviceState,
         }
     }
 
-    /// The page data of a page frame (empty for others).
+    /// The page data of a page frame, the state of a device-state frame (empty for
+    /// others).
     fn data(&self) -> &'a [u8] {
         match *self {
             Frame::Raw { data, .. } | Frame::Lz4 { data, .. } | Frame::Delta { data, .. } => data,
+            Frame::DeviceState(DeviceState { data, .. }) => data,
             _ => &[],
         }
     }
@@ -287,6 +334,11 @@ impl<'a> Frame<'a> {
                 put(0, &total_pages.to_le_bytes());
                 put(8, &digest.to_le_bytes());
                 24
+            }
+            Frame::DeviceState(DeviceState { id, version, .. }) => {
+                put(0, &id.to_le_bytes());
+                put(4, &version.to_le_bytes());
+                DEVICE_STATE_FIXED_LEN
             }
         };
         (b, len)
@@ -375,6 +427,16 @@ impl<'a> Frame<'a> {
                 total_pages: get_u64(body, 0),
                 digest: u128::from(get_u64(body, 8)) | (u128::from(get_u64(body, 16)) << 64),
             },
+            FrameKind::DeviceState => {
+                if get_u16(body, 6) != 0 {
+                    return Err(WireErrorKind::ReservedNotZero);
+                }
+                Frame::DeviceState(DeviceState {
+                    id: get_u32(body, 0),
+                    version: get_u16(body, 4),
+                    data: &body[DEVICE_STATE_FIXED_LEN..],
+                })
+            }
         })
     }
 }

@@ -36,7 +36,8 @@ pub const fn header_len(regions: usize) -> usize {
     HEADER_FIXED_LEN + REGION_LEN * regions + 4
 }
 
-/// Feature flags: the codecs a stream may use beyond zero runs and raw pages.
+/// Feature flags: the codecs a stream may use beyond zero runs and raw pages, and
+/// whether it carries device state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Features(pub u32);
 
@@ -45,8 +46,15 @@ impl Features {
     pub const LZ4: Features = Features(1);
     /// Delta page frames may appear.
     pub const DELTA: Features = Features(2);
+    /// Device-state frames may appear (kind 9, after the final round). A reader that
+    /// does not know the frame refuses the stream at its header, before any memory
+    /// is sent.
+    pub const DEVICE_STATE: Features = Features(4);
     /// Every feature this version knows.
-    pub const ALL: Features = Features(3);
+    pub const ALL: Features = Features(7);
+    /// The codecs a source engine announces: [`LZ4`](Self::LZ4) and
+    /// [`DELTA`](Self::DELTA) (device state only when it carries some).
+    pub const CODECS: Features = Features(3);
 
     /// Whether every flag of `other` is set.
     pub fn contains(self, other: Features) -> bool {

@@ -69,8 +69,8 @@ pub mod header;
 pub use decoder::{decoder_buffer_len, Decoder, Event};
 pub use error::{Location, WireError, WireErrorKind};
 pub use frame::{
-    max_frame_len, seal_page_frame, Frame, FrameHeaderView, FrameKind, FRAME_HEADER_LEN,
-    PAGE_PAYLOAD_OFFSET,
+    max_frame_len, seal_page_frame, DeviceState, Frame, FrameHeaderView, FrameKind,
+    DEVICE_STATE_FIXED_LEN, FRAME_HEADER_LEN, PAGE_PAYLOAD_OFFSET,
 };
 pub use framer::PageFramer;
 pub use header::{Features, HeaderPrefix, StreamHeader, MAGIC, MAX_HEADER_LEN};
@@ -78,7 +78,11 @@ pub use header::{Features, HeaderPrefix, StreamHeader, MAGIC, MAX_HEADER_LEN};
 /// The stream format version this precopy writes and the newest it reads.
 ///
 /// Version 2 added the stream index and count (multi-stream migrations); a version 1
-/// stream is still read, as the only stream of its migration.
+/// stream is still read, as the only stream of its migration. Device-state frames
+/// (kind 9) did not bump it: they are announced by the header's
+/// [`Features::DEVICE_STATE`] bit, so a version 2 reader that does not know them
+/// refuses such a stream at its header ("features unknown to this precopy"), and a
+/// stream without device state stays readable by it.
 pub const FORMAT_VERSION: u16 = 2;
 
 /// CRC-32 (IEEE) of the concatenation of `parts`.

@@ -9,9 +9,11 @@ use super::*;
 pub struct PrecopyFrame {
     /// `PRECOPY_FRAME_*`.
     pub kind: u32,
-    /// Round number (`ROUND_BEGIN`, `ROUND_END`).
+    /// Round number (`ROUND_BEGIN`, `ROUND_END`); the state's format version
+    /// (`DEVICE_STATE`, at most 65535).
     pub round: u32,
-    /// Page number (`RAW`, `LZ4`, `DELTA`), first page (`ZERO_RUN`).
+    /// Page number (`RAW`, `LZ4`, `DELTA`), first page (`ZERO_RUN`); the state's id
+    /// (`DEVICE_STATE`, at most 2^32 - 1).
     pub page: u64,
     /// Page count: run length (`ZERO_RUN`), planned (`ROUND_BEGIN`), carried
     /// (`ROUND_END`), remaining (`SWITCHOVER`), total (`COMPLETE`).
@@ -22,7 +24,8 @@ pub struct PrecopyFrame {
     pub digest_lo: u64,
     /// High 64 bits of the memory digest (`COMPLETE`).
     pub digest_hi: u64,
-    /// Payload (`RAW`, `LZ4`, `DELTA`). Decoded frames point into the input buffer.
+    /// Payload (`RAW`, `LZ4`, `DELTA`), state (`DEVICE_STATE`). Decoded frames point
+    /// into the input buffer.
     pub data: *const u8,
     /// Payload bytes.
     pub data_len: usize,
@@ -85,6 +88,11 @@ unsafe fn frame<'a>(f: &PrecopyFrame) -> Result<Frame<'a>, c_int> {
             total_pages: f.pages,
             digest: u128::from(f.digest_lo) | u128::from(f.digest_hi) << 64,
         },
+        PRECOPY_FRAME_DEVICE_STATE => Frame::DeviceState(DeviceState {
+            id: u32::try_from(f.page).map_err(|_| PRECOPY_ERR_BAD_ARGUMENT)?,
+            version: u16::try_from(f.round).map_err(|_| PRECOPY_ERR_BAD_ARGUMENT)?,
+            data: data()?,
+        }),
         _ => return Err(PRECOPY_ERR_BAD_ARGUMENT),
     })
 }
@@ -149,6 +157,11 @@ pub(super) fn c_frame(f: &Frame<'_>) -> PrecopyFrame {
             c.pages = total_pages;
             c.digest_lo = digest as u64;
             c.digest_hi = (digest >> 64) as u64;
+        }
+        Frame::DeviceState(DeviceState { id, version, data }) => {
+            set_data(data);
+            c.page = id.into();
+            c.round = version.into();
         }
     }
     c

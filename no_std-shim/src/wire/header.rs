@@ -6,7 +6,8 @@ use super::*;
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct PrecopyStreamHeader {
-    /// `PRECOPY_FEATURE_*` flags: the codecs the stream may use beyond zero and raw.
+    /// `PRECOPY_FEATURE_*` flags: the codecs the stream may use beyond zero and raw,
+    /// and whether it carries device state.
     pub features: u32,
     /// Page size in bytes (`PRECOPY_MIN_PAGE_SIZE..=PRECOPY_MAX_PAGE_SIZE`).
     pub page_size: u32,

@@ -13,8 +13,8 @@ use core_precopy::layout::MIN_PAGE_SIZE;
 use core_precopy::layout::{GuestLayout, MAX_REGIONS};
 use core_precopy::memory::MemoryDigest;
 use core_precopy::wire::{
-    decoder_buffer_len, max_frame_len, Decoder, Event, Features, Frame, Location, StreamHeader,
-    WireErrorKind, MAX_HEADER_LEN,
+    decoder_buffer_len, max_frame_len, Decoder, DeviceState, Event, Features, Frame, FrameKind,
+    Location, StreamHeader, WireErrorKind, MAX_HEADER_LEN,
 };
 
 use crate::bitmap::{PrecopyRegion, PRECOPY_MAX_REGIONS};
@@ -51,6 +51,8 @@ pub const PRECOPY_EVENT_FRAME: u32 = 2;
 pub const PRECOPY_FEATURE_LZ4: u32 = 1;
 /// Stream feature: delta page frames may appear.
 pub const PRECOPY_FEATURE_DELTA: u32 = 2;
+/// Stream feature: device-state frames may appear.
+pub const PRECOPY_FEATURE_DEVICE_STATE: u32 = 4;
 
 /// Frame kind: pages `page..page + pages` are all zero.
 pub const PRECOPY_FRAME_ZERO_RUN: u32 = 1;
@@ -68,11 +70,16 @@ pub const PRECOPY_FRAME_ROUND_END: u32 = 6;
 pub const PRECOPY_FRAME_SWITCHOVER: u32 = 7;
 /// Frame kind: all `pages` pages are sent; `digest_lo`/`digest_hi` is the memory digest.
 pub const PRECOPY_FRAME_COMPLETE: u32 = 8;
+/// Frame kind: the VMM's device state `data` (at most a page), id `page` (a u32),
+/// format version `round` (a u16); after the final round, before the completion.
+pub const PRECOPY_FRAME_DEVICE_STATE: u32 = 9;
 
 const _: () = assert!(PRECOPY_FRAME_HEADER_LEN == core_precopy::wire::FRAME_HEADER_LEN);
 const _: () = assert!(PRECOPY_MAX_STREAM_HEADER_LEN == MAX_HEADER_LEN);
 const _: () = assert!(PRECOPY_FEATURE_LZ4 == Features::LZ4.0);
 const _: () = assert!(PRECOPY_FEATURE_DELTA == Features::DELTA.0);
+const _: () = assert!(PRECOPY_FEATURE_DEVICE_STATE == Features::DEVICE_STATE.0);
+const _: () = assert!(PRECOPY_FRAME_DEVICE_STATE == FrameKind::DeviceState as u32);
 
 mod decoder;
 mod digest;

@@ -1,7 +1,8 @@
 //! `precopy kvm-demo`: a real KVM guest (a long-mode program writing a counter at a
-//! paced rate) migrated live in one process: its RAM over loopback TCP into a
-//! destination VM's RAM, the vCPU paused once, its state handed over, the guest
-//! continued on the destination.
+//! paced rate) migrated live: its RAM over loopback TCP into a destination VM's RAM,
+//! the vCPU paused once, its state sent in the stream (a device-state frame), the
+//! guest continued on the destination from the received state; in this process, or
+//! with `--two-process` in another one (`kvm_two`).
 
 /// Exit status when this machine cannot run a KVM guest (no `/dev/kvm`, or a build
 /// without the `kvm` feature).
@@ -44,6 +45,12 @@ pub struct Args {
     /// Print JSON lines instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Run the destination in another process (this precopy started as a hidden
+    /// `kvm-recv` child over loopback TCP): its own VM over the memory it received,
+    /// its vCPU restored from the stream's device-state frame; it reports the
+    /// counter's continuity and the digest of the memory it received.
+    #[arg(long)]
+    pub two_process: bool,
 }
 
 /// Parses a rate with an optional k/m suffix.
@@ -93,7 +100,7 @@ mod imp {
     use precopy::engine::{SourceConfig, Verify};
     use precopy::kvm::{
         layout_for, migrate_local, DirtyMode, DirtyOffers, GuestConfig, GuestRam, KvmGuest,
-        LocalMigrationError,
+        LocalMigration, LocalMigrationError,
     };
     use precopy::memory::migration_digest;
     use precopy::runtime::{
@@ -218,14 +225,32 @@ mod imp {
             report: None,
         };
         let start = Instant::now();
-        let result = migrate_local(
-            &kvm,
-            &source,
-            args.streams,
-            &options,
-            (args.rate, set_pages),
-            &mut table,
-        );
+        let result = if args.two_process {
+            crate::kvm_two::migrate(
+                &source,
+                (args.memory, args.working_set, args.rate, args.streams),
+                &options,
+                &mut table,
+            )
+            .map(|(landed, equal)| Landed::Remote(landed, equal))
+            .map_err(|f| (f.migration, f.error))
+        } else {
+            migrate_local(
+                &kvm,
+                &source,
+                args.streams,
+                &options,
+                (args.rate, set_pages),
+                &mut table,
+            )
+            .map(|m| Landed::Local(Box::new(m)))
+            .map_err(|e| {
+                (
+                    matches!(e, LocalMigrationError::Migration(_)),
+                    e.to_string(),
+                )
+            })
+        };
         let r = table
             .report
             .take()
@@ -262,11 +287,11 @@ mod imp {
         let sync_us = stats.sync_ns.load(Ordering::Relaxed) as f64 / 1e3 / syncs.max(1) as f64;
         let ring_full = stats.ring_full_exits.load(Ordering::Relaxed);
         let m = match result {
-            Ok(m) => m,
-            Err(e) => {
-                report.error = Some(e.to_string());
+            Ok(m) => m.summary(),
+            Err((migration_failed, e)) => {
+                report.error = Some(e.clone());
                 report.print(args.json, None);
-                if let LocalMigrationError::Migration(_) = e {
+                if migration_failed {
                     let c = source.counter().unwrap_or(0);
                     std::thread::sleep(std::time::Duration::from_millis(200));
                     println!(
@@ -274,20 +299,27 @@ mod imp {
                         source.counter().unwrap_or(0).saturating_sub(c)
                     );
                 }
-                return Err(e.to_string());
+                return Err(e);
             }
         };
-        let equal = m.first_difference.is_none();
+        let equal = m.equal;
         let c = m.counter_at_pause;
         if args.json {
             let extra = format!(
                 "{{\"kind\":\"kvm_summary\",\"dirty_mode\":\"{}\",\"syncs\":{syncs},\"sync_us\":{sync_us:.1},\"ring_full_exits\":{ring_full},\"counter_at_pause\":{c},\"pause_rip\":{},\"restore_ms\":{:.1},\"counter_after\":{},\"counter_continued\":{},\"memory_equal\":{equal}",
                 mode.name(),
-                m.state.regs.rip,
-                m.restore_ns as f64 / 1e6,
-                m.continuity.counter,
-                m.continuity.continued
+                m.rip,
+                m.restore_ms,
+                m.counter,
+                m.continued
             );
+            let extra = match &m.process {
+                Some((pid, digest)) => format!(
+                    "{extra},\"destination_pid\":{pid},\"device_state_bytes\":{},\"memory_digest\":\"{digest}\"",
+                    m.device_bytes
+                ),
+                None => format!("{extra},\"device_state_bytes\":{}", m.device_bytes),
+            };
             report.print(true, None);
             println!("{extra}}}");
         } else {
@@ -298,32 +330,90 @@ mod imp {
             );
             println!(
                 "vCPU paused at its pacing exit: rip {:#x}, counter {c} (page {} of the set holds it)",
-                m.state.regs.rip,
+                m.rip,
                 c % set_pages.max(1)
             );
+            if let Some((pid, _)) = &m.process {
+                println!("destination: another process (pid {pid}, `precopy kvm-recv`), its own VM over the memory it received");
+            }
             println!(
-                "destination VM created over the received memory and its vCPU running in {:.1} ms (regs and sregs handed over; a VMM does this once the destination verified, adding it to the downtime)",
-                m.restore_ns as f64 / 1e6
+                "destination VM created over the received memory and its vCPU running in {:.1} ms (vCPU state restored from the stream's device-state frame, {} bytes: regs and sregs; a VMM does this once the destination verified, adding it to the downtime)",
+                m.restore_ms, m.device_bytes
             );
             println!(
                 "counter continuity: {} (counter {} after {} ms on the destination; page {} holds {})",
-                if m.continuity.continued { "yes" } else { "NO" },
-                m.continuity.counter,
+                if m.continued { "yes" } else { "NO" },
+                m.counter,
                 200,
                 (c + 1) % set_pages.max(1),
-                m.continuity.next_page_value
+                m.next_page_value
             );
-            println!("memory equal: {}", if equal { "yes" } else { "NO" });
+            match &m.process {
+                Some((_, digest)) => println!(
+                    "memory equal: {} (digest of all memory, source paused vs destination as received: {digest})",
+                    if equal { "yes" } else { "NO" }
+                ),
+                None => println!("memory equal: {}", if equal { "yes" } else { "NO" }),
+            }
         }
-        if !report.verified() || !equal || !m.continuity.continued {
+        if !report.verified() || !equal || !m.continued {
             return Err(format!(
                 "kvm-demo: verified {}, memory equal {}, counter continued {}",
                 report.verified(),
                 equal,
-                m.continuity.continued
+                m.continued
             ));
         }
         Ok(Outcome::Ok)
+    }
+
+    /// Where the guest landed: a destination VM in this process, or in another.
+    enum Landed {
+        Local(Box<LocalMigration>),
+        Remote(crate::kvm_two::Landed, bool),
+    }
+
+    /// What the demo prints of either.
+    struct Summary {
+        rip: u64,
+        counter_at_pause: u64,
+        restore_ms: f64,
+        counter: u64,
+        next_page_value: u64,
+        continued: bool,
+        equal: bool,
+        device_bytes: usize,
+        /// The destination process and the memory digest both sides computed.
+        process: Option<(u32, String)>,
+    }
+
+    impl Landed {
+        fn summary(self) -> Summary {
+            match self {
+                Landed::Local(m) => Summary {
+                    rip: m.state.regs.rip,
+                    counter_at_pause: m.counter_at_pause,
+                    restore_ms: m.restore_ns as f64 / 1e6,
+                    counter: m.continuity.counter,
+                    next_page_value: m.continuity.next_page_value,
+                    continued: m.continuity.continued,
+                    equal: m.first_difference.is_none(),
+                    device_bytes: m.applied.device_state.iter().map(|d| d.data.len()).sum(),
+                    process: None,
+                },
+                Landed::Remote(l, equal) => Summary {
+                    rip: l.rip,
+                    counter_at_pause: l.counter_at_pause,
+                    restore_ms: l.restore_ms,
+                    counter: l.counter_after,
+                    next_page_value: l.next_page_value,
+                    continued: l.counter_continued,
+                    equal,
+                    device_bytes: l.device_state.iter().map(|d| d.2).sum(),
+                    process: Some((l.pid, l.memory_digest)),
+                },
+            }
+        }
     }
 }
 

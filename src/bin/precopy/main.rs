@@ -12,6 +12,7 @@ mod certs;
 mod demo;
 mod json;
 mod kvm_demo;
+mod kvm_two;
 mod migrate;
 mod options;
 mod recv;
@@ -36,12 +37,16 @@ struct Cli {
 enum Command {
     /// Migrate a synthetic guest with writers running, over loopback TCP, and verify it.
     Demo(demo::Args),
-    /// Migrate a real KVM guest (a program writing at a paced rate) live in one process
-    /// and continue it on a destination VM (exit status 3: no /dev/kvm here).
+    /// Migrate a real KVM guest (a program writing at a paced rate) live and continue it
+    /// on a destination VM, in this process or another (exit status 3: no /dev/kvm here).
     KvmDemo(kvm_demo::Args),
     /// Write kvm-demo's guest program as a multiboot image (for QEMU's -kernel).
     #[command(hide = true)]
     KvmImage(kvm_demo::ImageArgs),
+    /// The destination process of `kvm-demo --two-process`: receive a KVM guest's
+    /// migration, resume it on a VM of its own, report in one JSON line.
+    #[command(hide = true)]
+    KvmRecv(kvm_two::RecvArgs),
     /// Migrate a synthetic guest to a `precopy recv` over TCP, or into a stream file.
     Send(send::Args),
     /// Take a migration from a `precopy send` over TCP, or restore a stream file, and
@@ -90,6 +95,7 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::KvmImage(args) => kvm_demo::write_image(&args),
+        Command::KvmRecv(args) => kvm_two::recv(&args),
         Command::Send(args) => send::run(&args),
         Command::Sim(cmd) => match sim::main(&cmd) {
             Ok(true) => Ok(()),

@@ -48,7 +48,7 @@ struct Driver<'a> {
     /// `None` once aborted.
     engines: Vec<Option<SourceEngine<'a, Box<[AtomicU64]>>>>,
     links: Vec<MemoryTransport>,
-    appliers: Vec<Applier<&'a AtomicMemory, Vec<u8>, Vec<u8>>>,
+    appliers: Vec<crate::engine::OwnedApplier<&'a AtomicMemory>>,
     coordinator: Coordinator,
     /// Virtual time, ns.
     now: u64,
@@ -164,6 +164,7 @@ impl<'a> Driver<'a> {
         let c = &mut self.coordinator;
         match event {
             SourceEvent::SyncDirtyLog { .. } => panic!("stream {i}: a sync nobody asked for"),
+            SourceEvent::DeviceState => panic!("stream {i}: device state nobody announced"),
             SourceEvent::RoundMeasured(round) => {
                 self.waiting[i] = true;
                 self.trace.push(Trace::Measured {

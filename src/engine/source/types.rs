@@ -62,6 +62,15 @@ pub struct SourceConfig {
     /// poll over an idle guest would walk all of memory. At least 1;
     /// [`DEFAULT_MAX_PAGES_PER_POLL`] by default.
     pub max_pages_per_poll: u64,
+    /// This stream carries the guest's device state (vCPU registers, device models):
+    /// its header announces [`Features::DEVICE_STATE`](crate::wire::Features), and
+    /// after the final round's pages the engine stops with
+    /// [`SourceEvent::DeviceState`] until the caller hands the state to
+    /// [`SourceEngine::send_device_state`](super::SourceEngine::send_device_state),
+    /// which frames it before the completion frame. A migration's streams share their
+    /// header features: the runtime sets it on every stream, gives stream 0 the
+    /// items and the others none. Off by default.
+    pub device_state: bool,
 }
 
 impl SourceConfig {
@@ -75,6 +84,7 @@ impl SourceConfig {
             verify: Verify::AfterResume,
             sync_before_harvest: false,
             max_pages_per_poll: DEFAULT_MAX_PAGES_PER_POLL,
+            device_state: false,
         }
     }
 }
@@ -123,6 +133,11 @@ pub enum SourceEvent {
         /// round.
         paused: bool,
     },
+    /// With [`SourceConfig::device_state`]: the final round's pages are in the bytes
+    /// polled and the guest is paused; hand the engine the guest's device state with
+    /// [`SourceEngine::send_device_state`](super::SourceEngine::send_device_state)
+    /// (the completion frame follows it). Nothing more is produced until then.
+    DeviceState,
     /// Pause the guest, then call [`SourceEngine::guest_paused`](super::SourceEngine::guest_paused). Nothing more is
     /// produced until then.
     PauseGuest {
