@@ -282,6 +282,15 @@ pub fn codec_roundtrip(data: &[u8]) {
     }
     check_codecs(&old, &new);
     check_stream(page_size, &old, &new);
+    // The bytes as an LZ4 block: refused or decoded, never a panic; a page our
+    // decoder accepts, lz4_flex's safe decoder decodes the same.
+    let mut ours = vec![0u8; page_size];
+    if lz4_decompress_page(rest, &mut ours).is_ok() {
+        let mut theirs = vec![0u8; page_size];
+        let n = lz4_flex::block::decompress_into(rest, &mut theirs).ok();
+        assert_eq!(n, Some(page_size), "lz4_flex refuses a block we decoded");
+        assert_eq!(ours, theirs, "LZ4 decoders disagree");
+    }
 }
 
 /// Every codec on one page pair (same length, a supported page size).

@@ -1,4 +1,5 @@
-//! LZ4 page compression over caller buffers, through `lz4_flex`'s block API.
+//! LZ4 page compression over caller buffers: `lz4_flex`'s block compressor, and our
+//! own safe block decoder (`lz4_decode`).
 
 use lz4_flex::block::{self, CompressTable};
 
@@ -69,12 +70,12 @@ impl Lz4Compressor {
 /// Decompresses an LZ4 block into `page`, which it must fill exactly. The block is
 /// untrusted: any malformation is an error, never a read or write out of bounds.
 pub fn lz4_decompress_page(data: &[u8], page: &mut [u8]) -> Result<(), CodecError> {
-    match block::decompress_into(data, page) {
-        Ok(n) if n == page.len() => Ok(()),
-        Ok(decoded) => Err(CodecError::Lz4Corrupt {
+    match super::lz4_decode::decode_block(data, page) {
+        Some(n) if n == page.len() => Ok(()),
+        Some(decoded) => Err(CodecError::Lz4Corrupt {
             reason: Lz4Fault::ShortPage { decoded },
         }),
-        Err(_) => Err(CodecError::Lz4Corrupt {
+        None => Err(CodecError::Lz4Corrupt {
             reason: Lz4Fault::Malformed,
         }),
     }

@@ -20,6 +20,7 @@ mod choose;
 mod delta;
 mod error;
 mod lz4;
+mod lz4_decode;
 mod stats;
 mod varint;
 mod zero;

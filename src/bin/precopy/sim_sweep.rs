@@ -140,21 +140,12 @@ pub fn run(args: &SweepArgs) -> Result<bool, String> {
     let n = configs.len() as u64;
     let done = std::sync::atomic::AtomicU64::new(0);
     let start = Instant::now();
-    let results: Vec<(Point, f64)> = configs
-        .into_par_iter()
-        .map(|(ratio, c)| {
-            let t = Instant::now();
-            let report = simulate(&c, &mut ()).map_err(|e| e.to_string());
-            let k = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            bar.set_status(k, n, "points");
-            let point = Point {
-                ratio,
-                rate: c.workload.rate(),
-                report,
-            };
-            (point, t.elapsed().as_secs_f64())
-        })
-        .collect();
+    let results = run_longest_first(configs, zero, |c| {
+        let report = simulate(c, &mut ()).map_err(|e| e.to_string());
+        let k = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        bar.set_status(k, n, "points");
+        report
+    });
     bar.finish();
     let mut all_ok = true;
     for (p, wall) in &results {
@@ -182,6 +173,54 @@ pub fn run(args: &SweepArgs) -> Result<bool, String> {
         }
     }
     Ok(all_ok)
+}
+
+/// Runs every point on rayon's threads, the longest first, and returns them in the
+/// sweep's order with each one's wall time. A sweep's points differ in cost by several
+/// times (a higher dirty rate sends more rounds; a smaller zero fraction more pages):
+/// handing them out longest first from one queue (greedy LPT) keeps every core busy
+/// to the end instead of leaving the longest point running alone.
+fn run_longest_first<F>(configs: Vec<(f64, SimConfig)>, zero: bool, run: F) -> Vec<(Point, f64)>
+where
+    F: Fn(&SimConfig) -> Result<SimReport, String> + Sync,
+{
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let mut order: Vec<usize> = (0..configs.len()).collect();
+    // Rate: cost grows with the ratio; zero: with the share of pages holding data.
+    order.sort_by(|&a, &b| {
+        let (x, y) = (configs[a].0, configs[b].0);
+        if zero {
+            x.total_cmp(&y)
+        } else {
+            y.total_cmp(&x)
+        }
+    });
+    let slots: Mutex<Vec<Option<(Point, f64)>>> =
+        Mutex::new((0..configs.len()).map(|_| None).collect());
+    let next = AtomicUsize::new(0);
+    let workers = rayon::current_num_threads().clamp(1, configs.len().max(1));
+    (0..workers).into_par_iter().for_each(|_| {
+        while let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
+            let (ratio, c) = &configs[i];
+            let t = Instant::now();
+            let point = Point {
+                ratio: *ratio,
+                rate: c.workload.rate(),
+                report: run(c),
+            };
+            let wall = t.elapsed().as_secs_f64();
+            if let Ok(mut slots) = slots.lock() {
+                slots[i] = Some((point, wall));
+            }
+        }
+    });
+    slots
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 fn print_point(p: &Point, wall: f64, memory: u64, json: bool, key: &str) {
@@ -230,5 +269,41 @@ fn print_point(p: &Point, wall: f64, memory: u64, json: bool, key: &str) {
             if r.verified() { "yes" } else { "no" },
             wall
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use precopy::sim::LinkModel;
+    use std::sync::Mutex;
+
+    #[test]
+    fn points_start_longest_first_and_come_back_in_sweep_order() {
+        let base = SimConfig::new(
+            16 << 20,
+            "continuous:set=all".parse().unwrap(),
+            LinkModel::preset("1gbe").unwrap(),
+        );
+        let configs = points(&base, false, 0.1, 1.5, 6).unwrap();
+        // One worker: the order points start in is the order they are handed out.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let started = Mutex::new(Vec::new());
+        let results = pool.install(|| {
+            run_longest_first(configs, false, |c| {
+                started.lock().unwrap().push(c.workload.rate());
+                Err("not simulated".into())
+            })
+        });
+        let rates: Vec<u64> = results.iter().map(|(p, _)| p.rate).collect();
+        assert_eq!(rates.len(), 6);
+        assert!(rates.windows(2).all(|w| w[0] < w[1]), "{rates:?}");
+        let started = started.into_inner().unwrap();
+        let mut longest_first = rates.clone();
+        longest_first.reverse();
+        assert_eq!(started, longest_first);
     }
 }
