@@ -172,6 +172,13 @@ fn three_streams_with_writers_running_end_with_equal_memory() {
     .unwrap();
     let (rounds, pauses) = (seen.rounds.len(), counted.pauses.load(Ordering::Relaxed));
     assert_eq!(seen.report.unwrap().digests, report.digests);
+    // The downtime's marks in order: paused, every last byte handed over, verified.
+    let (paused, sent, verified) = (
+        report.paused_at.expect("paused"),
+        report.sent_at.expect("every stream sent its completion"),
+        report.verified_at.expect("every stream verified"),
+    );
+    assert!(paused <= sent && sent <= verified);
     let received = dest.join().unwrap().unwrap();
     // The guest stays paused after a successful migration: compare every page.
     let (mut a, mut b) = (vec![0u8; PAGE], vec![0u8; PAGE]);

@@ -156,6 +156,12 @@ pub struct MigrationReport {
     pub digests: Option<Vec<u128>>,
     /// How the digests were made ([`SourceConfig::verify`]).
     pub verify: Verify,
+    /// When every stream's last byte (its completion frame) was handed to its
+    /// transport, the guest paused (`None`: not all were). The downtime as QEMU counts
+    /// it (`downtime` in `query-migrate`, with no return path) ends here: the
+    /// destination's apply, verification and answer come after.
+    #[cfg_attr(feature = "serde", serde(skip))]
+    pub sent_at: Option<Instant>,
     /// When every destination stream had verified its pages (`None`: not all did):
     /// the destination may resume the guest from here, so the downtime ends here,
     /// and the source's check ([`source_check`](Self::source_check)) runs after it.
@@ -297,6 +303,7 @@ where
         wire_bytes: 0,
         digests: None,
         verify: options.source.verify,
+        sent_at: None,
         verified_at: None,
         verify_in_downtime_ns: None,
         digest_pages_read: 0,
@@ -722,6 +729,9 @@ fn coordinate<G: Guest + ?Sized>(
                 }
                 CoordinatorEvent::GuestPaused => broadcast(&|| Command::Paused),
                 CoordinatorEvent::FinalRound(f) => {
+                    // Every stream's sender passed on its completion after handing the
+                    // bytes before it to the transport.
+                    report.sent_at = Some(Instant::now());
                     observer.final_round(&StreamsFinal {
                         round: f.round,
                         pages_sent: f.pages_sent,

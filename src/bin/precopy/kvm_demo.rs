@@ -262,6 +262,11 @@ mod imp {
             .map_or_else(|| start.elapsed(), |v| v.duration_since(start))
             .as_nanos() as u64;
         let writes = source.counter().unwrap_or(0) - writes_before;
+        // The downtime as QEMU reports it: until the source handed its last byte over.
+        let sent_ms = r
+            .paused_at
+            .zip(r.sent_at)
+            .map(|(p, s)| s.duration_since(p).as_secs_f64() * 1e3);
         let mut report = SourceReport {
             rounds: r.rounds + u32::from(r.digests.is_some()),
             total_ns,
@@ -320,10 +325,20 @@ mod imp {
                 ),
                 None => format!("{extra},\"device_state_bytes\":{}", m.device_bytes),
             };
+            let extra = match sent_ms {
+                Some(ms) => format!("{extra},\"downtime_to_sent_ms\":{ms:.2}"),
+                None => format!("{extra},\"downtime_to_sent_ms\":null"),
+            };
             report.print(true, None);
             println!("{extra}}}");
         } else {
             report.print(false, None);
+            if let Some(ms) = sent_ms {
+                println!(
+                    "downtime until the source sent its last byte: {ms:.1} ms (how QEMU counts \
+                     its downtime; the downtime above also waits for the destination's verdict)"
+                );
+            }
             println!(
                 "dirty sync ({}): {syncs} syncs, {sync_us:.0} us each, {ring_full} ring-full exits",
                 mode.name()
