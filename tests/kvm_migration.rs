@@ -333,23 +333,26 @@ fn failed_sync(after_pause: bool) {
     );
 }
 
+/// `precopy kvm-demo` on a small guest writing 10k pages/s, dirty log.
+const SMALL_DEMO: [&str; 9] = [
+    "kvm-demo",
+    "--memory",
+    "64M",
+    "--working-set",
+    "8M",
+    "--rate",
+    "10k",
+    "--dirty",
+    "log",
+];
+
 /// `precopy kvm-demo` end to end (small guest): exit 0 and a summary saying verified,
 /// memory equal and counter continued; exit 3 with one line where there is no KVM.
 #[test]
 fn kvm_demo_cli_migrates_and_says_so() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_precopy"))
-        .args([
-            "kvm-demo",
-            "--memory",
-            "64M",
-            "--working-set",
-            "8M",
-            "--rate",
-            "10k",
-            "--dirty",
-            "log",
-            "--json",
-        ])
+        .args(SMALL_DEMO)
+        .arg("--json")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -470,19 +473,8 @@ fn kvm_demo_two_process_resumes_the_guest_in_another_process() {
         return;
     }
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_precopy"))
-        .args([
-            "kvm-demo",
-            "--memory",
-            "64M",
-            "--working-set",
-            "8M",
-            "--rate",
-            "10k",
-            "--dirty",
-            "log",
-            "--two-process",
-            "--json",
-        ])
+        .args(SMALL_DEMO)
+        .args(["--two-process", "--json"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
