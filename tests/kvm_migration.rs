@@ -346,6 +346,19 @@ const SMALL_DEMO: [&str; 9] = [
     "log",
 ];
 
+/// The `kvm_summary` line of a `kvm-demo --json` run whose summary says verified.
+fn verified_kvm_summary(stdout: &str) -> &str {
+    let summary = stdout
+        .lines()
+        .find(|l| l.contains("\"kind\":\"summary\""))
+        .unwrap_or_else(|| panic!("no summary in {stdout}"));
+    assert!(summary.contains("\"verified\":true"), "{summary}");
+    stdout
+        .lines()
+        .find(|l| l.contains("\"kind\":\"kvm_summary\""))
+        .unwrap_or_else(|| panic!("no kvm_summary in {stdout}"))
+}
+
 /// `precopy kvm-demo` end to end (small guest): exit 0 and a summary saying verified,
 /// memory equal and counter continued; exit 3 with one line where there is no KVM.
 #[test]
@@ -364,15 +377,7 @@ fn kvm_demo_cli_migrates_and_says_so() {
         return;
     }
     assert!(out.status.success(), "stdout {stdout}\nstderr {stderr}");
-    let summary = stdout
-        .lines()
-        .find(|l| l.contains("\"kind\":\"summary\""))
-        .unwrap_or_else(|| panic!("no summary in {stdout}"));
-    assert!(summary.contains("\"verified\":true"), "{summary}");
-    let kvm = stdout
-        .lines()
-        .find(|l| l.contains("\"kind\":\"kvm_summary\""))
-        .unwrap_or_else(|| panic!("no kvm_summary in {stdout}"));
+    let kvm = verified_kvm_summary(&stdout);
     for want in [
         "\"memory_equal\":true",
         "\"counter_continued\":true",
@@ -484,15 +489,7 @@ fn kvm_demo_two_process_resumes_the_guest_in_another_process() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "stdout {stdout}\nstderr {stderr}");
-    let summary = stdout
-        .lines()
-        .find(|l| l.contains("\"kind\":\"summary\""))
-        .unwrap_or_else(|| panic!("no summary in {stdout}"));
-    assert!(summary.contains("\"verified\":true"), "{summary}");
-    let line = stdout
-        .lines()
-        .find(|l| l.contains("\"kind\":\"kvm_summary\""))
-        .unwrap_or_else(|| panic!("no kvm_summary in {stdout}"));
+    let line = verified_kvm_summary(&stdout);
     let kvm: serde_json::Value = serde_json::from_str(line).unwrap();
     assert_eq!(kvm["memory_equal"], true, "{line}");
     assert_eq!(kvm["counter_continued"], true, "{line}");
