@@ -23,29 +23,7 @@
 #include <string.h>
 #include <time.h>
 
-static int checks, failures;
-
-#define CHECK(cond)                                                                       \
-    do {                                                                                  \
-        checks++;                                                                         \
-        if (!(cond)) {                                                                    \
-            failures++;                                                                   \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);      \
-        }                                                                                 \
-    } while (0)
-
-#define CHECK_RC(expr, want)                                                              \
-    do {                                                                                  \
-        int rc_ = (expr);                                                                 \
-        int want_ = (want);                                                               \
-        checks++;                                                                         \
-        if (rc_ != want_) {                                                               \
-            failures++;                                                                   \
-            fprintf(stderr, "%s:%d: %s returned %d (%s), expected %d (%s)\n", __FILE__,    \
-                    __LINE__, #expr, rc_, precopy_strerror(rc_), want_,                   \
-                    precopy_strerror(want_));                                             \
-        }                                                                                 \
-    } while (0)
+#include "check.h"
 
 #define PAGE 4096u
 #define PAGES 2048u /* 8 MiB */
@@ -382,22 +360,45 @@ static void start_guest(guest_t *g, uint8_t *mem, uint8_t *shadow) {
     memcpy(shadow, mem, (size_t)PAGES * PAGE);
 }
 
-static void migrate_with_writes(void) {
-    uint8_t *mem = alloc64((size_t)PAGES * PAGE);
-    uint8_t *shadow = alloc64((size_t)PAGES * PAGE);
-    uint8_t *dest = alloc64((size_t)PAGES * PAGE);
+/* One test's guest (memory and its shadow, writing on its own thread), destination
+ * memory and migration state. */
+typedef struct {
+    uint8_t *mem, *shadow, *dest;
     guest_t g;
     pthread_t thread;
-    migration_t *m = alloc64(sizeof *m);
+    migration_t *m;
+} fixture_t;
 
-    start_guest(&g, mem, shadow);
-    setup(m, &g, dest);
-    CHECK(pthread_create(&thread, NULL, writer, &g) == 0);
+/* Allocates a fixture, starts its guest writing and sets up its migration. */
+static void fixture_start(fixture_t *f) {
+    f->mem = alloc64((size_t)PAGES * PAGE);
+    f->shadow = alloc64((size_t)PAGES * PAGE);
+    f->dest = alloc64((size_t)PAGES * PAGE);
+    f->m = alloc64(sizeof *f->m);
+    start_guest(&f->g, f->mem, f->shadow);
+    setup(f->m, &f->g, f->dest);
+    CHECK(pthread_create(&f->thread, NULL, writer, &f->g) == 0);
+}
+
+/* Tears down the migration and frees what fixture_start allocated. */
+static void fixture_end(fixture_t *f) {
+    teardown(f->m);
+    free(f->m);
+    free(f->mem);
+    free(f->shadow);
+    free(f->dest);
+}
+
+static void migrate_with_writes(void) {
+    fixture_t f;
+    fixture_start(&f);
+    uint8_t *mem = f.mem, *shadow = f.shadow, *dest = f.dest;
+    migration_t *m = f.m;
     int error = 0;
-    uint32_t end = run(m, &g, thread, STREAMS, 0, &error);
+    uint32_t end = run(m, &f.g, f.thread, STREAMS, 0, &error);
     CHECK(end == PRECOPY_COORDINATOR_EVENT_DONE);
     CHECK_RC(error, PRECOPY_OK);
-    CHECK(atomic_load(&g.writes) > 0);
+    CHECK(atomic_load(&f.g.writes) > 0);
     CHECK(m->syncs >= 2 && m->paused_syncs == 1);
     CHECK(memcmp(mem, dest, (size_t)PAGES * PAGE) == 0);
     CHECK(memcmp(mem, shadow, (size_t)PAGES * PAGE) == 0);
@@ -415,26 +416,16 @@ static void migrate_with_writes(void) {
     }
     printf("  memory equal (%u pages), digests verified on %u streams, %llu delta pages\n",
            PAGES, STREAMS, (unsigned long long)delta);
-    teardown(m);
-    free(m);
-    free(mem);
-    free(shadow);
-    free(dest);
+    fixture_end(&f);
 }
 
 static void corrupted_byte_fails_and_leaves_the_source_intact(void) {
-    uint8_t *mem = alloc64((size_t)PAGES * PAGE);
-    uint8_t *shadow = alloc64((size_t)PAGES * PAGE);
-    uint8_t *dest = alloc64((size_t)PAGES * PAGE);
-    guest_t g;
-    pthread_t thread;
-    migration_t *m = alloc64(sizeof *m);
-
-    start_guest(&g, mem, shadow);
-    setup(m, &g, dest);
-    CHECK(pthread_create(&thread, NULL, writer, &g) == 0);
+    fixture_t f;
+    fixture_start(&f);
+    uint8_t *mem = f.mem, *shadow = f.shadow;
+    migration_t *m = f.m;
     int error = 0;
-    uint32_t end = run(m, &g, thread, 1, 300000, &error);
+    uint32_t end = run(m, &f.g, f.thread, 1, 300000, &error);
     CHECK(end == PRECOPY_COORDINATOR_EVENT_FAILED);
     CHECK(error == PRECOPY_ERR_CHECKSUM || error == PRECOPY_ERR_BAD_FRAME ||
           error == PRECOPY_ERR_STREAM);
@@ -467,11 +458,7 @@ static void corrupted_byte_fails_and_leaves_the_source_intact(void) {
     CHECK_RC(precopy_source_error_message(&m->src[0], msg, &msg_len), PRECOPY_OK);
     CHECK(msg_len == 0); /* aborted, not failed */
     free(buf);
-    teardown(m);
-    free(m);
-    free(mem);
-    free(shadow);
-    free(dest);
+    fixture_end(&f);
 }
 
 /* ---- Every new call is total: bad arguments and wrong order are error codes ------- */
