@@ -72,6 +72,16 @@ def split_params(text):
     return [p.strip() for p in text.split(",") if p.strip()]
 
 
+def signature(m):
+    """The C return type and (name, C type) parameters of a matched Rust function:
+    group 2 its parameters, group 3 its return type (absent: void)."""
+    plist = []
+    for p in split_params(m.group(2)):
+        pname, pty = p.split(":", 1)
+        plist.append((pname.strip(), norm_c(rust_to_c(pty))))
+    return (norm_c(rust_to_c(m.group(3) or "()")), plist)
+
+
 def rust_decls():
     fns, structs, consts, sizes = {}, {}, {}, {}
     for path in SOURCES:
@@ -83,24 +93,14 @@ def rust_decls():
             code,
             re.S,
         ):
-            name, params, ret = m.group(1), m.group(2), m.group(3) or "()"
-            plist = []
-            for p in split_params(params):
-                pname, pty = p.split(":", 1)
-                plist.append((pname.strip(), norm_c(rust_to_c(pty))))
-            fns["(callback) " + c_name(name)] = (norm_c(rust_to_c(ret)), plist)
+            fns["(callback) " + c_name(m.group(1))] = signature(m)
         for m in re.finditer(
             r"#\[no_mangle\]\s*pub\s+(?:unsafe\s+)?extern\s+\"C\"\s+fn\s+(\w+)\s*"
             r"\((.*?)\)\s*(?:->\s*([^{]+?))?\s*\{",
             code,
             re.S,
         ):
-            name, params, ret = m.group(1), m.group(2), m.group(3) or "()"
-            plist = []
-            for p in split_params(params):
-                pname, pty = p.split(":", 1)
-                plist.append((pname.strip(), norm_c(rust_to_c(pty))))
-            fns[name] = (norm_c(rust_to_c(ret)), plist)
+            fns[m.group(1)] = signature(m)
         for m in re.finditer(
             r"#\[repr\(C(?:,\s*align\((\d+)\))?\)\]\s*(?:#\[[^\]]*\]\s*)*"
             r"pub\s+struct\s+(\w+)\s*\{(.*?)\n\}",
