@@ -11,7 +11,7 @@ use std::time::Duration;
 
 #[path = "common/cli_proc.rs"]
 mod cli_proc;
-use cli_proc::{assert_fails_with, run, send, Proc, GUEST, TIMEOUT};
+use cli_proc::{assert_fails_with, listening_recv, run, send, GUEST, TIMEOUT};
 
 /// The JSON summary line among `lines`.
 fn summary(lines: &[String]) -> &str {
@@ -69,15 +69,6 @@ fn recv_file(dir: &Path, stream: &[u8]) -> (ExitStatus, Vec<String>, String) {
     let path = dir.join("input.precopy");
     std::fs::write(&path, stream).unwrap();
     run(&["recv", "--input", path.to_str().unwrap()])
-}
-
-/// `recv --listen 127.0.0.1:0 --json` plus `extra`; returns it and its address.
-fn listening_recv(extra: &[&str]) -> (Proc, String) {
-    let mut args = vec!["recv", "--listen", "127.0.0.1:0", "--json"];
-    args.extend(extra);
-    let mut recv = Proc::spawn(&args);
-    let addr = recv.listening_addr();
-    (recv, addr)
 }
 
 /// Sends raw `bytes` to a listening recv as a fake source, half-closes, and returns

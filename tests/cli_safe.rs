@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 #[path = "common/cli_proc.rs"]
 mod cli_proc;
-use cli_proc::{assert_fails_with, run, send, Proc, BIN, GUEST, TIMEOUT};
+use cli_proc::{assert_fails_with, listening_recv, run, send, Proc, BIN, GUEST, TIMEOUT};
 
 /// Clap's refusal of an option: exit code 2, the option named, no panic.
 #[track_caller]
@@ -33,14 +33,6 @@ fn scratch(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn listening_recv(extra: &[&str]) -> (Proc, String) {
-    let mut args = vec!["recv", "--listen", "127.0.0.1:0", "--json"];
-    args.extend(extra);
-    let mut recv = Proc::spawn(&args);
-    let addr = recv.listening_addr();
-    (recv, addr)
 }
 
 /// A stream header for a flat guest of `bytes` (stream `index` of `count`).

@@ -111,6 +111,15 @@ impl Drop for Proc {
     }
 }
 
+/// `recv --listen 127.0.0.1:0 --json` plus `extra`; returns it and its address.
+pub fn listening_recv(extra: &[&str]) -> (Proc, String) {
+    let mut args = vec!["recv", "--listen", "127.0.0.1:0", "--json"];
+    args.extend(extra);
+    let mut recv = Proc::spawn(&args);
+    let addr = recv.listening_addr();
+    (recv, addr)
+}
+
 /// Runs `precopy args` to its end: status, stdout lines, stderr.
 pub fn run(args: &[&str]) -> (ExitStatus, Vec<String>, String) {
     Proc::spawn(args).finish()
