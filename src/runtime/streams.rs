@@ -919,8 +919,13 @@ impl Encoder<'_> {
                         });
                         let items: Vec<_> = items.iter().map(OwnedDeviceState::item).collect();
                         let needed = items.iter().map(|d| d.frame_len()).sum::<usize>();
-                        // The buffer joins the free pool: it must fit any poll.
-                        let mut buf = vec![0u8; needed.max(buffer_len)];
+                        // A buffer of the pool (none is allocated in the downtime
+                        // unless all are queued); it goes back to the pool, so it
+                        // must fit any poll.
+                        let mut buf = self.free_rx.try_recv().unwrap_or_default();
+                        if buf.len() < needed.max(buffer_len) {
+                            buf.resize(needed.max(buffer_len), 0);
+                        }
                         let len = engine.send_device_state(&items, &mut buf)?;
                         self.data_tx
                             .send(Chunk::Bytes(buf, len))
