@@ -324,6 +324,7 @@ fn scheduler_step(c: &mut Criterion) {
                 pages_sent: 100_000,
                 wire_bytes: 100_000 * 4096,
                 dirty_pages: black_box(100_000),
+                pending_pages: 0,
             }))
         })
     });

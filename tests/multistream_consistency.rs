@@ -135,6 +135,7 @@ fn migrate(
                         pages_sent: rounds.iter().map(|r| r.pages_sent).sum(),
                         wire_bytes: rounds.iter().map(|r| r.wire_bytes).sum(),
                         dirty_pages: rounds.iter().map(|r| r.dirty_pages).sum(),
+                        pending_pages: 0,
                     });
                     assert!(
                         !matches!(outcome.decision, Decision::Fail(_)),
@@ -515,6 +516,7 @@ fn a_failed_multi_stream_migration_loses_no_dirty_page() {
                 pages_sent: m.iter().map(|r| r.pages_sent).sum(),
                 wire_bytes: m.iter().map(|r| r.wire_bytes).sum(),
                 dirty_pages: m.iter().map(|r| r.dirty_pages).sum(),
+                pending_pages: 0,
             });
             measured = [None; 3];
             failed = matches!(outcome.decision, Decision::Fail(_));

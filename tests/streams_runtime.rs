@@ -25,11 +25,16 @@ use precopy::workload::SyntheticGuest;
 const PAGE: usize = 4096;
 
 /// The synthetic guest, counting the pauses the runtime asks for; with `device`, it has
-/// device state (two items, the first naming the pauses seen when it was saved).
+/// device state (two items, the first naming the pauses seen when it was saved); with
+/// `log_page`, it keeps a dirty log outside the bitmap (as KVM does) that reports that
+/// page dirty at every sync.
 struct Counted<'a> {
     guest: &'a SyntheticGuest,
     pauses: AtomicU32,
     device: bool,
+    log_page: Option<u64>,
+    /// Syncs of the dirty log with the guest paused.
+    paused_syncs: AtomicU32,
 }
 
 /// The device state a `Counted` guest saves after `pauses` pauses.
@@ -69,6 +74,15 @@ impl Guest for Counted<'_> {
     }
     fn throttle(&self, percent: u8) {
         Guest::throttle(self.guest, percent)
+    }
+    fn sync_dirty(&self) -> Result<(), Self::Error> {
+        if self.pauses.load(Ordering::Relaxed) > 0 {
+            self.paused_syncs.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(page) = self.log_page {
+            Guest::bitmap(self.guest).mark(page).unwrap();
+        }
+        Ok(())
     }
     fn has_device_state(&self) -> bool {
         self.device
@@ -160,6 +174,8 @@ fn three_streams_with_writers_running_end_with_equal_memory() {
         guest: &guest,
         pauses: AtomicU32::new(0),
         device: false,
+        log_page: None,
+        paused_syncs: AtomicU32::new(0),
     };
     let mut seen = Seen::default();
     let report = migrate_streams(
@@ -213,6 +229,8 @@ fn the_guests_device_state_travels_after_the_final_round() {
         guest: &guest,
         pauses: AtomicU32::new(0),
         device: true,
+        log_page: None,
+        paused_syncs: AtomicU32::new(0),
     };
     let report = migrate_streams(
         &counted,
@@ -228,6 +246,46 @@ fn the_guests_device_state_travels_after_the_final_round() {
     // Saved once, with the guest paused (one pause seen), and received as saved.
     assert_eq!(received.device_state, device_items(1));
     guest.stop();
+}
+
+/// At every round's barrier the runtime brings in the dirty logs kept outside the
+/// bitmap and counts the pages dirtied since the streams harvested: the scheduler
+/// predicts the pause with them. Here the guest's log reports a page at every sync,
+/// after the harvests: every round has it pending. Once paused, the log is synced once.
+#[test]
+fn pages_dirtied_after_the_harvests_are_counted_at_each_barrier() {
+    let layout = GuestLayout::flat(PAGE as u64, 8 << 20).unwrap();
+    let guest = SyntheticGuest::new(layout, "idle".parse().unwrap());
+    let (addr, dest) = destination(layout);
+    let counted = Counted {
+        guest: &guest,
+        pauses: AtomicU32::new(0),
+        device: false,
+        log_page: Some(700),
+        paused_syncs: AtomicU32::new(0),
+    };
+    let mut seen = Seen::default();
+    // As a KVM guest's: every harvest waits for the log to be brought in.
+    let mut options = options(None);
+    options.source.sync_before_harvest = true;
+    let report = migrate_streams(
+        &counted,
+        links(&addr, 2),
+        |l| l.finish(),
+        &options,
+        &mut seen,
+    )
+    .unwrap();
+    let received = dest.join().unwrap().unwrap();
+    assert_eq!(received.digests, report.digests.unwrap());
+    assert!(seen.rounds.len() >= 2, "{}", seen.rounds.len());
+    for r in &seen.rounds {
+        let s = r.outcome.stats;
+        assert!(s.pending_pages >= 1, "round {}: {s:?}", s.round);
+    }
+    // Paused, the log is brought in once, before the final harvests: not again by
+    // each stream's encoder inside the downtime.
+    assert_eq!(counted.paused_syncs.load(Ordering::Relaxed), 1);
 }
 
 fn cut() -> RuntimeError {

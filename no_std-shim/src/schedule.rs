@@ -119,8 +119,9 @@ pub struct PrecopyPolicy {
     pub shrink_enabled: u32,
     /// Most rounds after the first one that met the limit (at least 1; default 8).
     pub shrink_max_extra_rounds: u32,
-    /// Keep iterating only while the prediction is above this share of the limit,
-    /// in (0, 1) (default 0.05).
+    /// Keep iterating only while the memory part of the prediction (less the fixed
+    /// non-memory allowance) is above this share of the limit, in (0, 1) (default
+    /// 0.005).
     pub shrink_target_fraction: f64,
     /// Least share a round must shrink the dirty set by, in (0, 1) (default 0.1).
     pub shrink_min_shrink: f64,
@@ -534,6 +535,8 @@ pub unsafe extern "C" fn precopy_scheduler_round_done(
             pages_sent: m.pages_sent,
             wire_bytes: m.wire_bytes,
             dirty_pages: m.dirty_pages,
+            // The C struct has no count of pages dirtied after the harvest yet.
+            pending_pages: 0,
         });
         let (decision, switch_reason, not_converging) = match o.decision {
             Decision::Continue { .. } => {

@@ -362,6 +362,12 @@ impl Coordinator {
         result
     }
 
+    /// Pages dirtied since the streams harvested the round now ending: see
+    /// [`CoordinatorCore::note_pending_pages`].
+    pub fn note_pending_pages(&mut self, pages: u64) {
+        self.core.note_pending_pages(pages);
+    }
+
     /// Stream `stream`'s engine asks for the pause
     /// ([`SourceEvent::PauseGuest`](super::SourceEvent::PauseGuest)). When every
     /// stream has, [`CoordinatorEvent::PauseGuest`] follows, once.

@@ -27,6 +27,11 @@ impl OwnedWords {
         }
     }
 
+    /// The words as a vector, without copying them.
+    pub fn into_vec(self) -> alloc::vec::Vec<u64> {
+        self.words.into_vec()
+    }
+
     /// `len` zeroed words, or `None` when the allocator refuses them.
     pub fn try_zeroed(len: usize) -> Option<Self> {
         let mut v = alloc::vec::Vec::new();

@@ -614,6 +614,8 @@ fn coordinate<G: Guest + ?Sized>(
     // Streams that completed and have not had their verdict yet: after a failure, their
     // verdicts are still coming (a refusal among them is the telling error).
     let mut awaiting_verdict = vec![false; commands.len()];
+    // Round notes of the round in progress: the last one is the barrier.
+    let mut round_notes = 0usize;
     loop {
         let (i, note) = match notes.recv_timeout(Duration::from_millis(100)) {
             Ok(x) => x,
@@ -642,7 +644,22 @@ fn coordinate<G: Guest + ?Sized>(
             }
         }
         let handled = match note {
-            Note::Round(r, lz4) => coordinator.handle_round_measured(i, r, lz4, now()),
+            Note::Round(r, lz4) => {
+                round_notes += 1;
+                if round_notes == commands.len() {
+                    round_notes = 0;
+                    // The barrier: the scheduler decides on this round now. Pages the
+                    // guest dirtied since the streams harvested (while their bytes
+                    // were still buffered on the way) would be sent by a pause now:
+                    // brought in (dirty logs kept outside the bitmap, which the next
+                    // harvests need anyway) and counted.
+                    if let Err(e) = guest.sync_dirty() {
+                        return fail(RuntimeError::guest("pulling the guest's dirty pages", e));
+                    }
+                    coordinator.note_pending_pages(guest.bitmap().dirty_pages());
+                }
+                coordinator.handle_round_measured(i, r, lz4, now())
+            }
             Note::PauseWanted => coordinator.handle_pause_wanted(i),
             Note::Complete(digest, f) => coordinator.handle_complete(
                 i,
@@ -689,11 +706,9 @@ fn coordinate<G: Guest + ?Sized>(
                 CoordinatorEvent::Throttle(percent) => guest.throttle(percent),
                 CoordinatorEvent::Decide(decision) => {
                     log::debug!("round decided: {decision:?}");
-                    // Dirty pages tracked outside the bitmap (a KVM dirty log) come
-                    // in before the engines go on: the next round's harvest has them.
-                    if let Err(e) = guest.sync_dirty() {
-                        return fail(RuntimeError::guest("pulling the guest's dirty pages", e));
-                    }
+                    // Dirty pages tracked outside the bitmap (a KVM dirty log) came in
+                    // at the barrier, before this decision: the next round's harvest
+                    // has them.
                     broadcast(&|| Command::Decide(decision))
                 }
                 CoordinatorEvent::PauseGuest { .. } => {
@@ -860,6 +875,7 @@ impl Encoder<'_> {
         // The wall time of each poll, from the end of the last one: waiting for a free
         // buffer (the sender is behind), encoding, handing the buffer over.
         let mut poll_start = now();
+        let mut paused = false;
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 return Err(stopped());
@@ -906,9 +922,14 @@ impl Encoder<'_> {
                         poll_start = now();
                     }
                     // Re-protect in KVM and OR into the bitmap (the guest's
-                    // `sync_dirty`), then harvest.
+                    // `sync_dirty`), then harvest. Not once the guest is paused: the
+                    // coordinator synced after the pause, before telling the encoders,
+                    // and a paused guest dirties nothing more (a sync per stream would
+                    // only add to the downtime).
                     SourceEvent::SyncDirtyLog { .. } => {
-                        (self.sync)()?;
+                        if !paused {
+                            (self.sync)()?;
+                        }
                         engine.dirty_log_synced(now())?
                     }
                     // The paused guest's device state, saved by the coordinator at
@@ -934,7 +955,10 @@ impl Encoder<'_> {
                     SourceEvent::PauseGuest { .. } => {
                         note(Note::PauseWanted)?;
                         match self.command_rx.recv() {
-                            Ok(Command::Paused) => engine.guest_paused(now())?,
+                            Ok(Command::Paused) => {
+                                paused = true;
+                                engine.guest_paused(now())?
+                            }
                             _ => return Err(stopped()),
                         }
                         poll_start = now();

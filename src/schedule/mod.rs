@@ -18,7 +18,7 @@
 //!     let wire_bytes = to_send * 4096;
 //!     now += wire_bytes * 8 / 10; // 10 Gbit/s = 1.25 bytes per ns
 //!     let dirty = to_send / 10; // the guest re-dirtied a tenth meanwhile
-//!     let out = s.round_done(RoundMeasurement { now_ns: now, pages_sent: to_send, wire_bytes, dirty_pages: dirty });
+//!     let out = s.round_done(RoundMeasurement { now_ns: now, pages_sent: to_send, wire_bytes, dirty_pages: dirty, pending_pages: 0 });
 //!     match out.decision {
 //!         Decision::Continue { .. } => to_send = dirty,
 //!         Decision::SwitchOver { predicted_downtime_ns, .. } => {

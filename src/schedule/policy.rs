@@ -63,7 +63,9 @@ pub struct DowntimeRamp {
 ///
 /// After a round that meets the downtime rule, the scheduler runs another live round
 /// only when all of these hold, and switches over otherwise:
-/// - the prediction is above `target_fraction` of the limit in force;
+/// - the memory part of the prediction (the prediction less the fixed non-memory
+///   allowance, which no round can lower) is above `target_fraction` of the limit
+///   in force;
 /// - the next round's prediction, extrapolated from this round's shrink (the memory
 ///   part scaled by this round's dirty pages over the previous round's), times
 ///   `headroom` is still within the limit (a next round that comes out that much worse
@@ -78,9 +80,10 @@ pub struct DowntimeRamp {
 /// shrinking: the ordinary rule decides from then on.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Shrink {
-    /// Keep iterating only while the prediction is above this share of the downtime
-    /// limit in force, in (0, 1) (default 0.05: 15 ms of a 300 ms limit, the fixed
-    /// non-memory allowance included).
+    /// Keep iterating only while the memory part of the prediction is above this
+    /// share of the downtime limit in force, in (0, 1) (default 0.005: 1.5 ms of a
+    /// 300 ms limit, a few hundred pages on loopback, on top of the fixed non-memory
+    /// allowance). Rounds stop anyway once they no longer shrink by `min_shrink`.
     pub target_fraction: f64,
     /// Least share by which a round must shrink the dirty set against the round before
     /// for another to run, in (0, 1) (default 0.1).
@@ -98,7 +101,7 @@ pub struct Shrink {
 impl Default for Shrink {
     fn default() -> Self {
         Shrink {
-            target_fraction: 0.05,
+            target_fraction: 0.005,
             min_shrink: 0.1,
             headroom: 1.25,
             max_extra_rounds: 8,

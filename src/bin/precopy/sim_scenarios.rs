@@ -207,6 +207,7 @@ mod tests {
                     pages_sent: 0,
                     wire_bytes: 0,
                     dirty_pages: 0,
+                    pending_pages: 0,
                     duration_ns: 1,
                     bandwidth_bytes_per_sec: 0.0,
                     dirty_pages_per_sec: 0.0,

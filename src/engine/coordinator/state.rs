@@ -161,6 +161,7 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> CoordinatorCore<S> {
                 pages_sent: 0,
                 wire_bytes: 0,
                 dirty_pages: 0,
+                pending_pages: 0,
             },
             measured: 0,
             pause_wanted: 0,
@@ -270,6 +271,16 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> CoordinatorCore<S> {
         Ok(())
     }
 
+    /// Pages dirtied since the streams harvested the round now ending, counted by
+    /// the caller (after bringing in dirty logs kept outside the bitmap) just before
+    /// the last stream's [`handle_round_measured`](Self::handle_round_measured): the
+    /// scheduler predicts the downtime of pausing now with them
+    /// ([`RoundMeasurement::pending_pages`]). A caller that does not count them
+    /// leaves it at 0; the count is used by the next barrier only.
+    pub fn note_pending_pages(&mut self, pages: u64) {
+        self.round_measurement.pending_pages = pages;
+    }
+
     /// The barrier: every stream measured the round.
     fn end_round(&mut self, now_ns: u64) {
         for i in 0..self.streams {
@@ -284,6 +295,7 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> CoordinatorCore<S> {
             pages_sent: 0,
             wire_bytes: 0,
             dirty_pages: 0,
+            pending_pages: 0,
         };
         self.live_pages += m.pages_sent;
         self.live_wire_bytes += m.wire_bytes;
