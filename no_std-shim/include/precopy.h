@@ -548,8 +548,10 @@ int precopy_decoder_error_message(const precopy_decoder_t *decoder, char *buf, s
  *
  * The loop, per stream i: precopy_source_poll_transmit -> send the bytes; then
  * precopy_source_poll_event until NONE: ROUND_MEASURED, PAUSE_GUEST and COMPLETE go to
- * precopy_coordinator_handle_source_event(i); SYNC_DIRTY_LOG is the host's (bring KVM's
- * log into the bitmap, then precopy_source_dirty_log_synced). Then
+ * precopy_coordinator_handle_source_event(i) (before a round's last ROUND_MEASURED,
+ * optionally precopy_coordinator_note_pending_pages with the bitmap's dirty count);
+ * SYNC_DIRTY_LOG is the host's (bring KVM's log into the bitmap, then
+ * precopy_source_dirty_log_synced). Then
  * precopy_coordinator_poll_event until NONE: DECIDE -> precopy_source_decide on every
  * stream; PAUSE_GUEST -> pause the guest, precopy_coordinator_guest_paused;
  * GUEST_PAUSED -> precopy_source_guest_paused on every stream; FINAL_ROUND -> give each
@@ -745,6 +747,12 @@ int precopy_coordinator_init(precopy_coordinator_t *coord, const precopy_policy_
 int precopy_coordinator_handle_source_event(precopy_coordinator_t *coord, uint32_t stream,
                                             const precopy_source_event_t *event,
                                             uint64_t now_ns);
+
+/* Pages dirtied since the streams harvested the round now ending (the host's
+ * precopy_bitmap_dirty_count after bringing in KVM's log), given just before the
+ * round's last ROUND_MEASURED: the prediction counts them (a pause now sends them
+ * too). That round's decision only; 0 if not given. */
+int precopy_coordinator_note_pending_pages(precopy_coordinator_t *coord, uint64_t pages);
 
 /* The host paused the guest (after PAUSE_GUEST). */
 int precopy_coordinator_guest_paused(precopy_coordinator_t *coord, uint64_t now_ns);

@@ -229,6 +229,27 @@ pub unsafe extern "C" fn precopy_coordinator_handle_source_event(
     })())
 }
 
+/// Pages dirtied since the streams harvested the round now ending (the host's count of
+/// its bitmap, `precopy_bitmap_dirty_count`, after bringing in KVM's log), given just
+/// before the round's last ROUND_MEASURED: a pause now would send them too, so the
+/// prediction and the shrink rule count them (the dirty rate does not). Used by that
+/// round's decision only; a host that does not count them leaves them at 0.
+///
+/// # Safety
+/// `coord` points at a `precopy_coordinator_t` nothing else uses during the call.
+#[no_mangle]
+pub unsafe extern "C" fn precopy_coordinator_note_pending_pages(
+    coord: *mut PrecopyCoordinator,
+    pages: u64,
+) -> c_int {
+    status((|| {
+        // SAFETY: per this function's contract.
+        let c = unsafe { state(coord) }?;
+        c.note_pending_pages(pages);
+        Ok(())
+    })())
+}
+
 /// The host paused the guest (after PAUSE_GUEST), at `now_ns`.
 ///
 /// # Safety
