@@ -13,9 +13,9 @@ use std::time::Duration;
 use std::vec::Vec;
 
 use super::listen::{ListenOptions, Timed};
-use super::session::{apply_from, check_memory, write_reply, Limits, Reply};
+use super::session::{apply_from, check_memory, write_reply, ApplyState, Limits, Reply};
 use super::RuntimeError;
-use crate::engine::{Applier, ApplyStats, OwnedDeviceState};
+use crate::engine::{ApplyStats, OwnedDeviceState};
 use crate::memory::{FreshMemory, PageMemory, VecMemory};
 use crate::wire::StreamHeader;
 
@@ -177,6 +177,8 @@ impl IncomingStreams {
         }
         let first_error: Mutex<Option<String>> = Mutex::new(None);
         type StreamResult = Result<(ApplyStats, u64, u128, Vec<OwnedDeviceState>), RuntimeError>;
+        // Each stream's applier state, dropped once the verdicts are written.
+        let mut states = Vec::with_capacity(count);
         let results: Vec<StreamResult> = std::thread::scope(|s| {
             let handles: Vec<_> = streams
                 .iter_mut()
@@ -188,33 +190,36 @@ impl IncomingStreams {
                     std::thread::Builder::new()
                         .name(name)
                         .spawn_scoped(s, move || {
-                            let mut applier = Applier::with_memory(view);
+                            let mut state = ApplyState::new(view);
                             let result = apply_from(
                                 &mut stream.conn,
-                                &mut applier,
+                                &mut state,
                                 &stream.header_bytes,
                                 true,
                             )
                             .map(|(bytes, digest, device)| {
-                                (applier.stats(), bytes, digest, device)
+                                (state.applier.stats(), bytes, digest, device)
                             });
                             if let Err(e) = &result {
                                 // Every source stream is told the first failure.
                                 let reason = fail_all(sockets, first_error, e);
                                 let _ = write_reply(&mut stream.conn, &Reply::Refused(reason));
                             }
-                            result
+                            // Freed after the verdicts, not before them.
+                            (result, state)
                         })
                 })
                 .collect();
             handles
                 .into_iter()
                 .enumerate()
-                .map(|(i, h)| match h {
-                    Ok(h) => h.join().unwrap_or_else(|_| {
-                        Err(RuntimeError::ThreadPanicked {
-                            thread: format!("the thread receiving stream {i}"),
-                        })
+                .map(|(i, h)| match h.map(|h| h.join()) {
+                    Ok(Ok((result, state))) => {
+                        states.push(state);
+                        result
+                    }
+                    Ok(Err(_)) => Err(RuntimeError::ThreadPanicked {
+                        thread: format!("the thread receiving stream {i}"),
                     }),
                     Err(e) => Err(RuntimeError::io("starting a stream's thread", e)),
                 })
@@ -261,6 +266,7 @@ impl IncomingStreams {
                 )
             })?;
         }
+        drop(states);
         Ok(applied)
     }
 }

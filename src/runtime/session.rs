@@ -389,7 +389,10 @@ impl<R: Read + ?Sized> Incoming<'_, R> {
     /// (a file) it reads the input to its end, so bytes after the completion frame are
     /// an error. On error the memory holds a partial migration.
     pub fn apply_into<M: PageMemory>(mut self, memory: M) -> Result<Applied, RuntimeError> {
-        let result = self.apply_inner(memory);
+        // The applier and its buffers are freed after the verdict: unmapping them
+        // (megabytes of kept hashes) is not the source's downtime.
+        let mut kept = None;
+        let result = self.apply_inner(memory, &mut kept);
         if let Some(w) = self.replies.as_mut() {
             let reply = match &result {
                 Ok(applied) => Reply::Verified {
@@ -408,21 +411,25 @@ impl<R: Read + ?Sized> Incoming<'_, R> {
         result
     }
 
-    fn apply_inner<M: PageMemory>(&mut self, memory: M) -> Result<Applied, RuntimeError> {
+    fn apply_inner<M: PageMemory>(
+        &mut self,
+        memory: M,
+        kept: &mut Option<ApplyState<M>>,
+    ) -> Result<Applied, RuntimeError> {
         check_memory(&self.header, &memory)?;
         if let Some(w) = self.replies.as_mut() {
             write_reply(w, &Reply::Ok).map_err(|e| RuntimeError::io("answering the source", e))?;
         }
-        let mut applier = Applier::with_memory(memory);
+        let state = kept.insert(ApplyState::new(memory));
         let (stream_bytes, digest, device_state) = apply_from(
             self.input,
-            &mut applier,
+            state,
             &self.header_bytes,
             self.replies.is_some(),
         )?;
         Ok(Applied {
             header: self.header,
-            stats: applier.stats(),
+            stats: state.applier.stats(),
             stream_bytes,
             digest,
             device_state,
@@ -468,12 +475,30 @@ pub fn receive<R: Read + ?Sized>(
     })
 }
 
-/// Feeds `header_bytes` and then `input` to `applier` until the completion frame (with
-/// `stop_at_complete`, a connection) or the end of input (a file): returns the stream
-/// bytes read, the verified digest and the device state the stream carried.
+/// A destination stream's applier and its read buffer, kept by the caller until the
+/// verdict is written: freeing them (the applier's memory view may hold megabytes of
+/// kept hashes) takes time the source would wait through.
+pub(crate) struct ApplyState<M: crate::memory::PageMemory> {
+    pub(crate) applier: crate::engine::OwnedApplier<M>,
+    buf: Vec<u8>,
+}
+
+impl<M: crate::memory::PageMemory> ApplyState<M> {
+    /// An applier over `memory` and a 1 MiB read buffer.
+    pub(crate) fn new(memory: M) -> Self {
+        ApplyState {
+            applier: Applier::with_memory(memory),
+            buf: vec![0u8; 1 << 20],
+        }
+    }
+}
+
+/// Feeds `header_bytes` and then `input` to `state`'s applier until the completion
+/// frame (with `stop_at_complete`, a connection) or the end of input (a file): returns
+/// the stream bytes read, the verified digest and the device state the stream carried.
 pub(crate) fn apply_from<R, M>(
     input: &mut R,
-    applier: &mut crate::engine::OwnedApplier<M>,
+    state: &mut ApplyState<M>,
     header_bytes: &[u8],
     stop_at_complete: bool,
 ) -> Result<(u64, u128, Vec<crate::engine::OwnedDeviceState>), RuntimeError>
@@ -481,11 +506,11 @@ where
     R: Read + ?Sized,
     M: crate::memory::PageMemory,
 {
+    let ApplyState { applier, buf } = state;
     applier.feed(header_bytes)?;
     let mut stream_bytes = header_bytes.len() as u64;
-    let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = match input.read(&mut buf) {
+        let n = match input.read(buf) {
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => {
