@@ -593,7 +593,7 @@ fn a_guest_that_stops_shrinking_or_is_under_the_target_switches_over_at_once() {
     let b = stationary(pol, 1 << 18, saturated);
     assert_eq!((a.rounds, b.rounds), (2, 2), "{a:?} {b:?}");
     // A slow writer: the memory part of the first prediction after round 2 (about
-    // 120 pages, 0.5 ms) is under the 1.5 ms target already.
+    // 120 pages, 0.5 ms) is under the 0.6 ms target already.
     let slow = (65_536, 5_000, 1_000_000_000, 4_116, 2_000_000);
     let a = stationary(Policy::default(), 1 << 18, slow);
     assert_eq!(a.rounds, 2, "{a:?}");

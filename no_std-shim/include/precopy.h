@@ -242,7 +242,7 @@ typedef struct precopy_policy {
     uint64_t ramp_max_ns;            /* ceiling, >= downtime_limit_ns */
     uint32_t shrink_enabled;         /* 0 or 1: iterate past the limit while rounds shrink the dirty set (1) */
     uint32_t shrink_max_extra_rounds; /* most rounds after the first within the limit, >= 1 (8) */
-    double shrink_target_fraction;   /* iterate only while the memory part of the prediction is above this share of the limit, (0, 1) (0.005) */
+    double shrink_target_fraction;   /* iterate only while the memory part of the prediction is above this share of the limit, (0, 1) (0.002) */
     double shrink_min_shrink;        /* least share a round shrinks the dirty set by, (0, 1) (0.1) */
     double shrink_headroom;          /* next round's extrapolated prediction x this within the limit, >= 1 (1.25) */
     double shrink_max_extra_bytes_ratio; /* most bytes of extra rounds / guest memory, > 0 (0.5) */

@@ -121,7 +121,7 @@ pub struct PrecopyPolicy {
     pub shrink_max_extra_rounds: u32,
     /// Keep iterating only while the memory part of the prediction (less the fixed
     /// non-memory allowance) is above this share of the limit, in (0, 1) (default
-    /// 0.005).
+    /// 0.002).
     pub shrink_target_fraction: f64,
     /// Least share a round must shrink the dirty set by, in (0, 1) (default 0.1).
     pub shrink_min_shrink: f64,

@@ -493,7 +493,7 @@ static void test_policy(void) {
           p.throttle_trigger_rounds == 2 && p.throttle_threshold == 0.5);
     CHECK(p.ramp_enabled == 0 && p.min_rounds == 2);
     CHECK(p.shrink_enabled == 1 && p.shrink_max_extra_rounds == 8 &&
-          p.shrink_target_fraction == 0.005 && p.shrink_min_shrink == 0.1 &&
+          p.shrink_target_fraction == 0.002 && p.shrink_min_shrink == 0.1 &&
           p.shrink_headroom == 1.25 && p.shrink_max_extra_bytes_ratio == 0.5);
     CHECK_RC(precopy_policy_default(NULL), PRECOPY_ERR_NULL);
 

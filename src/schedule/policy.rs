@@ -81,7 +81,7 @@ pub struct DowntimeRamp {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Shrink {
     /// Keep iterating only while the memory part of the prediction is above this
-    /// share of the downtime limit in force, in (0, 1) (default 0.005: 1.5 ms of a
+    /// share of the downtime limit in force, in (0, 1) (default 0.002: 0.6 ms of a
     /// 300 ms limit, a few hundred pages on loopback, on top of the fixed non-memory
     /// allowance). Rounds stop anyway once they no longer shrink by `min_shrink`.
     pub target_fraction: f64,
@@ -101,7 +101,7 @@ pub struct Shrink {
 impl Default for Shrink {
     fn default() -> Self {
         Shrink {
-            target_fraction: 0.005,
+            target_fraction: 0.002,
             min_shrink: 0.1,
             headroom: 1.25,
             max_extra_rounds: 8,
