@@ -93,9 +93,14 @@ fn shrink() -> impl Strategy<Value = Shrink> {
 
 /// One round of the environment: link bytes/s, dirty share of the guest in 1/10000,
 /// wire bytes per page.
-fn rounds() -> impl Strategy<Value = Vec<(u64, u64, u64)>> {
+fn rounds() -> impl Strategy<Value = Vec<(u64, u64, u64, u64)>> {
     prop::collection::vec(
-        (1_000_000u64..12_500_000_000, 0u64..10_000, 16u64..4200),
+        (
+            1_000_000u64..12_500_000_000,
+            0u64..10_000,
+            16u64..4200,
+            prop_oneof![Just(0u64), 0u64..5_000],
+        ),
         1..50,
     )
 }
@@ -116,15 +121,28 @@ proptest! {
         let mut shrink_start: Option<u32> = None;
         let mut shrink_over = false;
         for i in 0..policy.max_rounds as usize {
-            let (bw, dirty_share, bpp) = env[i % env.len()];
+            let (bw, dirty_share, bpp, pending_share) = env[i % env.len()];
             let wire = to_send * bpp;
             sent_bytes += wire;
             now += (wire as u128 * 1_000_000_000 / bw as u128).max(1) as u64;
             // Throttling slows the guest, as the VMM would apply it.
             let dirty = total_pages * dirty_share / 10_000 * u64::from(100 - last_throttle) / 100;
-            let out = s.round_done(RoundMeasurement { now_ns: now, pages_sent: to_send, wire_bytes: wire, dirty_pages: dirty, pending_pages: 0 });
+            // Pages dirtied after the harvest, counted at the barrier: a pause sends them.
+            let pending = total_pages * pending_share / 10_000;
+            let final_pages = dirty + pending;
+            let m = RoundMeasurement { now_ns: now, pages_sent: to_send, wire_bytes: wire, dirty_pages: dirty, pending_pages: pending };
+            // The same round without its pending pages predicts less (they cost time).
+            let without = s.clone().round_done(RoundMeasurement { pending_pages: 0, ..m }).stats;
+            let out = s.round_done(m);
             let st = out.stats;
+            if st.predicted_downtime_ns < u64::MAX && pending > 0 {
+                prop_assert!(without.predicted_downtime_ns < st.predicted_downtime_ns, "pending pages not predicted");
+            } else {
+                prop_assert!(without.predicted_downtime_ns <= st.predicted_downtime_ns);
+            }
+            prop_assert_eq!(without.dirty_pages_per_sec, st.dirty_pages_per_sec, "pending pages counted in the rate");
             prop_assert_eq!(st.round as usize, i + 1);
+            prop_assert_eq!((st.dirty_pages, st.pending_pages), (dirty, pending));
             prop_assert!(st.downtime_limit_ns >= policy.downtime_limit_ns);
             if let Some(r) = policy.ramp { prop_assert!(st.downtime_limit_ns <= r.max_ns); }
             else { prop_assert_eq!(st.downtime_limit_ns, policy.downtime_limit_ns); }
@@ -138,7 +156,7 @@ proptest! {
                     }
                     // Only too long a prediction, the minimum rounds, or a round that
                     // shrank the dirty set enough (the shrink rule) keep it going.
-                    let early = st.round < policy.min_rounds.min(policy.max_rounds) && dirty > 0;
+                    let early = st.round < policy.min_rounds.min(policy.max_rounds) && final_pages > 0;
                     if st.predicted_downtime_ns <= st.downtime_limit_ns && !early {
                         let sh = policy.shrink;
                         prop_assert!(sh.is_some(), "continued within the limit without shrink");
@@ -147,10 +165,10 @@ proptest! {
                         prop_assert!(!shrink_over, "shrank again after a round above the limit");
                         let fixed = policy.non_memory_downtime_ns as f64;
                         prop_assert!(pred - fixed > sh.target_fraction * limit, "shrinking below the target");
-                        let next = fixed + (pred - fixed) * dirty as f64 / prev_dirty.unwrap_or(0) as f64;
+                        let next = fixed + (pred - fixed) * final_pages as f64 / prev_dirty.unwrap_or(0) as f64;
                         prop_assert!(next * sh.headroom <= limit * (1.0 + 1e-9), "shrinking without headroom");
                         let prev = prev_dirty.unwrap_or(0) as f64;
-                        prop_assert!(dirty as f64 <= (1.0 - sh.min_shrink) * prev, "shrinking while the set did not shrink");
+                        prop_assert!(final_pages as f64 <= (1.0 - sh.min_shrink) * prev, "shrinking while the set did not shrink");
                         let start = *shrink_start.get_or_insert(st.round);
                         prop_assert!(st.round - start < sh.max_extra_rounds, "too many extra rounds");
                         prop_assert!(st.round + 1 < policy.max_rounds, "shrinking into the round bound");
@@ -159,13 +177,13 @@ proptest! {
                     }
                     last_throttle = throttle_percent;
                     to_send = dirty;
-                    prev_dirty = Some(dirty);
+                    prev_dirty = Some(final_pages);
                 }
                 Decision::SwitchOver { predicted_downtime_ns, reason } => {
                     prop_assert_eq!(predicted_downtime_ns, st.predicted_downtime_ns);
                     match reason {
                         SwitchReason::DowntimeMet => prop_assert!(predicted_downtime_ns <= st.downtime_limit_ns),
-                        SwitchReason::FewDirtyPages => prop_assert!(dirty <= policy.switch_below_pages),
+                        SwitchReason::FewDirtyPages => prop_assert!(final_pages <= policy.switch_below_pages),
                         SwitchReason::BoundReached => {
                             prop_assert_eq!(policy.on_limit, OnLimit::SwitchOver);
                             prop_assert!(predicted_downtime_ns > st.downtime_limit_ns);

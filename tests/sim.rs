@@ -111,3 +111,19 @@ fn throttling_slows_the_virtual_writers() {
         "{rate} writes/s unthrottled"
     );
 }
+
+/// As the runtime does, the simulator counts at each round's barrier the pages the
+/// guest dirtied since the streams harvested (their bytes were still queued on the
+/// link): the prediction of a pause counts them.
+#[test]
+fn pages_dirtied_after_the_harvests_are_counted_at_the_barrier() {
+    let c = config(64 << 20, "continuous:rate=50k,set=all", "1gbe");
+    let r = run(&c);
+    assert!(r.verified(), "{:?}", r.error);
+    let pending: Vec<u64> = r
+        .rows
+        .iter()
+        .map(|s| s.outcome.stats.pending_pages)
+        .collect();
+    assert!(pending.iter().any(|&p| p > 0), "{pending:?}");
+}

@@ -648,6 +648,29 @@ mod tests {
             alone.stats.dirty_pages_per_sec,
             behind.stats.dirty_pages_per_sec
         );
+
+        // The pages pending after one round are harvested at the end of the next: a
+        // round of 3 000 after 1 000 + 5 000 pending shrank the pause's set by half
+        // (against the harvest alone it grew), so the rule goes on.
+        let mut s = Scheduler::new(policy(Some(Shrink::default())), PAGES, 4096, 0).unwrap();
+        let m = |now_ns, pages_sent, dirty_pages, pending_pages| RoundMeasurement {
+            now_ns,
+            pages_sent,
+            wire_bytes: pages_sent * 4096,
+            dirty_pages,
+            pending_pages,
+        };
+        s.round_done(m(1_000_000, PAGES, 60_000, 0));
+        let lagging = s.round_done(m(2_000_000, 60_000, 1_000, 5_000));
+        assert!(
+            matches!(lagging.decision, Decision::Continue { .. }),
+            "{lagging:?}"
+        );
+        let caught_up = s.round_done(m(3_000_000, 1_000, 3_000, 0));
+        assert!(
+            matches!(caught_up.decision, Decision::Continue { .. }),
+            "{caught_up:?}"
+        );
     }
 
     #[test]
