@@ -63,6 +63,8 @@ struct Driver<'a> {
     writes_per_poll: u64,
     rng: u64,
     buf: Vec<u8>,
+    /// Streams that measured the round in progress.
+    measured: usize,
 }
 
 impl<'a> Driver<'a> {
@@ -109,6 +111,7 @@ impl<'a> Driver<'a> {
             writes_per_poll: 2,
             rng: seed | 1,
             buf,
+            measured: 0,
         }
     }
 
@@ -172,6 +175,13 @@ impl<'a> Driver<'a> {
                     round,
                     lz4,
                 });
+                // The barrier, as the runtime's: the pages written since the streams
+                // harvested count in the prediction.
+                self.measured += 1;
+                if self.measured == self.engines.len() {
+                    self.measured = 0;
+                    c.note_pending_pages(self.bitmap.dirty_pages());
+                }
                 c.handle_round_measured(i, round, lz4, self.now).unwrap();
             }
             SourceEvent::PauseGuest { .. } => {
@@ -451,6 +461,12 @@ fn migrates(n: usize, seed: u64) {
     }
     // The guest wrote during the migration: the later rounds had something to send.
     assert!(d.events().any(|e| matches!(e, CoordinatorEvent::RoundDone(r) if r.outcome.stats.round > 1 && r.outcome.stats.pages_sent > 0)));
+    // With several streams the guest writes between the first harvest and the
+    // barrier: those pages were pending (one stream harvests at its barrier).
+    let pending = d
+        .events()
+        .any(|e| matches!(e, CoordinatorEvent::RoundDone(r) if r.outcome.stats.pending_pages > 0));
+    assert_eq!(pending, n > 1);
 }
 
 #[test]
