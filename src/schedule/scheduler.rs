@@ -617,15 +617,16 @@ mod tests {
 
     #[test]
     fn pages_dirtied_after_the_harvest_keep_it_shrinking_but_not_the_rate() {
+        // A round of raw pages.
+        let m = |now_ns, pages_sent, dirty_pages, pending_pages| RoundMeasurement {
+            now_ns,
+            pages_sent,
+            wire_bytes: pages_sent * 4096,
+            dirty_pages,
+            pending_pages,
+        };
         let measure = |pending: u64| {
             let mut s = Scheduler::new(policy(Some(Shrink::default())), PAGES, 4096, 0).unwrap();
-            let m = |now_ns, pages_sent, dirty_pages, pending_pages| RoundMeasurement {
-                now_ns,
-                pages_sent,
-                wire_bytes: pages_sent * 4096,
-                dirty_pages,
-                pending_pages,
-            };
             s.round_done(m(1_000_000, PAGES, 60_000, 0));
             s.round_done(m(2_000_000, 60_000, 100, pending))
         };
@@ -653,13 +654,6 @@ mod tests {
         // round of 3 000 after 1 000 + 5 000 pending shrank the pause's set by half
         // (against the harvest alone it grew), so the rule goes on.
         let mut s = Scheduler::new(policy(Some(Shrink::default())), PAGES, 4096, 0).unwrap();
-        let m = |now_ns, pages_sent, dirty_pages, pending_pages| RoundMeasurement {
-            now_ns,
-            pages_sent,
-            wire_bytes: pages_sent * 4096,
-            dirty_pages,
-            pending_pages,
-        };
         s.round_done(m(1_000_000, PAGES, 60_000, 0));
         let lagging = s.round_done(m(2_000_000, 60_000, 1_000, 5_000));
         assert!(
