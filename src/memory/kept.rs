@@ -179,9 +179,9 @@ mod tests {
     use crate::memory::VecMemory;
 
     /// `hash_pages` from the kept hashes equals hashing what memory holds, for every
-    /// run a digest asks for and runs across words and chunks, with pages kept, never
-    /// written through the view, and written behind its back (whose stale hash must
-    /// not be returned: only pages written through the view are kept).
+    /// run a digest asks for and runs that start and end inside a word of kept bits,
+    /// with pages kept and pages never written through the view (some holding data
+    /// written before the view was made) in the same words.
     #[test]
     fn hash_pages_matches_memory_for_any_run_of_kept_and_unkept_pages() {
         const PS: usize = 512;
