@@ -79,6 +79,8 @@ fn create_vm(
     mode: DirtyMode,
     ring_entries: usize,
 ) -> Result<(VmFd, VcpuFd, DirtyTracker), KvmError> {
+    // Its vCPU writes the RAM from now on, unseen by the RAM's record of writes.
+    ram.vm_created();
     let offers = DirtyOffers::probe(kvm);
     if !offers.offers(mode) {
         return Err(KvmError::Unsupported(format!(

@@ -278,7 +278,7 @@ pub fn receive_migration(
     let incoming = accept_streams(listener, first, &peer, limits, STREAM_TIMEOUT)
         .map_err(|e| format!("accepting the streams: {e}"))?;
     let header = *incoming.header();
-    let ram = match GuestRam::new(header.layout) {
+    let ram = match GuestRam::for_migration(header.layout) {
         Ok(ram) => Arc::new(ram),
         Err(e) => {
             let reason = RuntimeError::from(std::io::Error::other(e.to_string()));

@@ -20,6 +20,7 @@ mod dirty;
 mod guest;
 mod migrate;
 mod multiboot;
+mod pagemap;
 pub mod program;
 mod ram;
 mod state;

@@ -8,6 +8,7 @@ use std::prelude::rust_2021::*;
 use std::{format, vec};
 
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::KvmError;
 use crate::layout::GuestLayout;
@@ -25,6 +26,14 @@ pub struct GuestRam {
     ptr: NonNull<u8>,
     len: usize,
     layout: GuestLayout,
+    /// `/proc/self/pagemap`, opened at the first question about untouched pages.
+    pagemap: std::sync::OnceLock<Option<std::fs::File>>,
+    /// A migration's destination ([`GuestRam::for_migration`]) until a VM is made over
+    /// it: bit per page, set when the page is written through this `GuestRam`. A page
+    /// whose bit is clear was never written and reads as zero. Empty otherwise.
+    written: Box<[AtomicU64]>,
+    /// Whether `written` still tells every page written (no vCPU ran over the RAM).
+    fresh: AtomicBool,
 }
 
 // SAFETY: `GuestRam` owns its mapping; all access goes through raw pointers with
@@ -81,7 +90,63 @@ impl GuestRam {
             bytes: len as u64,
             error: std::io::Error::from_raw_os_error(libc::ENOMEM),
         })?;
-        Ok(GuestRam { ptr, len, layout })
+        Ok(GuestRam {
+            ptr,
+            len,
+            layout,
+            pagemap: std::sync::OnceLock::new(),
+            written: Box::new([]),
+            fresh: AtomicBool::new(false),
+        })
+    }
+
+    /// Memory a migration lands in: like [`new`](Self::new), and until a VM is made
+    /// over it, it remembers the pages written through it (a bit per page), so the
+    /// stream's zero runs over pages never written cost nothing (no `madvise`, no
+    /// fault): most of an idle guest.
+    pub fn for_migration(layout: GuestLayout) -> Result<Self, KvmError> {
+        let mut ram = Self::new(layout)?;
+        let words = layout.total_pages().div_ceil(64) as usize;
+        ram.written = (0..words).map(|_| AtomicU64::new(0)).collect();
+        ram.fresh = AtomicBool::new(true);
+        Ok(ram)
+    }
+
+    /// A VM is being made over this memory: from now on its vCPUs write it unseen, so
+    /// a destination's record of the pages written ends here.
+    pub(crate) fn vm_created(&self) {
+        self.fresh.store(false, Ordering::SeqCst);
+    }
+
+    /// Records pages `first..end` as written (a migration's destination only).
+    fn mark_written(&self, first: u64, end: u64) {
+        if !self.fresh.load(Ordering::Relaxed) {
+            return;
+        }
+        for page in first..end {
+            if let Some(w) = self.written.get((page / 64) as usize) {
+                w.fetch_or(1 << (page % 64), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Of `first..first + max`, how many leading pages a fresh destination never
+    /// wrote (`None`: not a fresh destination).
+    fn never_written(&self, first: u64, max: u64) -> Option<u64> {
+        if !self.fresh.load(Ordering::Relaxed) || self.written.is_empty() {
+            return None;
+        }
+        let end = first.saturating_add(max).min(self.layout.total_pages());
+        let mut page = first;
+        while page < end {
+            let word = self.written[(page / 64) as usize].load(Ordering::Relaxed) >> (page % 64);
+            let clear = u64::from(word.trailing_zeros()).min(64 - page % 64);
+            page += clear;
+            if clear < 64 - (page - clear) % 64 {
+                break;
+            }
+        }
+        Some(page.min(end).saturating_sub(first))
     }
 
     /// The guest's memory map.
@@ -132,6 +197,14 @@ impl GuestRam {
     /// code; KVM's dirty log does not see it).
     pub fn write(&self, gpa: u64, bytes: &[u8]) -> Result<(), KvmError> {
         let dst = self.gpa_range(gpa, bytes.len())?;
+        if !bytes.is_empty() {
+            let offset = dst as u64 - self.ptr.as_ptr() as u64;
+            let shift = self.layout.page_shift();
+            self.mark_written(
+                offset >> shift,
+                ((offset + bytes.len() as u64 - 1) >> shift) + 1,
+            );
+        }
         // SAFETY: `dst..dst + len` is inside the mapping (checked by `gpa_range`).
         unsafe { volatile_copy(bytes.as_ptr(), dst, bytes.len()) };
         Ok(())
@@ -184,8 +257,28 @@ impl GuestRam {
             .ok_or(MemoryError::PageOutOfRange { page, total })
     }
 
+    /// How many pages from `first` on (at most `max`) the host never backed, from
+    /// `/proc/self/pagemap` (see [`PageMemory::known_zero_pages`]); 0 with pages other
+    /// than 4 KiB or without pagemap.
+    fn untouched(&self, first: u64, max: u64) -> u64 {
+        if self.layout.page_bytes() != 4096 {
+            return 0;
+        }
+        match self.pagemap.get_or_init(super::pagemap::open) {
+            Some(file) => super::pagemap::untouched_pages(
+                file,
+                self.ptr.as_ptr() as u64,
+                self.layout.total_pages(),
+                first,
+                max,
+            ),
+            None => 0,
+        }
+    }
+
     fn store_page(&self, page: u64, data: &[u8]) -> Result<(), MemoryError> {
         let dst = self.page_ptr(page, data.len())?;
+        self.mark_written(page, page + 1);
         // SAFETY: one page inside the mapping (checked by `page_ptr`).
         unsafe { volatile_copy(data.as_ptr(), dst, data.len()) };
         Ok(())
@@ -199,7 +292,9 @@ impl GuestRam {
                 total,
             },
         )?;
-        if count == 0 {
+        // A fresh destination's pages never written read as zero already: its zero
+        // runs (most of an idle guest) cost neither an madvise nor a fault.
+        if count == 0 || self.never_written(first, count) == Some(count) {
             return Ok(());
         }
         let shift = self.layout.page_shift();
@@ -275,6 +370,18 @@ impl PageMemory for GuestRam {
     fn zero_pages(&mut self, first: u64, count: u64) -> Result<(), MemoryError> {
         self.clear_pages(first, count)
     }
+
+    /// Pages the host never backed (never written, or discarded), from
+    /// `/proc/self/pagemap`: they read as zero, and a source's bulk round sends them
+    /// as zero runs without reading them. The answer is true when pagemap was read
+    /// (windows of 4096 pages per thread, read again after 100 ms or when a query
+    /// goes back); the guest may write such a page afterwards, which its dirty log
+    /// reports, as it would a page read before the write. 4 KiB pages only; 0 where
+    /// pagemap cannot be read.
+    fn known_zero_pages(&self, first: u64, max: u64) -> u64 {
+        self.never_written(first, max)
+            .unwrap_or_else(|| self.untouched(first, max))
+    }
 }
 
 /// A destination's appliers each write their own pages of one `GuestRam` through a
@@ -328,5 +435,60 @@ mod tests {
         ram.read((4 << 30) + (1000 - 512) * 4096, &mut b).unwrap();
         assert_eq!(b, [0; 8]);
         assert!(view.zero_pages(1020, 5).is_err(), "past the end");
+    }
+
+    /// A source's RAM answers from `/proc/self/pagemap`: pages never backed are known
+    /// zero, a written page never is (with transparent huge pages its whole 2 MiB
+    /// block is backed), and a query that goes back reads pagemap again.
+    #[test]
+    fn untouched_pages_are_known_zero_and_written_ones_are_not() {
+        let layout = GuestLayout::flat(4096, 16 << 20).unwrap();
+        let mut ram = GuestRam::new(layout).unwrap();
+        let total = layout.total_pages();
+        if ram.known_zero_pages(0, total) == 0 {
+            eprintln!("SKIP: /proc/self/pagemap cannot be read here");
+            return;
+        }
+        assert_eq!(ram.known_zero_pages(0, total), total);
+        assert_eq!(ram.known_zero_pages(100, 5), 5, "at most max");
+        ram.write_page(1500, &[9; 4096]).unwrap();
+        // Asked again from the start: the written page ends the run.
+        let run = ram.known_zero_pages(0, total);
+        assert!(run <= 1500, "{run}");
+        assert_eq!(ram.known_zero_pages(1500, 1), 0);
+        // The 2 MiB block after it (pages 2048..) was never backed.
+        assert_eq!(ram.known_zero_pages(2048, 512), 512);
+        // Every page answered zero reads as zero.
+        let mut buf = [0u8; 4096];
+        for page in (0..total).step_by(37) {
+            if ram.known_zero_pages(page, 1) == 1 {
+                ram.read_page(page, &mut buf).unwrap();
+                assert_eq!(buf, [0; 4096], "page {page}");
+            }
+        }
+    }
+
+    /// A destination's RAM knows the pages written through it until a VM is made
+    /// over it: a zero run over pages never written is free, one over a written page
+    /// zeroes it; then the vCPU writes unseen and pagemap answers instead.
+    #[test]
+    fn a_destination_knows_its_written_pages_until_a_vm_runs() {
+        let layout = GuestLayout::flat(4096, 8 << 20).unwrap();
+        let mut ram = GuestRam::for_migration(layout).unwrap();
+        let total = layout.total_pages();
+        assert_eq!(ram.known_zero_pages(0, total), total);
+        ram.write_page(70, &[3; 4096]).unwrap();
+        ram.write(10 * 4096 + 4090, &[1; 12]).unwrap(); // pages 10 and 11
+        assert_eq!(ram.known_zero_pages(0, total), 10);
+        assert_eq!(ram.known_zero_pages(12, total), 58);
+        assert_eq!(ram.known_zero_pages(71, 9), 9);
+        // Zeroing a written page really zeroes it.
+        ram.zero_pages(60, 20).unwrap();
+        let mut buf = [7u8; 4096];
+        ram.read_page(70, &mut buf).unwrap();
+        assert_eq!(buf, [0; 4096]);
+        ram.vm_created();
+        // No longer its own record: pagemap (or nothing) answers. Page 10 was backed.
+        assert_eq!(ram.known_zero_pages(10, 1), 0);
     }
 }

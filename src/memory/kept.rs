@@ -166,6 +166,17 @@ impl<M: PageMemory> PageMemory for KeptHashes<M> {
     fn zero_pages(&mut self, first: u64, count: u64) -> Result<(), MemoryError> {
         self.memory.zero_pages(first, count)?;
         let zero = zero_page_hash(self.page_size());
+        if count > 0 && self.shard.owns_range(first, count) {
+            // A run of this stream's pages, consecutive in its tables (a bulk round's
+            // zero runs): filled and marked a word at a time, not page by page.
+            let from = self.shard.local_index(first) as usize;
+            let to = from.saturating_add(count as usize);
+            if let Some(slots) = self.hashes.get_mut(from..to) {
+                slots.fill(zero);
+                set_bits(&mut self.kept, from, to);
+                return Ok(());
+            }
+        }
         for page in first..first.saturating_add(count) {
             self.keep(page, zero);
         }
@@ -173,10 +184,57 @@ impl<M: PageMemory> PageMemory for KeptHashes<M> {
     }
 }
 
+/// Sets bits `from..to` of `words` (which must hold them).
+fn set_bits(words: &mut [u64], from: usize, to: usize) {
+    let mut i = from;
+    while i < to {
+        let n = (64 - i % 64).min(to - i);
+        words[i / 64] |= (u64::MAX >> (64 - n)) << (i % 64);
+        i += n;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::memory::VecMemory;
+
+    /// Zero runs of a stream's pages are kept a word at a time: exactly the run's
+    /// pages, with the zero page's hash, and memory zeroed.
+    #[test]
+    fn zero_runs_keep_exactly_their_pages() {
+        const PS: usize = 512;
+        const TOTAL: u64 = 4 * 512;
+        for count in [1u8, 2] {
+            let shard = Shard::new(0, count).unwrap();
+            let mut ram = VecMemory::new(PS, TOTAL);
+            for page in 0..TOTAL {
+                ram.write_page(page, &[1; PS]).unwrap();
+            }
+            let mut view = KeptHashes::new(&mut ram, shard);
+            // Inside one word, across words, a whole chunk; and one single page.
+            let runs = [(3u64, 10u64), (60, 200), (1024, 512), (300, 1)];
+            for (first, n) in runs {
+                view.zero_pages(first, n).unwrap();
+            }
+            let kept: std::collections::BTreeSet<u64> =
+                runs.iter().flat_map(|&(f, n)| f..f + n).collect();
+            assert_eq!(view.kept_pages(), kept.len() as u64, "{shard:?}");
+            let zero = zero_page_hash(PS);
+            let mut buf = [0u8; PS];
+            for page in shard.ranges(TOTAL).flatten() {
+                let hash = view.kept_hash(page);
+                view.read_page(page, &mut buf).unwrap();
+                if kept.contains(&page) {
+                    assert_eq!(hash, Some(zero), "page {page}");
+                    assert_eq!(buf, [0; PS], "page {page}");
+                } else {
+                    assert_eq!(hash, None, "page {page}");
+                    assert_eq!(buf, [1; PS], "page {page}");
+                }
+            }
+        }
+    }
 
     /// `hash_pages` from the kept hashes equals hashing what memory holds, for every
     /// run a digest asks for and runs that start and end inside a word of kept bits,

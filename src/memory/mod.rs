@@ -143,8 +143,12 @@ pub trait PageMemory {
     /// that tracks its writes ([`FreshMemory`] and its views) answers from its
     /// written bitmap, 64 pages at a time. A page out of range, or not reached by
     /// this memory (another stream's), ends the run. An answer must stay true until
-    /// the caller next writes memory, so memory that others write concurrently (a
-    /// running guest's) keeps the default.
+    /// the caller next writes memory, with one exception: a running guest's memory
+    /// whose every write the migration's dirty log reports may answer what was true
+    /// when it looked (as a read at that moment would have): the bulk round sends
+    /// such a page as zero, and a later write to it is harvested and sent again
+    /// (`kvm::GuestRam` answers from `/proc/self/pagemap` that way). Other memory
+    /// that others write concurrently keeps the default.
     fn known_zero_pages(&self, first: u64, max: u64) -> u64 {
         let _ = (first, max);
         0

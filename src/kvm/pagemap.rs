@@ -1,0 +1,159 @@
+//! Which pages of an anonymous mapping the host never backed, from
+//! `/proc/self/pagemap`: such a page reads as zero, so a source's bulk round can send
+//! it as part of a zero run without reading it (an idle 3 GiB guest is mostly that).
+//!
+//! An answer is true when the entries were read. The guest may write a page after
+//! that; a migration's source relies on the dirty log for it, as it does for a page it
+//! read: the write is harvested and the page sent again. Answers come from a window of
+//! entries per thread (one `pread` per [`WINDOW`] pages), read again when a query
+//! leaves it or goes back (a new bulk round starts at its first page again).
+
+#[allow(unused_imports)]
+use std::prelude::rust_2021::*;
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+
+/// Pages per window: 32 KiB of pagemap entries.
+pub(crate) const WINDOW: usize = 4096;
+
+/// A window older than this is read again (a bulk round covers a window in far less;
+/// an older one may predate the migration asking).
+const MAX_AGE: Duration = Duration::from_millis(100);
+
+/// pagemap entry bit 63: the page is present in RAM.
+const PRESENT: u64 = 1 << 63;
+/// pagemap entry bit 62: the page is swapped out.
+const SWAPPED: u64 = 1 << 62;
+
+/// The pagemap entries of a window of one mapping, for one thread.
+struct Window {
+    /// The mapping's first host page (its address / 4096): identifies it.
+    base: u64,
+    /// Mapping-relative page of `zero`'s bit 0.
+    start: u64,
+    /// Pages the window covers.
+    len: u64,
+    /// Bit `i`: page `start + i` was neither present nor swapped (reads as zero).
+    zero: [u64; WINDOW / 64],
+    /// The last query's first page (a query below it reads the window again).
+    last: u64,
+    /// When the entries were read.
+    read_at: Instant,
+}
+
+std::thread_local! {
+    static CACHE: RefCell<Option<Window>> = const { RefCell::new(None) };
+}
+
+/// `/proc/self/pagemap`, opened once per mapping that asks (`None` where it cannot be:
+/// then nothing is known zero).
+pub(crate) fn open() -> Option<File> {
+    File::open("/proc/self/pagemap").ok()
+}
+
+/// How many pages from `first` on (at most `max`, never past `total`) of the
+/// anonymous mapping at host address `addr` (4 KiB-aligned, 4 KiB pages) are backed by
+/// nothing: never written or discarded, so they read as zero.
+pub(crate) fn untouched_pages(pagemap: &File, addr: u64, total: u64, first: u64, max: u64) -> u64 {
+    let end = first.saturating_add(max).min(total);
+    let base = addr / 4096;
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        let mut page = first;
+        while page < end {
+            let fresh = match cache.as_ref() {
+                Some(w) => {
+                    w.base != base
+                        || page < w.start
+                        || page >= w.start + w.len
+                        || first < w.last
+                        || w.read_at.elapsed() > MAX_AGE
+                }
+                None => true,
+            };
+            if fresh {
+                match read_window(pagemap, base, page, total) {
+                    Some(w) => *cache = Some(w),
+                    None => {
+                        *cache = None;
+                        break;
+                    }
+                }
+            }
+            let Some(w) = cache.as_mut() else { break };
+            w.last = first;
+            let i = page - w.start;
+            let run = zero_run(&w.zero, i, (w.len).min(end - w.start));
+            page += run;
+            if i + run < w.len.min(end - w.start) {
+                break;
+            }
+        }
+        page - first
+    })
+}
+
+/// Reads the entries of `start..start + WINDOW` (cut at `total`) of the mapping whose
+/// first host page is `base`.
+fn read_window(pagemap: &File, base: u64, start: u64, total: u64) -> Option<Window> {
+    let len = (total - start).min(WINDOW as u64);
+    let mut raw = [0u8; WINDOW * 8];
+    let bytes = &mut raw[..len as usize * 8];
+    let offset = base.checked_add(start)?.checked_mul(8)?;
+    let read_at = Instant::now();
+    pagemap.read_exact_at(bytes, offset).ok()?;
+    let mut zero = [0u64; WINDOW / 64];
+    for (i, entry) in bytes.chunks_exact(8).enumerate() {
+        let e = u64::from_ne_bytes(entry.try_into().ok()?);
+        if e & (PRESENT | SWAPPED) == 0 {
+            zero[i / 64] |= 1 << (i % 64);
+        }
+    }
+    Some(Window {
+        base,
+        start,
+        len,
+        zero,
+        last: start,
+        read_at,
+    })
+}
+
+/// Set bits of `bits` from bit `from` on, before the first clear one or `end`.
+fn zero_run(bits: &[u64], from: u64, end: u64) -> u64 {
+    let mut i = from;
+    while i < end {
+        let word = bits[(i / 64) as usize] >> (i % 64);
+        let ones = (!word).trailing_zeros() as u64;
+        let ones = ones.min(64 - i % 64);
+        i += ones;
+        if ones < 64 - (i - ones) % 64 {
+            break;
+        }
+    }
+    i.min(end) - from
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_of_set_bits_stop_at_a_clear_bit_or_the_end() {
+        let mut bits = [0u64; 4];
+        bits[0] = u64::MAX;
+        bits[1] = 0b0111;
+        assert_eq!(zero_run(&bits, 0, 256), 67);
+        assert_eq!(zero_run(&bits, 10, 256), 57);
+        assert_eq!(zero_run(&bits, 64, 256), 3);
+        assert_eq!(zero_run(&bits, 67, 256), 0);
+        assert_eq!(zero_run(&bits, 0, 40), 40);
+        bits[2] = u64::MAX;
+        bits[3] = u64::MAX;
+        assert_eq!(zero_run(&bits, 128, 256), 128);
+        assert_eq!(zero_run(&bits, 130, 200), 70);
+    }
+}
