@@ -102,18 +102,9 @@ impl<'a> DirtyRuns<'a> {
     }
 
     /// Position of the first bit at or after `pos` whose value is `set`, or the end.
-    fn seek(&self, mut pos: u64, set: bool) -> u64 {
+    fn seek(&self, pos: u64, set: bool) -> u64 {
         let end = 64 * self.words.len() as u64;
-        while pos < end {
-            let w = self.words[(pos / 64) as usize];
-            let w = if set { w } else { !w };
-            let masked = w & (!0u64 << (pos % 64));
-            if masked != 0 {
-                return (pos & !63) + u64::from(masked.trailing_zeros());
-            }
-            pos = (pos & !63) + 64;
-        }
-        end
+        crate::layout::seek_bit(|i| self.words[i], pos, end, set)
     }
 }
 

@@ -16,6 +16,8 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
+use crate::layout::seek_bit;
+
 /// Pages per window: 32 KiB of pagemap entries.
 pub(crate) const WINDOW: usize = 4096;
 
@@ -85,10 +87,11 @@ pub(crate) fn untouched_pages(pagemap: &File, addr: u64, total: u64, first: u64,
             }
             let Some(w) = cache.as_mut() else { break };
             w.last = first;
-            let i = page - w.start;
-            let run = zero_run(&w.zero, i, (w.len).min(end - w.start));
-            page += run;
-            if i + run < w.len.min(end - w.start) {
+            // Bit `i` of `zero` is page `start + i`: the run ends at its first clear bit.
+            let limit = w.len.min(end - w.start);
+            let stop = seek_bit(|i| w.zero[i], page - w.start, limit, false);
+            page = w.start + stop;
+            if stop < limit {
                 break;
             }
         }
@@ -120,40 +123,4 @@ fn read_window(pagemap: &File, base: u64, start: u64, total: u64) -> Option<Wind
         last: start,
         read_at,
     })
-}
-
-/// Set bits of `bits` from bit `from` on, before the first clear one or `end`.
-fn zero_run(bits: &[u64], from: u64, end: u64) -> u64 {
-    let mut i = from;
-    while i < end {
-        let word = bits[(i / 64) as usize] >> (i % 64);
-        let ones = (!word).trailing_zeros() as u64;
-        let ones = ones.min(64 - i % 64);
-        i += ones;
-        if ones < 64 - (i - ones) % 64 {
-            break;
-        }
-    }
-    i.min(end) - from
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn runs_of_set_bits_stop_at_a_clear_bit_or_the_end() {
-        let mut bits = [0u64; 4];
-        bits[0] = u64::MAX;
-        bits[1] = 0b0111;
-        assert_eq!(zero_run(&bits, 0, 256), 67);
-        assert_eq!(zero_run(&bits, 10, 256), 57);
-        assert_eq!(zero_run(&bits, 64, 256), 3);
-        assert_eq!(zero_run(&bits, 67, 256), 0);
-        assert_eq!(zero_run(&bits, 0, 40), 40);
-        bits[2] = u64::MAX;
-        bits[3] = u64::MAX;
-        assert_eq!(zero_run(&bits, 128, 256), 128);
-        assert_eq!(zero_run(&bits, 130, 200), 70);
-    }
 }

@@ -11,7 +11,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::KvmError;
-use crate::layout::GuestLayout;
+use crate::layout::{seek_bit, GuestLayout};
 use crate::memory::{MemoryError, PageMemory};
 
 /// Guest RAM: `layout.total_bytes()` of anonymous memory, dense page `p` at byte
@@ -137,16 +137,11 @@ impl GuestRam {
             return None;
         }
         let end = first.saturating_add(max).min(self.layout.total_pages());
-        let mut page = first;
-        while page < end {
-            let word = self.written[(page / 64) as usize].load(Ordering::Relaxed) >> (page % 64);
-            let clear = u64::from(word.trailing_zeros()).min(64 - page % 64);
-            page += clear;
-            if clear < 64 - (page - clear) % 64 {
-                break;
-            }
+        if first >= end {
+            return Some(0);
         }
-        Some(page.min(end).saturating_sub(first))
+        let word = |i: usize| self.written[i].load(Ordering::Relaxed);
+        Some(seek_bit(word, first, end, true) - first)
     }
 
     /// The guest's memory map.

@@ -27,4 +27,4 @@ pub use guest::{GuestLayout, Region, MAX_REGIONS};
 pub use page_size::{PageSize, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MIN_PAGE_SIZE};
 pub use shard::{Shard, MAX_STREAMS, SHARD_CHUNK_PAGES};
 pub use words::OwnedWords;
-pub(crate) use words::{words_as_bytes, words_as_bytes_mut};
+pub(crate) use words::{seek_bit, words_as_bytes, words_as_bytes_mut};

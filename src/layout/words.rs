@@ -61,6 +61,22 @@ impl AsMut<[u64]> for OwnedWords {
     }
 }
 
+/// The first bit at or after `pos` and below `end` whose value is `set`, or `end`:
+/// bit `i` is bit `i % 64` of `word(i / 64)`, so the words may be plain, atomic or
+/// behind a pointer. Whole words of the other value are skipped at once.
+pub(crate) fn seek_bit(word: impl Fn(usize) -> u64, mut pos: u64, end: u64, set: bool) -> u64 {
+    while pos < end {
+        let w = word((pos / 64) as usize);
+        let w = if set { w } else { !w };
+        let masked = w & (!0u64 << (pos % 64));
+        if masked != 0 {
+            return ((pos & !63) + u64::from(masked.trailing_zeros())).min(end);
+        }
+        pos = (pos & !63) + 64;
+    }
+    end
+}
+
 /// The bytes of `words` (native byte order).
 pub(crate) fn words_as_bytes(words: &[u64]) -> &[u8] {
     // SAFETY: `u8` has alignment 1 and every byte of an initialized `u64` is an
@@ -75,4 +91,29 @@ pub(crate) fn words_as_bytes_mut(words: &mut [u64]) -> &mut [u8] {
     // through the byte view leave valid words, and the exclusive borrow is moved into
     // the result.
     unsafe { core::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 8) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::seek_bit;
+
+    #[test]
+    fn seek_bit_finds_the_first_bit_of_a_value_or_the_end() {
+        let mut bits = [0u64; 4];
+        bits[0] = u64::MAX;
+        bits[1] = 0b0111;
+        let seek = |bits: [u64; 4], from, end, set| seek_bit(|i| bits[i], from, end, set);
+        assert_eq!(seek(bits, 0, 256, false), 67);
+        assert_eq!(seek(bits, 10, 256, false), 67);
+        assert_eq!(seek(bits, 64, 256, false), 67);
+        assert_eq!(seek(bits, 67, 256, false), 67);
+        assert_eq!(seek(bits, 0, 40, false), 40, "capped at the end");
+        assert_eq!(seek(bits, 0, 256, true), 0);
+        assert_eq!(seek(bits, 67, 256, true), 256, "none: the end");
+        assert_eq!(seek(bits, 3, 3, true), 3, "an empty range");
+        bits[3] = 1 << 63;
+        assert_eq!(seek(bits, 67, 256, true), 255);
+        assert_eq!(seek(bits, 67, 255, true), 255);
+        assert_eq!(seek(bits, 67, 200, true), 200);
+    }
 }

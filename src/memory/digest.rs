@@ -70,7 +70,7 @@ impl MemoryDigest {
     }
 
     /// `update_hashes` through a block of little-endian bytes (big-endian targets).
-    #[cfg_attr(target_endian = "little", allow(dead_code))]
+    #[cfg(not(target_endian = "little"))]
     fn update_hashes_copied(&mut self, page_hashes: &[u64]) {
         let mut block = [0u8; 4096];
         for chunk in page_hashes.chunks(block.len() / 8) {

@@ -6,7 +6,7 @@
 use core::marker::PhantomData;
 
 use super::{check_page_access, hash_chunks, zero_page_hash, MemoryError, PageMemory, VecMemory};
-use crate::layout::{Shard, SHARD_CHUNK_PAGES};
+use crate::layout::{seek_bit, Shard, SHARD_CHUNK_PAGES};
 
 // A word of the written bitmap (64 pages) never straddles two streams' chunks, so the
 // views of one `FreshMemory` touch disjoint words.
@@ -279,19 +279,12 @@ impl PageMemory for StreamMemory<'_> {
             ((first / SHARD_CHUNK_PAGES + 1) * SHARD_CHUNK_PAGES).min(self.total)
         };
         let end = owned_end.min(first.saturating_add(max));
-        let mut page = first;
-        while page < end {
-            // SAFETY: `page < total`, so its word is within the bitmap, and `page` is
-            // this stream's (all of `first..owned_end` is), so only this view writes
-            // that word, and not while `&self` is borrowed.
-            let word = unsafe { *t.written.add((page / 64) as usize) };
-            let written = word >> (page % 64);
-            if written != 0 {
-                return (page + u64::from(written.trailing_zeros())).min(end) - first;
-            }
-            page = (page / 64 + 1) * 64;
-        }
-        end - first
+        // SAFETY: the words read are those of pages in `first..end`, below `total`, so
+        // within the bitmap; those pages are this stream's (all of `first..owned_end`
+        // is), so only this view writes their words, and not while `&self` is
+        // borrowed.
+        let word = |i: usize| unsafe { *t.written.add(i) };
+        seek_bit(word, first, end, true) - first
     }
 
     fn zero_pages(&mut self, first: u64, count: u64) -> Result<(), MemoryError> {
