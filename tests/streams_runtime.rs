@@ -37,6 +37,19 @@ struct Counted<'a> {
     paused_syncs: AtomicU32,
 }
 
+impl<'a> Counted<'a> {
+    /// No pause seen yet, no device state, no dirty log of its own.
+    fn new(guest: &'a SyntheticGuest) -> Self {
+        Counted {
+            guest,
+            pauses: AtomicU32::new(0),
+            device: false,
+            log_page: None,
+            paused_syncs: AtomicU32::new(0),
+        }
+    }
+}
+
 /// The device state a `Counted` guest saves after `pauses` pauses.
 fn device_items(pauses: u32) -> Vec<OwnedDeviceState> {
     let mut regs = pauses.to_le_bytes().to_vec();
@@ -170,13 +183,7 @@ fn three_streams_with_writers_running_end_with_equal_memory() {
     let (addr, dest) = destination(layout);
     guest.start(2);
     let memory = guest.memory().clone();
-    let counted = Counted {
-        guest: &guest,
-        pauses: AtomicU32::new(0),
-        device: false,
-        log_page: None,
-        paused_syncs: AtomicU32::new(0),
-    };
+    let counted = Counted::new(&guest);
     let mut seen = Seen::default();
     let report = migrate_streams(
         &counted,
@@ -226,11 +233,8 @@ fn the_guests_device_state_travels_after_the_final_round() {
     let (addr, dest) = destination(layout);
     guest.start(1);
     let counted = Counted {
-        guest: &guest,
-        pauses: AtomicU32::new(0),
         device: true,
-        log_page: None,
-        paused_syncs: AtomicU32::new(0),
+        ..Counted::new(&guest)
     };
     let report = migrate_streams(
         &counted,
@@ -258,11 +262,8 @@ fn pages_dirtied_after_the_harvests_are_counted_at_each_barrier() {
     let guest = SyntheticGuest::new(layout, "idle".parse().unwrap());
     let (addr, dest) = destination(layout);
     let counted = Counted {
-        guest: &guest,
-        pauses: AtomicU32::new(0),
-        device: false,
         log_page: Some(700),
-        paused_syncs: AtomicU32::new(0),
+        ..Counted::new(&guest)
     };
     let mut seen = Seen::default();
     // As a KVM guest's: every harvest waits for the log to be brought in.

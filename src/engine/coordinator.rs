@@ -362,6 +362,12 @@ impl Coordinator {
         result
     }
 
+    /// Whether the next round measurement ends the live round: see
+    /// [`CoordinatorCore::round_ends_with_next_measurement`].
+    pub fn round_ends_with_next_measurement(&self) -> bool {
+        self.core.round_ends_with_next_measurement()
+    }
+
     /// Pages dirtied since the streams harvested the round now ending: see
     /// [`CoordinatorCore::note_pending_pages`].
     pub fn note_pending_pages(&mut self, pages: u64) {

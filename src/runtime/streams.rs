@@ -614,8 +614,6 @@ fn coordinate<G: Guest + ?Sized>(
     // Streams that completed and have not had their verdict yet: after a failure, their
     // verdicts are still coming (a refusal among them is the telling error).
     let mut awaiting_verdict = vec![false; commands.len()];
-    // Round notes of the round in progress: the last one is the barrier.
-    let mut round_notes = 0usize;
     loop {
         let (i, note) = match notes.recv_timeout(Duration::from_millis(100)) {
             Ok(x) => x,
@@ -645,9 +643,7 @@ fn coordinate<G: Guest + ?Sized>(
         }
         let handled = match note {
             Note::Round(r, lz4) => {
-                round_notes += 1;
-                if round_notes == commands.len() {
-                    round_notes = 0;
+                if coordinator.round_ends_with_next_measurement() {
                     // The barrier: the scheduler decides on this round now. Pages the
                     // guest dirtied since the streams harvested (while their bytes
                     // were still buffered on the way) would be sent by a pause now:

@@ -91,8 +91,6 @@ struct Sim<'b, 'o> {
     observer: &'o mut dyn SimObserver,
     share: f64,
     next_progress: u64,
-    /// Round notes of the round in progress: the last one is the barrier.
-    round_notes: usize,
 }
 
 /// Runs `config`'s migration to its end, telling `observer` as it goes.
@@ -186,7 +184,6 @@ pub fn simulate(config: &SimConfig, observer: &mut dyn SimObserver) -> Result<Si
         failed: None,
         observer,
         next_progress: 0,
-        round_notes: 0,
     };
     for i in 0..n {
         sim.schedule(0, Ev::Encode(i));
@@ -377,11 +374,9 @@ impl Sim<'_, '_> {
             };
             let r = match *note {
                 Note::Round(r, lz4) => {
-                    self.round_notes += 1;
-                    if self.round_notes == self.streams.len() {
+                    if self.coord.round_ends_with_next_measurement() {
                         // The barrier, as the runtime's: the pages written since the
                         // streams harvested count in the prediction.
-                        self.round_notes = 0;
                         self.guest.advance(self.now, &mut self.memory, self.bitmap);
                         self.coord.note_pending_pages(self.bitmap.dirty_pages());
                     }

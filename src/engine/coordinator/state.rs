@@ -271,6 +271,13 @@ impl<S: AsRef<[u64]> + AsMut<[u64]>> CoordinatorCore<S> {
         Ok(())
     }
 
+    /// Whether the next [`handle_round_measured`](Self::handle_round_measured) ends
+    /// the live round: every other stream has measured it. The moment to count the
+    /// pages dirtied since the harvests ([`note_pending_pages`](Self::note_pending_pages)).
+    pub fn round_ends_with_next_measurement(&self) -> bool {
+        self.phase == Phase::Live && self.measured + 1 == self.streams
+    }
+
     /// Pages dirtied since the streams harvested the round now ending, counted by
     /// the caller (after bringing in dirty logs kept outside the bitmap) just before
     /// the last stream's [`handle_round_measured`](Self::handle_round_measured): the

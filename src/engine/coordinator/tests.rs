@@ -63,8 +63,6 @@ struct Driver<'a> {
     writes_per_poll: u64,
     rng: u64,
     buf: Vec<u8>,
-    /// Streams that measured the round in progress.
-    measured: usize,
 }
 
 impl<'a> Driver<'a> {
@@ -111,7 +109,6 @@ impl<'a> Driver<'a> {
             writes_per_poll: 2,
             rng: seed | 1,
             buf,
-            measured: 0,
         }
     }
 
@@ -177,9 +174,7 @@ impl<'a> Driver<'a> {
                 });
                 // The barrier, as the runtime's: the pages written since the streams
                 // harvested count in the prediction.
-                self.measured += 1;
-                if self.measured == self.engines.len() {
-                    self.measured = 0;
+                if c.round_ends_with_next_measurement() {
                     c.note_pending_pages(self.bitmap.dirty_pages());
                 }
                 c.handle_round_measured(i, round, lz4, self.now).unwrap();
@@ -796,8 +791,16 @@ fn pending_pages_count_in_the_prediction_of_their_round_only() {
     let mut c = Coordinator::new(config, 0).unwrap();
     let mut stats = Vec::new();
     for (r, pending) in [(1, 0), (2, 5_000), (3, 0)] {
+        assert!(
+            !c.round_ends_with_next_measurement(),
+            "round {r}: 2 streams to go"
+        );
         c.handle_round_measured(0, round(r), false, u64::from(r) * 1_000_000)
             .unwrap();
+        assert!(
+            c.round_ends_with_next_measurement(),
+            "round {r}: the last stream"
+        );
         c.note_pending_pages(pending);
         c.handle_round_measured(1, round(r), false, u64::from(r) * 1_000_000)
             .unwrap();
